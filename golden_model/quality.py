@@ -1,0 +1,114 @@
+"""Quality of the gate on real attention: all-MiniLM-L6-v2 with the gate in every layer.
+
+For each (permeability, mass target) setting, every built-in text runs once
+through the float gate and once through the HPU's integer contract, and is
+compared with the unmodified (dense, exact softmax) model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from golden_model.minilm import MiniLM
+from golden_model.texts import TEXTS
+from hpu.config import HPUConfig
+from hpu.errors import InputError
+
+@dataclass(frozen=True)
+class QualityRow:
+    path: str                  # "float" or "fixed"
+    mode: str
+    permeability: float
+    mass_target: float
+    kept_fraction: float       # kept keys / admissible keys over every attention row of every text
+    embedding_cos_mean: float  # sentence embedding vs the dense model
+    embedding_cos_min: float
+    layer_out_cos_mean: float  # per-layer attention outputs vs the dense model's, mean over layers, heads, rows
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+def settings(cfg: HPUConfig, permeabilities, mass_targets) -> list[HPUConfig]:
+    swept = [cfg.replace(mode="dense", permeability=1.0, mass_target=1.0)]
+    swept += [cfg.replace(permeability=p, mass_target=t) for p in permeabilities for t in mass_targets]
+    return swept
+
+
+def evaluate(cfg: HPUConfig, permeabilities, mass_targets, texts=TEXTS, progress: bool = True) -> list[QualityRow]:
+    model = MiniLM()
+    too_long = [model.token_count(t) for t in texts if model.token_count(t) > cfg.max_keys]
+    if too_long:
+        raise InputError(f"{len(too_long)} text(s) are longer than max_keys = {cfg.max_keys} tokens "
+                         f"(longest {max(too_long)}); use a configuration with a larger max_keys "
+                         "(configs/minilm.toml)")
+    dense = [model.run(t, trace=True) for t in texts]
+    swept = settings(cfg, permeabilities, mass_targets)
+    rows = []
+    bar = tqdm(total=len(swept) * 2 * len(texts), desc="quality", unit="text", disable=not progress)
+    for setting in swept:
+        for path in ("float", "fixed"):
+            emb_cos, layer_cos, kept, admissible = [], [], 0, 0
+            for text, reference in zip(texts, dense):
+                run = model.run(text, setting, path, trace=True)
+                emb_cos.append(float(torch.dot(run.embedding.double(), reference.embedding.double())))
+                for gated, exact in zip(run.layers, reference.layers):
+                    layer_cos.append(_cosine(gated.out, exact.out).flatten())
+                    kept += int(gated.kept.sum())
+                    admissible += int(gated.admissible.sum())
+                bar.update()
+            rows.append(QualityRow(
+                path=path, mode=setting.mode, permeability=setting.permeability,
+                mass_target=setting.mass_target, kept_fraction=kept / admissible,
+                embedding_cos_mean=sum(emb_cos) / len(emb_cos), embedding_cos_min=min(emb_cos),
+                layer_out_cos_mean=float(torch.cat(layer_cos).mean())))
+    bar.close()
+    return rows
+
+
+def format_table(rows: list[QualityRow]) -> str:
+    head = (f"{'path':5} {'mode':5} {'perm':>5} {'mass':>5} {'kept':>6} "
+            f"{'emb cos mean':>12} {'emb cos min':>11} {'layer cos':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.path:5} {r.mode:5} {r.permeability:5.2f} {r.mass_target:5.2f} {r.kept_fraction:6.3f} "
+                     f"{r.embedding_cos_mean:12.6f} {r.embedding_cos_min:11.6f} {r.layer_out_cos_mean:9.6f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[QualityRow], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, marker in (("float", "o"), ("fixed", "s")):
+        chosen = sorted((r for r in rows if r.path == kind), key=lambda r: r.kept_fraction)
+        ax.plot([r.kept_fraction for r in chosen], [r.embedding_cos_mean for r in chosen], marker=marker,
+                linestyle="", label=f"{kind}: mean embedding cosine")
+        ax.plot([r.kept_fraction for r in chosen], [r.embedding_cos_min for r in chosen], marker=marker,
+                linestyle="", alpha=0.4, label=f"{kind}: min embedding cosine")
+    ax.set_xlabel("kept fraction of attention keys")
+    ax.set_ylabel("cosine similarity to the dense model")
+    ax.set_title("all-MiniLM-L6-v2 with the mass gate in every layer")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(rows: list[QualityRow], cfg: HPUConfig, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "quality.json", "png": out_dir / "quality.png", "txt": out_dir / "quality.txt"}
+    paths["json"].write_text(json.dumps({"config": cfg.to_dict(), "texts": len(TEXTS),
+                                         "rows": [asdict(r) for r in rows]}, indent=2))
+    paths["txt"].write_text(format_table(rows) + "\n")
+    plot(rows, paths["png"])
+    return paths

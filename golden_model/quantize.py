@@ -1,0 +1,41 @@
+"""Quantizers between float attention tensors and the HPU's integer inputs and outputs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from golden_model.contract import signed_range
+from hpu.config import HPUConfig
+
+
+def quantize_scores(scores: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
+    """Float scores (q.k already scaled by 1/sqrt(d)) -> signed score_bits integers, saturating."""
+    low, high = signed_range(cfg.score_bits)
+    return torch.clamp(torch.round(scores.double() * (1 << cfg.score_frac)), low, high).to(torch.int64)
+
+
+def value_scale(values: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
+    """One scale per value set (..., N, D) -> (...): the largest |v| maps to the top code."""
+    top = (1 << (cfg.value_bits - 1)) - 1
+    peak = values.detach().abs().amax(dim=(-2, -1)).double()
+    return torch.where(peak > 0, peak / top, torch.ones_like(peak))
+
+
+def quantize_values(values: torch.Tensor, cfg: HPUConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float values (..., N, D) -> (signed value_bits integers, scale (...)), symmetric per set."""
+    scale = value_scale(values, cfg)
+    low, high = signed_range(cfg.value_bits)
+    q = torch.clamp(torch.round(values.double() / scale[..., None, None]), low, high).to(torch.int64)
+    return q, scale
+
+
+def dequantize_out(out: torch.Tensor, scale: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
+    """HPU outputs (..., Q, D) with out_frac fractional bits -> floats in the values' units."""
+    return out.double() * (scale[..., None, None] / (1 << cfg.out_frac))
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q.k / sqrt(d): the scores the host hands the HPU (before quantization)."""
+    return torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1])

@@ -1,0 +1,228 @@
+"""The one configuration of an HPU instance.
+
+`HPUConfig` is frozen and validated on construction: an illegal value never
+reaches the hardware, the models, the kernels or the reports. Everything that
+depends on a width or a gate parameter reads it from here, including the
+derived widths (`acc_bits`, `z_bits`, ...), which are properties so that
+nothing else re-derives them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import tomli_w
+
+from hpu.errors import HPUError
+
+MODES = ("mass", "topk", "dense")
+SCHEDULES = ("lockstep", "compact")
+
+# Permeability and mass target are carried to the hardware as integers in
+# 1..GATE_SCALE (units of 1/256), so the float rule and the integer rule use
+# exactly the same thresholds.
+GATE_SCALE = 256
+
+
+class ConfigError(HPUError, ValueError):
+    """An illegal configuration: the message names the field, the value and the rule."""
+
+
+def _doc(text: str, **kwargs):
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class HPUConfig:
+    """One HPU instance: datapath shape, number formats and gate.
+
+    Parameters are the fields below; each field's ``doc`` metadata says what it
+    means (``HPUConfig.describe()`` prints them all). Derived widths are
+    properties.
+    """
+
+    head_dim: int = _doc("Elements per value vector (and output row).", default=64)
+    lanes: int = _doc("MAC lanes; each key takes head_dim / lanes MAC cycles.", default=16)
+    max_keys: int = _doc("Row-buffer depth: the largest row length n the HPU accepts.", default=256)
+    score_bits: int = _doc("Width of a signed score s_j.", default=16)
+    score_frac: int = _doc("Fractional bits of a score (s_j / 2**score_frac is q.k/sqrt(d)).", default=8)
+    value_bits: int = _doc("Width of a signed value element v_j[d].", default=8)
+    prob_bits: int = _doc("Width of an unsigned unnormalized probability e_j.", default=8)
+    exp_shift: int = _doc("Right shift of (m - s_j) before the EXP_LUT lookup.", default=4)
+    lut_size: int = _doc("Entries in EXP_LUT (a power of two).", default=256)
+    out_frac: int = _doc("Fractional bits of an output element out[d].", default=8)
+    out_bits: int = _doc("Width of a signed output element; results saturate to it.", default=16)
+    mode: str = _doc("Gate mode: 'mass' (shortest prefix reaching the mass target, capped), "
+                     "'topk' (the cap alone) or 'dense' (keep every key).", default="mass")
+    permeability: float = _doc("Largest fraction of a row's keys the gate may keep, in (0, 1].", default=0.5)
+    mass_target: float = _doc("Fraction of the row's mass the kept keys must reach, in (0, 1].", default=0.9)
+    k_min: int = _doc("Fewest keys a row keeps (when it has that many).", default=1)
+    schedule: str = _doc("'lockstep': every key takes its MAC slot and gated slots leave lanes silent; "
+                         "'compact': only kept keys are issued.", default="lockstep")
+    acc_bits: int = _doc("Signed accumulator width; 0 chooses the smallest width that cannot overflow. "
+                         "A non-zero value smaller than that is refused.", default=0)
+
+    def __post_init__(self):
+        self._validate()
+        if self.acc_bits == 0:
+            object.__setattr__(self, "acc_bits", self.min_acc_bits)
+
+    # -- validation -------------------------------------------------------------------
+
+    def _validate(self):
+        def refuse(name, rule):
+            raise ConfigError(f"illegal configuration: {name} = {getattr(self, name)!r}: {rule}")
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            want = float if f.type == "float" else int if f.type == "int" else str
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+                continue
+            if not isinstance(value, want) or isinstance(value, bool):
+                refuse(f.name, f"must be of type {want.__name__}")
+
+        for name, low, high in (("head_dim", 1, 1024), ("lanes", 1, 1024), ("max_keys", 1, 65536),
+                                ("score_bits", 2, 32), ("value_bits", 2, 32), ("prob_bits", 1, 24),
+                                ("out_bits", 2, 48), ("k_min", 1, 65536)):
+            if not low <= getattr(self, name) <= high:
+                refuse(name, f"must lie in {low}..{high}")
+        if self.head_dim % self.lanes:
+            refuse("lanes", f"must divide head_dim ({self.head_dim})")
+        if not 0 <= self.score_frac < self.score_bits:
+            refuse("score_frac", f"must lie in 0..score_bits-1 ({self.score_bits - 1})")
+        if not 0 <= self.exp_shift <= self.score_bits:
+            refuse("exp_shift", f"must lie in 0..score_bits ({self.score_bits})")
+        if self.lut_size < 2 or self.lut_size & (self.lut_size - 1) or self.lut_size > 65536:
+            refuse("lut_size", "must be a power of two in 2..65536")
+        if not 0 <= self.out_frac < self.out_bits:
+            refuse("out_frac", f"must lie in 0..out_bits-1 ({self.out_bits - 1})")
+        if self.mode not in MODES:
+            refuse("mode", f"must be one of {', '.join(MODES)}")
+        if self.schedule not in SCHEDULES:
+            refuse("schedule", f"must be one of {', '.join(SCHEDULES)}")
+        for name in ("permeability", "mass_target"):
+            if not (0.0 < getattr(self, name) <= 1.0):
+                refuse(name, "must lie in (0, 1]")
+        if self.k_min > self.max_keys:
+            refuse("k_min", f"must not exceed max_keys ({self.max_keys})")
+        if self.acc_bits and self.acc_bits < self.min_acc_bits:
+            refuse("acc_bits", f"cannot hold the accumulator: needs at least {self.min_acc_bits} bits "
+                               f"for max_keys * (2**prob_bits - 1) * 2**(value_bits - 1)")
+        if self.acc_bits > 53 or self.min_acc_bits > 53:
+            refuse("acc_bits" if self.acc_bits else "max_keys",
+                   f"accumulator of {max(self.acc_bits, self.min_acc_bits)} bits exceeds 53 bits, "
+                   "the widest the golden model computes exactly")
+        if max(self.acc_bits, self.min_acc_bits) + self.out_frac > 62:
+            refuse("out_frac", f"acc_bits ({max(self.acc_bits, self.min_acc_bits)}) + out_frac must not exceed 62, "
+                               "the normalizer's dividend width")
+
+    # -- quantized gate parameters ----------------------------------------------------
+
+    @property
+    def rho_q(self) -> int:
+        """Permeability in units of 1/256, in 1..256."""
+        return min(GATE_SCALE, max(1, round(self.permeability * GATE_SCALE)))
+
+    @property
+    def tau_q(self) -> int:
+        """Mass target in units of 1/256, in 1..256."""
+        return min(GATE_SCALE, max(1, round(self.mass_target * GATE_SCALE)))
+
+    # -- derived widths ---------------------------------------------------------------
+
+    @property
+    def e_max(self) -> int:
+        return (1 << self.prob_bits) - 1
+
+    @property
+    def min_acc_bits(self) -> int:
+        """Smallest signed width holding any sum of max_keys products e_j * v_j[d]."""
+        most_negative = self.max_keys * self.e_max * (1 << (self.value_bits - 1))
+        return most_negative.bit_length() + 1 if most_negative else 2
+
+    @property
+    def z_bits(self) -> int:
+        """Unsigned width of Z and z_kept."""
+        return (self.max_keys * self.e_max).bit_length()
+
+    @property
+    def count_bits(self) -> int:
+        """Unsigned width of a key count 0..max_keys."""
+        return self.max_keys.bit_length()
+
+    @property
+    def index_bits(self) -> int:
+        """Unsigned width of a key index 0..max_keys-1."""
+        return max(1, (self.max_keys - 1).bit_length())
+
+    @property
+    def lut_index_bits(self) -> int:
+        return self.lut_size.bit_length() - 1
+
+    @property
+    def chunks(self) -> int:
+        """MAC cycles per key: head_dim / lanes."""
+        return self.head_dim // self.lanes
+
+    # -- persistence ------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "HPUConfig":
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, assignments: list[str]) -> "HPUConfig":
+        """Apply CLI overrides of the form ``field=value``."""
+        return self.replace(**parse_overrides(assignments))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HPUConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"illegal configuration: unknown field(s) {', '.join(unknown)}; "
+                              f"known fields are {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HPUConfig":
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data.get("hpu", data))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(tomli_w.dumps({"hpu": self.to_dict()}))
+
+    @classmethod
+    def describe(cls) -> str:
+        return "\n".join(f"{f.name:13} {f.metadata['doc']}" for f in fields(cls))
+
+
+def parse_overrides(assignments: list[str]) -> dict:
+    """Turn ``["lanes=8", "mode=topk"]`` into typed field values."""
+    types = {f.name: f.type for f in fields(HPUConfig)}
+    changes = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in types:
+            raise ConfigError(f"illegal override {item!r}: expected field=value with a field among "
+                              f"{', '.join(types)}")
+        kind = types[name]
+        try:
+            changes[name] = int(text) if kind == "int" else float(text) if kind == "float" else text.strip()
+        except ValueError:
+            raise ConfigError(f"illegal override {item!r}: {name} takes "
+                              f"{ {'int': 'an integer', 'float': 'a number'}[kind]}") from None
+    return changes
+
