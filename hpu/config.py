@@ -24,7 +24,8 @@ SCHEDULES = ("lockstep", "compact")
 # Permeability and mass target are carried to the hardware as integers in
 # 1..GATE_SCALE (units of 1/256), so the float rule and the integer rule use
 # exactly the same thresholds.
-GATE_SCALE = 256
+GATE_SHIFT = 8
+GATE_SCALE = 1 << GATE_SHIFT
 
 
 class ConfigError(HPUError, ValueError):

@@ -1,0 +1,106 @@
+"""Integer HPU rows: random and adversarial stimulus, and the golden model's expected results for them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from golden_model.contract import ContractResult, run_contract, signed_range
+from hpu.config import HPUConfig
+
+
+@dataclass(frozen=True)
+class Row:
+    """One HPU row: n scores and n value vectors of head_dim integers."""
+
+    scores: tuple[int, ...]
+    values: tuple[tuple[int, ...], ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """What the HPU reports for one row."""
+
+    acc: tuple[int, ...]
+    out: tuple[int, ...]
+    z_kept: int
+    kept: int
+
+
+def expected(cfg: HPUConfig, rows: list[Row]) -> list[RowResult]:
+    """The golden model's results for each row (rows of any lengths, batched)."""
+    if not rows:
+        return []
+    width = max(row.n for row in rows)
+    scores = torch.zeros(len(rows), 1, width, dtype=torch.int64)
+    values = torch.zeros(len(rows), width, cfg.head_dim, dtype=torch.int64)
+    lengths = torch.tensor([[row.n] for row in rows])
+    for i, row in enumerate(rows):
+        scores[i, 0, :row.n] = torch.tensor(row.scores)
+        values[i, :row.n] = torch.tensor(row.values)
+    result = run_contract(cfg, scores, values, lengths)
+    return results_of(result)
+
+
+def results_of(result: ContractResult) -> list[RowResult]:
+    acc, out = result.acc.reshape(-1, result.acc.shape[-1]), result.out.reshape(-1, result.out.shape[-1])
+    return [RowResult(tuple(a), tuple(o), z, k) for a, o, z, k in
+            zip(acc.tolist(), out.tolist(), result.z_kept.flatten().tolist(), result.kept.flatten().tolist())]
+
+
+def random_rows(cfg: HPUConfig, count: int, rng: random.Random, n: int | None = None,
+                spread: float | None = None) -> list[Row]:
+    """Random rows: lengths 1..max_keys (or n), scores spread over a random number of LUT steps.
+
+    Extremes are drawn on purpose: a tenth of the values are the range's ends.
+    """
+    s_low, s_high = signed_range(cfg.score_bits)
+    v_low, v_high = signed_range(cfg.value_bits)
+    rows = []
+    for _ in range(count):
+        length = n or rng.randint(1, cfg.max_keys)
+        # Spread in score LSBs: from a few LUT steps (flat rows) to the whole range (peaked rows).
+        width = spread if spread is not None else rng.choice([0.05, 0.2, 1.0, 4.0, 16.0, 64.0])
+        scale = max(1, int(width * (1 << cfg.exp_shift) * 4))
+        centre = rng.randint(s_low // 2, s_high // 2)
+        scores = tuple(max(s_low, min(s_high, centre + int(rng.gauss(0, scale)))) for _ in range(length))
+        values = tuple(tuple(rng.choice((v_low, v_high)) if rng.random() < 0.1 else rng.randint(v_low, v_high)
+                             for _ in range(cfg.head_dim)) for _ in range(length))
+        rows.append(Row(scores, values))
+    return rows
+
+
+def adversarial_rows(cfg: HPUConfig, rng: random.Random) -> list[Row]:
+    """Rows that stress the gate: ties, a dominant key, mass thresholds on tie runs, saturated LUT, extremes."""
+    s_low, s_high = signed_range(cfg.score_bits)
+    v_low, v_high = signed_range(cfg.value_bits)
+    full = cfg.max_keys
+
+    def values(n, pick=lambda: rng.randint(v_low, v_high)):
+        return tuple(tuple(pick() for _ in range(cfg.head_dim)) for _ in range(n))
+
+    step = 1 << cfg.exp_shift
+    rows = [
+        Row((0,), values(1)),                                              # n = 1
+        Row((s_low,), ((v_low,) * cfg.head_dim,)),                         # n = 1, extreme value
+        Row((123,) * full, values(full)),                                  # all-equal scores, full row
+        Row((s_high,) + (s_low,) * (full - 1), values(full)),              # one dominant key, LUT saturated
+        Row((s_low,) * (full - 1) + (s_high,), values(full)),              # dominant key last
+        Row(tuple(s_high if j % 2 else s_low for j in range(full)), values(full)),   # two tie runs far apart
+        Row((0,) * full, values(full, lambda: v_high)),                    # outputs at the top of the range
+        Row((0,) * full, values(full, lambda: v_low)),                     # and at the bottom
+        Row(tuple(-step * (j // 4) for j in range(full)), values(full)),   # tie runs of 4, descending
+        Row(tuple(-step * ((full - j) // 8) for j in range(full)), values(full)),   # ascending tie runs of 8
+        Row(tuple(rng.choice((0, -step, -2 * step)) for _ in range(full)), values(full)),  # three levels
+        Row(tuple(rng.randint(s_low, s_high) for _ in range(full)), values(full)),  # whole range: e mostly 0
+    ]
+    # Rows whose mass target lands inside a tie run: two levels with the split at the threshold.
+    for split in (1, full // 3, full // 2):
+        rows.append(Row((0,) * split + (-step,) * (full - split), values(full)))
+    return rows

@@ -1,0 +1,81 @@
+"""Payload layouts of the HPU's streams, all derived from the one HPUConfig."""
+
+from __future__ import annotations
+
+from amaranth import signed, unsigned
+from amaranth.lib import data
+
+from hpu.config import HPUConfig
+
+SCORE_BANKS = 2   # ingest fills one while the exp front end reads the other
+E_BANKS = 2       # exp front end fills one while the MAC array reads the other
+VALUE_BANKS = 3   # ingest (row r+2), exp/gate (row r+1, values untouched), MAC (row r)
+
+
+def key(cfg: HPUConfig) -> data.StructLayout:
+    """One key of a row, as the host sends it: score, value vector, end of row."""
+    return data.StructLayout({
+        "score": signed(cfg.score_bits),
+        "value": data.ArrayLayout(signed(cfg.value_bits), cfg.head_dim),
+        "last": 1,
+    })
+
+
+def value_word(cfg: HPUConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(signed(cfg.value_bits), cfg.head_dim)
+
+
+def ingested(cfg: HPUConfig) -> data.StructLayout:
+    """Ingest -> exp front end: a row is in the buffers."""
+    return data.StructLayout({
+        "n": unsigned(cfg.count_bits),
+        "m": signed(cfg.score_bits),
+        "score_bank": range(SCORE_BANKS),
+        "value_bank": range(VALUE_BANKS),
+    })
+
+
+def gated(cfg: HPUConfig) -> data.StructLayout:
+    """Exp front end and gate -> MAC array: which keys of the row are kept.
+
+    A key j is kept when ``keep_all``, or ``e_j > threshold``, or ``e_j == threshold``
+    and fewer than ``ties`` earlier keys had ``e == threshold``.
+    """
+    return data.StructLayout({
+        "n": unsigned(cfg.count_bits),
+        "kept": unsigned(cfg.count_bits),
+        "z_kept": unsigned(cfg.z_bits),
+        "keep_all": 1,
+        "threshold": unsigned(cfg.prob_bits),
+        "ties": unsigned(cfg.count_bits),
+        "e_bank": range(E_BANKS),
+        "value_bank": range(VALUE_BANKS),
+    })
+
+
+def accumulated(cfg: HPUConfig) -> data.StructLayout:
+    """MAC array -> normalizer."""
+    return data.StructLayout({
+        "acc": data.ArrayLayout(signed(cfg.acc_bits), cfg.head_dim),
+        "z_kept": unsigned(cfg.z_bits),
+        "kept": unsigned(cfg.count_bits),
+    })
+
+
+def result(cfg: HPUConfig) -> data.StructLayout:
+    """One row's results, as the host receives them."""
+    return data.StructLayout({
+        "acc": data.ArrayLayout(signed(cfg.acc_bits), cfg.head_dim),
+        "out": data.ArrayLayout(signed(cfg.out_bits), cfg.head_dim),
+        "z_kept": unsigned(cfg.z_bits),
+        "kept": unsigned(cfg.count_bits),
+    })
+
+
+def bank_address(cfg: HPUConfig, bank, index):
+    """Word address of key ``index`` in row bank ``bank`` of a row-buffer memory."""
+    return bank * cfg.max_keys + index
+
+
+def address_bits(cfg: HPUConfig, banks: int) -> int:
+    return max(1, (banks * cfg.max_keys - 1).bit_length())

@@ -1,0 +1,86 @@
+"""Drives the HPU in Amaranth's simulator: rows in, results out, with optional gaps and back-pressure."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from amaranth.sim import Simulator
+
+from golden_model.stimulus import Row, RowResult
+from hpu.config import HPUConfig
+from hpu.top import HPU
+
+CLOCK_PERIOD = 1e-8
+
+
+@dataclass
+class SimRun:
+    results: list[RowResult]
+    first_key_cycle: list[int] = field(default_factory=list)   # cycle each row's first key was taken
+    result_cycle: list[int] = field(default_factory=list)      # cycle each row's result was taken
+    cycles: int = 0
+
+    def steady_cycles_per_row(self, skip: int = 2) -> float:
+        """Cycles between successive results, ignoring the pipeline's filling rows."""
+        done = self.result_cycle[skip:]
+        if len(done) < 2:
+            raise ValueError(f"need at least {skip + 2} rows for a steady-state figure")
+        return (done[-1] - done[0]) / (len(done) - 1)
+
+
+def simulate_rows(cfg: HPUConfig, rows: list[Row], *, gate_open: bool = False, gaps: float = 0.0,
+                  backpressure: float = 0.0, seed: int = 0, vcd: str | None = None,
+                  timeout_cycles: int | None = None) -> SimRun:
+    """Run rows through the HPU back to back; ``gaps`` / ``backpressure`` are per-cycle probabilities
+    of the source withholding valid and the sink withholding ready."""
+    dut = HPU(cfg)
+    sim = Simulator(dut)
+    sim.add_clock(CLOCK_PERIOD)
+    rng_in, rng_out = random.Random(seed), random.Random(seed + 1)
+    run = SimRun(results=[])
+    cycle = 0
+    limit = timeout_cycles or 64 + sum(4 * (r.n + cfg.chunks * r.n + (1 << cfg.prob_bits) +
+                                            cfg.chunks * (cfg.acc_bits + cfg.out_frac + 2)) for r in rows)
+
+    async def clock(ctx):
+        nonlocal cycle
+        async for _ in ctx.tick():
+            cycle += 1
+
+    async def source(ctx):
+        ctx.set(dut.gate_open, gate_open)
+        for row in rows:
+            for j, (score, value) in enumerate(zip(row.scores, row.values)):
+                while gaps and rng_in.random() < gaps:
+                    ctx.set(dut.keys.valid, 0)
+                    await ctx.tick()
+                ctx.set(dut.keys.payload, {"score": score, "value": list(value), "last": j == row.n - 1})
+                ctx.set(dut.keys.valid, 1)
+                await ctx.tick().until(dut.keys.ready)
+                if j == 0:
+                    run.first_key_cycle.append(cycle)
+            ctx.set(dut.keys.valid, 0)
+
+    async def sink(ctx):
+        while len(run.results) < len(rows):
+            ready = not (backpressure and rng_out.random() < backpressure)
+            ctx.set(dut.results.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.results.valid, dut.results.payload)
+            if cycle > limit:
+                raise TimeoutError(f"HPU stalled: {len(run.results)} of {len(rows)} rows after {cycle} cycles")
+            if ready and valid:
+                run.results.append(RowResult(acc=tuple(payload.acc), out=tuple(payload.out),
+                                             z_kept=payload.z_kept, kept=payload.kept))
+                run.result_cycle.append(cycle)
+        run.cycles = cycle
+
+    sim.add_process(clock)
+    sim.add_testbench(source, background=True)
+    sim.add_testbench(sink)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    return run

@@ -1,0 +1,95 @@
+"""The HPU: ingest -> exp front end and gate -> sparse MAC array -> normalizer, one row per stage."""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hpu import layouts
+from hpu.config import HPUConfig
+from hpu.exp_gate import ExpGate
+from hpu.ingest import Ingest
+from hpu.mac_array import MacArray
+from hpu.normalizer import Normalizer
+
+STATUS_BITS = 32
+
+
+class HPU(wiring.Component):
+    """Mass-gated attention rows, bit-exact to golden_model.contract.
+
+    The four stages work on four different rows at once; row buffers are banked
+    so that a stage writes one row while the next stage reads another (see
+    ``layouts.*_BANKS``). Stages hand rows on through stream descriptors, and a
+    stage takes a new row only when it has finished the last one, which is what
+    makes the bank counts sufficient.
+
+    Parameters
+    ----------
+    cfg : HPUConfig
+
+    Members
+    -------
+    keys : In(stream.Signature(layouts.key(cfg)))
+        One key per beat: score, value vector, ``last`` on the row's final key.
+    results : Out(stream.Signature(layouts.result(cfg)))
+        One beat per row, in row order: acc, out, z_kept, kept.
+    gate_open : In(1)
+        Keep every key of every row (the dense baseline on the same hardware).
+        Change it only while the HPU is idle.
+    busy : Out(1)       a row is somewhere in the pipeline
+    overflow : Out(1)   sticky: a row reached max_keys keys without ``last``
+    cycles : Out(32)    clock cycles since reset
+    rows : Out(32)      rows delivered since reset
+    """
+
+    def __init__(self, cfg: HPUConfig):
+        self.cfg = cfg
+        super().__init__({
+            "keys": In(stream.Signature(layouts.key(cfg))),
+            "results": Out(stream.Signature(layouts.result(cfg))),
+            "gate_open": In(1),
+            "busy": Out(1),
+            "overflow": Out(1),
+            "cycles": Out(STATUS_BITS),
+            "rows": Out(STATUS_BITS),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.score_buffer = scores = memory.Memory(
+            shape=signed(cfg.score_bits), depth=layouts.SCORE_BANKS * cfg.max_keys, init=[])
+        m.submodules.value_buffer = values = memory.Memory(
+            shape=layouts.value_word(cfg), depth=layouts.VALUE_BANKS * cfg.max_keys, init=[])
+        m.submodules.e_buffer = es = memory.Memory(
+            shape=unsigned(cfg.prob_bits), depth=layouts.E_BANKS * cfg.max_keys, init=[])
+
+        m.submodules.ingest = ingest = Ingest(cfg)
+        m.submodules.exp_gate = exp_gate = ExpGate(cfg)
+        m.submodules.mac = mac = MacArray(cfg)
+        m.submodules.normalizer = normalizer = Normalizer(cfg)
+
+        wiring.connect(m, wiring.flipped(self.keys), ingest.keys)
+        wiring.connect(m, ingest.row, exp_gate.row)
+        wiring.connect(m, exp_gate.gate, mac.gate)
+        wiring.connect(m, mac.accumulated, normalizer.accumulated)
+        wiring.connect(m, normalizer.result, wiring.flipped(self.results))
+
+        wiring.connect(m, ingest.score_write, scores.write_port())
+        wiring.connect(m, ingest.value_write, values.write_port())
+        wiring.connect(m, exp_gate.score_read, scores.read_port())
+        wiring.connect(m, exp_gate.e_write, es.write_port())
+        wiring.connect(m, mac.e_read, es.read_port())
+        wiring.connect(m, mac.value_read, values.read_port())
+
+        m.d.comb += [
+            exp_gate.gate_open.eq(self.gate_open),
+            self.overflow.eq(ingest.overflow),
+            self.busy.eq(ingest.busy | exp_gate.busy | mac.busy | normalizer.busy | self.results.valid),
+        ]
+        m.d.sync += self.cycles.eq(self.cycles + 1)
+        with m.If(self.results.valid & self.results.ready):
+            m.d.sync += self.rows.eq(self.rows + 1)
+        return m
