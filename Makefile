@@ -43,6 +43,7 @@ test-all: setup
 
 demo: setup
 	$(BIN)/hpu config --config configs/default.toml
+	$(BIN)/hpu gen --config configs/default.toml -o out/rtl --lint --synth
 	$(BIN)/hpu quality --config configs/minilm.toml --permeability 0.25 0.5 1.0 --mass-target 0.9 -o out/quality
 
 quality: setup
@@ -50,6 +51,7 @@ quality: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.golden_rows
+	$(BIN)/python -m benchmarks.hpu_cycles
 
 clean:
 	rm -rf out build .pytest_cache .hypothesis

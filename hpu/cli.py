@@ -71,6 +71,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
         print(f"  {'module':32} {'cells':>8} {'NAND2 eq':>10} {'memory bits':>12}")
         for name, mod in sorted(report["modules"].items()):
             print(f"  {name:32} {mod['cells']:8d} {mod['area_nand2_eq']:10.1f} {mod['memory_bits']:12d}")
+        total = report["total"]
+        print(f"  {'total':32} {total['cells']:8d} {total['area_nand2_eq']:10.1f} {total['memory_bits']:12d}")
         print(f"area: {area_path}")
         manifest = json.loads(out.manifest.read_text())
         manifest["area"] = area_path.name

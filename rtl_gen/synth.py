@@ -60,9 +60,13 @@ def synthesize(verilog_path: str | Path, top: str, out_path: str | Path) -> dict
                 area += GATE_EQUIVALENTS.get(cell, 1.0) * count
         modules[name] = {"cells": info.get("num_cells", 0), "cells_by_type": cells,
                          "memory_bits": _memory_bits(design, name), "area_nand2_eq": round(area, 1)}
+    # Amaranth emits one module per instance, so the design total is the sum over modules.
+    total = {key: sum(mod[key] for mod in modules.values()) for key in ("cells", "memory_bits")}
+    total["area_nand2_eq"] = round(sum(mod["area_nand2_eq"] for mod in modules.values()), 1)
     report = {
         "kind": "generic-gate estimate (Yosys internal cell library, NAND2-equivalent weights); not a foundry area",
         "top": top,
+        "total": total,
         "modules": modules,
     }
     out_path.write_text(json.dumps(report, indent=2))
