@@ -1,0 +1,144 @@
+"""cocotb testbench: streams a job's rows through the generated HPU and checks every result bit-exact.
+
+Run through sim.runner (never directly): it needs HPU_SIM_JOB (the job file)
+and HPU_SIM_OUTCOME (where to write the outcome).
+
+The harness (hdl/hpu_harness.v) owns the clock and the key and result rings, so
+this code runs only when a ring needs refilling or draining: a few times per
+hundred rows, not once per cycle.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import cocotb
+from cocotb.triggers import First, ReadOnly, RisingEdge, SimTimeoutError, Timer, with_timeout
+
+from sim.job import Job, Outcome
+from sim.packing import pack_keys, unpack_result
+
+CLOCK_NS = 10
+KEY_DEPTH = 4096
+ROW_DEPTH = 64
+
+
+class Scoreboard:
+    """Compares each observed row with the golden model's, keeping the first mismatch in full."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.checked = 0
+        self.mismatches = 0
+        self.first: dict | None = None
+
+    def check(self, index: int, observed) -> None:
+        expected = self.job.expected[index]
+        self.checked += 1
+        if observed == expected:
+            return
+        self.mismatches += 1
+        if self.first is None:
+            row = self.job.rows[index]
+            fields = [name for name in ("acc", "out", "z_kept", "kept")
+                      if getattr(observed, name) != getattr(expected, name)]
+            self.first = {"row": index, "fields": fields, "n": row.n, "scores": list(row.scores),
+                          "values": [list(v) for v in row.values],
+                          "expected": expected.__dict__, "observed": observed.__dict__}
+
+
+def cycle_bound(job: Job, rows: int) -> int:
+    """Generous upper bound on cycles for `rows` more rows (4x the slowest stage, plus the pipeline)."""
+    cfg = job.cfg
+    per_row = max(cfg.max_keys * cfg.chunks, cfg.max_keys + (1 << cfg.prob_bits),
+                  cfg.chunks * (cfg.acc_bits + cfg.out_frac + 2)) + 16
+    slow = 1.0 / max(1e-3, (1 - job.options.gaps) * (1 - job.options.backpressure))
+    return int(4 * slow * per_row * (rows + 4))
+
+
+@cocotb.test()
+async def run_job(dut):
+    job = Job.load(Path(os.environ["HPU_SIM_JOB"]))
+    outcome_path = Path(os.environ["HPU_SIM_OUTCOME"])
+    opts = job.options
+    board = Scoreboard(job)
+    result_cycles: list[int] = []
+    show_progress = sys.stderr.isatty() or os.environ.get("HPU_SIM_PROGRESS") == "1"
+
+    dut.gap_per_256.value = round(opts.gaps * 256)
+    dut.stall_per_256.value = round(opts.backpressure * 256)
+    dut.gap_seed.value = (opts.seed * 2654435761 + 1) & 0xFFFFFFFF
+    dut.stall_seed.value = (opts.seed * 40503 + 7) & 0xFFFFFFFF
+    dut.gate_open.value = int(opts.gate_open)
+    await Timer(1, "ns")
+    dut.rst.value = 1
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+
+    keys = [bits for row in job.rows for bits in pack_keys(job.cfg, row)]
+    loaded = 0
+    read = 0
+
+    def refill():
+        nonlocal loaded
+        sent = int(dut.keys_sent.value)
+        while loaded < len(keys) and loaded - sent < KEY_DEPTH:
+            dut.keys[loaded % KEY_DEPTH].value = keys[loaded]
+            loaded += 1
+        dut.keys_loaded.value = loaded
+
+    def drain():
+        nonlocal read
+        seen = int(dut.rows_seen.value)
+        while read < seen:
+            slot = read % ROW_DEPTH
+            board.check(read, unpack_result(job.cfg, int(dut.results[slot].value)))
+            result_cycles.append(int(dut.result_cycle[slot].value))
+            read += 1
+        dut.rows_read.value = read
+
+    start_wall = time.perf_counter()
+    start_cycle = None
+    dut.rows_expected.value = len(job.rows)
+    if opts.vcd:
+        dut.dump.value = 1
+    refill()
+    stalled = None
+    last_report = 0
+    while read < len(job.rows):
+        await ReadOnly()
+        if start_cycle is None:
+            start_cycle = int(dut.cycles.value)
+        waiting = [RisingEdge(dut.results_waiting), RisingEdge(dut.done)]
+        if loaded < len(keys):
+            waiting.append(RisingEdge(dut.need_keys))
+        busy_levels = (int(dut.results_waiting.value) or int(dut.done.value)
+                       or (loaded < len(keys) and int(dut.need_keys.value)))
+        if not busy_levels:
+            try:
+                await with_timeout(First(*waiting), cycle_bound(job, len(job.rows) - read) * CLOCK_NS, "ns")
+            except SimTimeoutError:
+                stalled = (f"no result within {cycle_bound(job, len(job.rows) - read)} cycles: "
+                           f"{read} of {len(job.rows)} rows done, {int(dut.keys_sent.value)} of {len(keys)} keys taken")
+                break
+        await RisingEdge(dut.clk)
+        drain()
+        refill()
+        if show_progress and read - last_report >= max(1, len(job.rows) // 20):
+            last_report = read
+            print(f"\r  rows {read}/{len(job.rows)}  mismatches {board.mismatches}", end="", file=sys.stderr, flush=True)
+    dut.dump.value = 0
+    await RisingEdge(dut.clk)
+    end_cycle = int(dut.cycles.value)
+    wall = time.perf_counter() - start_wall
+    if show_progress:
+        print(file=sys.stderr)
+    Outcome(rows_checked=board.checked, mismatches=board.mismatches,
+            hpu_cycles=end_cycle - (start_cycle or 0), wall_s=wall, first_mismatch=board.first,
+            stalled=stalled, result_cycles=result_cycles).save(outcome_path)
+    assert stalled is None, stalled
+    assert board.mismatches == 0, f"{board.mismatches} of {board.checked} rows differ from the golden model"

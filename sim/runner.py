@@ -1,0 +1,163 @@
+"""Builds the generated Verilog with the harness and runs the cocotb testbench, under Icarus or Verilator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from golden_model.stimulus import Row, expected
+from hpu.config import HPUConfig
+from hpu.errors import HPUError
+from rtl_gen.generate import generate, load_manifest
+from rtl_gen.tools import ToolMissing, iverilog, verilator_env
+from sim.job import Job, Options, Outcome
+from sim.packing import key_bits, result_bits
+
+HARNESS = Path(__file__).parent / "hdl" / "hpu_harness.v"
+SIMULATORS = ("icarus", "verilator")
+
+
+class SimulationError(HPUError):
+    """The simulation could not run, stalled, or disagreed with the golden model."""
+
+
+def _runner(sim: str, vcd: bool):
+    from cocotb_tools.runner import Icarus, get_runner
+
+    if sim != "icarus" or not vcd:
+        return get_runner(sim)
+
+    class IcarusVcd(Icarus):
+        """cocotb's Icarus runner passes vvp -none (no dump) unless it writes FST itself; the
+        power flow reads VCD, which the harness's $dumpfile asks for, so ask vvp for VCD."""
+
+        def _test_command(self):
+            return [[arg for arg in cmd if arg != "-none"] + ["-vcd"] for cmd in super()._test_command()]
+
+    return IcarusVcd()
+
+
+def _check_simulator(sim: str) -> dict:
+    """Environment for the simulator, or one clear message naming what to install."""
+    if sim not in SIMULATORS:
+        raise SimulationError(f"unknown simulator {sim!r}: choose one of {', '.join(SIMULATORS)}")
+    if sim == "icarus":
+        iverilog()
+        return {}
+    exe, env = verilator_env()
+    return {"VERILATOR_ROOT": env["VERILATOR_ROOT"], "PATH": f"{Path(exe).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/sim", trace: bool = False,
+          verilog_dir: str | Path | None = None) -> Path:
+    """Generate (or reuse) the Verilog for cfg and build it with the harness; returns the build folder.
+
+    A ``verilog_dir`` from an earlier ``hpu gen`` is used as it is, after checking
+    that its manifest was made for this very configuration.
+    """
+    env = _check_simulator(sim)
+    build_root = Path(build_root)
+    if verilog_dir is not None:
+        manifest = load_manifest(Path(verilog_dir) / "manifest.json")
+        if HPUConfig.from_dict(manifest["config"]) != cfg:
+            differing = sorted(k for k, v in cfg.to_dict().items() if manifest["config"].get(k) != v)
+            raise SimulationError(f"the Verilog in {verilog_dir} was generated for another configuration "
+                                  f"(differs in {', '.join(differing)}); run `hpu gen` for this one")
+        verilog = Path(verilog_dir) / manifest["verilog"]
+    else:
+        key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        rtl_dir = build_root / f"rtl-{key}"
+        if not (rtl_dir / "manifest.json").exists():
+            generate(cfg, rtl_dir)
+        verilog = rtl_dir / "hpu.v"
+
+    from cocotb_tools.runner import get_runner
+
+    build_dir = None
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        runner = get_runner(sim)
+        if sim == "verilator":
+            build_args = ["--timing", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"]
+        else:
+            # Yosys's Verilog starts each combinational block through a `reg ... = 0` initializer,
+            # which triggers the block at time 0 only under Verilog-2005 semantics (under
+            # SystemVerilog's, initializers run before any process and the blocks stay at x).
+            build_args = ["-g2005"]
+        if sim == "verilator" and trace:
+            build_args.append("--trace")
+        digest = hashlib.sha256(verilog.read_bytes() + HARNESS.read_bytes() + repr(build_args).encode()).hexdigest()
+        build_dir = build_root / f"{sim}-{digest[:16]}"
+        runner.build(sources=[verilog.resolve(), HARNESS], hdl_toplevel="hpu_harness", build_dir=build_dir,
+                     parameters={"KEY_BITS": key_bits(cfg), "RESULT_BITS": result_bits(cfg)},
+                     build_args=build_args, timescale=("1ns", "1ps"), log_file=build_dir / "build.log")
+    except Exception as exc:  # the runner raises plain exceptions; name the log
+        raise SimulationError(f"building the HPU for {sim} failed: {exc} (see {build_dir / 'build.log'})") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return build_dir
+
+
+def run(job: Job, sim: str = "icarus", build_root: str | Path = "build/sim", work_dir: str | Path = "build/sim/run",
+        verilog_dir: str | Path | None = None, progress: bool = False) -> Outcome:
+    """Run one job; raises SimulationError on a stall or on any row that differs from the golden model."""
+    cfg = job.cfg
+    build_dir = build(cfg, sim, build_root, trace=bool(job.options.vcd), verilog_dir=verilog_dir)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    job_path, outcome_path = (work_dir / "job.json").resolve(), (work_dir / "outcome.json").resolve()
+    outcome_path.unlink(missing_ok=True)
+    job.save(job_path)
+    plusargs = [f"+vcd={Path(job.options.vcd).resolve()}"] if job.options.vcd else []
+    if job.options.vcd:
+        Path(job.options.vcd).parent.mkdir(parents=True, exist_ok=True)
+
+    env = _check_simulator(sim)
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    extra_env = {**env, "HPU_SIM_JOB": str(job_path), "HPU_SIM_OUTCOME": str(outcome_path),
+                 "HPU_SIM_PROGRESS": "1" if progress else "0",
+                 "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+    runner = _runner(sim, vcd=bool(job.options.vcd))
+    runner.test(test_module="sim.hpu_tb", hdl_toplevel="hpu_harness", hdl_toplevel_lang="verilog",
+                build_dir=build_dir, test_dir=work_dir,
+                extra_env=extra_env, plusargs=plusargs, results_xml=str((work_dir / "results.xml").resolve()),
+                log_file=work_dir / "sim.log")
+    if not outcome_path.exists():
+        raise SimulationError(f"the {sim} simulation ended without an outcome; see {work_dir / 'sim.log'}")
+    outcome = Outcome.load(outcome_path)
+    if outcome.stalled:
+        raise SimulationError(f"HPU stalled under {sim}: {outcome.stalled}")
+    if outcome.mismatches:
+        replay = write_replay(job, outcome, work_dir)
+        first = outcome.first_mismatch
+        raise SimulationError(
+            f"{outcome.mismatches} of {outcome.rows_checked} rows differ from the golden model under {sim}; "
+            f"first: row {first['row']} (n = {first['n']}) differs in {', '.join(first['fields'])}\n"
+            f"  expected {first['expected']}\n  observed {first['observed']}\n"
+            f"  replay just that row: hpu sim --replay {replay}")
+    return outcome
+
+
+def write_replay(job: Job, outcome: Outcome, work_dir: Path) -> Path:
+    index = outcome.first_mismatch["row"]
+    replay = Job(cfg=job.cfg, rows=[job.rows[index]], expected=[job.expected[index]],
+                 options=Options(seed=job.options.seed), source=f"replay of {job.source} row {index}")
+    path = work_dir / "replay_row.json"
+    replay.save(path)
+    return path
+
+
+def make_job(cfg: HPUConfig, rows: list[Row], source: str, options: Options | None = None) -> Job:
+    """A job whose expected results come from the golden model (with the gate held open if asked)."""
+    options = options or Options()
+    reference = cfg.replace(mode="dense") if options.gate_open else cfg
+    return Job(cfg=cfg, rows=rows, expected=expected(reference, rows), options=options, source=source)
+
+
