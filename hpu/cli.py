@@ -12,7 +12,8 @@ from hpu.errors import HPUError
 
 def load_config(args: argparse.Namespace) -> HPUConfig:
     cfg = HPUConfig.load(args.config) if args.config else HPUConfig()
-    return cfg.with_overrides(args.set)
+    shorthands = [f"{name}={getattr(args, name)}" for name in ("mode", "schedule") if getattr(args, name, None)]
+    return cfg.with_overrides(args.set + shorthands)
 
 
 def _add_config_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -80,6 +81,49 @@ def cmd_gen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    import json
+
+    from golden_model.sources import rows_from
+    from sim.job import Job, Options
+    from sim.runner import make_job, run
+
+    if args.replay:
+        job = Job.load(Path(args.replay))
+        runs = [("replay", job)]
+    else:
+        cfg = load_config(args)
+        rows = rows_from(args.source, cfg, args.rows, args.seed)
+        options = dict(gaps=args.gaps, backpressure=args.backpressure, seed=args.seed)
+        runs = [("gated", make_job(cfg, rows, args.source, Options(**options, vcd=args.vcd)))]
+        if args.dense_baseline:
+            dense_vcd = str(Path(args.vcd).with_name(Path(args.vcd).stem + "_dense.vcd")) if args.vcd else None
+            runs.append(("dense", make_job(cfg, rows, args.source, Options(**options, gate_open=True, vcd=dense_vcd))))
+    summary = {"simulator": args.sim, "runs": {}}
+    for name, job in runs:
+        print(f"{name}: {len(job.rows)} {job.source} rows, mode {job.cfg.mode}, schedule {job.cfg.schedule}, "
+              f"{args.sim}", flush=True)
+        outcome = run(job, args.sim, build_root=args.build, work_dir=Path(args.build) / f"run-{name}",
+                      progress=not args.quiet)
+        kept = sum(e.kept for e in job.expected)
+        keys = sum(r.n for r in job.rows)
+        summary["runs"][name] = {
+            "rows_checked": outcome.rows_checked, "mismatches": outcome.mismatches,
+            "hpu_cycles": outcome.hpu_cycles, "wall_s": outcome.wall_s,
+            "sim_cycles_per_s": outcome.cycles_per_s, "kept_fraction": kept / keys,
+            "vcd": job.options.vcd, "config": job.cfg.to_dict(), "source": job.source,
+            "gate_open": job.options.gate_open,
+        }
+        print(f"  rows checked {outcome.rows_checked}, mismatches {outcome.mismatches}, HPU cycles "
+              f"{outcome.hpu_cycles}, {outcome.cycles_per_s:,.0f} simulated cycles/s"
+              + (f", VCD {job.options.vcd}" if job.options.vcd else ""))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(summary, indent=2))
+        print(f"summary: {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpu", description="HPU co-design toolkit for mass-gated attention.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lint", action="store_true", help="check with Icarus Verilog and verilator --lint-only")
     p.add_argument("--synth", action="store_true", help="generic-gate synthesis with Yosys: cells and area per module")
     p.set_defaults(func=cmd_gen)
+
+    p = sub.add_parser("sim", help="simulate the generated Verilog under cocotb, checked against the golden model")
+    _add_config_options(p, default="configs/default.toml")
+    p.add_argument("--rows", type=int, default=100)
+    p.add_argument("--source", choices=["random", "adversarial", "minilm"], default="random")
+    p.add_argument("--mode", help="gate mode (shorthand for --set mode=...)")
+    p.add_argument("--schedule", help="schedule (shorthand for --set schedule=...)")
+    p.add_argument("--dense-baseline", action="store_true", help="run the same rows again with the gate held open")
+    p.add_argument("--vcd", help="write a VCD of the HPU while rows are in flight")
+    p.add_argument("--sim", choices=["icarus", "verilator"], default="icarus")
+    p.add_argument("--gaps", type=float, default=0.0, help="probability per cycle of an idle key source")
+    p.add_argument("--backpressure", type=float, default=0.0, help="probability per cycle of a stalled sink")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--replay", help="re-run a replay file written on a mismatch")
+    p.add_argument("--build", default="build/sim", help="build folder")
+    p.add_argument("-o", "--output", default="out/sim/summary.json", help="summary JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("quality", help="gate quality on all-MiniLM-L6-v2 (float and fixed point)")
     _add_config_options(p, default="configs/minilm.toml")

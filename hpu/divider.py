@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -53,8 +53,9 @@ class Divider(wiring.Component):
 
         m.d.comb += [
             self.request.ready.eq(~busy & (~self.response.valid | self.response.ready)),
-            self.response.payload.quotient.eq(quotient),
-            self.response.payload.remainder.eq(remainder),
+            # Outputs isolated until valid: the partial quotient does not ripple into the consumer.
+            self.response.payload.quotient.eq(Mux(self.response.valid, quotient, 0)),
+            self.response.payload.remainder.eq(Mux(self.response.valid, remainder, 0)),
         ]
         with m.If(self.response.valid & self.response.ready):
             m.d.sync += self.response.valid.eq(0)

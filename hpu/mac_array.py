@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Array, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -124,21 +124,24 @@ class MacArray(wiring.Component):
             with m.If(slot_out.kept):
                 m.d.sync += e_operand.eq(slot_out.e)
 
+        # Each lane is wired to its own column of the value word (fixed wiring), so the wide
+        # word is never multiplexed as a whole.
         word = self.value_read.data
         for index, lane in enumerate(lanes):
-            elements = Array(word[c * cfg.lanes + index] for c in range(cfg.chunks))
             m.d.comb += [
                 lane.valid.eq(active & active_kept),
                 lane.first.eq(first),
                 lane.chunk.eq(chunk),
                 lane.e.eq(e_operand),
-                lane.v.eq(elements[chunk]),
+                *(lane.column[c].eq(word[c * cfg.lanes + index]) for c in range(cfg.chunks)),
             ]
 
+        # The accumulators reach the normalizer only while offered (operand isolation): while a
+        # row accumulates, the wide result bus and everything behind it stay still.
         result = self.accumulated.payload
         for index, lane in enumerate(lanes):
             for c in range(cfg.chunks):
-                m.d.comb += result.acc[c * cfg.lanes + index].eq(lane.acc[c])
+                m.d.comb += result.acc[c * cfg.lanes + index].eq(Mux(self.accumulated.valid, lane.acc[c], 0))
         m.d.comb += [result.z_kept.eq(row.z_kept), result.kept.eq(row.kept)]
 
         with m.FSM(name="phase"):

@@ -27,7 +27,9 @@ class MacLane(wiring.Component):
     chunk : In(range(head_dim // lanes))
         Which accumulator the operands go to.
     e : In(prob_bits)    unnormalized probability of the key
-    v : In(signed(value_bits))    value element
+    column : In(ArrayLayout(signed(value_bits), head_dim // lanes))
+        This lane's elements of the key's value vector (element c is v_j[c * lanes + l]);
+        the lane takes ``column[chunk]``.
     acc : Out(ArrayLayout(signed(acc_bits), head_dim // lanes))
 
     Cycle behaviour: operands presented with ``valid`` in cycle t are registered
@@ -41,7 +43,7 @@ class MacLane(wiring.Component):
             "first": In(1),
             "chunk": In(range(cfg.chunks)),
             "e": In(unsigned(cfg.prob_bits)),
-            "v": In(signed(cfg.value_bits)),
+            "column": In(data.ArrayLayout(signed(cfg.value_bits), cfg.chunks)),
             "acc": Out(data.ArrayLayout(signed(cfg.acc_bits), cfg.chunks)),
         })
 
@@ -54,7 +56,8 @@ class MacLane(wiring.Component):
         first_op = Signal()
         loaded = Signal()
         with m.If(self.valid):
-            m.d.sync += [e_op.eq(self.e), v_op.eq(self.v), chunk_op.eq(self.chunk), first_op.eq(self.first)]
+            m.d.sync += [e_op.eq(self.e), v_op.eq(self.column[self.chunk]), chunk_op.eq(self.chunk),
+                         first_op.eq(self.first)]
         m.d.sync += loaded.eq(self.valid)
 
         product = Signal(signed(cfg.prob_bits + cfg.value_bits + 1))

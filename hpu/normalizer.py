@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
-from amaranth.lib import stream, wiring
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hpu import layouts
@@ -48,41 +48,48 @@ class Normalizer(wiring.Component):
             m.submodules[f"div{index}"] = divider
             dividers.append(divider)
 
-        held = Signal(layouts.result(cfg))
+        # Rounds rotate the accumulators and shift the outputs by `lanes` elements, so divider l
+        # always reads element l and writes the top: fixed wiring instead of wide multiplexers.
+        acc = Signal(data.ArrayLayout(signed(cfg.acc_bits), cfg.head_dim))
+        out = Signal(data.ArrayLayout(signed(cfg.out_bits), cfg.head_dim))
+        z_kept = Signal(cfg.z_bits)
+        kept = Signal(cfg.count_bits)
         round_ = Signal(range(cfg.chunks))
         issued = Signal()
-        m.d.comb += self.result.payload.eq(held)
+        m.d.comb += [self.result.payload.acc.eq(acc), self.result.payload.out.eq(out),
+                     self.result.payload.z_kept.eq(z_kept), self.result.payload.kept.eq(kept)]
 
         high = (1 << (cfg.out_bits - 1)) - 1
+        rest = cfg.head_dim - cfg.lanes
         with m.FSM(name="phase"):
             with m.State("IDLE"):
                 m.d.comb += self.accumulated.ready.eq(1)
                 with m.If(self.accumulated.valid):
                     taken = self.accumulated.payload
-                    m.d.sync += [held.acc.eq(taken.acc), held.z_kept.eq(taken.z_kept), held.kept.eq(taken.kept),
+                    m.d.sync += [acc.eq(taken.acc), z_kept.eq(taken.z_kept), kept.eq(taken.kept),
                                  round_.eq(0), issued.eq(0)]
                     m.next = "DIVIDE"
             with m.State("DIVIDE"):
-                all_done = 1
+                take = Signal()
+                m.d.comb += take.eq(Cat(d.response.valid for d in dividers).all())
                 for index, divider in enumerate(dividers):
-                    acc = Signal(signed(cfg.acc_bits), name=f"acc_in{index}")
-                    m.d.comb += [
-                        acc.eq(held.acc.as_value().word_select(round_ * cfg.lanes + index, cfg.acc_bits)),
-                        divider.request.payload.dividend.eq(Mux(acc < 0, -acc, acc) << cfg.out_frac),
-                        divider.request.payload.divisor.eq(held.z_kept),
-                        divider.request.valid.eq(~issued),
-                        divider.response.ready.eq(1),
-                    ]
-                    all_done = all_done & divider.response.valid
+                    value = acc[index]
                     quotient = divider.response.payload.quotient
-                    saturated = Mux(acc < 0,
+                    saturated = Mux(value < 0,
                                     -Mux(quotient > high + 1, high + 1, quotient),
                                     Mux(quotient > high, high, quotient))
-                    with m.If(divider.response.valid):
-                        m.d.sync += held.out.as_value().word_select(round_ * cfg.lanes + index, cfg.out_bits).eq(
-                            saturated)
+                    m.d.comb += [
+                        divider.request.payload.dividend.eq(Mux(value < 0, -value, value) << cfg.out_frac),
+                        divider.request.payload.divisor.eq(z_kept),
+                        divider.request.valid.eq(~issued),
+                        divider.response.ready.eq(take),
+                    ]
+                    with m.If(take):
+                        m.d.sync += [out[rest + index].eq(saturated), acc[rest + index].eq(value)]
                 m.d.sync += issued.eq(1)
-                with m.If(all_done):
+                with m.If(take):
+                    for index in range(rest):
+                        m.d.sync += [out[index].eq(out[index + cfg.lanes]), acc[index].eq(acc[index + cfg.lanes])]
                     m.d.sync += [round_.eq(round_ + 1), issued.eq(0)]
                     with m.If(round_ == cfg.chunks - 1):
                         m.next = "EMIT"

@@ -47,7 +47,12 @@ def _check_simulator(sim: str) -> dict:
         iverilog()
         return {}
     exe, env = verilator_env()
-    return {"VERILATOR_ROOT": env["VERILATOR_ROOT"], "PATH": f"{Path(exe).parent}{os.pathsep}{os.environ['PATH']}"}
+    # The harness's clock is a timed `always #5`: Verilator's --timing needs C++20 coroutines,
+    # which the PyPI package's own wrapper also asks for this way.
+    return {"VERILATOR_ROOT": env["VERILATOR_ROOT"], "PATH": f"{Path(exe).parent}{os.pathsep}{os.environ['PATH']}",
+            "CXXFLAGS": os.environ.get("CXXFLAGS", "--std=c++20"),
+            # The PyPI build's verilated.mk leaves the precompiled-header include flag empty.
+            "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include"}
 
 
 def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/sim", trace: bool = False,
@@ -67,11 +72,10 @@ def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/s
                                   f"(differs in {', '.join(differing)}); run `hpu gen` for this one")
         verilog = Path(verilog_dir) / manifest["verilog"]
     else:
+        # Always regenerate: a configuration's Verilog changes whenever the design does. The
+        # simulator build below is cached by the Verilog's own hash.
         key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-        rtl_dir = build_root / f"rtl-{key}"
-        if not (rtl_dir / "manifest.json").exists():
-            generate(cfg, rtl_dir)
-        verilog = rtl_dir / "hpu.v"
+        verilog = generate(cfg, build_root / f"rtl-{key}").verilog
 
     from cocotb_tools.runner import get_runner
 

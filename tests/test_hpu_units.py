@@ -104,7 +104,7 @@ def test_mac_lane_accumulates_and_holds_when_not_valid(seed):
             ctx.set(dut.valid, valid)
             ctx.set(dut.chunk, chunk)
             ctx.set(dut.e, e)
-            ctx.set(dut.v, v)
+            ctx.set(dut.column[chunk], v)
             ctx.set(dut.first, first)
             if valid:
                 want[chunk] = e * v if first else want[chunk] + e * v
@@ -119,7 +119,7 @@ def test_mac_lane_accumulates_and_holds_when_not_valid(seed):
         before = [ctx.get(dut.acc[c]) for c in range(cfg.chunks)]
         for _ in range(5):
             ctx.set(dut.e, rng.randrange(cfg.e_max + 1))
-            ctx.set(dut.v, rng.randint(-32, 31))
+            ctx.set(dut.column[rng.randrange(cfg.chunks)], rng.randint(-32, 31))
             await ctx.tick()
         assert [ctx.get(dut.acc[c]) for c in range(cfg.chunks)] == before
     run(dut, tb)
