@@ -55,7 +55,7 @@ def cycle_bound(job: Job, rows: int) -> int:
     cfg = job.cfg
     per_row = max(cfg.max_keys * cfg.chunks, cfg.max_keys + (1 << cfg.prob_bits),
                   cfg.chunks * (cfg.acc_bits + cfg.out_frac + 2)) + 16
-    slow = 1.0 / max(1e-3, (1 - job.options.gaps) * (1 - job.options.backpressure))
+    slow = 1.0 / ((1 - job.options.gaps) * (1 - job.options.backpressure))
     return int(4 * slow * per_row * (rows + 4))
 
 
@@ -103,13 +103,13 @@ async def run_job(dut):
 
     start_wall = time.perf_counter()
     start_cycle = None
-    dut.rows_expected.value = len(job.rows)
+    dut.rows_expected.value = len(job.expected)
     if opts.vcd:
         dut.dump.value = 1
     refill()
     stalled = None
     last_report = 0
-    while read < len(job.rows):
+    while read < len(job.expected):
         await ReadOnly()
         if start_cycle is None:
             start_cycle = int(dut.cycles.value)
@@ -120,17 +120,18 @@ async def run_job(dut):
                        or (loaded < len(keys) and int(dut.need_keys.value)))
         if not busy_levels:
             try:
-                await with_timeout(First(*waiting), cycle_bound(job, len(job.rows) - read) * CLOCK_NS, "ns")
+                await with_timeout(First(*waiting), cycle_bound(job, len(job.expected) - read) * CLOCK_NS, "ns")
             except SimTimeoutError:
-                stalled = (f"no result within {cycle_bound(job, len(job.rows) - read)} cycles: "
-                           f"{read} of {len(job.rows)} rows done, {int(dut.keys_sent.value)} of {len(keys)} keys taken")
+                drain()
+                stalled = (f"no result within {cycle_bound(job, len(job.expected) - read)} cycles: "
+                           f"{read} of {len(job.expected)} rows done, {int(dut.keys_sent.value)} of {len(keys)} keys taken")
                 break
         await RisingEdge(dut.clk)
         drain()
         refill()
-        if show_progress and read - last_report >= max(1, len(job.rows) // 20):
+        if show_progress and read - last_report >= max(1, len(job.expected) // 20):
             last_report = read
-            print(f"\r  rows {read}/{len(job.rows)}  mismatches {board.mismatches}", end="", file=sys.stderr, flush=True)
+            print(f"\r  rows {read}/{len(job.expected)}  mismatches {board.mismatches}", end="", file=sys.stderr, flush=True)
     dut.dump.value = 0
     await RisingEdge(dut.clk)
     end_cycle = int(dut.cycles.value)

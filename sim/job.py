@@ -14,6 +14,7 @@ from pathlib import Path
 
 from golden_model.stimulus import Row, RowResult
 from hpu.config import HPUConfig
+from hpu.errors import InputError
 
 
 @dataclass
@@ -23,6 +24,11 @@ class Options:
     seed: int = 0
     gate_open: bool = False      # dense baseline: the gate held open
     vcd: str | None = None       # dump the HPU's hierarchy while rows are in flight
+
+    def __post_init__(self):
+        for name in ("gaps", "backpressure"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InputError(f"{name} = {getattr(self, name)}: must lie in [0, 1) (a probability per cycle)")
 
 
 @dataclass

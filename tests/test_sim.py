@@ -1,0 +1,111 @@
+"""The generated Verilog under cocotb: Icarus by default, one Verilator run; bit-exact against the golden model."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from golden_model.sources import rows_from
+from hpu.cli import main
+from hpu.config import HPUConfig
+from rtl_gen.generate import generate
+from rtl_gen.tools import ToolMissing
+from sim.job import Job, Options
+from sim.runner import SimulationError, make_job, run
+
+from conftest import REPO
+
+SMALL = HPUConfig.load(f"{REPO}/configs/small.toml")
+ROWS = {"random": 60, "adversarial": 30, "minilm": 30}
+
+
+@pytest.fixture(scope="session")
+def build_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("sim_build")
+
+
+@pytest.mark.parametrize("schedule", ["lockstep", "compact"])
+@pytest.mark.parametrize("mode", ["mass", "topk", "dense"])
+def test_icarus_rows_bit_exact_with_gaps_and_backpressure(mode, schedule, seed, build_root, tmp_path):
+    cfg = SMALL.replace(mode=mode, schedule=schedule)
+    for source, count in ROWS.items():
+        rows = rows_from(source, cfg, count, seed)
+        job = make_job(cfg, rows, source, Options(gaps=0.15, backpressure=0.3, seed=seed))
+        outcome = run(job, "icarus", build_root=build_root, work_dir=tmp_path / source)
+        assert (outcome.rows_checked, outcome.mismatches) == (count, 0)
+        assert outcome.hpu_cycles > 0 and len(outcome.result_cycles) == count
+
+
+def test_dense_baseline_holds_the_gate_open(seed, build_root, tmp_path):
+    cfg = SMALL.replace(mode="mass", schedule="compact")
+    rows = rows_from("random", cfg, 40, seed)
+    job = make_job(cfg, rows, "random", Options(gate_open=True, seed=seed))
+    assert all(e.kept == r.n for e, r in zip(job.expected, rows))
+    assert run(job, "icarus", build_root=build_root, work_dir=tmp_path).mismatches == 0
+
+
+def test_verilator_run(seed, build_root, tmp_path):
+    cfg = SMALL.replace(mode="mass", schedule="compact")
+    rows = rows_from("random", cfg, 40, seed)
+    outcome = run(make_job(cfg, rows, "random", Options(backpressure=0.2, seed=seed)), "verilator",
+                  build_root=build_root, work_dir=tmp_path)
+    assert (outcome.rows_checked, outcome.mismatches) == (40, 0)
+
+
+def test_mismatch_reports_first_row_and_writes_a_replay(seed, build_root, tmp_path):
+    cfg = SMALL
+    rows = rows_from("random", cfg, 8, seed)
+    job = make_job(cfg, rows, "random")
+    job.expected[3] = dataclasses.replace(job.expected[3], z_kept=job.expected[3].z_kept + 1)
+    with pytest.raises(SimulationError) as info:
+        run(job, "icarus", build_root=build_root, work_dir=tmp_path)
+    message = str(info.value)
+    assert "1 of 8 rows differ" in message and "first: row 3" in message and "z_kept" in message
+    replay = Job.load(tmp_path / "replay_row.json")
+    assert replay.rows == [rows[3]] and replay.expected == [job.expected[3]]
+    with pytest.raises(SimulationError, match="1 of 1 rows differ"):
+        run(replay, "icarus", build_root=build_root, work_dir=tmp_path / "replay")
+
+
+def test_stalled_design_ends_with_a_message(build_root, tmp_path):
+    cfg = SMALL
+    rows = rows_from("random", cfg, 3, 0)
+    job = make_job(cfg, rows, "random")
+    job.expected.append(job.expected[-1])   # waits for a fourth result that never comes
+    with pytest.raises(SimulationError, match="HPU stalled under icarus: no result within .* 3 of 4 rows done"):
+        run(job, "icarus", build_root=build_root, work_dir=tmp_path)
+
+
+def test_verilog_built_for_another_configuration_is_refused(build_root, tmp_path):
+    generate(SMALL, tmp_path / "rtl")
+    job = make_job(SMALL.replace(mode="topk"), rows_from("random", SMALL, 2, 0), "random")
+    with pytest.raises(SimulationError, match="generated for another configuration .differs in mode."):
+        run(job, "icarus", build_root=build_root, work_dir=tmp_path / "run", verilog_dir=tmp_path / "rtl")
+
+
+def test_missing_simulator_is_named(monkeypatch, build_root, tmp_path):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    job = make_job(SMALL, rows_from("random", SMALL, 2, 0), "random")
+    with pytest.raises(ToolMissing, match="Icarus Verilog .iverilog. is not installed: .*apt-get install -y iverilog"):
+        run(job, "icarus", build_root=build_root, work_dir=tmp_path)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="backpressure = 1.0: must lie in"):
+        Options(backpressure=1.0)
+
+
+def test_sim_command_summary(build_root, tmp_path, capsys):
+    out = tmp_path / "summary.json"
+    assert main(["sim", "--config", f"{REPO}/configs/small.toml", "--rows", "12", "--source", "adversarial",
+                 "--dense-baseline", "--vcd", str(tmp_path / "gated.vcd"), "--build", str(build_root),
+                 "-o", str(out), "--quiet"]) == 0
+    summary = json.loads(out.read_text())
+    assert set(summary["runs"]) == {"gated", "dense"}
+    for name, record in summary["runs"].items():
+        assert record["rows_checked"] == 12 and record["mismatches"] == 0
+        assert os.path.getsize(record["vcd"]) > 1000
+    assert summary["runs"]["dense"]["kept_fraction"] == 1.0
+    assert summary["runs"]["gated"]["kept_fraction"] < 1.0
+    assert "simulated cycles/s" in capsys.readouterr().out
