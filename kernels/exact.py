@@ -1,0 +1,123 @@
+"""Bit-exact Triton emulator of the HPU: the integer contract for a batch of rows, one program per row.
+
+The kernel computes what golden_model.contract.run_contract computes (e, Z, the
+kept set with ties by index, acc, z_kept, out, kept count), with the EXP_LUT
+from the one shared builder. It runs on a GPU, and on the CPU under
+TRITON_INTERPRET=1, which is how CI checks it.
+
+Selection: every valid key gets the unique order key ``e * BLOCK_N + (BLOCK_N - 1 - j)``;
+sorting those descending is the contract's (e desc, index asc) order, so the
+k-th largest order key is a threshold that picks exactly the first k keys.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from golden_model.contract import signed_range
+from golden_model.lut import exp_lut
+from hpu.config import GATE_SCALE, GATE_SHIFT, HPUConfig
+from hpu.errors import InputError
+
+MODES = {"dense": 0, "topk": 1, "mass": 2}
+
+
+@triton.jit
+def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
+                     acc_ptr, out_ptr, z_kept_ptr, kept_ptr,
+                     stride_s, stride_vg, stride_vn,
+                     EXP_SHIFT: tl.constexpr, LUT_SIZE: tl.constexpr, RHO_Q: tl.constexpr, TAU_Q: tl.constexpr,
+                     K_MIN: tl.constexpr, OUT_FRAC: tl.constexpr, OUT_LOW: tl.constexpr, OUT_HIGH: tl.constexpr,
+                     MODE: tl.constexpr, GATE_ROUND: tl.constexpr, GATE_SHIFT: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr):
+    row = tl.program_id(0)
+    n = tl.load(lengths_ptr + row).to(tl.int64)
+    group = tl.load(groups_ptr + row).to(tl.int64)
+    j = tl.arange(0, BLOCK_N)
+    valid = j < n
+    s = tl.load(scores_ptr + row * stride_s + j, mask=valid, other=-2147483647).to(tl.int64)
+    m = tl.max(s, axis=0)
+    step = (m - s) >> EXP_SHIFT
+    index = tl.minimum(step, LUT_SIZE - 1)
+    e = tl.load(lut_ptr + index, mask=valid, other=0).to(tl.int64)
+    z = tl.sum(e, axis=0)
+
+    order_key = tl.where(valid, e * BLOCK_N + (BLOCK_N - 1 - j), -1)
+    ranked = tl.sort(order_key, 0, descending=True)
+    ranked_e = tl.where(ranked >= 0, ranked // BLOCK_N, 0)
+    prefix = tl.cumsum(ranked_e, axis=0)
+
+    cap = tl.maximum((n * RHO_Q + GATE_ROUND) >> GATE_SHIFT, K_MIN)
+    cap = tl.minimum(cap, n)
+    if MODE == 0:
+        kept = n
+    elif MODE == 1:
+        kept = cap
+    else:
+        target = (z * TAU_Q + GATE_ROUND) >> GATE_SHIFT
+        shortest = tl.minimum(tl.sum((prefix < target).to(tl.int64), axis=0) + 1, n)
+        kept = tl.minimum(shortest, cap)
+    threshold = tl.sum(tl.where(j == kept - 1, ranked, 0), axis=0)
+
+    d = tl.arange(0, D)
+    acc = tl.zeros((D,), dtype=tl.int64)
+    z_kept = 0
+    for start in range(0, BLOCK_N, BLOCK_K):
+        jj = start + tl.arange(0, BLOCK_K)
+        ok = jj < n
+        sj = tl.load(scores_ptr + row * stride_s + jj, mask=ok, other=0).to(tl.int64)
+        ej = tl.load(lut_ptr + tl.minimum((m - sj) >> EXP_SHIFT, LUT_SIZE - 1), mask=ok, other=0).to(tl.int64)
+        keep = ok & (ej * BLOCK_N + (BLOCK_N - 1 - jj) >= threshold)
+        w = tl.where(keep, ej, 0)
+        z_kept += tl.sum(w, axis=0)
+        v = tl.load(values_ptr + group * stride_vg + jj[:, None] * stride_vn + d[None, :],
+                    mask=ok[:, None], other=0).to(tl.int64)
+        acc += tl.sum(w[:, None] * v, axis=0)
+
+    magnitude = tl.where(acc < 0, -acc, acc)
+    quotient = (magnitude << OUT_FRAC) // z_kept
+    out = tl.where(acc < 0, -quotient, quotient)
+    out = tl.minimum(tl.maximum(out, OUT_LOW), OUT_HIGH)
+    tl.store(acc_ptr + row * D + d, acc)
+    tl.store(out_ptr + row * D + d, out)
+    tl.store(z_kept_ptr + row, z_kept)
+    tl.store(kept_ptr + row, kept)
+
+
+def run_contract_triton(cfg: HPUConfig, scores: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
+                        groups: torch.Tensor | None = None, block_k: int = 32) -> dict[str, torch.Tensor]:
+    """The contract for R rows on ``scores.device``.
+
+    scores: (R, N) integers; values: (G, N, head_dim) integers, row r using value
+    set ``groups[r]`` (default: G = R, row r uses set r); lengths: (R,) in 1..N.
+    Returns int64 tensors ``acc`` (R, D), ``out`` (R, D), ``z_kept`` (R,), ``kept`` (R,).
+    """
+    rows, n_keys = scores.shape
+    if values.shape[-1] != cfg.head_dim or values.shape[-2] != n_keys:
+        raise InputError(f"values must be (G, {n_keys}, head_dim={cfg.head_dim}); got {tuple(values.shape)}")
+    if cfg.head_dim & (cfg.head_dim - 1):
+        raise InputError(f"the Triton emulator needs a power-of-two head_dim, not {cfg.head_dim}")
+    if n_keys > cfg.max_keys:
+        raise InputError(f"rows of {n_keys} keys exceed max_keys = {cfg.max_keys}")
+    device = scores.device
+    groups = torch.arange(rows, device=device) if groups is None else groups
+    scores = scores.to(torch.int32).contiguous()
+    values = values.to(torch.int32 if values.dtype not in (torch.int8, torch.int16) else values.dtype).contiguous()
+    lut = torch.tensor(exp_lut(cfg), dtype=torch.int32, device=device)
+    acc = torch.empty(rows, cfg.head_dim, dtype=torch.int64, device=device)
+    out = torch.empty_like(acc)
+    z_kept = torch.empty(rows, dtype=torch.int64, device=device)
+    kept = torch.empty_like(z_kept)
+    block_n = triton.next_power_of_2(n_keys)
+    low, high = signed_range(cfg.out_bits)
+    _contract_kernel[(rows,)](
+        scores, values, groups.to(torch.int32).contiguous(), lengths.to(torch.int32).contiguous(), lut,
+        acc, out, z_kept, kept,
+        scores.stride(0), values.stride(0), values.stride(1),
+        EXP_SHIFT=cfg.exp_shift, LUT_SIZE=cfg.lut_size, RHO_Q=cfg.rho_q, TAU_Q=cfg.tau_q, K_MIN=cfg.k_min,
+        OUT_FRAC=cfg.out_frac, OUT_LOW=low, OUT_HIGH=high, MODE=MODES[cfg.mode],
+        GATE_ROUND=GATE_SCALE - 1, GATE_SHIFT=GATE_SHIFT,
+        BLOCK_N=block_n, BLOCK_K=min(block_k, block_n), D=cfg.head_dim)
+    return {"acc": acc, "out": out, "z_kept": z_kept, "kept": kept}
