@@ -14,8 +14,6 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import tomli_w
-
 from hpu.errors import HPUError
 
 MODES = ("mass", "topk", "dense")
@@ -202,6 +200,8 @@ class HPUConfig:
         return cls.from_dict(data.get("hpu", data))
 
     def save(self, path: str | Path) -> None:
+        import tomli_w
+
         Path(path).write_text(tomli_w.dumps({"hpu": self.to_dict()}))
 
     @classmethod
