@@ -63,7 +63,7 @@ def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
 
     d = tl.arange(0, D)
     acc = tl.zeros((D,), dtype=tl.int64)
-    z_kept = 0
+    z_kept = tl.zeros((), dtype=tl.int64)
     for start in range(0, BLOCK_N, BLOCK_K):
         jj = start + tl.arange(0, BLOCK_K)
         ok = jj < n
