@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -50,10 +50,8 @@ class ExpGate(wiring.Component):
         super().__init__({
             "row": In(stream.Signature(layouts.ingested(cfg))),
             "gate": Out(stream.Signature(layouts.gated(cfg))),
-            "score_read": In(memory.ReadPort.Signature(
-                addr_width=layouts.address_bits(cfg, layouts.SCORE_BANKS), shape=signed(cfg.score_bits))),
-            "e_write": In(memory.WritePort.Signature(
-                addr_width=layouts.address_bits(cfg, layouts.E_BANKS), shape=unsigned(cfg.prob_bits))),
+            "score_read": In(layouts.read_port(cfg, "score")),
+            "e_write": In(layouts.write_port(cfg, "e")),
             "gate_open": In(1),
             "busy": Out(1),
         })

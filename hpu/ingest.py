@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hpu import layouts
@@ -37,10 +37,8 @@ class Ingest(wiring.Component):
         super().__init__({
             "keys": In(stream.Signature(layouts.key(cfg))),
             "row": Out(stream.Signature(layouts.ingested(cfg))),
-            "score_write": In(memory.WritePort.Signature(
-                addr_width=layouts.address_bits(cfg, layouts.SCORE_BANKS), shape=signed(cfg.score_bits))),
-            "value_write": In(memory.WritePort.Signature(
-                addr_width=layouts.address_bits(cfg, layouts.VALUE_BANKS), shape=layouts.value_word(cfg))),
+            "score_write": In(layouts.write_port(cfg, "score")),
+            "value_write": In(layouts.write_port(cfg, "value")),
             "overflow": Out(1),
             "busy": Out(1),
         })

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amaranth import signed, unsigned
-from amaranth.lib import data
+from amaranth.lib import data, memory
 
 from hpu.config import HPUConfig
 
@@ -77,5 +77,29 @@ def bank_address(cfg: HPUConfig, bank, index):
     return bank * cfg.max_keys + index
 
 
-def address_bits(cfg: HPUConfig, banks: int) -> int:
-    return max(1, (banks * cfg.max_keys - 1).bit_length())
+# The row buffers: name -> (banks, word shape). One row per bank, one word per key.
+def _buffers(cfg: HPUConfig) -> dict:
+    return {
+        "score": (SCORE_BANKS, signed(cfg.score_bits)),
+        "value": (VALUE_BANKS, value_word(cfg)),
+        "e": (E_BANKS, unsigned(cfg.prob_bits)),
+    }
+
+
+def buffer_memory(cfg: HPUConfig, name: str, init=()) -> memory.Memory:
+    banks, shape = _buffers(cfg)[name]
+    return memory.Memory(shape=shape, depth=banks * cfg.max_keys, init=list(init))
+
+
+def _port_args(cfg: HPUConfig, name: str) -> dict:
+    banks, shape = _buffers(cfg)[name]
+    return {"addr_width": max(1, (banks * cfg.max_keys - 1).bit_length()), "shape": shape}
+
+
+def read_port(cfg: HPUConfig, name: str) -> memory.ReadPort.Signature:
+    """Signature of a read port of row buffer ``name`` (a unit takes it as ``In(...)`` to drive it)."""
+    return memory.ReadPort.Signature(**_port_args(cfg, name))
+
+
+def write_port(cfg: HPUConfig, name: str) -> memory.WritePort.Signature:
+    return memory.WritePort.Signature(**_port_args(cfg, name))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, unsigned
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hpu import layouts
@@ -45,10 +45,8 @@ class MacArray(wiring.Component):
         super().__init__({
             "gate": In(stream.Signature(layouts.gated(cfg))),
             "accumulated": Out(stream.Signature(layouts.accumulated(cfg))),
-            "e_read": In(memory.ReadPort.Signature(
-                addr_width=layouts.address_bits(cfg, layouts.E_BANKS), shape=unsigned(cfg.prob_bits))),
-            "value_read": In(memory.ReadPort.Signature(
-                addr_width=layouts.address_bits(cfg, layouts.VALUE_BANKS), shape=layouts.value_word(cfg))),
+            "e_read": In(layouts.read_port(cfg, "e")),
+            "value_read": In(layouts.read_port(cfg, "value")),
             "busy": Out(1),
         })
 

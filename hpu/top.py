@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth import Module
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hpu import layouts
@@ -59,12 +59,9 @@ class HPU(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        m.submodules.score_buffer = scores = memory.Memory(
-            shape=signed(cfg.score_bits), depth=layouts.SCORE_BANKS * cfg.max_keys, init=[])
-        m.submodules.value_buffer = values = memory.Memory(
-            shape=layouts.value_word(cfg), depth=layouts.VALUE_BANKS * cfg.max_keys, init=[])
-        m.submodules.e_buffer = es = memory.Memory(
-            shape=unsigned(cfg.prob_bits), depth=layouts.E_BANKS * cfg.max_keys, init=[])
+        m.submodules.score_buffer = scores = layouts.buffer_memory(cfg, "score")
+        m.submodules.value_buffer = values = layouts.buffer_memory(cfg, "value")
+        m.submodules.e_buffer = es = layouts.buffer_memory(cfg, "e")
 
         m.submodules.ingest = ingest = Ingest(cfg)
         m.submodules.exp_gate = exp_gate = ExpGate(cfg)

@@ -11,7 +11,7 @@ from golden_model.stimulus import Row, expected
 from hpu.config import HPUConfig
 from hpu.errors import HPUError
 from rtl_gen.generate import generate, load_manifest
-from rtl_gen.tools import ToolMissing, iverilog, verilator_env
+from rtl_gen.tools import iverilog, verilator_env
 from sim.job import Job, Options, Outcome
 from sim.packing import key_bits, result_bits
 

@@ -4,8 +4,8 @@ import random
 
 import pytest
 import torch
-from amaranth import Elaboratable, Module, signed, unsigned
-from amaranth.lib import memory, wiring
+from amaranth import Elaboratable, Module
+from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from golden_model.contract import run_contract
@@ -132,12 +132,9 @@ class WithBuffers(Elaboratable):
 
     def __init__(self, cfg, unit, scores=(), values=(), es=()):
         self.cfg, self.unit = cfg, unit
-        self.scores = memory.Memory(shape=signed(cfg.score_bits), depth=layouts.SCORE_BANKS * cfg.max_keys,
-                                    init=list(scores))
-        self.values = memory.Memory(shape=layouts.value_word(cfg), depth=layouts.VALUE_BANKS * cfg.max_keys,
-                                    init=list(values))
-        self.es = memory.Memory(shape=unsigned(cfg.prob_bits), depth=layouts.E_BANKS * cfg.max_keys,
-                                init=list(es))
+        self.scores = layouts.buffer_memory(cfg, "score", scores)
+        self.values = layouts.buffer_memory(cfg, "value", values)
+        self.es = layouts.buffer_memory(cfg, "e", es)
 
     def elaborate(self, platform):
         m = Module()
