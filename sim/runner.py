@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -129,14 +130,12 @@ def run(job: Job, sim: str = "icarus", build_root: str | Path = "build/sim", wor
                  "HPU_SIM_PROGRESS": "1" if progress else "0",
                  "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
     runner = _runner(sim, vcd=bool(job.options.vcd))
-    try:
+    # cocotb's runner exits on a failed test (under pytest, or with a non-zero simulator status);
+    # the outcome file the testbench wrote says what failed, and is read below.
+    with contextlib.suppress(SystemExit):
         runner.test(test_module="sim.hpu_tb", hdl_toplevel="hpu_harness", hdl_toplevel_lang="verilog",
                     build_dir=build_dir, test_dir=work_dir, extra_env=extra_env, plusargs=plusargs,
                     results_xml=str((work_dir / "results.xml").resolve()), log_file=work_dir / "sim.log")
-    except SystemExit:
-        # cocotb's runner exits on a failed test (under pytest, or with a non-zero simulator
-        # status); the outcome file the testbench wrote says what failed, and is read below.
-        pass
     if not outcome_path.exists():
         raise SimulationError(f"the {sim} simulation ended without an outcome; see {work_dir / 'sim.log'}")
     outcome = Outcome.load(outcome_path)
