@@ -33,19 +33,23 @@ class RowResult:
     kept: int
 
 
+def batch(cfg: HPUConfig, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of any lengths as zero-padded tensors: scores (R, N), values (R, N, head_dim), lengths (R,)."""
+    width = max(row.n for row in rows)
+    scores = torch.zeros(len(rows), width, dtype=torch.int64)
+    values = torch.zeros(len(rows), width, cfg.head_dim, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        scores[i, :row.n] = torch.tensor(row.scores)
+        values[i, :row.n] = torch.tensor(row.values)
+    return scores, values, torch.tensor([row.n for row in rows])
+
+
 def expected(cfg: HPUConfig, rows: list[Row]) -> list[RowResult]:
     """The golden model's results for each row (rows of any lengths, batched)."""
     if not rows:
         return []
-    width = max(row.n for row in rows)
-    scores = torch.zeros(len(rows), 1, width, dtype=torch.int64)
-    values = torch.zeros(len(rows), width, cfg.head_dim, dtype=torch.int64)
-    lengths = torch.tensor([[row.n] for row in rows])
-    for i, row in enumerate(rows):
-        scores[i, 0, :row.n] = torch.tensor(row.scores)
-        values[i, :row.n] = torch.tensor(row.values)
-    result = run_contract(cfg, scores, values, lengths)
-    return results_of(result)
+    scores, values, lengths = batch(cfg, rows)
+    return results_of(run_contract(cfg, scores[:, None, :], values, lengths[:, None]))
 
 
 def results_of(result: ContractResult) -> list[RowResult]:

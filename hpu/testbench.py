@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 
 from golden_model.stimulus import Row, RowResult
 from hpu.config import HPUConfig
-from hpu.top import HPU
+from hpu.top import HPU, slowest_stage_cycles
 
 CLOCK_PERIOD = 1e-8
 
@@ -40,8 +40,7 @@ def simulate_rows(cfg: HPUConfig, rows: list[Row], *, gate_open: bool = False, g
     rng_in, rng_out = random.Random(seed), random.Random(seed + 1)
     run = SimRun(results=[])
     cycle = 0
-    limit = timeout_cycles or 64 + sum(4 * (r.n + cfg.chunks * r.n + (1 << cfg.prob_bits) +
-                                            cfg.chunks * (cfg.acc_bits + cfg.out_frac + 2)) for r in rows)
+    limit = timeout_cycles or 4 * slowest_stage_cycles(cfg) * (len(rows) + 4)
 
     async def clock(ctx):
         nonlocal cycle

@@ -18,6 +18,7 @@ from pathlib import Path
 import cocotb
 from cocotb.triggers import First, ReadOnly, RisingEdge, SimTimeoutError, Timer, with_timeout
 
+from hpu.top import slowest_stage_cycles
 from sim.job import Job, Outcome
 from sim.packing import pack_keys, unpack_result
 
@@ -52,11 +53,8 @@ class Scoreboard:
 
 def cycle_bound(job: Job, rows: int) -> int:
     """Generous upper bound on cycles for `rows` more rows (4x the slowest stage, plus the pipeline)."""
-    cfg = job.cfg
-    per_row = max(cfg.max_keys * cfg.chunks, cfg.max_keys + (1 << cfg.prob_bits),
-                  cfg.chunks * (cfg.acc_bits + cfg.out_frac + 2)) + 16
     slow = 1.0 / ((1 - job.options.gaps) * (1 - job.options.backpressure))
-    return int(4 * slow * per_row * (rows + 4))
+    return int(4 * slow * slowest_stage_cycles(job.cfg) * (rows + 4))
 
 
 @cocotb.test()

