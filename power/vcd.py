@@ -1,0 +1,507 @@
+"""A streaming, vectorized VCD reader that counts toggles per bit.
+
+The file is read in chunks of a few MB; each chunk is tokenized with numpy (no Python loop per value
+change), and the changes are grouped by identifier code and width so the per-bit work is array
+arithmetic. Memory is bounded by the chunk size plus one state row per variable: the reader never
+holds the dump or its list of changes.
+
+Counting rules (IEEE 1364 section 18 for the format, the brief for the counts):
+- a toggle is a 0->1 (rise) or 1->0 (fall) change of one bit; a change to or from x or z (or any
+  other non-0/1 state such as VHDL's u, w, -) is counted apart as an x/z change;
+- every bit starts as x, so a dump's first values are x/z changes, not toggles;
+- a vector written with fewer bits than its width is extended on the left with 0, or with x or z
+  when its leftmost written bit is x or z;
+- real and string values are counted as changes of the variable, not as bit toggles;
+- variables sharing one identifier code (aliases) share one set of counts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from hpu.errors import InputError
+
+CHUNK_BYTES = 1 << 22
+
+# Bit states: 0, 1, unknown (x and its VHDL relatives), high impedance.
+ZERO, ONE, X, Z = 0, 1, 2, 3
+_STATE = np.full(256, 255, np.uint8)
+for _chars, _state in (("0lL", ZERO), ("1hH", ONE), ("xXuUwW-", X), ("zZ", Z)):
+    for _c in _chars:
+        _STATE[ord(_c)] = _state
+_SPACE = np.zeros(256, bool)
+_SPACE[[9, 10, 11, 12, 13, 32]] = True
+_IS_VALUE_PREFIX = np.zeros(256, bool)
+_IS_VALUE_PREFIX[[ord(c) for c in "bBrRsS"]] = True
+_IS_SCALAR = _STATE != 255
+
+_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "ps": 1e-12, "fs": 1e-15}
+_REAL_TYPES = {"real", "realtime", "shortreal"}
+_BODY_KEYWORDS = {b"$dumpvars", b"$dumpoff", b"$dumpon", b"$dumpall", b"$end"}
+
+
+class VcdError(InputError):
+    """A malformed or truncated VCD: the message names the file, the line and what was expected."""
+
+    def __init__(self, path: Path | str, line: int | None, message: str):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Var:
+    """One `$var`: its scope path, name, type and width, and the identifier code it shares."""
+
+    code: int
+    scope: tuple[str, ...]
+    name: str
+    type: str
+    width: int
+    range: str = ""
+
+    @property
+    def reference(self) -> str:
+        return ".".join(self.scope + (self.name,))
+
+
+@dataclass
+class Header:
+    """Definitions of a dump: timescale in seconds, scopes (path -> kind), variables, codes."""
+
+    timescale: float = 1.0
+    scopes: dict[tuple[str, ...], str] = field(default_factory=dict)
+    vars: list[Var] = field(default_factory=list)
+    codes: list[bytes] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    real: list[bool] = field(default_factory=list)
+    body_offset: int = 0
+    body_line: int = 1
+
+    @property
+    def bit_offsets(self) -> np.ndarray:
+        return np.concatenate(([0], np.cumsum(self.widths, dtype=np.int64)))
+
+
+@dataclass
+class Batch:
+    """The bit changes of one chunk, grouped by code (in time order within a code).
+
+    `toggles` and `xz` count the bits of each change that toggled or went to/from x/z;
+    `watched` maps a watched code to (times, states of the watched bits) of its changes."""
+
+    code: np.ndarray
+    time: np.ndarray
+    toggles: np.ndarray
+    xz: np.ndarray
+    watched: dict[int, tuple[np.ndarray, np.ndarray]]
+    end_time: int
+
+
+@dataclass
+class Counts:
+    """Per-bit totals of a whole dump, indexed by `Header.bit_offsets[code] + bit` (bit 0 = LSB).
+
+    Times at 0, 1 and x/z are in dump time units, from the first timestamp to the last."""
+
+    header: Header
+    rise: np.ndarray
+    fall: np.ndarray
+    xz: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    tx: np.ndarray
+    value_changes: np.ndarray
+    begin_time: int
+    end_time: int
+    bytes_read: int
+    warnings: list[str]
+
+    def bits(self, code: int) -> slice:
+        offsets = self.header.bit_offsets
+        return slice(int(offsets[code]), int(offsets[code + 1]))
+
+    def toggles(self, code: int) -> int:
+        s = self.bits(code)
+        return int(self.rise[s].sum() + self.fall[s].sum())
+
+
+def _header_tokens(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    for m in re.finditer(rb"\S+", data):
+        yield m.group(), m.start(), m.end()
+
+
+def read_header(path: Path | str) -> Header:
+    """Parse the definitions up to `$enddefinitions $end`."""
+    path = Path(path)
+    data = b""
+    with open(path, "rb") as f:
+        while b"$enddefinitions" not in data:
+            more = f.read(CHUNK_BYTES)
+            if not more:
+                raise VcdError(path, data.count(b"\n") + 1, "no `$enddefinitions $end`: the file is truncated or not a VCD")
+            data += more
+        tail = f.read(64)
+    data += tail
+    header = Header()
+    stack: list[str] = []
+    code_index: dict[bytes, int] = {}
+    tokens = _header_tokens(data)
+
+    def line_of(pos: int) -> int:
+        return data.count(b"\n", 0, pos) + 1
+
+    def until_end(start: int) -> list[bytes]:
+        words = []
+        for word, pos, _ in tokens:
+            if word == b"$end":
+                return words
+            if word in (b"$var", b"$scope", b"$upscope", b"$enddefinitions"):
+                raise VcdError(path, line_of(pos), f"expected `$end` before {word.decode()}")
+            words.append(word)
+        raise VcdError(path, line_of(start), "a definition never ends: expected `$end`")
+
+    for word, pos, end in tokens:
+        if word == b"$enddefinitions":
+            rest = until_end(pos)
+            if rest:
+                raise VcdError(path, line_of(pos), "expected `$end` right after `$enddefinitions`")
+            body = data.index(b"$end", end) + len(b"$end")
+            header.body_offset = body
+            header.body_line = line_of(body)
+            if stack:
+                raise VcdError(path, line_of(pos), f"scope {'.'.join(stack)} is never closed with `$upscope`")
+            return header
+        if word == b"$scope":
+            words = until_end(pos)
+            if not words:
+                raise VcdError(path, line_of(pos), "`$scope` needs a kind and a name")
+            name = words[-1].decode(errors="replace")
+            stack.append(name)
+            header.scopes[tuple(stack)] = words[0].decode(errors="replace") if len(words) > 1 else "module"
+        elif word == b"$upscope":
+            until_end(pos)
+            if not stack:
+                raise VcdError(path, line_of(pos), "`$upscope` without an open `$scope`")
+            stack.pop()
+        elif word == b"$var":
+            words = until_end(pos)
+            if len(words) < 4:
+                raise VcdError(path, line_of(pos), "expected `$var TYPE SIZE CODE NAME $end`")
+            kind, size, code = words[0].decode(errors="replace"), words[1], words[2]
+            try:
+                width = int(size)
+            except ValueError:
+                raise VcdError(path, line_of(pos), f"variable size {size.decode(errors='replace')!r} is not an integer") from None
+            real = kind in _REAL_TYPES or kind == "string"
+            if width < 1 and not real:
+                raise VcdError(path, line_of(pos), f"variable size {width} must be at least 1")
+            name = words[3].decode(errors="replace")
+            bit_range = "".join(w.decode(errors="replace") for w in words[4:])
+            if code not in code_index:
+                code_index[code] = len(header.codes)
+                header.codes.append(code)
+                header.widths.append(0 if real else width)
+                header.real.append(real)
+            index = code_index[code]
+            if not real and header.widths[index] != width:
+                # Some writers alias a vector and one of its bits; the widest view holds the counts.
+                header.widths[index] = max(header.widths[index], width)
+            header.vars.append(Var(index, tuple(stack), name, kind, width, bit_range))
+        elif word == b"$timescale":
+            header.timescale = _timescale(path, line_of(pos), until_end(pos))
+        elif word.startswith(b"$"):
+            until_end(pos)
+        else:
+            raise VcdError(path, line_of(pos), f"expected a `$` keyword in the definitions, found {word[:40].decode(errors='replace')!r}")
+    raise VcdError(path, line_of(len(data)), "truncated definitions")
+
+
+def _timescale(path: Path, line: int, words: list[bytes]) -> float:
+    text = b"".join(words).decode(errors="replace").strip()
+    # The standard allows 1, 10 or 100; real writers use any whole number (a Game Boy trace: 244 ns).
+    m = re.fullmatch(r"(\d+)?\s*(s|ms|us|ns|ps|fs)", text)
+    if not m or int(m.group(1) or 1) == 0:
+        raise VcdError(path, line, f"timescale {text!r} is not a whole number followed by s, ms, us, ns, ps or fs")
+    return int(m.group(1) or 1) * _UNITS[m.group(2)]
+
+
+class _Scanner:
+    """The body reader: turns chunks into Batches and keeps the per-bit totals."""
+
+    def __init__(self, path: Path, header: Header, watch: dict[int, np.ndarray]):
+        self.path, self.header = path, header
+        self.widths = np.asarray(header.widths, np.int64)
+        self.offsets = header.bit_offsets
+        total = int(self.offsets[-1])
+        self.state = np.full(total, X, np.uint8)
+        self.since = np.zeros(len(header.codes), np.int64)
+        self.rise = np.zeros(total, np.int64)
+        self.fall = np.zeros(total, np.int64)
+        self.xz = np.zeros(total, np.int64)
+        self.t = np.zeros((3, total), np.int64)
+        self.changes = np.zeros(len(header.codes), np.int64)
+        self.watch = watch
+        self.time: int | None = None
+        self.warnings: list[str] = []
+        self.begin: int | None = None
+        self.line = header.body_line
+        short = [(i, c) for i, c in enumerate(header.codes) if len(c) <= 8]
+        self.long_codes = {c: i for i, c in enumerate(header.codes) if len(c) > 8}
+        keys = np.array([int.from_bytes(c, "little") for _, c in short], np.uint64)
+        order = np.argsort(keys)
+        self.keys = keys[order]
+        self.key_code = np.array([i for i, _ in short], np.int64)[order]
+
+    def fail(self, buf: bytes, pos: int, message: str) -> None:
+        raise VcdError(self.path, self.line + buf.count(b"\n", 0, pos), message)
+
+    def chunk(self, buf: bytes, final: bool) -> tuple[Batch | None, int]:
+        """Process `buf`; returns the batch and how many bytes were consumed (the rest is carried)."""
+        a = np.frombuffer(buf, np.uint8)
+        solid = np.concatenate(([0], (~_SPACE[a]).view(np.int8), [0]))
+        edges = np.diff(solid)
+        starts = np.flatnonzero(edges == 1)
+        ends = np.flatnonzero(edges == -1)
+        consumed = len(buf)
+        keep = np.ones(len(starts), bool)
+        first = a[starts] if len(starts) else np.zeros(0, np.uint8)
+        comments = np.flatnonzero((first == ord("$")) & (ends - starts == 8))
+        for i in comments:
+            if buf[starts[i]:ends[i]] != b"$comment":
+                continue
+            closing = np.flatnonzero((first[i + 1:] == ord("$")) & (ends[i + 1:] - starts[i + 1:] == 4))
+            closing = [j for j in closing + i + 1 if buf[starts[j]:ends[j]] == b"$end"]
+            if not closing:
+                if final:
+                    self.fail(buf, starts[i], "a `$comment` never ends: expected `$end`")
+                keep[i:] = False
+                consumed = int(starts[i])
+                break
+            keep[i:closing[0] + 1] = False
+        starts, ends, first = starts[keep], ends[keep], first[keep]
+        is_value, is_id = _pair_values(first)
+        if len(starts) and is_value[-1]:
+            if final:
+                self.fail(buf, starts[-1], "a value has no identifier code after it: the file is truncated")
+            consumed = min(consumed, int(starts[-1]))
+            starts, ends, first, is_value, is_id = starts[:-1], ends[:-1], first[:-1], is_value[:-1], is_id[:-1]
+        free = ~is_id
+        is_time = free & (first == ord("#"))
+        is_keyword = free & (first == ord("$"))
+        is_scalar = free & ~is_value & _IS_SCALAR[first]
+        bad = free & ~(is_time | is_keyword | is_scalar | is_value)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            self.fail(buf, starts[i], f"expected a timestamp, a value change or a `$` keyword, found "
+                                      f"{buf[starts[i]:ends[i]][:40].decode(errors='replace')!r}")
+        for i in np.flatnonzero(is_keyword):
+            word = buf[starts[i]:ends[i]]
+            if word not in _BODY_KEYWORDS:
+                self.fail(buf, starts[i], f"unexpected {word[:40].decode(errors='replace')} after the definitions")
+
+        time_index = np.flatnonzero(is_time)
+        times = np.empty(len(time_index) + 1, np.int64)
+        times[0] = self.time if self.time is not None else 0
+        for k, i in enumerate(time_index):
+            digits = buf[starts[i] + 1:ends[i]]
+            if not digits.isdigit():
+                self.fail(buf, starts[i], f"timestamp {buf[starts[i]:ends[i]][:40].decode(errors='replace')!r} is not `#` and a whole number")
+            times[k + 1] = int(digits)
+        if len(time_index):
+            seen = times if self.time is not None else times[1:]
+            back = np.flatnonzero(np.diff(seen) < 0)
+            for k in back + (0 if self.time is not None else 1):
+                line = self.line + buf.count(b"\n", 0, int(starts[time_index[k]]))
+                self.warnings.append(f"line {line}: time goes back to {times[k + 1]} after {times[k]}; "
+                                     "changes are taken in file order")
+            if self.begin is None:
+                change_first = np.flatnonzero(is_scalar | is_value)
+                early = len(change_first) and change_first[0] < time_index[0]
+                self._begin(0 if early else int(seen[0]))
+            self.time = int(times[-1])
+        elif self.begin is None and (is_scalar.any() or is_value.any()):
+            self._begin(0)
+
+        # Every change: where its value and its identifier code lie in buf.
+        scalar = np.flatnonzero(is_scalar)
+        vector = np.flatnonzero(is_value)
+        n_changes = len(scalar) + len(vector)
+        value_start = np.concatenate((starts[scalar], starts[vector] + 1))
+        value_len = np.concatenate((np.ones(len(scalar), np.int64), ends[vector] - starts[vector] - 1))
+        # PyMTL3 writes Python's bin() text after the b: `b0b101` means `b101`.
+        python_bin = np.flatnonzero((value_len >= 3) & (a[np.minimum(value_start + 1, len(a) - 1)] == ord("b"))
+                                    & (a[value_start] == ord("0")))
+        value_start[python_bin] += 2
+        value_len[python_bin] -= 2
+        id_start = np.concatenate((starts[scalar] + 1, starts[vector + 1]))
+        id_end = np.concatenate((ends[scalar], ends[vector + 1]))
+        token = np.concatenate((scalar, vector))
+        kind = np.concatenate((np.zeros(len(scalar), np.uint8), a[starts[vector]] | 0x20))
+        change_time = times[np.cumsum(is_time)[token]] if n_changes else np.zeros(0, np.int64)
+        code = self._codes(buf, a, id_start, id_end)
+        batch = self._count(buf, a, code, kind, value_start, value_len, change_time, token)
+        if final:
+            self.close()
+        return batch, consumed
+
+    def _codes(self, buf: bytes, a: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        length = end - start
+        if (length < 1).any():
+            self.fail(buf, int(start[np.flatnonzero(length < 1)[0]]), "a value change has no identifier code")
+        key = np.zeros(len(start), np.uint64)
+        short = length <= 8
+        for j in range(int(min(length.max(initial=0), 8))):
+            take = short & (length > j)
+            key[take] |= a[start[take] + j].astype(np.uint64) << np.uint64(8 * j)
+        slot = np.searchsorted(self.keys, key)
+        slot = np.minimum(slot, max(len(self.keys) - 1, 0))
+        code = np.full(len(start), -1, np.int64)
+        if len(self.keys):
+            found = short & (self.keys[slot] == key)
+            code[found] = self.key_code[slot[found]]
+        for i in np.flatnonzero(~short):
+            code[i] = self.long_codes.get(buf[start[i]:end[i]], -1)
+        if (code < 0).any():
+            i = int(np.flatnonzero(code < 0)[0])
+            self.fail(buf, int(start[i]), f"identifier code {buf[start[i]:end[i]][:40].decode(errors='replace')!r} "
+                                          "was never declared with `$var`")
+        return code
+
+    def _count(self, buf, a, code, kind, value_start, value_len, change_time, token) -> Batch:
+        real_var = np.asarray(self.header.real, bool)[code] if len(code) else np.zeros(0, bool)
+        textual = (kind == ord("r")) | (kind == ord("s")) | real_var
+        np.add.at(self.changes, code[textual], 1)
+        bits = np.flatnonzero(~textual)
+        order = bits[np.lexsort((token[bits], code[bits]))]
+        code, change_time = code[order], change_time[order]
+        value_start, value_len = value_start[order], value_len[order]
+        toggles = np.zeros(len(order), np.int64)
+        xz = np.zeros(len(order), np.int64)
+        watched: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        np.add.at(self.changes, code, 1)
+        widths = self.widths[code]
+        for w in np.unique(widths):
+            rows = np.flatnonzero(widths == w)
+            self._count_width(buf, a, int(w), rows, code[rows], change_time[rows], value_start[rows],
+                              value_len[rows], toggles, xz, watched)
+        return Batch(code, change_time, toggles, xz, watched, self.time if self.time is not None else 0)
+
+    def _count_width(self, buf, a, w, rows, code, when, vstart, vlen, toggles, xz, watched) -> None:
+        for i in np.flatnonzero(vlen > w):
+            # Leading zeros beyond the width still fit (PyMTL3 writes them); anything else does not.
+            excess = int(vlen[i]) - w
+            if buf[vstart[i]:vstart[i] + excess].strip(b"0"):
+                self.fail(buf, int(vstart[i]), f"value of {int(vlen[i])} bits for a {w}-bit variable "
+                                               f"({self.header.codes[code[i]].decode(errors='replace')!r})")
+            vstart[i] += excess
+            vlen[i] = w
+        bit = np.arange(w)
+        pos = (vstart + vlen - 1)[:, None] - bit[None, :]
+        written = bit[None, :] < vlen[:, None]
+        lead = _STATE[a[vstart]]
+        pad = np.where(lead == ONE, ZERO, lead)
+        new = np.where(written, _STATE[a[np.where(written, pos, vstart[:, None])]], pad[:, None])
+        if (new == 255).any():
+            r = int(np.flatnonzero((new == 255).any(axis=1))[0])
+            self.fail(buf, int(vstart[r]), f"value {buf[vstart[r]:vstart[r] + vlen[r]][:40].decode(errors='replace')!r} "
+                                           "has a character that is not 0, 1, x, z (or u, w, l, h, -)")
+        head = np.ones(len(code), bool)
+        head[1:] = code[1:] != code[:-1]
+        heads = np.flatnonzero(head)
+        base = self.offsets[code]
+        old = np.empty_like(new)
+        old[1:] = new[:-1]
+        old[heads] = self.state[base[heads][:, None] + bit[None, :]]
+        since = np.empty_like(when)
+        since[1:] = when[:-1]
+        since[heads] = self.since[code[heads]]
+        span = np.maximum(when - since, 0)
+        rise = (old == ZERO) & (new == ONE)
+        fall = (old == ONE) & (new == ZERO)
+        unknown = (old != new) & ((old > ONE) | (new > ONE))
+        toggles[rows] = rise.sum(axis=1) + fall.sum(axis=1)
+        xz[rows] = unknown.sum(axis=1)
+        index = base[heads][:, None] + bit[None, :]
+        self.rise[index] += np.add.reduceat(rise, heads, axis=0)
+        self.fall[index] += np.add.reduceat(fall, heads, axis=0)
+        self.xz[index] += np.add.reduceat(unknown, heads, axis=0)
+        for state, totals in ((ZERO, self.t[0]), (ONE, self.t[1])):
+            totals[index] += np.add.reduceat(np.where(old == state, span[:, None], 0), heads, axis=0)
+        self.t[2][index] += np.add.reduceat(np.where(old > ONE, span[:, None], 0), heads, axis=0)
+        tails = np.concatenate((heads[1:], [len(code)])) - 1
+        self.state[base[tails][:, None] + bit[None, :]] = new[tails]
+        self.since[code[tails]] = when[tails]
+        for c in np.intersect1d(code[heads], np.fromiter(self.watch, np.int64, len(self.watch))):
+            sel = np.flatnonzero(code == c)
+            watched[int(c)] = (when[sel], new[sel][:, self.watch[int(c)]])
+
+    def _begin(self, time: int) -> None:
+        """Every bit is x from the first timestamp on."""
+        self.begin = time
+        self.since[:] = time
+
+    def close(self) -> None:
+        end = self.time if self.time is not None else 0
+        span = np.maximum(end - np.repeat(self.since, self.widths), 0)
+        self.t[np.minimum(self.state, 2), np.arange(len(self.state))] += span
+        self.since[:] = end
+
+
+def _pair_values(first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which tokens are value prefixes (b..., r..., s...) and which are the codes that follow them.
+
+    A code may itself begin with b, r or s, so in a run of such tokens they alternate: value, code,
+    value, code, ..."""
+    prefix = _IS_VALUE_PREFIX[first]
+    n = len(first)
+    if not n:
+        return prefix, prefix
+    run_start = prefix & np.concatenate(([True], ~prefix[:-1]))
+    index = np.arange(n)
+    start_of_run = np.maximum.accumulate(np.where(run_start, index, 0))
+    is_value = prefix & ((index - start_of_run) % 2 == 0)
+    is_id = np.zeros(n, bool)
+    is_id[1:] = is_value[:-1]
+    return is_value, is_id
+
+
+def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
+         watch: dict[int, list[int]] | None = None, chunk_bytes: int = CHUNK_BYTES) -> Counts:
+    """Read a whole dump, handing each chunk's Batch to `on_batch`; returns the per-bit totals.
+
+    `watch` maps codes to bit indices whose states each Batch reports (for clocks and enables)."""
+    path = Path(path)
+    header = read_header(path)
+    scanner = _Scanner(path, header, {c: np.asarray(b, np.int64) for c, b in (watch or {}).items()})
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(header.body_offset)
+        carry = b""
+        while True:
+            more = f.read(chunk_bytes)
+            final = not more
+            buf = carry + more
+            if not final:
+                cut = max(buf.rfind(b"\n"), buf.rfind(b" "))
+                if cut < 0:
+                    carry = buf
+                    continue
+                buf, rest = buf[:cut + 1], buf[cut + 1:]
+            else:
+                rest = b""
+            batch, consumed = scanner.chunk(buf, final)
+            scanner.line += buf.count(b"\n", 0, consumed)
+            if batch is not None and on_batch is not None and len(batch.code):
+                on_batch(batch)
+            carry = buf[consumed:] + rest
+            if final:
+                break
+    begin = scanner.begin if scanner.begin is not None else 0
+    return Counts(header, scanner.rise, scanner.fall, scanner.xz, scanner.t[0], scanner.t[1], scanner.t[2],
+                  scanner.changes, begin, scanner.time if scanner.time is not None else 0, size, scanner.warnings)
+
