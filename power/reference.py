@@ -72,19 +72,23 @@ class _Counter(vcdvcd.StreamParserCallbacks):
         self.since: dict[str, int] = {}
         self.begin: int | None = None
         self.seen_time = False
+        self.now = 0
 
     def time(self, vcd, time, cur_sig_vals):
+        # A time that goes back is held at the latest time so far, as power.vcd does.
         self.seen_time = True
+        self.now = max(self.now, time)
 
     def value(self, vcd, time, value, identifier_code, cur_sig_vals):
         if self.begin is None:
             self.begin = vcd.begintime if self.seen_time else 0
         code = identifier_code
+        time = self.now = max(self.now, time)
         self.changes[code] += 1
         if code in self.real:
             return
         old, new = self.state[code], bits_of(value, self.widths[code])
-        span = max(time - self.since.get(code, self.begin), 0)
+        span = time - self.since.get(code, self.begin)
         for j, (o, n) in enumerate(zip(old, new)):
             self.t[code][min(o, 2)][j] += span
             if o == ZERO and n == ONE:
@@ -108,9 +112,9 @@ def _run(path: Path | str, text: str | None) -> Counts:
     else:
         parsed = vcdvcd.VCDVCD(vcd_string=text, store_tvs=False, callbacks=counter)
     begin = counter.begin if counter.begin is not None else parsed.begintime
-    end = parsed.endtime
+    end = max(parsed.endtime, counter.now)
     for code in codes:
-        span = max(end - counter.since.get(code, begin), 0)
+        span = end - counter.since.get(code, begin)
         for j, o in enumerate(counter.state[code]):
             counter.t[code][min(o, 2)][j] += span
 

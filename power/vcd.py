@@ -34,11 +34,11 @@ _STATE = np.full(256, 255, np.uint8)
 for _chars, _state in (("0lL", ZERO), ("1hH", ONE), ("xXuUwW-", X), ("zZ", Z)):
     for _c in _chars:
         _STATE[ord(_c)] = _state
-_SPACE = np.zeros(256, bool)
-_SPACE[[9, 10, 11, 12, 13, 32]] = True
 _IS_VALUE_PREFIX = np.zeros(256, bool)
 _IS_VALUE_PREFIX[[ord(c) for c in "bBrRsS"]] = True
 _IS_SCALAR = _STATE != 255
+_TRANSITIONS = np.arange(16)
+_IS_TOGGLE = np.isin(_TRANSITIONS, (ZERO * 4 + ONE, ONE * 4 + ZERO)).astype(np.uint8)
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "ps": 1e-12, "fs": 1e-15}
 _REAL_TYPES = {"real", "realtime", "shortreal"}
@@ -256,6 +256,8 @@ class _Scanner:
         order = np.argsort(keys)
         self.keys = keys[order]
         self.key_code = np.array([i for i, _ in short], np.int64)[order]
+        self.rank = np.empty(len(header.codes), np.int64)
+        self.rank[np.argsort(self.widths, kind="stable")] = np.arange(len(header.codes))
 
     def fail(self, buf: bytes, pos: int, message: str) -> None:
         raise VcdError(self.path, self.line + buf.count(b"\n", 0, pos), message)
@@ -263,10 +265,17 @@ class _Scanner:
     def chunk(self, buf: bytes, final: bool) -> tuple[Batch | None, int]:
         """Process `buf`; returns the batch and how many bytes were consumed (the rest is carried)."""
         a = np.frombuffer(buf, np.uint8)
-        solid = np.concatenate(([0], (~_SPACE[a]).view(np.int8), [0]))
-        edges = np.diff(solid)
-        starts = np.flatnonzero(edges == 1)
-        ends = np.flatnonzero(edges == -1)
+        self.margin = int(self.widths.max(initial=1))
+        self.states = np.concatenate((np.zeros(self.margin, np.uint8), _STATE[a]))
+        self.tail_padded = np.concatenate((a, np.zeros(8, np.uint8)))
+        # Bytes up to the space are whitespace (or control characters, which no VCD token holds).
+        solid = a > 32
+        starts = np.flatnonzero(solid[1:] & ~solid[:-1]) + 1
+        ends = np.flatnonzero(solid[:-1] & ~solid[1:]) + 1
+        if len(a) and solid[0]:
+            starts = np.concatenate(([0], starts))
+        if len(a) and solid[-1]:
+            ends = np.concatenate((ends, [len(a)]))
         consumed = len(buf)
         keep = np.ones(len(starts), bool)
         first = a[starts] if len(starts) else np.zeros(0, np.uint8)
@@ -318,7 +327,8 @@ class _Scanner:
             for k in back + (0 if self.time is not None else 1):
                 line = self.line + buf.count(b"\n", 0, int(starts[time_index[k]]))
                 self.warnings.append(f"line {line}: time goes back to {times[k + 1]} after {times[k]}; "
-                                     "changes are taken in file order")
+                                     "the changes that follow are taken at the latest time so far")
+            seen[:] = np.maximum.accumulate(seen)
             if self.begin is None:
                 change_first = np.flatnonzero(is_scalar | is_value)
                 early = len(change_first) and change_first[0] < time_index[0]
@@ -353,11 +363,10 @@ class _Scanner:
         length = end - start
         if (length < 1).any():
             self.fail(buf, int(start[np.flatnonzero(length < 1)[0]]), "a value change has no identifier code")
-        key = np.zeros(len(start), np.uint64)
         short = length <= 8
-        for j in range(int(min(length.max(initial=0), 8))):
-            take = short & (length > j)
-            key[take] |= a[start[take] + j].astype(np.uint64) << np.uint64(8 * j)
+        eight = np.lib.stride_tricks.sliding_window_view(self.tail_padded, 8)[start].copy()
+        eight[np.arange(8)[None, :] >= length[:, None]] = 0
+        key = eight.view("<u8").reshape(-1)
         slot = np.searchsorted(self.keys, key)
         slot = np.minimum(slot, max(len(self.keys) - 1, 0))
         code = np.full(len(start), -1, np.int64)
@@ -377,7 +386,8 @@ class _Scanner:
         textual = (kind == ord("r")) | (kind == ord("s")) | real_var
         np.add.at(self.changes, code[textual], 1)
         bits = np.flatnonzero(~textual)
-        order = bits[np.lexsort((token[bits], code[bits]))]
+        # Rows grouped by width, then by code, then in file order.
+        order = bits[np.argsort(self.rank[code[bits]] * (int(token.max(initial=0)) + 1) + token[bits])]
         code, change_time = code[order], change_time[order]
         value_start, value_len = value_start[order], value_len[order]
         toggles = np.zeros(len(order), np.int64)
@@ -385,13 +395,14 @@ class _Scanner:
         watched: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         np.add.at(self.changes, code, 1)
         widths = self.widths[code]
-        for w in np.unique(widths):
-            rows = np.flatnonzero(widths == w)
-            self._count_width(buf, a, int(w), rows, code[rows], change_time[rows], value_start[rows],
+        bounds = np.concatenate(([0], np.flatnonzero(widths[1:] != widths[:-1]) + 1, [len(code)])) if len(code) else []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            rows = slice(int(lo), int(hi))
+            self._count_width(buf, int(widths[lo]), rows, code[rows], change_time[rows], value_start[rows],
                               value_len[rows], toggles, xz, watched)
         return Batch(code, change_time, toggles, xz, watched, self.time if self.time is not None else 0)
 
-    def _count_width(self, buf, a, w, rows, code, when, vstart, vlen, toggles, xz, watched) -> None:
+    def _count_width(self, buf, w, rows, code, when, vstart, vlen, toggles, xz, watched) -> None:
         for i in np.flatnonzero(vlen > w):
             # Leading zeros beyond the width still fit (PyMTL3 writes them); anything else does not.
             excess = int(vlen[i]) - w
@@ -400,12 +411,14 @@ class _Scanner:
                                                f"({self.header.codes[code[i]].decode(errors='replace')!r})")
             vstart[i] += excess
             vlen[i] = w
-        bit = np.arange(w)
-        pos = (vstart + vlen - 1)[:, None] - bit[None, :]
-        written = bit[None, :] < vlen[:, None]
-        lead = _STATE[a[vstart]]
-        pad = np.where(lead == ONE, ZERO, lead)
-        new = np.where(written, _STATE[a[np.where(written, pos, vstart[:, None])]], pad[:, None])
+        # Columns run MSB first, as the file writes them: each row is the w bytes that end where its
+        # value ends (one contiguous copy per row), with the columns left of a short value padded.
+        bit = np.arange(w)[::-1]
+        lead = self.states[vstart + self.margin]
+        new = np.lib.stride_tricks.sliding_window_view(self.states, w)[vstart + vlen - w + self.margin]
+        if (vlen < w).any():
+            pad = np.where(lead == ONE, ZERO, lead)
+            np.copyto(new, pad[:, None], where=np.arange(w)[None, :] < (w - vlen)[:, None])
         if (new == 255).any():
             r = int(np.flatnonzero((new == 255).any(axis=1))[0])
             self.fail(buf, int(vstart[r]), f"value {buf[vstart[r]:vstart[r] + vlen[r]][:40].decode(errors='replace')!r} "
@@ -413,32 +426,46 @@ class _Scanner:
         head = np.ones(len(code), bool)
         head[1:] = code[1:] != code[:-1]
         heads = np.flatnonzero(head)
+        tails = np.concatenate((heads[1:], [len(code)])) - 1
         base = self.offsets[code]
         old = np.empty_like(new)
         old[1:] = new[:-1]
         old[heads] = self.state[base[heads][:, None] + bit[None, :]]
-        since = np.empty_like(when)
-        since[1:] = when[:-1]
-        since[heads] = self.since[code[heads]]
-        span = np.maximum(when - since, 0)
-        rise = (old == ZERO) & (new == ONE)
-        fall = (old == ONE) & (new == ZERO)
-        unknown = (old != new) & ((old > ONE) | (new > ONE))
-        toggles[rows] = rise.sum(axis=1) + fall.sum(axis=1)
-        xz[rows] = unknown.sum(axis=1)
-        index = base[heads][:, None] + bit[None, :]
-        self.rise[index] += np.add.reduceat(rise, heads, axis=0)
-        self.fall[index] += np.add.reduceat(fall, heads, axis=0)
-        self.xz[index] += np.add.reduceat(unknown, heads, axis=0)
-        for state, totals in ((ZERO, self.t[0]), (ONE, self.t[1])):
-            totals[index] += np.add.reduceat(np.where(old == state, span[:, None], 0), heads, axis=0)
-        self.t[2][index] += np.add.reduceat(np.where(old > ONE, span[:, None], 0), heads, axis=0)
-        tails = np.concatenate((heads[1:], [len(code)])) - 1
+        # Only the bits that changed carry counts: from here on the work is on those alone.
+        changed = np.flatnonzero((old != new).reshape(-1))
+        row, column = np.divmod(changed, w)
+        was, now = old.reshape(-1)[changed], new.reshape(-1)[changed]
+        transition = was * 4 + now
+        toggled = _IS_TOGGLE[transition]
+        toggles[rows] = np.bincount(row, weights=toggled, minlength=len(code))
+        xz[rows] = np.bincount(row, minlength=len(code)) - toggles[rows]
+        segment = np.cumsum(head) - 1
+        cell = segment[row] * w + column
+        n = len(heads) * w
+        index = (base[heads][:, None] + bit[None, :]).reshape(-1)
+        self.rise[index] += np.bincount(cell[transition == ZERO * 4 + ONE], minlength=n)
+        self.fall[index] += np.bincount(cell[transition == ONE * 4 + ZERO], minlength=n)
+        self.xz[index] += np.bincount(cell[~toggled.astype(bool)], minlength=n)
+        # Times held at 0, 1 and x/z telescope within a segment: a bit leaving a state at time t
+        # adds t to it, entering one subtracts t; the segment's first row enters its old states
+        # at `since`, and its last row's new states are held up to its time (the next chunk, or
+        # the end of the dump, goes on from there).
+        held = np.zeros(n * 4, np.int64)
+        moment = when[row]
+        np.add.at(held, cell * 4 + was, moment)
+        np.add.at(held, cell * 4 + now, -moment)
+        every = np.arange(n)
+        np.add.at(held, every * 4 + old[heads].reshape(-1), -np.repeat(self.since[code[heads]], w))
+        np.add.at(held, every * 4 + new[tails].reshape(-1), np.repeat(when[tails], w))
+        held = held.reshape(n, 4)
+        self.t[0][index] += held[:, ZERO]
+        self.t[1][index] += held[:, ONE]
+        self.t[2][index] += held[:, X] + held[:, Z]
         self.state[base[tails][:, None] + bit[None, :]] = new[tails]
         self.since[code[tails]] = when[tails]
         for c in np.intersect1d(code[heads], np.fromiter(self.watch, np.int64, len(self.watch))):
             sel = np.flatnonzero(code == c)
-            watched[int(c)] = (when[sel], new[sel][:, self.watch[int(c)]])
+            watched[int(c)] = (when[sel], new[sel][:, w - 1 - self.watch[int(c)]])
 
     def _begin(self, time: int) -> None:
         """Every bit is x from the first timestamp on."""
@@ -447,7 +474,7 @@ class _Scanner:
 
     def close(self) -> None:
         end = self.time if self.time is not None else 0
-        span = np.maximum(end - np.repeat(self.since, self.widths), 0)
+        span = end - np.repeat(self.since, self.widths)
         self.t[np.minimum(self.state, 2), np.arange(len(self.state))] += span
         self.since[:] = end
 
