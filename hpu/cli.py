@@ -124,6 +124,37 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_power(args: argparse.Namespace) -> int:
+    import json
+
+    from power import activity, design, report, saif
+    from power.energy import EnergyTable, estimate
+
+    table = EnergyTable.load(args.energy)
+    kept = {}
+    if args.summary:
+        runs = json.loads(Path(args.summary).read_text())["runs"]
+        kept = {name: run["kept_fraction"] for name, run in runs.items()}
+    out = Path(args.output)
+    measured = []
+    for name, vcd in (("gated", args.vcd), ("dense", args.baseline)):
+        if vcd is None:
+            continue
+        if not Path(vcd).exists():
+            raise HPUError(f"VCD {vcd} does not exist: write one with `hpu sim --vcd PATH`")
+        d = design.load(vcd, args.manifest, top_scope=args.top_scope, clock=args.clock, phase=args.phase or None)
+        a = activity.measure(d, window=args.window)
+        measured.append(report.Run(name, a, estimate(a, table), kept.get(name)))
+        print(f"{name}: {vcd}: {a.cycles} cycles, {a.counts.bytes_read / 1e6:.1f} MB", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for run in measured:
+        saif.write(run.activity.counts, out / f"{run.name}.saif", design=run.activity.design.manifest["top"])
+    paths = report.write(measured, table, out)
+    print(Path(paths["markdown"]).read_text().split("## Energy per module")[0].rstrip())
+    print(f"report: {paths['html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpu", description="HPU co-design toolkit for mass-gated attention.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/sim/summary.json", help="summary JSON")
     p.add_argument("--quiet", action="store_true", help="no progress")
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("power", help="toggle activity, silent ratio and energy from VCDs of the HPU")
+    p.add_argument("vcd", metavar="GATED.vcd", help="dump of the gated run")
+    p.add_argument("--baseline", metavar="DENSE.vcd", help="dump of the same rows with the gate held open")
+    p.add_argument("--manifest", default="out/rtl/manifest.json", help="manifest.json written by `hpu gen`")
+    p.add_argument("--summary", help="`hpu sim` summary JSON (for the kept fraction)")
+    p.add_argument("--energy", help="energy table TOML (default: power/energy_45nm.toml, Horowitz ISSCC 2014)")
+    p.add_argument("--clock", default="clk", help="clock net in the HPU's scope")
+    p.add_argument("--phase", default="busy", help="1-bit net marking the compute phase ('' for the whole run)")
+    p.add_argument("--top-scope", help="dotted VCD scope of the HPU (found from the manifest by default)")
+    p.add_argument("--window", type=int, default=64, help="cycles per activity window")
+    p.add_argument("-o", "--output", default="out/power", help="report folder")
+    p.set_defaults(func=cmd_power)
 
     p = sub.add_parser("quality", help="gate quality on all-MiniLM-L6-v2 (float and fixed point)")
     _add_config_options(p, default="configs/minilm.toml")

