@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from power.design import Design
-from power.vcd import ONE, ZERO, Batch, Counts, VcdError, scan
+from power.vcd import ONE, Batch, Counts, VcdError, scan
 
 
 @dataclass
@@ -117,7 +117,8 @@ class _Tracker:
             times, states = b.watched[d.clock]
             states = states[:, 0]
             before = np.concatenate(([self.clock_state], states[:-1]))
-            rises = times[(before == ZERO) & (states == ONE)]
+            # Verilog's posedge: into 1 from 0, x or z.
+            rises = times[(before != ONE) & (states == ONE)]
             self.clock_state = int(states[-1])
             if len(rises):
                 self.first_rise = rises[0] if self.first_rise is None else self.first_rise

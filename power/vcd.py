@@ -222,7 +222,7 @@ def read_header(path: Path | str) -> Header:
 
 
 def _timescale(path: Path, line: int, words: list[bytes]) -> float:
-    text = b"".join(words).decode(errors="replace").strip()
+    text = b" ".join(words).decode(errors="replace").strip()
     # The standard allows 1, 10 or 100; real writers use any whole number (a Game Boy trace: 244 ns).
     m = re.fullmatch(r"(\d+)?\s*(s|ms|us|ns|ps|fs)", text)
     if not m or int(m.group(1) or 1) == 0:
@@ -304,12 +304,11 @@ class _Scanner:
         is_keyword = free & (first == ord("$"))
         is_scalar = free & ~is_value & _IS_SCALAR[first]
         bad = free & ~(is_time | is_keyword | is_scalar | is_value)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            self.fail(buf, starts[i], f"expected a timestamp, a value change or a `$` keyword, found "
-                                      f"{buf[starts[i]:ends[i]][:40].decode(errors='replace')!r}")
-        for i in np.flatnonzero(is_keyword):
+        for i in np.flatnonzero(bad | is_keyword):
             word = buf[starts[i]:ends[i]]
+            if bad[i]:
+                self.fail(buf, starts[i], f"expected a timestamp, a value change or a `$` keyword, found "
+                                          f"{word[:40].decode(errors='replace')!r}")
             if word not in _BODY_KEYWORDS:
                 self.fail(buf, starts[i], f"unexpected {word[:40].decode(errors='replace')} after the definitions")
 

@@ -1,0 +1,331 @@
+"""The power module: the VCD reader against vcdvcd, activity, silent ratio, energy, SAIF, reports."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from golden_model.sources import rows_from
+from hpu.cli import main
+from hpu.config import HPUConfig
+from power import activity, design, saif
+from power.energy import EnergyTable, estimate
+from power.reference import reference_counts
+from power.vcd import VcdError, read_header, scan
+from sim.job import Options
+from sim.runner import make_job, run
+
+from conftest import REPO
+
+CORPUS = Path(REPO).parent / "shared" / "vcd-corpus"
+CORPUS_FILES = sorted(CORPUS.glob("*.vcd"))
+MALFORMED = {"VCD_file_with_errors.vcd"}
+FIELDS = ("rise", "fall", "xz", "t0", "t1", "tx", "value_changes")
+
+
+def assert_same_counts(a, b):
+    for field in FIELDS:
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    assert (a.begin_time, a.end_time) == (b.begin_time, b.end_time)
+
+
+def write_vcd(tmp_path, body: str, defs: str, timescale: str = "1 ns", name: str = "t.vcd") -> Path:
+    path = tmp_path / name
+    path.write_text(f"$timescale {timescale} $end\n{defs}\n$enddefinitions $end\n{body}\n")
+    return path
+
+
+def per_var(counts):
+    """{reference: (rises, falls, xz)} summed over bits."""
+    out = {}
+    for var in counts.header.vars:
+        s = counts.bits(var.code)
+        out[var.reference] = (int(counts.rise[s].sum()), int(counts.fall[s].sum()), int(counts.xz[s].sum()))
+    return out
+
+
+@pytest.mark.skipif(not CORPUS_FILES, reason="the shared VCD corpus is not next to the repository")
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: p.name)
+def test_corpus_equals_vcdvcd_or_is_refused(path):
+    if path.name in MALFORMED:
+        with pytest.raises(VcdError, match=f"{path.name}:\\d+: no `\\$enddefinitions"):
+            scan(path)
+        return
+    fast = scan(path)
+    assert_same_counts(fast, reference_counts(path))
+    # Chunking must not change a single count (small chunks split the body everywhere).
+    assert_same_counts(scan(path, chunk_bytes=4096), fast)
+
+
+def test_quirks_have_known_counts(tmp_path):
+    defs = """$scope module top $end
+$var wire 1 ! clk $end
+$var wire 4 b bus [3:0] $end
+$scope task t1 $end $var reg 4 b bus_alias [3:0] $end $upscope $end
+$scope begin blk $end $var wire 1 \\#x esc $end $upscope $end
+$var real 64 r% level $end
+$var wire 8 bb wide [7:0] $end
+$upscope $end"""
+    body = """#0
+$dumpvars
+0!
+b0 b
+bx bb
+r0.5 r%
+0\\#x
+$end
+$comment a comment with b1 b and #99 inside $end
+#10 1! b1 b
+b1z bb
+#20 0!
+b1010 b r1.25 r%
+b1 bb
+$dumpoff
+x!
+bx b
+$end
+#1000000
+$dumpon
+1!
+b1010 b
+$end
+#1000005
+1\\#x"""
+    counts = scan(write_vcd(tmp_path, body, defs, timescale="10 ps"))
+    assert counts.header.timescale == pytest.approx(1e-11)
+    v = per_var(counts)
+    # clk: x->0 (xz), 0->1, 1->0, 0->x (xz), x->1 (xz)
+    assert v["top.clk"] == (1, 1, 3)
+    # bus: x->0000 (4 xz), 0000->0001 (1 rise), 0001->1010 (2 rises, 1 fall), ->xxxx (4 xz), ->1010 (4 xz)
+    assert v["top.bus"] == (3, 1, 12) and v["top.t1.bus_alias"] == v["top.bus"]
+    # wide: xxxxxxxx; then 1z, padded with 0: 0000001z (8 x/z changes: x->z counts, x->0 and x->1 too);
+    # then 1, padded: 00000001 (bit 1 falls, bit 0 goes z->1)
+    assert v["top.wide"] == (0, 1, 8 + 1)
+    assert v["top.blk.esc"] == (1, 0, 1)
+    assert counts.value_changes[counts.header.vars[4].code] == 2  # real: counted as changes, not toggles
+    assert counts.end_time == 1000005
+    bus = counts.bits(counts.header.vars[1].code)
+    # bit 1 of bus: x until 0, 0 from 0 to 20, 1 from 20 to the $dumpoff at 20, x until 1000000, then 1
+    assert counts.t1[bus][1] == 5 and counts.tx[bus][1] == 1000000 - 20
+
+
+def test_codes_starting_with_value_letters_pair_correctly(tmp_path):
+    defs = "$var wire 2 b a $end\n$var wire 2 r c $end\n$var wire 1 s d $end"
+    counts = scan(write_vcd(tmp_path, "#0 b00 b b11 r 0s #5 b01 b b10 r 1s", defs))
+    v = per_var(counts)
+    assert v == {"a": (1, 0, 2), "c": (0, 1, 2), "d": (1, 0, 1)}
+
+
+@pytest.mark.parametrize("body, message", [
+    ("#0 1!\n#x5 0!", "5: timestamp '#x5' is not `#` and a whole number"),
+    ("#0 1?", "4: identifier code '\\?' was never declared"),
+    ("#0 b2 !", "4: value '2' has a character that is not 0, 1, x, z"),
+    ("#0 b101 !", "4: value of 3 bits for a 1-bit variable"),
+    ("#0 1!\n$var wire 1 # y $end", "5: unexpected \\$var after the definitions"),
+    ("#0 1!\n#5 b10", "5: a value has no identifier code after it"),
+    ("#0 1!\n$comment never closed", "5: a `\\$comment` never ends"),
+    ("#0 q!", "4: expected a timestamp, a value change or a `\\$` keyword"),
+])
+def test_malformed_body_names_file_line_and_expectation(tmp_path, body, message):
+    path = write_vcd(tmp_path, body, "$var wire 1 ! x $end")
+    with pytest.raises(VcdError, match=f"t.vcd:{message}"):
+        scan(path)
+
+
+@pytest.mark.parametrize("defs, message", [
+    ("$scope module a $end $var wire 1 ! x $end", "scope a is never closed"),
+    ("$var wire y ! x $end", "variable size 'y' is not an integer"),
+    ("$timescale 3 weeks $end", "timescale '3 weeks'"),
+    ("$upscope $end", "`\\$upscope` without an open `\\$scope`"),
+    ("$var wire 1 ! $end", "expected `\\$var TYPE SIZE CODE NAME \\$end`"),
+])
+def test_malformed_definitions_are_refused(tmp_path, defs, message):
+    with pytest.raises(VcdError, match=message):
+        read_header(write_vcd(tmp_path, "#0", defs))
+
+
+def test_time_going_back_is_held_and_reported(tmp_path):
+    counts = scan(write_vcd(tmp_path, "#4 0!\n#1 1!\n#5 0!", "$var wire 1 ! x $end"))
+    assert counts.warnings and "time goes back to 1 after 4" in counts.warnings[0]
+    # 0 from 4, 1 from 4 (held) to 5, 0 from 5 to the end at 5
+    assert (int(counts.t0[0]), int(counts.t1[0]), counts.end_time) == (0, 1, 5)
+
+
+def _random_dump(rng: random.Random) -> tuple[str, str]:
+    widths = [rng.choice([1, 1, 2, 3, 8, 13]) for _ in range(rng.randrange(1, 6))]
+    codes = ["!", "b", "#a", "rr", "s1", "%&"][:len(widths)]
+    defs = "\n".join(f"$var wire {w} {c} v{i} $end" for i, (w, c) in enumerate(zip(widths, codes)))
+    lines, t = [], 0
+    for _ in range(rng.randrange(0, 60)):
+        if rng.random() < 0.3:
+            t += rng.choice([0, 1, 5, 1000])
+            lines.append(f"#{t}")
+        i = rng.randrange(len(widths))
+        if widths[i] == 1 and rng.random() < 0.7:
+            lines.append(rng.choice("01xz") + codes[i])
+        else:
+            length = rng.randrange(1, widths[i] + 1)
+            lines.append("b" + "".join(rng.choice("0011xz") for _ in range(length)) + " " + codes[i])
+    return defs, "#0\n" + "\n".join(lines)
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_random_dumps_match_vcdvcd(tmp_path_factory, dump_seed):
+    rng = random.Random(dump_seed)
+    defs, body = _random_dump(rng)
+    path = write_vcd(tmp_path_factory.mktemp("rand"), body, defs)
+    assert_same_counts(scan(path, chunk_bytes=64), reference_counts(path))
+
+
+def test_truncated_dump_never_crashes(seed, tmp_path):
+    source = (CORPUS / "icarus_CPU.vcd") if CORPUS_FILES else None
+    if source is None:
+        pytest.skip("no corpus")
+    data = source.read_bytes()
+    rng = random.Random(seed)
+    for k in range(25):
+        cut = rng.randrange(len(data))
+        path = tmp_path / f"cut{k}.vcd"
+        path.write_bytes(data[:cut])
+        try:
+            scan(path)
+        except VcdError as e:
+            assert str(e).startswith(str(path))
+
+
+# A tiny design described by hand: top `t` with one lane `t.l`, clock `clk`, phase `busy`.
+TINY_MANIFEST = {"top": "t", "instances": ["t", "t.l"], "mac_lanes": ["t.l"], "nets": "nets.json"}
+TINY_NETS = {"modules": {
+    "t": {"nets": {"clk": {"class": "clock", "width": 1, "owned": []},
+                   "busy": {"class": "register", "width": 1, "owned": [0]},
+                   "go": {"class": "control", "width": 1, "owned": [0]}},
+          "registers": [{"cell": "b", "q": "busy", "width": 1, "enable": None}]},
+    "t.l": {"nets": {"acc": {"class": "register", "width": 4, "owned": [0, 1, 2, 3]},
+                     "sum": {"class": "datapath", "width": 4, "owned": [0, 1, 2, 3]}},
+            "registers": [{"cell": "a", "q": "acc", "width": 4, "enable": {"net": "go", "bit": 0, "polarity": 1}}]},
+}}
+TINY_DEFS = """$scope module tb $end
+$scope module t $end
+$var wire 1 ! clk $end
+$var reg 1 " busy $end
+$var wire 1 # go $end
+$scope module l $end
+$var wire 1 ! clk $end
+$var wire 1 # go $end
+$var reg 4 $ acc [3:0] $end
+$var wire 4 % sum [3:0] $end
+$upscope $end
+$upscope $end
+$upscope $end"""
+# Ten cycles (rising edges at 0, 10, ..., 90). busy is high in cycles 1-8. go (the lane's enable)
+# is high in cycles 2-4; the lane's nets toggle in cycles 2, 3 and 4.
+TINY_BODY = """#0 0" 0# b0 $ b0 % 1!
+#5 0!
+#10 1! 1"
+#15 0!
+#20 1! 1# b11 %
+#25 0!
+#30 1! b11 $ b101 %
+#35 0!
+#40 1! b101 $ 0#
+#45 0!
+#50 1!
+#55 0!
+#60 1!
+#65 0!
+#70 1!
+#75 0!
+#80 1!
+#85 0!
+#90 1! 0"
+#95 0!"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps(TINY_MANIFEST))
+    (tmp_path / "nets.json").write_text(json.dumps(TINY_NETS))
+    vcd = write_vcd(tmp_path, TINY_BODY, TINY_DEFS)
+    return design.load(vcd, tmp_path / "manifest.json")
+
+
+def test_silent_ratio_and_energy_of_a_tiny_dump_by_hand(tiny, tmp_path):
+    a = activity.measure(tiny, window=5)
+    assert (a.cycles, a.phase_cycles) == (10, 8)
+    lane, top = tiny.index("t.l"), tiny.index("t")
+    # lane: active in cycles 2, 3, 4 (x->0 at time 0 is not a toggle)
+    assert a.active[lane] == 3 and a.silent_ratio(lane) == pytest.approx(0.7)
+    assert a.silent_ratio(lane, phase=True) == pytest.approx(1 - 3 / 8)
+    # top: busy rises in cycle 1 and falls in cycle 9, go toggles in 2 and 4, plus the lane's cycles
+    assert a.active[top] == 5 and a.silent_ratio(top) == pytest.approx(0.5)
+    assert a.silent_ratio(top, phase=True) == pytest.approx(1 - 4 / 8)
+    # window 0 (cycles 0-4): sum 2 + 2, acc 2 + 2, and go (declared in the lane too) 2
+    assert a.window_toggles[lane].tolist() == [10, 0]
+    # go is set in cycle 2 and cleared in cycle 4: the lane's register is clocked in cycles 2 and 3
+    assert a.enabled_cycles[tiny.enables[0]] == 2
+    table = EnergyTable.load()
+    e = estimate(a, table)
+    # lane: acc toggles 0000->0011->0101 = 2 + 2 = 4, sum the same 4; clock: 4 bits x 2 enabled cycles
+    assert e.toggles[lane].tolist() == [4, 4, 0, 0]
+    assert e.total[lane] == pytest.approx(4 * table.toggle_fj["register"] + 4 * table.toggle_fj["datapath"]
+                                          + 8 * table.clock_fj)
+    # top: busy 2 toggles (register), go 2 toggles (control), busy's register clocked all 10 cycles
+    assert e.total[top] == pytest.approx(2 * table.toggle_fj["register"] + 2 * table.toggle_fj["control"]
+                                         + 10 * table.clock_fj)
+
+
+def test_saif_round_trip(tiny, tmp_path):
+    counts = scan(tiny.vcd)
+    path = saif.write(counts, tmp_path / "tiny.saif", design="t")
+    assert saif.read(path) == saif.expected(counts)
+    big = scan(CORPUS / "icarus_CPU.vcd") if CORPUS_FILES else counts
+    assert saif.read(saif.write(big, tmp_path / "cpu.saif")) == saif.expected(big)
+
+
+def test_power_command_refuses_bad_input(tmp_path, capsys):
+    assert main(["power", str(tmp_path / "missing.vcd"), "--manifest", str(tmp_path / "m.json")]) == 2
+    assert "missing.vcd does not exist" in capsys.readouterr().err
+    vcd = write_vcd(tmp_path, TINY_BODY, TINY_DEFS)
+    assert main(["power", str(vcd), "--manifest", str(tmp_path / "m.json")]) == 2
+    assert "m.json does not exist: run `hpu gen" in capsys.readouterr().err
+    if CORPUS_FILES:
+        (tmp_path / "manifest.json").write_text(json.dumps(TINY_MANIFEST))
+        (tmp_path / "nets.json").write_text(json.dumps(TINY_NETS))
+        bad = CORPUS / "VCD_file_with_errors.vcd"
+        assert main(["power", str(bad), "--manifest", str(tmp_path / "manifest.json"), "-o", str(tmp_path / "o")]) == 2
+        assert "VCD_file_with_errors.vcd:92" in capsys.readouterr().err
+        assert not (tmp_path / "o" / "power.json").exists()
+
+
+def test_gated_hpu_is_quieter_than_dense(seed, tmp_path):
+    """The real HPU (default configuration, lockstep): the gate silences lanes in proportion."""
+    cfg = HPUConfig.load(f"{REPO}/configs/default.toml")
+    rows = rows_from("random", cfg, 6, seed)
+    vcds, kept = {}, {}
+    for name, gate_open in (("gated", False), ("dense", True)):
+        vcds[name] = tmp_path / f"{name}.vcd"
+        job = make_job(cfg, rows, "random", Options(gate_open=gate_open, seed=seed, vcd=str(vcds[name])))
+        assert run(job, "icarus", build_root=tmp_path / "build", work_dir=tmp_path / name).mismatches == 0
+        kept[name] = sum(e.kept for e in job.expected) / sum(r.n for r in rows)
+    manifest = next((tmp_path / "build").glob("rtl-*/manifest.json"))
+    out = tmp_path / "report"
+    assert main(["power", str(vcds["gated"]), "--baseline", str(vcds["dense"]), "--manifest", str(manifest),
+                 "-o", str(out)]) == 0
+    result = json.loads((out / "power.json").read_text())
+    g, d = result["runs"]["gated"], result["runs"]["dense"]
+    assert g["cycles"] == d["cycles"]
+    assert g["mac_array"]["silent_ratio_compute"] > d["mac_array"]["silent_ratio_compute"]
+    assert g["mac_array"]["energy_fJ"] < d["mac_array"]["energy_fJ"] and g["energy_fJ"] < d["energy_fJ"]
+    # Lanes work only on kept keys: their active cycles scale with the kept fraction. Each kept run
+    # of keys costs one extra cycle (the accumulate lags the operands), hence the tolerance.
+    for lane in g["lanes"]:
+        active_g = g["instances"][lane]["active_cycles"]
+        active_d = d["instances"][lane]["active_cycles"]
+        assert abs(active_g / active_d - kept["gated"]) < 0.15, (lane, active_g, active_d, kept["gated"])
+    for name in ("power.csv", "power.md", "power.html", "gated.saif", "dense.saif"):
+        assert (out / name).stat().st_size > 0
+    assert "not sign-off power" in (out / "power.md").read_text()
