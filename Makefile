@@ -45,6 +45,7 @@ demo: setup
 	$(BIN)/hpu config --config configs/default.toml
 	$(BIN)/hpu gen --config configs/default.toml -o out/rtl --lint --synth
 	$(BIN)/hpu sim --config configs/default.toml --rows 24 --source minilm --dense-baseline --vcd out/sim/gated.vcd -o out/sim/summary.json
+	$(BIN)/hpu power out/sim/gated.vcd --baseline out/sim/gated_dense.vcd --manifest out/rtl/manifest.json --summary out/sim/summary.json -o out/power
 	$(BIN)/hpu quality --config configs/minilm.toml --permeability 0.25 0.5 1.0 --mass-target 0.9 -o out/quality
 
 quality: setup
@@ -54,6 +55,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.golden_rows
 	$(BIN)/python -m benchmarks.hpu_cycles
 	$(BIN)/python -m benchmarks.sim_speed
+	$(BIN)/python -m benchmarks.vcd_speed
 
 clean:
 	rm -rf out build .pytest_cache .hypothesis
