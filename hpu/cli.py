@@ -155,6 +155,32 @@ def cmd_power(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crosscheck(args: argparse.Namespace) -> int:
+    import json
+
+    from sim.crosscheck import crosscheck, table
+
+    cfg = load_config(args)
+    out = Path(args.output)
+    cells, device = crosscheck(cfg, args.source, args.modes, args.rows, args.seed, out, sim=args.sim,
+                               build_root=Path(args.build))
+    text = table(cells)
+    kernel = "GPU" if device == "cuda" else "Triton CPU interpreter"
+    print(f"golden model vs {args.sim} (cocotb) vs exact kernel ({kernel}):")
+    print(text)
+    bad = [str(p) for c in cells for p in c.disagreements]
+    (out / "crosscheck.md").write_text(text + "\n")
+    (out / "crosscheck.json").write_text(json.dumps({
+        "config": cfg.to_dict(), "simulator": args.sim, "kernel_device": device, "seed": args.seed,
+        "cells": [{"source": c.source, "mode": c.mode, "rows": c.rows, "agree": c.agree,
+                   "disagreements": [str(p) for p in c.disagreements]} for c in cells]}, indent=2))
+    print(f"report: {out / 'crosscheck.json'}")
+    if bad:
+        print(f"{len(bad)} disagreements; reproducers:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpu", description="HPU co-design toolkit for mass-gated attention.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=64, help="cycles per activity window")
     p.add_argument("-o", "--output", default="out/power", help="report folder")
     p.set_defaults(func=cmd_power)
+
+    p = sub.add_parser("crosscheck", help="golden model vs the Verilog under cocotb vs the Triton exact kernel")
+    _add_config_options(p, default="configs/default.toml")
+    p.add_argument("--source", nargs="+", default=["random", "adversarial", "minilm"],
+                   choices=["random", "adversarial", "minilm"])
+    p.add_argument("--modes", nargs="+", default=["dense", "topk", "mass"], choices=["dense", "topk", "mass"])
+    p.add_argument("--rows", type=int, default=8, help="rows per source and mode")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--sim", choices=["icarus", "verilator"], default="icarus")
+    p.add_argument("--build", default="build/sim", help="build folder")
+    p.add_argument("-o", "--output", default="out/crosscheck", help="report folder")
+    p.set_defaults(func=cmd_crosscheck)
 
     p = sub.add_parser("quality", help="gate quality on all-MiniLM-L6-v2 (float and fixed point)")
     _add_config_options(p, default="configs/minilm.toml")

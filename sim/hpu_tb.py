@@ -35,10 +35,12 @@ class Scoreboard:
         self.checked = 0
         self.mismatches = 0
         self.first: dict | None = None
+        self.observed: list[dict] = []
 
     def check(self, index: int, observed) -> None:
         expected = self.job.expected[index]
         self.checked += 1
+        self.observed.append(dict(observed.__dict__))
         if observed == expected:
             return
         self.mismatches += 1
@@ -138,6 +140,6 @@ async def run_job(dut):
         print(file=sys.stderr)
     Outcome(rows_checked=board.checked, mismatches=board.mismatches,
             hpu_cycles=end_cycle - (start_cycle or 0), wall_s=wall, first_mismatch=board.first,
-            stalled=stalled, result_cycles=result_cycles).save(outcome_path)
+            stalled=stalled, result_cycles=result_cycles, observed=board.observed).save(outcome_path)
     assert stalled is None, stalled
     assert board.mismatches == 0, f"{board.mismatches} of {board.checked} rows differ from the golden model"

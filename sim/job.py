@@ -65,6 +65,7 @@ class Outcome:
     first_mismatch: dict | None = None
     stalled: str | None = None
     result_cycles: list[int] = field(default_factory=list)
+    observed: list[dict] = field(default_factory=list)
 
     @property
     def cycles_per_s(self) -> float:

@@ -1,0 +1,43 @@
+"""`hpu crosscheck`: golden model, Verilog under cocotb and the exact kernel agree, and a planted
+disagreement is reported with a reproducer naming the odd one out."""
+
+import json
+
+import torch
+
+import kernels.exact
+from hpu.cli import main
+from hpu.config import HPUConfig
+from sim.crosscheck import crosscheck
+
+from conftest import REPO
+
+SMALL = HPUConfig.load(f"{REPO}/configs/small.toml")
+
+
+def test_three_way_agreement(seed, tmp_path):
+    cells, _ = crosscheck(SMALL, ["random", "adversarial", "minilm"], ["mass"], 6, seed, tmp_path / "out",
+                          build_root=tmp_path / "build")
+    assert [(c.source, c.rows, c.agree, c.disagreements) for c in cells] == [
+        ("random", 6, 6, []), ("adversarial", 6, 6, []), ("minilm", 6, 6, [])]
+
+
+def test_disagreement_names_the_odd_one_out(seed, tmp_path, monkeypatch, capsys):
+    real = kernels.exact.run_contract_triton
+
+    def off_by_one(cfg, *args, **kwargs):
+        result = real(cfg, *args, **kwargs)
+        result["z_kept"] = result["z_kept"] + torch.nn.functional.one_hot(
+            torch.tensor(2), len(result["z_kept"])).to(result["z_kept"])
+        return result
+
+    monkeypatch.setattr(kernels.exact, "run_contract_triton", off_by_one)
+    code = main(["crosscheck", "--config", f"{REPO}/configs/small.toml", "--source", "random", "--modes", "topk",
+                 "--rows", "4", "--seed", str(seed), "--build", str(tmp_path / "build"), "-o", str(tmp_path / "o")])
+    assert code == 1
+    report = json.loads((tmp_path / "o" / "crosscheck.json").read_text())
+    [cell] = report["cells"]
+    assert (cell["agree"], len(cell["disagreements"])) == (3, 1)
+    reproducer = json.loads(open(cell["disagreements"][0]).read())
+    assert reproducer["disagrees"] == "kernel" and reproducer["row_index"] == 2
+    assert "disagreement-random-topk-row2.json" in capsys.readouterr().err
