@@ -43,12 +43,19 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("attention_gpu needs a CUDA GPU (run it through the device tool)")
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
     flex = torch.compile(flex_attention)
 
     def causal_mod(b, h, q, kv):
         return q >= kv
+
+    def as_block_mask(selection, n: int, causal: bool):
+        """FlexAttention's BlockMask over exactly the key blocks the gate kept."""
+        blocks = n // BLOCK
+        return BlockMask.from_kv_blocks(selection.kv_count.reshape(1, HEADS, blocks),
+                                        selection.kv_index.reshape(1, HEADS, blocks, blocks),
+                                        BLOCK_SIZE=BLOCK, mask_mod=causal_mod if causal else None)
 
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100)  # noqa: E731
     rows = []
@@ -59,9 +66,9 @@ def main() -> None:
                        for _ in range(3))
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 sdpa_ms = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal))
-            dense_mask = create_block_mask(causal_mod, 1, HEADS, n, n, device="cuda") if causal else None
-            flex_dense_ms = bench(lambda: flex(q, k, v, block_mask=dense_mask))
             full = select(q, k, BLOCK, 1.0, 1.0, causal)
+            dense_mask = as_block_mask(full, n, causal) if causal else None
+            flex_dense_ms = bench(lambda: flex(q, k, v, block_mask=dense_mask))
             dense_flops = flops(full, causal)
             row = {"seq": n, "causal": causal, "sdpa_dense_ms": sdpa_ms, "flex_dense_ms": flex_dense_ms,
                    "sdpa_dense_tflops": dense_flops / sdpa_ms / 1e9, "flex_dense_tflops": dense_flops / flex_dense_ms / 1e9,
@@ -70,10 +77,7 @@ def main() -> None:
                 selection = select(q, k, BLOCK, 1.0, density, causal)
                 select_ms = bench(lambda: select(q, k, BLOCK, 1.0, density, causal))
                 ours_ms = bench(lambda: attend(q, k, v, selection, BLOCK, causal))
-                blocks = n // BLOCK
-                kv_num = selection.kv_count.reshape(1, HEADS, blocks)
-                kv_idx = selection.kv_index.reshape(1, HEADS, blocks, blocks)
-                mask = BlockMask.from_kv_blocks(kv_num, kv_idx, BLOCK_SIZE=BLOCK, mask_mod=causal_mod if causal else None)
+                mask = as_block_mask(selection, n, causal)
                 flex_sparse_ms = bench(lambda: flex(q, k, v, block_mask=mask))
                 ours = attend(q, k, v, selection, BLOCK, causal)
                 theirs = flex(q, k, v, block_mask=mask)

@@ -26,11 +26,21 @@ def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) 
         raise InputError(f"sequence length {q.shape[2]} is not a multiple of the block size {block}")
 
 
+def check_gate(mass_target: float, permeability: float) -> None:
+    if not 0 < permeability <= 1 or not 0 < mass_target <= 1:
+        raise InputError(f"permeability {permeability} and mass_target {mass_target} must lie in (0, 1]")
+
+
 def block_mask(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float, permeability: float,
                causal: bool) -> torch.Tensor:
     """Kept key blocks: bool (batch, heads, query blocks, key blocks)."""
-    if not 0 < permeability <= 1 or not 0 < mass_target <= 1:
-        raise InputError(f"permeability {permeability} and mass_target {mass_target} must lie in (0, 1]")
+    check_gate(mass_target, permeability)
+    return block_mask_unchecked(q, k, block, mass_target, permeability, causal)
+
+
+def block_mask_unchecked(q, k, block: int, mass_target, permeability, causal: bool) -> torch.Tensor:
+    """`block_mask` without the argument checks; mass_target and permeability may be 0-d tensors
+    (so that a compiled copy serves every value)."""
     b, h, n, d = q.shape
     blocks = n // block
     qp = q.float().reshape(b, h, blocks, block, d).mean(3)
