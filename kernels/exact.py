@@ -31,20 +31,20 @@ def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
                      EXP_SHIFT: tl.constexpr, LUT_SIZE: tl.constexpr, RHO_Q: tl.constexpr, TAU_Q: tl.constexpr,
                      K_MIN: tl.constexpr, OUT_FRAC: tl.constexpr, OUT_LOW: tl.constexpr, OUT_HIGH: tl.constexpr,
                      MODE: tl.constexpr, GATE_ROUND: tl.constexpr, GATE_SHIFT: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, INT: tl.constexpr):
     row = tl.program_id(0)
     n = tl.load(lengths_ptr + row).to(tl.int64)
     group = tl.load(groups_ptr + row).to(tl.int64)
     j = tl.arange(0, BLOCK_N)
     valid = j < n
-    s = tl.load(scores_ptr + row * stride_s + j, mask=valid, other=-2147483647).to(tl.int64)
+    s = tl.load(scores_ptr + row * stride_s + j, mask=valid, other=-2147483647).to(INT)
     m = tl.max(s, axis=0)
     step = (m - s) >> EXP_SHIFT
     index = tl.minimum(step, LUT_SIZE - 1)
-    e = tl.load(lut_ptr + index, mask=valid, other=0).to(tl.int64)
+    e = tl.load(lut_ptr + index, mask=valid, other=0).to(INT)
     z = tl.sum(e, axis=0)
 
-    order_key = tl.where(valid, e * BLOCK_N + (BLOCK_N - 1 - j), -1)
+    order_key = tl.where(valid, e * BLOCK_N + (BLOCK_N - 1 - j), -1).to(INT)
     ranked = tl.sort(order_key, 0, descending=True)
     ranked_e = tl.where(ranked >= 0, ranked // BLOCK_N, 0)
     prefix = tl.cumsum(ranked_e, axis=0)
@@ -57,27 +57,29 @@ def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
         kept = cap
     else:
         target = (z * TAU_Q + GATE_ROUND) >> GATE_SHIFT
-        shortest = tl.minimum(tl.sum((prefix < target).to(tl.int64), axis=0) + 1, n)
+        shortest = tl.minimum(tl.sum((prefix < target).to(INT), axis=0) + 1, n)
         kept = tl.minimum(shortest, cap)
     threshold = tl.sum(tl.where(j == kept - 1, ranked, 0), axis=0)
 
     d = tl.arange(0, D)
-    acc = tl.zeros((D,), dtype=tl.int64)
-    z_kept = tl.zeros((), dtype=tl.int64)
+    acc = tl.zeros((D,), dtype=INT)
+    z_kept = tl.zeros((), dtype=INT)
     for start in range(0, BLOCK_N, BLOCK_K):
         jj = start + tl.arange(0, BLOCK_K)
         ok = jj < n
-        sj = tl.load(scores_ptr + row * stride_s + jj, mask=ok, other=0).to(tl.int64)
-        ej = tl.load(lut_ptr + tl.minimum((m - sj) >> EXP_SHIFT, LUT_SIZE - 1), mask=ok, other=0).to(tl.int64)
+        sj = tl.load(scores_ptr + row * stride_s + jj, mask=ok, other=0).to(INT)
+        ej = tl.load(lut_ptr + tl.minimum((m - sj) >> EXP_SHIFT, LUT_SIZE - 1), mask=ok, other=0).to(INT)
         keep = ok & (ej * BLOCK_N + (BLOCK_N - 1 - jj) >= threshold)
         w = tl.where(keep, ej, 0)
         z_kept += tl.sum(w, axis=0)
         v = tl.load(values_ptr + group * stride_vg + jj[:, None] * stride_vn + d[None, :],
-                    mask=ok[:, None], other=0).to(tl.int64)
+                    mask=ok[:, None], other=0).to(INT)
         acc += tl.sum(w[:, None] * v, axis=0)
 
+    # The quotient's numerator may need 64 bits even when the sums fit in 32.
+    acc = acc.to(tl.int64)
     magnitude = tl.where(acc < 0, -acc, acc)
-    quotient = (magnitude << OUT_FRAC) // z_kept
+    quotient = (magnitude << OUT_FRAC) // z_kept.to(tl.int64)
     out = tl.where(acc < 0, -quotient, quotient)
     out = tl.minimum(tl.maximum(out, OUT_LOW), OUT_HIGH)
     tl.store(acc_ptr + row * D + d, acc)
@@ -112,6 +114,10 @@ def run_contract_triton(cfg: HPUConfig, scores: torch.Tensor, values: torch.Tens
     kept = torch.empty_like(z_kept)
     block_n = triton.next_power_of_2(n_keys)
     low, high = signed_range(cfg.out_bits)
+    # 64-bit integer arithmetic is several times slower than 32-bit on GPUs: use 32 bits wherever
+    # every intermediate (scores, order keys, sums, the mass target) provably fits.
+    widest = max(cfg.acc_bits, cfg.z_bits + 9, cfg.prob_bits + block_n.bit_length() + 1, cfg.score_bits + 1)
+    int_type = tl.int32 if widest <= 31 else tl.int64
     _contract_kernel[(rows,)](
         scores, values, groups.to(torch.int32).contiguous(), lengths.to(torch.int32).contiguous(), lut,
         acc, out, z_kept, kept,
@@ -119,5 +125,5 @@ def run_contract_triton(cfg: HPUConfig, scores: torch.Tensor, values: torch.Tens
         EXP_SHIFT=cfg.exp_shift, LUT_SIZE=cfg.lut_size, RHO_Q=cfg.rho_q, TAU_Q=cfg.tau_q, K_MIN=cfg.k_min,
         OUT_FRAC=cfg.out_frac, OUT_LOW=low, OUT_HIGH=high, MODE=MODES[cfg.mode],
         GATE_ROUND=GATE_SCALE - 1, GATE_SHIFT=GATE_SHIFT,
-        BLOCK_N=block_n, BLOCK_K=min(block_k, block_n), D=cfg.head_dim)
+        BLOCK_N=block_n, BLOCK_K=min(block_k, block_n), D=cfg.head_dim, INT=int_type)
     return {"acc": acc, "out": out, "z_kept": z_kept, "kept": kept}

@@ -65,3 +65,10 @@ def test_whole_head_with_shared_values(seed):
     groups = torch.arange(values.shape[0]).repeat_interleave(n)
     lengths = torch.arange(1, n + 1).repeat(values.shape[0])
     assert_identical(cfg, scores, values, lengths, groups)
+
+
+@pytest.mark.parametrize("mode", ["mass", "topk"])
+def test_identical_when_64_bit_integers_are_needed(mode, seed):
+    """31-bit scores overflow the kernel's 32-bit path, so it must take the 64-bit one."""
+    cfg = SMALL.replace(mode=mode, score_bits=31)
+    assert_identical(cfg, *batch(cfg, rows_from("random", cfg, 30, seed) + rows_from("adversarial", cfg, 10, seed)))
