@@ -96,7 +96,6 @@ def main() -> None:
                       f"x{flex_sparse_ms / ours_ms:.2f} vs flex; diff {row['densities'][str(density)]['max_abs_diff_vs_flex']:.3g}",
                       flush=True)
             rows.append(row)
-            del q, k, v
             torch.cuda.empty_cache()
     write(args.output, {"benchmark": "attention_gpu", "device": torch.cuda.get_device_name(),
                         "triton": triton.__version__, "cuda": torch.version.cuda,

@@ -94,7 +94,7 @@ def plots(runs: list[Run], table: EnergyTable) -> dict[str, str]:
 
     out = {}
     gated = runs[0]
-    d, a = gated.activity.design, gated.activity
+    d = gated.activity.design
     lanes = [d.index(lane) for lane in d.lanes]
     fig, axes = plt.subplots(len(runs), 1, figsize=(10, 2.2 + 2.2 * len(runs)), squeeze=False)
     top_rate = max(float((r.activity.window_toggles[lanes] / r.activity.window).max(initial=0)) for r in runs) or 1.0

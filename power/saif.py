@@ -11,8 +11,6 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from power.vcd import Counts
 
 _UNITS = [(1e-15, "fs"), (1e-12, "ps"), (1e-9, "ns"), (1e-6, "us"), (1e-3, "ms"), (1.0, "s")]

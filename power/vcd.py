@@ -99,7 +99,6 @@ class Batch:
     toggles: np.ndarray
     xz: np.ndarray
     watched: dict[int, tuple[np.ndarray, np.ndarray]]
-    end_time: int
 
 
 @dataclass
@@ -124,10 +123,6 @@ class Counts:
     def bits(self, code: int) -> slice:
         offsets = self.header.bit_offsets
         return slice(int(offsets[code]), int(offsets[code + 1]))
-
-    def toggles(self, code: int) -> int:
-        s = self.bits(code)
-        return int(self.rise[s].sum() + self.fall[s].sum())
 
 
 def _header_tokens(data: bytes) -> Iterator[tuple[bytes, int, int]]:
@@ -399,7 +394,7 @@ class _Scanner:
             rows = slice(int(lo), int(hi))
             self._count_width(buf, int(widths[lo]), rows, code[rows], change_time[rows], value_start[rows],
                               value_len[rows], toggles, xz, watched)
-        return Batch(code, change_time, toggles, xz, watched, self.time if self.time is not None else 0)
+        return Batch(code, change_time, toggles, xz, watched)
 
     def _count_width(self, buf, w, rows, code, when, vstart, vlen, toggles, xz, watched) -> None:
         for i in np.flatnonzero(vlen > w):
