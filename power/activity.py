@@ -65,6 +65,7 @@ class Activity:
     active: np.ndarray
     active_in_phase: np.ndarray
     window_toggles: np.ndarray
+    signal_window_toggles: np.ndarray  # (codes, windows): every variable of the dump
     window_active: np.ndarray
     window_phase: np.ndarray
     enabled_cycles: dict[tuple[int, int], int]
@@ -89,6 +90,7 @@ class _Tracker:
         self.active = np.zeros(units, np.int64)
         self.active_in_phase = np.zeros(units, np.int64)
         self.window_toggles = np.zeros((units, 16), np.int64)
+        self.signal_window_toggles = np.zeros((len(design.header.codes), 16), np.int64)
         self.window_active = np.zeros((units, 16), np.int64)
         self.carry = np.zeros(0, np.int64)
         self.phase = Intervals()
@@ -100,7 +102,7 @@ class _Tracker:
         need = cycles // self.window + 1
         if need > self.window_toggles.shape[1]:
             size = max(need, 2 * self.window_toggles.shape[1])
-            for name in ("window_toggles", "window_active"):
+            for name in ("window_toggles", "window_active", "signal_window_toggles"):
                 old = getattr(self, name)
                 grown = np.zeros((old.shape[0], size), np.int64)
                 grown[:, :old.shape[1]] = old
@@ -139,6 +141,7 @@ class _Tracker:
                                  (states[:, column] == ONE).astype(np.int64))
         toggled = np.flatnonzero((b.toggles > 0) & (cycle >= 0))
         code = b.code[toggled]
+        np.add.at(self.signal_window_toggles, (code, cycle[toggled] // self.window), b.toggles[toggled])
         lo, hi = d.unit_ptr[code], d.unit_ptr[code + 1]
         reach = hi - lo
         rows = np.repeat(np.arange(len(toggled)), reach)
@@ -189,6 +192,7 @@ def measure(design: Design, window: int = 64) -> Activity:
         phase_per_window = np.add.reduceat(marks, np.arange(0, n, window))
     period = float(tracker.last_rise - tracker.first_rise) / (n - 1)
     return Activity(design, n, int(phase_cycles), window, tracker.active, tracker.active_in_phase,
-                    tracker.window_toggles[:, :windows], tracker.window_active[:, :windows], phase_per_window,
+                    tracker.window_toggles[:, :windows], tracker.signal_window_toggles[:, :windows],
+                    tracker.window_active[:, :windows], phase_per_window,
                     {key: iv.cycles_high for key, iv in tracker.enables.items()}, counts,
                     counts.header.timescale, period)

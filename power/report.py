@@ -179,8 +179,8 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
                                           runs[1].name: dn["lanes_mean_silent_ratio_compute"]},
             "same_cycles": g["cycles"] == dn["cycles"],
         }
-    paths = {"json": out_dir / "power.json", "csv": out_dir / "power.csv", "markdown": out_dir / "power.md",
-             "html": out_dir / "power.html"}
+    paths = {"json": out_dir / "power.json", "csv": out_dir / "power.csv", "signals": out_dir / "signals.csv",
+             "markdown": out_dir / "power.md", "html": out_dir / "power.html"}
     paths["json"].write_text(json.dumps(result, indent=2))
     with open(paths["csv"], "w", newline="") as f:
         w = csv.writer(f)
@@ -192,11 +192,35 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
                 w.writerow([name, path, inst["active_cycles"], f"{inst['silent_ratio_run']:.6f}",
                             f"{inst['silent_ratio_compute']:.6f}", *inst["toggles_own"].values(),
                             *(f"{v:.3f}" for v in inst["energy_fJ_own"].values()), f"{inst['energy_fJ_subtree']:.3f}"])
+    _signals_csv(runs, paths["signals"])
     md = _markdown(result, runs)
     paths["markdown"].write_text(md)
     images = plots(runs, table)
     paths["html"].write_text(_html(md, images))
     return paths
+
+
+def _signals_csv(runs: list[Run], path: Path) -> None:
+    """Every variable of each dump: totals and toggles per window of cycles (aliases listed together)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        windows = max(run.activity.signal_window_toggles.shape[1] for run in runs)
+        window = runs[0].activity.window
+        w.writerow(["run", "signal", "width", "toggles", "xz_changes", "toggles_per_cycle",
+                    *(f"cycles_{i * window}_{(i + 1) * window - 1}" for i in range(windows))])
+        for run in runs:
+            a = run.activity
+            header, counts = a.counts.header, a.counts
+            offsets = header.bit_offsets
+            names: dict[int, list[str]] = {}
+            for var in header.vars:
+                names.setdefault(var.code, []).append(var.reference)
+            for code, refs in names.items():
+                bits = slice(int(offsets[code]), int(offsets[code + 1]))
+                toggles = int(counts.rise[bits].sum() + counts.fall[bits].sum())
+                row = a.signal_window_toggles[code].tolist()
+                w.writerow([run.name, " = ".join(refs), header.widths[code], toggles, int(counts.xz[bits].sum()),
+                            f"{toggles / a.cycles:.4f}", *row, *([""] * (windows - len(row)))])
 
 
 def _markdown(result: dict, runs: list[Run]) -> str:

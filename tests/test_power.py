@@ -265,6 +265,8 @@ def test_silent_ratio_and_energy_of_a_tiny_dump_by_hand(tiny, tmp_path):
     assert a.silent_ratio(top, phase=True) == pytest.approx(1 - 4 / 8)
     # window 0 (cycles 0-4): sum 2 + 2, acc 2 + 2, and go (declared in the lane too) 2
     assert a.window_toggles[lane].tolist() == [10, 0]
+    sum_code = next(v.code for v in tiny.header.vars if v.name == "sum")
+    assert a.signal_window_toggles[sum_code].tolist() == [4, 0]
     # go is set in cycle 2 and cleared in cycle 4: the lane's register is clocked in cycles 2 and 3
     assert a.enabled_cycles[tiny.enables[0]] == 2
     table = EnergyTable.load()
@@ -326,6 +328,6 @@ def test_gated_hpu_is_quieter_than_dense(seed, tmp_path):
         active_g = g["instances"][lane]["active_cycles"]
         active_d = d["instances"][lane]["active_cycles"]
         assert abs(active_g / active_d - kept["gated"]) < 0.15, (lane, active_g, active_d, kept["gated"])
-    for name in ("power.csv", "power.md", "power.html", "gated.saif", "dense.saif"):
+    for name in ("power.csv", "signals.csv", "power.md", "power.html", "gated.saif", "dense.saif"):
         assert (out / name).stat().st_size > 0
     assert "not sign-off power" in (out / "power.md").read_text()
