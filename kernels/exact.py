@@ -44,22 +44,22 @@ def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
     e = tl.load(lut_ptr + index, mask=valid, other=0).to(INT)
     z = tl.sum(e, axis=0)
 
-    order_key = tl.where(valid, e * BLOCK_N + (BLOCK_N - 1 - j), -1).to(INT)
-    ranked = tl.sort(order_key, 0, descending=True)
-    ranked_e = tl.where(ranked >= 0, ranked // BLOCK_N, 0)
-    prefix = tl.cumsum(ranked_e, axis=0)
-
-    cap = tl.maximum((n * RHO_Q + GATE_ROUND) >> GATE_SHIFT, K_MIN)
-    cap = tl.minimum(cap, n)
     if MODE == 0:
+        # Dense keeps every valid key: no ranking needed (every order key is >= 0).
         kept = n
-    elif MODE == 1:
-        kept = cap
+        threshold = 0
     else:
-        target = (z * TAU_Q + GATE_ROUND) >> GATE_SHIFT
-        shortest = tl.minimum(tl.sum((prefix < target).to(INT), axis=0) + 1, n)
-        kept = tl.minimum(shortest, cap)
-    threshold = tl.sum(tl.where(j == kept - 1, ranked, 0), axis=0)
+        order_key = tl.where(valid, e * BLOCK_N + (BLOCK_N - 1 - j), -1).to(INT)
+        ranked = tl.sort(order_key, 0, descending=True)
+        cap = tl.minimum(tl.maximum((n * RHO_Q + GATE_ROUND) >> GATE_SHIFT, K_MIN), n)
+        if MODE == 1:
+            kept = cap
+        else:
+            prefix = tl.cumsum(tl.where(ranked >= 0, ranked // BLOCK_N, 0), axis=0)
+            target = (z * TAU_Q + GATE_ROUND) >> GATE_SHIFT
+            shortest = tl.minimum(tl.sum((prefix < target).to(INT), axis=0) + 1, n)
+            kept = tl.minimum(shortest, cap)
+        threshold = tl.sum(tl.where(j == kept - 1, ranked, 0), axis=0)
 
     d = tl.arange(0, D)
     acc = tl.zeros((D,), dtype=INT)
