@@ -67,7 +67,6 @@ class Activity:
     window_toggles: np.ndarray
     signal_window_toggles: np.ndarray  # (codes, windows): every variable of the dump
     window_active: np.ndarray
-    window_phase: np.ndarray
     enabled_cycles: dict[tuple[int, int], int]
     counts: Counts
     timescale: float
@@ -85,7 +84,6 @@ class _Tracker:
         self.window = window
         self.n_cycles = 0
         self.clock_state = 2
-        self.rise_times: list[int] = []
         units = len(design.units)
         self.active = np.zeros(units, np.int64)
         self.active_in_phase = np.zeros(units, np.int64)
@@ -126,19 +124,22 @@ class _Tracker:
                 self.first_rise = rises[0] if self.first_rise is None else self.first_rise
                 self.last_rise = rises[-1]
         base = self.n_cycles
-        cycle = base + np.searchsorted(rises, b.time, side="right") - 1
+
+        def cycle_of(times: np.ndarray) -> np.ndarray:
+            return base + np.searchsorted(rises, times, side="right") - 1
+
+        cycle = cycle_of(b.time)
         self.n_cycles += len(rises)
         self._grow(self.n_cycles)
         if d.phase is not None and d.phase in b.watched:
             times, states = b.watched[d.phase]
-            self.phase.extend(base + np.searchsorted(rises, times, side="right") - 1, (states[:, 0] == ONE).astype(np.int64), keep=True)
+            self.phase.extend(cycle_of(times), (states[:, 0] == ONE).astype(np.int64), keep=True)
         for key, intervals in self.enables.items():
             code, bit = key
             if code in b.watched:
                 times, states = b.watched[code]
                 column = d.watch[code].index(bit)
-                intervals.extend(base + np.searchsorted(rises, times, side="right") - 1,
-                                 (states[:, column] == ONE).astype(np.int64))
+                intervals.extend(cycle_of(times), (states[:, column] == ONE).astype(np.int64))
         toggled = np.flatnonzero((b.toggles > 0) & (cycle >= 0))
         code = b.code[toggled]
         np.add.at(self.signal_window_toggles, (code, cycle[toggled] // self.window), b.toggles[toggled])
@@ -181,18 +182,10 @@ def measure(design: Design, window: int = 64) -> Activity:
         raise VcdError(design.vcd, None, f"the clock {design.clock_name} has {n} rising edges: no cycles to measure; "
                                          "name the clock with --clock if it is not the HPU's clk")
     windows = (n - 1) // window + 1
-    phase_per_window = np.zeros(windows, np.int64)
-    if design.phase is None:
-        phase_cycles = n
-        phase_per_window[:] = window
-        phase_per_window[-1] = n - window * (windows - 1)
-    else:
-        phase_cycles = tracker.phase.cycles_high
-        marks = tracker.phase.at(np.arange(n), 0)
-        phase_per_window = np.add.reduceat(marks, np.arange(0, n, window))
+    phase_cycles = n if design.phase is None else tracker.phase.cycles_high
     period = float(tracker.last_rise - tracker.first_rise) / (n - 1)
     return Activity(design, n, int(phase_cycles), window, tracker.active, tracker.active_in_phase,
                     tracker.window_toggles[:, :windows], tracker.signal_window_toggles[:, :windows],
-                    tracker.window_active[:, :windows], phase_per_window,
+                    tracker.window_active[:, :windows],
                     {key: iv.cycles_high for key, iv in tracker.enables.items()}, counts,
                     counts.header.timescale, period)

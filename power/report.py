@@ -37,14 +37,6 @@ class Run:
     kept_fraction: float | None = None
 
 
-def _groups(run: Run) -> dict[str, list[int]]:
-    d = run.activity.design
-    top = d.manifest["top"]
-    groups = {"HPU": d.subtree(top), "MAC array": d.subtree(f"{top}.mac")}
-    groups.update({lane.split(".")[-1]: d.subtree(lane) for lane in d.lanes})
-    return groups
-
-
 def summarize(run: Run) -> dict:
     a, e, d = run.activity, run.energy, run.activity.design
     top = d.manifest["top"]

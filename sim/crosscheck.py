@@ -8,11 +8,9 @@ results and which of the three is the odd one out (or that all three differ).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from golden_model.sources import rows_from
 from golden_model.stimulus import RowResult, batch, expected
@@ -21,14 +19,6 @@ from sim.job import Options
 from sim.runner import make_job, run
 
 PATHS = ("golden", "verilog", "kernel")
-
-
-def kernel_device() -> str:
-    """The GPU where there is one; else Triton's CPU interpreter (must be chosen before kernels load)."""
-    if torch.cuda.is_available():
-        return "cuda"
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-    return "cpu"
 
 
 @dataclass
@@ -53,7 +43,7 @@ def odd_one_out(results: dict[str, RowResult]) -> str:
 
 def crosscheck(cfg: HPUConfig, sources: list[str], modes: list[str], rows: int, seed: int,
                out_dir: Path, sim: str = "icarus", build_root: Path = Path("build/sim")) -> tuple[list[Cell], str]:
-    device = kernel_device()
+    from kernels import DEVICE as device
     from kernels.exact import run_contract_triton
 
     out_dir.mkdir(parents=True, exist_ok=True)

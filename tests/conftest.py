@@ -1,13 +1,6 @@
 import os
 import random
 
-# Triton kernels run on a GPU where there is one, and on the CPU interpreter (how CI tests them)
-# otherwise; the variable must be set before any kernel is defined.
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
 from hypothesis import settings
 

@@ -10,11 +10,11 @@ from golden_model.quantize import attention_scores, quantize_scores, quantize_va
 from golden_model.sources import rows_from
 from golden_model.stimulus import batch
 from hpu.config import HPUConfig
+from kernels import DEVICE
 from kernels.exact import run_contract_triton
 
 from conftest import REPO
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = HPUConfig.load(f"{REPO}/configs/small.toml")
 
 
