@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Array, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -36,8 +36,7 @@ class MacArray(wiring.Component):
 
     Cycle behaviour per row: 1 cycle to accept the gate's descriptor, 2 until
     the first slot issues, then head_dim / lanes cycles per slot back to back
-    (n slots in lockstep, kept slots in compact), 1 to drain the lanes, 1 to
-    hand the accumulators on.
+    (n slots in lockstep, kept slots in compact), 1 to hand the accumulators on.
     """
 
     def __init__(self, cfg: HPUConfig):
@@ -122,16 +121,20 @@ class MacArray(wiring.Component):
             with m.If(slot_out.kept):
                 m.d.sync += e_operand.eq(slot_out.e)
 
-        # Each lane is wired to its own column of the value word (fixed wiring), so the wide
-        # word is never multiplexed as a whole.
-        word = self.value_read.data
+        # The chunk counter picks one slice of `lanes` elements out of the value word (elements
+        # chunk * lanes .. chunk * lanes + lanes - 1), one multiplexer shared by the array; lane l is
+        # wired to element l of the slice.
+        word = self.value_read.data.as_value()
+        slice_bits = cfg.lanes * cfg.value_bits
+        value_slice = Signal(slice_bits)
+        m.d.comb += value_slice.eq(Array(word[c * slice_bits:(c + 1) * slice_bits] for c in range(cfg.chunks))[chunk])
         for index, lane in enumerate(lanes):
             m.d.comb += [
                 lane.valid.eq(active & active_kept),
                 lane.first.eq(first),
                 lane.chunk.eq(chunk),
                 lane.e.eq(e_operand),
-                *(lane.column[c].eq(word[c * cfg.lanes + index]) for c in range(cfg.chunks)),
+                lane.v.eq(value_slice[index * cfg.value_bits:(index + 1) * cfg.value_bits]),
             ]
 
         # The accumulators reach the normalizer only while offered (operand isolation): while a
@@ -156,10 +159,7 @@ class MacArray(wiring.Component):
             with m.State("RUN"):
                 with m.If((slots_left == 0) & finishing):
                     m.d.sync += running.eq(0)
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):
-                # The lanes add the last operands one cycle after taking them.
-                m.next = "EMIT"
+                    m.next = "EMIT"
             with m.State("EMIT"):
                 m.d.comb += self.accumulated.valid.eq(1)
                 with m.If(self.accumulated.ready):

@@ -1,4 +1,4 @@
-"""One MAC lane: operand registers, a multiplier and head_dim / lanes accumulators."""
+"""One MAC lane: a multiplier and head_dim / lanes accumulators."""
 
 from __future__ import annotations
 
@@ -19,21 +19,22 @@ class MacLane(wiring.Component):
     Members
     -------
     valid : In(1)
-        Load the operands this cycle. While it is low nothing in the lane
-        changes: operand registers hold and no accumulator is enabled, so a
-        gated-off key leaves every net of the lane silent.
+        Accumulate this cycle. While it is low no accumulator is enabled, and the
+        MAC array holds the lane's inputs still, so a gated-off key leaves every
+        net of the lane silent.
     first : In(1)
         The operands belong to the row's first kept key: overwrite instead of add.
     chunk : In(range(head_dim // lanes))
         Which accumulator the operands go to.
     e : In(prob_bits)    unnormalized probability of the key
-    column : In(ArrayLayout(signed(value_bits), head_dim // lanes))
-        This lane's elements of the key's value vector (element c is v_j[c * lanes + l]);
-        the lane takes ``column[chunk]``.
+    v : In(signed(value_bits))
+        The key's value element for this lane and chunk: v_j[chunk * lanes + l].
     acc : Out(ArrayLayout(signed(acc_bits), head_dim // lanes))
 
-    Cycle behaviour: operands presented with ``valid`` in cycle t are registered
-    at the end of t and added into ``acc[chunk]`` at the end of t + 1.
+    Cycle behaviour: operands presented with ``valid`` in cycle t are added into
+    ``acc[chunk]`` at the end of t. The inputs come straight from registers of the
+    MAC array (the value element from the value buffer's read port), so the lane
+    needs no operand registers of its own.
     """
 
     def __init__(self, cfg: HPUConfig):
@@ -43,27 +44,17 @@ class MacLane(wiring.Component):
             "first": In(1),
             "chunk": In(range(cfg.chunks)),
             "e": In(unsigned(cfg.prob_bits)),
-            "column": In(data.ArrayLayout(signed(cfg.value_bits), cfg.chunks)),
+            "v": In(signed(cfg.value_bits)),
             "acc": Out(data.ArrayLayout(signed(cfg.acc_bits), cfg.chunks)),
         })
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        e_op = Signal(unsigned(cfg.prob_bits))
-        v_op = Signal(signed(cfg.value_bits))
-        chunk_op = Signal(range(cfg.chunks))
-        first_op = Signal()
-        loaded = Signal()
-        with m.If(self.valid):
-            m.d.sync += [e_op.eq(self.e), v_op.eq(self.column[self.chunk]), chunk_op.eq(self.chunk),
-                         first_op.eq(self.first)]
-        m.d.sync += loaded.eq(self.valid)
-
         product = Signal(signed(cfg.prob_bits + cfg.value_bits + 1))
-        m.d.comb += product.eq(e_op * v_op)
+        m.d.comb += product.eq(self.e * self.v)
         accs = Array(Signal(signed(cfg.acc_bits), name=f"acc{c}") for c in range(cfg.chunks))
-        with m.If(loaded):
-            m.d.sync += accs[chunk_op].eq(Mux(first_op, 0, accs[chunk_op]) + product)
+        with m.If(self.valid):
+            m.d.sync += accs[self.chunk].eq(Mux(self.first, 0, accs[self.chunk]) + product)
         m.d.comb += [self.acc[c].eq(accs[c]) for c in range(cfg.chunks)]
         return m

@@ -18,6 +18,7 @@ from golden_model.lut import exp_lut
 from hpu.config import HPUConfig
 from hpu.top import HPU
 from rtl_gen.nets import write_nets
+from rtl_gen.processes import group_registers
 
 TOP_NAME = "hpu"
 MANIFEST_VERSION = 1
@@ -50,12 +51,16 @@ def instances(text: str) -> list[str]:
 
 
 # Amaranth's Verilog carries an alias wire for every field of every stream payload and one
-# process per register; a Yosys clean-up (hierarchy and register names kept) makes event-driven
-# simulators such as Icarus about three times faster on the same logic.
+# process per register; the Yosys clean-up (hierarchy and register names kept) and the regrouping of
+# registers into one process per module (rtl_gen/processes.py) make event-driven simulators such as
+# Icarus several times faster on the same logic. `wreduce` drops the replicated sign bits Amaranth
+# writes around signed operands (Icarus re-evaluates a concatenation once per changed input, so an
+# adder behind a 9-bit sign extension ran 9 times per change); `pmuxtree` turns parallel case
+# functions, which Icarus runs as threads, into plain multiplexers.
 # `rename -enumerate` gives Yosys's private nets the names write_verilog would invent, so the netlist
 # JSON (read for the power model's net classes) names every net as the Verilog and its VCDs do.
-CLEANUP_SCRIPT = ("read_verilog {name}; hierarchy -top {top}; proc; opt -full; opt_clean -purge; rename -enumerate; "
-                  "write_verilog -noattr {name}; write_json {netlist}")
+CLEANUP_SCRIPT = ("read_verilog {name}; hierarchy -top {top}; proc; opt -full; wreduce; pmuxtree; opt -full; "
+                  "opt_clean -purge; rename -enumerate; write_verilog -noattr {name}; write_json {netlist}")
 NETLIST = "netlist.json"
 NETS = "nets.json"
 
@@ -78,7 +83,8 @@ def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
     cleanup(verilog_path)
     write_nets(out_dir / NETLIST, out_dir / NETS)
     (out_dir / NETLIST).unlink()
-    text = verilog_path.read_text()
+    text = group_registers(verilog_path.read_text())
+    verilog_path.write_text(text)
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "top": TOP_NAME,
@@ -92,6 +98,7 @@ def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
         "exp_lut_sha256": lut_hash(cfg),
         "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "cleanup": CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME, netlist=NETLIST),
+        "register_processes": "one per module and clock edge (rtl_gen.processes.group_registers)",
         "nets": NETS,
         "tools": {"python": sys.version.split()[0],
                   "amaranth": metadata.version("amaranth"),

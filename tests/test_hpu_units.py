@@ -104,14 +104,15 @@ def test_mac_lane_accumulates_and_holds_when_not_valid(seed):
             ctx.set(dut.valid, valid)
             ctx.set(dut.chunk, chunk)
             ctx.set(dut.e, e)
-            ctx.set(dut.column[chunk], v)
+            ctx.set(dut.v, v)
             ctx.set(dut.first, first)
             if valid:
                 want[chunk] = e * v if first else want[chunk] + e * v
                 first_seen[chunk] = False
             await ctx.tick()
+            # Added at the end of the cycle that presented the operands.
+            assert [ctx.get(dut.acc[c]) for c in range(cfg.chunks)] == [w or 0 for w in want]
         ctx.set(dut.valid, 0)
-        await ctx.tick()
         await ctx.tick()
         got = [ctx.get(dut.acc[c]) for c in range(cfg.chunks)]
         assert got == [w if w is not None else 0 for w in want]
@@ -119,7 +120,7 @@ def test_mac_lane_accumulates_and_holds_when_not_valid(seed):
         before = [ctx.get(dut.acc[c]) for c in range(cfg.chunks)]
         for _ in range(5):
             ctx.set(dut.e, rng.randrange(cfg.e_max + 1))
-            ctx.set(dut.column[rng.randrange(cfg.chunks)], rng.randint(-32, 31))
+            ctx.set(dut.v, rng.randint(-32, 31))
             await ctx.tick()
         assert [ctx.get(dut.acc[c]) for c in range(cfg.chunks)] == before
     run(dut, tb)

@@ -72,8 +72,10 @@ module hpu_harness #(
             gap_rng <= gap_seed | 1;
             stall_rng <= stall_seed | 1;
         end else begin
-            gap_rng <= xorshift(gap_rng);
-            stall_rng <= xorshift(stall_rng);
+            // A generator steps only when it is used: without gaps or stalls the harness costs
+            // the simulator nothing per cycle beyond the handshakes.
+            if (gap_per_256 != 0) gap_rng <= xorshift(gap_rng);
+            if (stall_per_256 != 0) stall_rng <= xorshift(stall_rng);
         end
         if (keys_valid && keys_ready) keys_sent <= keys_sent + 1;
         if (results_valid && results_ready) begin
