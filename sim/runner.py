@@ -86,7 +86,7 @@ def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/s
     try:
         runner = get_runner(sim)
         if sim == "verilator":
-            build_args = ["--timing", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"]
+            build_args = ["--timing", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--no-public-flat-rw"]
         else:
             # Yosys's Verilog starts each combinational block through a `reg ... = 0` initializer,
             # which triggers the block at time 0 only under Verilog-2005 semantics (under
