@@ -6,8 +6,11 @@ and loads its reset and enable conditions one by one, so a design of a few
 hundred registers spends most of its simulation time waking threads that do
 nothing. This pass moves every register block of a module into one block per
 clock edge, with the registers that share a reset condition under one ``if``
-and those that share an enable under one ``if`` inside it: an idle module then
-costs one thread and a handful of condition loads per cycle.
+and those that share an enable under one ``if`` inside it, all behind one wake
+condition (a continuous OR of every reset and enable, re-evaluated only when one
+of them changes): an idle module then costs one thread and one load per cycle.
+Synthesis does not see the wake condition (``ifdef SYNTHESIS``, which Yosys
+defines), so the gates are those of the registers alone.
 
 The regrouping keeps the meaning exactly. Each register is still assigned in
 one place with a nonblocking assignment, under the same reset and enable
