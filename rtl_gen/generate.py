@@ -74,13 +74,19 @@ def cleanup(verilog_path: Path) -> None:
         raise RuntimeError(f"Yosys clean-up of {verilog_path} failed:\n{done.stderr[-4000:]}")
 
 
+def write_cleaned(dut: HPU, verilog_path: Path) -> None:
+    """Amaranth's Verilog for dut after the Yosys clean-up (before the registers are regrouped),
+    with the netlist JSON beside it."""
+    verilog_path.write_text(verilog.convert(dut, name=TOP_NAME, emit_src=False))
+    cleanup(verilog_path)
+
+
 def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dut = HPU(cfg)
     verilog_path = out_dir / f"{TOP_NAME}.v"
-    verilog_path.write_text(verilog.convert(dut, name=TOP_NAME, emit_src=False))
-    cleanup(verilog_path)
+    write_cleaned(dut, verilog_path)
     write_nets(out_dir / NETLIST, out_dir / NETS)
     (out_dir / NETLIST).unlink()
     text = group_registers(verilog_path.read_text())

@@ -153,7 +153,7 @@ def _by_condition(registers: list[Register], kind: str, indent: str) -> list[str
 def group_registers(verilog: str) -> str:
     """Yosys's Verilog with each module's register blocks merged into one block per clock edge."""
     out = []
-    for module in re.split(r"(?=^module )", verilog, flags=re.MULTILINE):
+    for module in _split(verilog):
         body, registers = _registers(module)
         if registers:
             end = body.rindex("endmodule")
@@ -195,9 +195,14 @@ def prove_equivalent(before: str, after: str, work_dir: Path) -> list[str]:
     return modules
 
 
+def _split(verilog: str) -> list[str]:
+    """The text before the first module, then each module from `module` to the next."""
+    return re.split(r"(?=^module )", verilog, flags=re.MULTILINE)
+
+
 def _modules(verilog: str) -> dict[str, str]:
     found = {}
-    for text in re.split(r"(?=^module )", verilog, flags=re.MULTILINE):
+    for text in _split(verilog):
         header = re.match(r"module (\\?\S+?) ?\(", text)
         if header:
             found[header.group(1)] = text

@@ -5,13 +5,12 @@ import re
 from pathlib import Path
 
 import pytest
-from amaranth.back import verilog
 
 from golden_model.lut import exp_lut
 from hpu.cli import main
 from hpu.config import HPUConfig
 from hpu.top import HPU
-from rtl_gen.generate import cleanup, generate, lut_hash
+from rtl_gen.generate import generate, lut_hash, write_cleaned
 from rtl_gen.lint import LintError, check_icarus, check_verilator
 from rtl_gen.processes import NotEquivalent, group_registers, prove_equivalent
 
@@ -147,8 +146,7 @@ def test_generated_hpu_regrouping_is_proven_equivalent(tmp_path):
     """The Verilog `hpu gen` writes, against the Yosys clean-up it was regrouped from."""
     cfg = HPUConfig.load(f"{REPO}/configs/small.toml")
     clean = tmp_path / "hpu.v"
-    clean.write_text(verilog.convert(HPU(cfg), name="hpu", emit_src=False))
-    cleanup(clean)
+    write_cleaned(HPU(cfg), clean)
     before = clean.read_text()
     after = generate(cfg, tmp_path / "gen").verilog.read_text()
     assert after == group_registers(before)
