@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch; an unpinned torch would pull a CUDA build of several GB.
 TORCH  := torch==2.13.0
 
-.PHONY: setup test test-all demo quality bench clean iverilog
+.PHONY: setup test test-all fuzz demo quality bench clean iverilog
 
 setup: $(STAMP) iverilog
 
@@ -40,6 +40,19 @@ test: setup
 # Slow simulations as well (kept out of the default run; faster tests cover the same paths).
 test-all: setup
 	$(BIN)/python -m pytest -n 2 -q -m ""
+
+# Opt-in: the whole suite, slow simulations included, FUZZ_ROUNDS times with fresh seeds for every
+# randomized test and cocotb bench and FUZZ_EXAMPLES hypothesis examples per property. Every seed
+# is printed (replay one with HPU_SEED=N, or hypothesis's with --hypothesis-seed=N).
+FUZZ_ROUNDS   ?= 1
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	@for round in $$(seq $(FUZZ_ROUNDS)); do \
+		hseed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+		echo "fuzz round $$round: hypothesis seed $$hseed"; \
+		HPU_FUZZ=1 HPU_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -n 2 -q -m "" \
+			--hypothesis-seed=$$hseed || { echo "fuzz round $$round failed: hypothesis seed $$hseed"; exit 1; }; \
+	done
 
 demo: setup
 	$(BIN)/hpu config --config configs/default.toml

@@ -7,7 +7,6 @@ compared with the unmodified (dense, exact softmax) model.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from golden_model.minilm import MiniLM
 from golden_model.texts import TEXTS
 from hpu.config import HPUConfig
 from hpu.errors import InputError
+from hpu.files import output_folder, staged, write_json, write_text
 
 @dataclass(frozen=True)
 class QualityRow:
@@ -100,15 +100,17 @@ def plot(rows: list[QualityRow], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
 def write_report(rows: list[QualityRow], cfg: HPUConfig, out_dir: Path) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """quality.txt and the plot, then quality.json last (the record that the report is whole)."""
+    out_dir = output_folder(out_dir, "report folder")
     paths = {"json": out_dir / "quality.json", "png": out_dir / "quality.png", "txt": out_dir / "quality.txt"}
-    paths["json"].write_text(json.dumps({"config": cfg.to_dict(), "texts": len(TEXTS),
-                                         "rows": [asdict(r) for r in rows]}, indent=2))
-    paths["txt"].write_text(format_table(rows) + "\n")
-    plot(rows, paths["png"])
+    paths["json"].unlink(missing_ok=True)
+    write_text(paths["txt"], format_table(rows) + "\n")
+    with staged(paths["png"]) as temp:
+        plot(rows, temp)
+    write_json(paths["json"], {"config": cfg.to_dict(), "texts": len(TEXTS), "rows": [asdict(r) for r in rows]})
     return paths

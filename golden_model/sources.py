@@ -12,6 +12,21 @@ from hpu.config import HPUConfig
 from hpu.errors import InputError
 
 SOURCES = ("random", "adversarial", "minilm")
+# Rows are held in memory as Python integers (and as the job file the testbench reads): a run's rows
+# may hold at most this many value elements at full length, about 2 GB of Python objects.
+MAX_RUN_VALUES = 1 << 25
+
+
+def max_rows(cfg: HPUConfig) -> int:
+    """The most rows one run takes: MAX_RUN_VALUES over a full row's max_keys * head_dim values."""
+    return max(1, MAX_RUN_VALUES // (cfg.max_keys * cfg.head_dim))
+
+
+def check_row_count(cfg: HPUConfig, count: int) -> None:
+    if not 1 <= count <= max_rows(cfg):
+        raise InputError(f"--rows {count}: a run takes 1..{max_rows(cfg)} rows of this configuration "
+                         f"(max_keys x head_dim = {cfg.max_keys * cfg.head_dim} values per row); "
+                         "split more rows into several runs")
 
 
 def minilm_rows(cfg: HPUConfig, count: int, rng: random.Random) -> list[Row]:
@@ -48,6 +63,7 @@ def minilm_rows(cfg: HPUConfig, count: int, rng: random.Random) -> list[Row]:
 
 def rows_from(source: str, cfg: HPUConfig, count: int, seed: int) -> list[Row]:
     """`count` rows from a named source (adversarial rows repeat their set with fresh values)."""
+    check_row_count(cfg, count)
     rng = random.Random(seed)
     if source == "random":
         return random_rows(cfg, count, rng)

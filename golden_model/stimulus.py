@@ -9,6 +9,7 @@ import torch
 
 from golden_model.contract import ContractResult, run_contract, signed_range
 from hpu.config import HPUConfig
+from hpu.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,31 @@ class RowResult:
     out: tuple[int, ...]
     z_kept: int
     kept: int
+
+
+def validate_rows(cfg: HPUConfig, rows: list[Row], where: str = "row") -> None:
+    """Refuse rows the configured HPU cannot take, naming the first offending row and why.
+
+    The HPU would misread such a row (a score wider than score_bits wraps), so the blame belongs
+    to the input, not to the hardware."""
+    s_low, s_high = signed_range(cfg.score_bits)
+    v_low, v_high = signed_range(cfg.value_bits)
+    for i, row in enumerate(rows):
+        if not 1 <= row.n <= cfg.max_keys:
+            raise InputError(f"{where} {i}: n = {row.n} keys; the HPU takes 1..max_keys ({cfg.max_keys})")
+        if len(row.values) != row.n:
+            raise InputError(f"{where} {i}: {row.n} scores but {len(row.values)} value vectors")
+        for s in row.scores:
+            if type(s) is not int or not s_low <= s <= s_high:
+                raise InputError(f"{where} {i}: score {s!r} is not an integer in {s_low}..{s_high} "
+                                 f"(score_bits = {cfg.score_bits})")
+        for j, v in enumerate(row.values):
+            if len(v) != cfg.head_dim:
+                raise InputError(f"{where} {i}: value vector {j} has {len(v)} elements, head_dim is {cfg.head_dim}")
+            if not all(type(x) is int and v_low <= x <= v_high for x in v):
+                bad = next(x for x in v if type(x) is not int or not v_low <= x <= v_high)
+                raise InputError(f"{where} {i}: value {bad!r} of key {j} is not an integer in {v_low}..{v_high} "
+                                 f"(value_bits = {cfg.value_bits})")
 
 
 def batch(cfg: HPUConfig, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -89,22 +115,26 @@ def adversarial_rows(cfg: HPUConfig, rng: random.Random) -> list[Row]:
     def values(n, pick=lambda: rng.randint(v_low, v_high)):
         return tuple(tuple(pick() for _ in range(cfg.head_dim)) for _ in range(n))
 
+    def scores(*levels):
+        # Every level is clamped into the score range: small score_bits leave no room for wide steps.
+        return tuple(max(s_low, min(s_high, s)) for s in levels)
+
     step = 1 << cfg.exp_shift
     rows = [
         Row((0,), values(1)),                                              # n = 1
         Row((s_low,), ((v_low,) * cfg.head_dim,)),                         # n = 1, extreme value
-        Row((123,) * full, values(full)),                                  # all-equal scores, full row
+        Row(scores(*(123,) * full), values(full)),                         # all-equal scores, full row
         Row((s_high,) + (s_low,) * (full - 1), values(full)),              # one dominant key, LUT saturated
         Row((s_low,) * (full - 1) + (s_high,), values(full)),              # dominant key last
         Row(tuple(s_high if j % 2 else s_low for j in range(full)), values(full)),   # two tie runs far apart
         Row((0,) * full, values(full, lambda: v_high)),                    # outputs at the top of the range
         Row((0,) * full, values(full, lambda: v_low)),                     # and at the bottom
-        Row(tuple(-step * (j // 4) for j in range(full)), values(full)),   # tie runs of 4, descending
-        Row(tuple(-step * ((full - j) // 8) for j in range(full)), values(full)),   # ascending tie runs of 8
-        Row(tuple(rng.choice((0, -step, -2 * step)) for _ in range(full)), values(full)),  # three levels
+        Row(scores(*(-step * (j // 4) for j in range(full))), values(full)),          # tie runs of 4, descending
+        Row(scores(*(-step * ((full - j) // 8) for j in range(full))), values(full)),  # ascending tie runs of 8
+        Row(scores(*(rng.choice((0, -step, -2 * step)) for _ in range(full))), values(full)),  # three levels
         Row(tuple(rng.randint(s_low, s_high) for _ in range(full)), values(full)),  # whole range: e mostly 0
     ]
     # Rows whose mass target lands inside a tie run: two levels with the split at the threshold.
     for split in (1, full // 3, full // 2):
-        rows.append(Row((0,) * split + (-step,) * (full - split), values(full)))
+        rows.append(Row(scores(*(0,) * split, *(-step,) * (full - split)), values(full)))
     return rows

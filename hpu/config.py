@@ -10,11 +10,11 @@ nothing else re-derives them.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from hpu.errors import HPUError
+from hpu.errors import HPUError, InputError
+from hpu.files import read_toml, write_text
 
 MODES = ("mass", "topk", "dense")
 SCHEDULES = ("lockstep", "compact")
@@ -66,6 +66,9 @@ class HPUConfig:
 
     def __post_init__(self):
         self._validate()
+        # A derived width stays derived: `replace` and `to_dict` give 0 back, so overriding another
+        # field (a wider value, fewer keys) derives it again instead of checking the old number.
+        object.__setattr__(self, "_acc_bits_chosen", self.acc_bits != 0)
         if self.acc_bits == 0:
             object.__setattr__(self, "acc_bits", self.min_acc_bits)
 
@@ -169,11 +172,32 @@ class HPUConfig:
 
     # -- persistence ------------------------------------------------------------------
 
+    @property
+    def acc_bits_derived(self) -> bool:
+        """Whether acc_bits was derived (0 in the file or unset) rather than chosen by the user."""
+        return not self._acc_bits_chosen
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as the user chose them (a derived acc_bits is written as 0)."""
+        values = dataclasses.asdict(self)
+        if self.acc_bits_derived:
+            values["acc_bits"] = 0
+        return values
 
     def replace(self, **changes) -> "HPUConfig":
+        if self.acc_bits_derived:
+            changes.setdefault("acc_bits", 0)
         return dataclasses.replace(self, **changes)
+
+    def notes(self) -> list[str]:
+        """What takes effect differently from what was written: the gate's 1/256 quantization."""
+        notes = []
+        for name, q in (("permeability", self.rho_q), ("mass_target", self.tau_q)):
+            value = getattr(self, name)
+            if q / GATE_SCALE != value:
+                notes.append(f"{name} {value} takes effect as {q}/{GATE_SCALE} = {q / GATE_SCALE:.6g} "
+                             f"(the gate works in steps of 1/{GATE_SCALE})")
+        return notes
 
     def with_overrides(self, assignments: list[str]) -> "HPUConfig":
         """Apply CLI overrides of the form ``field=value``."""
@@ -190,19 +214,38 @@ class HPUConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "HPUConfig":
+        """A configuration file: an ``[hpu]`` table of fields (or the fields at the top level)."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
-        return cls.from_dict(data.get("hpu", data))
+            data = read_toml(path, "configuration file", "pass a TOML file such as configs/default.toml")
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
+        if not data:
+            raise ConfigError(f"configuration file {path} is empty: write an [hpu] table of fields "
+                              "(`hpu config --describe` lists them), or leave out --config for the defaults")
+        if "hpu" in data:
+            others = sorted(set(data) - {"hpu"})
+            if others:
+                raise ConfigError(f"configuration file {path}: unknown top-level entr{'ies' if len(others) > 1 else 'y'} "
+                                  f"{', '.join(others)}; every field belongs in the [hpu] table")
+            data = data["hpu"]
+            if not isinstance(data, dict):
+                raise ConfigError(f"configuration file {path}: `hpu` must be a table ([hpu]), not a value")
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         import tomli_w
 
-        Path(path).write_text(tomli_w.dumps({"hpu": self.to_dict()}))
+        write_text(path, tomli_w.dumps({"hpu": self.to_dict()}))
+
+    def show(self) -> str:
+        """Every field with its value, then the derived quantities."""
+        lines = [f"{name:13} = {value!r}" for name, value in dataclasses.asdict(self).items()]
+        if self.acc_bits_derived:
+            lines[-1] += "  (derived)"
+        lines.append(f"{'(derived)':13}   acc_bits={self.acc_bits} z_bits={self.z_bits} rho_q={self.rho_q}/256 "
+                     f"tau_q={self.tau_q}/256 chunks={self.chunks}")
+        return "\n".join(lines)
 
     @classmethod
     def describe(cls) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hpu.errors import InputError
 from power.design import Design
 from power.vcd import ONE, Batch, Counts, VcdError, scan
 
@@ -71,6 +72,8 @@ class Activity:
     counts: Counts
     timescale: float
     clock_period: float
+    rows_delivered: int | None = None  # the HPU's `rows` status at the end of the dump
+
 
     def silent_ratio(self, unit: int, phase: bool = False) -> float:
         total = self.phase_cycles if phase else self.cycles
@@ -95,6 +98,7 @@ class _Tracker:
         self.enables = {key: Intervals() for key in design.enables}
         self.last_time = None
         self.first_rise = self.last_rise = None
+        self.rows_delivered: int | None = None
 
     def _grow(self, cycles: int) -> None:
         need = cycles // self.window + 1
@@ -140,6 +144,13 @@ class _Tracker:
                 times, states = b.watched[code]
                 column = d.watch[code].index(bit)
                 intervals.extend(cycle_of(times), (states[:, column] == ONE).astype(np.int64))
+        if d.rows_code is not None and d.rows_code in b.watched:
+            # The last known value: a closing `$dumpoff` sets every bit to x.
+            states = b.watched[d.rows_code][1]
+            known = np.flatnonzero((states <= ONE).all(axis=1))
+            if len(known):
+                last = states[known[-1]].tolist()
+                self.rows_delivered = sum(int(v) << bit for v, bit in zip(last, d.watch[d.rows_code]))
         toggled = np.flatnonzero((b.toggles > 0) & (cycle >= 0))
         code = b.code[toggled]
         np.add.at(self.signal_window_toggles, (code, cycle[toggled] // self.window), b.toggles[toggled])
@@ -173,7 +184,7 @@ class _Tracker:
 def measure(design: Design, window: int = 64) -> Activity:
     """Stream `design.vcd` once: per-bit counts and per-instance activity per cycle."""
     if window < 1:
-        raise ValueError(f"window must be at least 1 cycle, got {window}")
+        raise InputError(f"--window {window}: a window must be at least 1 cycle")
     tracker = _Tracker(design, window)
     counts = scan(design.vcd, tracker.batch, watch=design.watch)
     tracker.finish()
@@ -188,4 +199,4 @@ def measure(design: Design, window: int = 64) -> Activity:
                     tracker.window_toggles[:, :windows], tracker.signal_window_toggles[:, :windows],
                     tracker.window_active[:, :windows],
                     {key: iv.cycles_high for key, iv in tracker.enables.items()}, counts,
-                    counts.header.timescale, period)
+                    counts.header.timescale, period, tracker.rows_delivered)

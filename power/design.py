@@ -8,7 +8,6 @@ the design's own names and never guessed from a single run.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +15,10 @@ import numpy as np
 
 from hpu.errors import InputError
 from power.vcd import Header, VcdError, read_header
+from rtl_gen.manifest import load_manifest, load_nets
 
 _NOT_HARDWARE = {"function", "task", "begin", "fork"}
+ROWS_PORT = "rows"
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Design:
     unit_ptr: np.ndarray
     unit_idx: np.ndarray
     missing_nets: int
+    rows_code: int | None = None  # the HPU's `rows` status (rows delivered), read for its last value
 
     def index(self, path: str) -> int:
         return [u.path for u in self.units].index(path)
@@ -57,17 +59,6 @@ class Design:
         return [i for i, u in enumerate(self.units) if u.path == path or u.path.startswith(path + ".")]
 
 
-def load_manifest(path: Path | str) -> tuple[dict, dict]:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"manifest {path} does not exist: run `hpu gen -o DIR` and pass DIR/manifest.json")
-    manifest = json.loads(path.read_text())
-    nets_path = path.parent / manifest.get("nets", "nets.json")
-    if not nets_path.exists():
-        raise InputError(f"{nets_path} (net classes) is missing: regenerate with `hpu gen`")
-    return manifest, json.loads(nets_path.read_text())["modules"]
-
-
 def find_top(header: Header, manifest: dict, vcd: Path) -> tuple[str, ...]:
     top = manifest["top"]
     children = sorted({p.split(".")[1] for p in manifest["instances"] if p.count(".") == 1})
@@ -78,14 +69,28 @@ def find_top(header: Header, manifest: dict, vcd: Path) -> tuple[str, ...]:
     return found[0]
 
 
+def _check_same_design(vcd: Path, header: Header, top: tuple[str, ...], manifest: dict, manifest_path) -> None:
+    """A dump of another configuration shares most instance names with the manifest (lanes 0-1 of
+    a 2-lane manifest exist in a 4-lane dump): every module instance the dump holds must be known."""
+    known = {top + tuple(p.split(".")[1:]) for p in manifest["instances"]}
+    extra = sorted(".".join((manifest["top"],) + s[len(top):]) for s, kind in header.scopes.items()
+                   if len(s) > len(top) and s[:len(top)] == top and kind == "module" and s not in known)
+    if extra:
+        raise InputError(f"{vcd} holds instances that manifest {manifest_path} does not know "
+                         f"({', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}): the dump is of another "
+                         "design or configuration; pass the manifest of the Verilog that was simulated")
+
+
 def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = None,
          clock: str = "clk", phase: str | None = "busy") -> Design:
     vcd = Path(vcd)
-    manifest, modules = load_manifest(manifest_path)
+    manifest = load_manifest(manifest_path)
+    modules = load_nets(manifest_path, manifest)
     header = read_header(vcd)
     top = tuple(top_scope.split(".")) if top_scope else find_top(header, manifest, vcd)
     if top not in header.scopes:
         raise VcdError(vcd, None, f"scope {'.'.join(top)} is not in the dump")
+    _check_same_design(vcd, header, top, manifest, manifest_path)
     offsets = header.bit_offsets
     by_scope: dict[tuple[str, ...], dict[str, int]] = {}
     for var in header.vars:
@@ -93,6 +98,8 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
 
     def code_of(scope: tuple[str, ...], name: str) -> int | None:
         return by_scope.get(scope, {}).get(name)
+
+    widths = {(var.scope, var.name): var.width for var in header.vars}
 
     units, watch, enables, missing = [], {}, [], 0
     for path in sorted(manifest["instances"], key=lambda p: (p.count("."), p)):
@@ -109,6 +116,10 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
             if code is None:
                 missing += 1
                 continue
+            if widths[(scope, name)] != net["width"]:
+                raise InputError(f"{vcd}: {path}.{name} is {widths[(scope, name)]} bits wide in the dump but "
+                                 f"{net['width']} in the manifest's design: the dump is of another configuration; "
+                                 "pass the manifest of the Verilog that was simulated")
             bits.setdefault(net["class"], []).extend(int(offsets[code]) + b for b in net["owned"])
         registers = []
         for reg in module["registers"]:
@@ -145,6 +156,12 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
     if phase_code is not None and 0 not in watch.setdefault(phase_code, []):
         watch[phase_code].append(0)
 
+    rows_code = code_of(top, ROWS_PORT)
+    if rows_code is not None:
+        for bit in range(header.widths[rows_code]):
+            if bit not in watch.setdefault(rows_code, []):
+                watch[rows_code].append(bit)
+
     # Which instances each code makes active: the instance whose scope declares it and every
     # instance above it. Clock variables and simulator-local scopes (functions, tasks) are left out.
     clock_names = {clock}
@@ -167,4 +184,5 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
     idx = np.zeros(int(ptr[-1]), np.int64)
     for code, targets in reach.items():
         idx[ptr[code]:ptr[code + 1]] = sorted(targets)
-    return Design(vcd, manifest, header, top, units, clock_code, clock, phase_code, watch, enables, ptr, idx, missing)
+    return Design(vcd, manifest, header, top, units, clock_code, clock, phase_code, watch, enables, ptr, idx, missing,
+                  rows_code)

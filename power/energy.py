@@ -8,13 +8,13 @@ tool would insert it); one without is clocked every cycle. x/z changes carry no 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hpu.errors import InputError
+from hpu.files import read_toml
 from power.activity import Activity
 
 DEFAULT_TABLE = Path(__file__).with_name("energy_45nm.toml")
@@ -31,19 +31,21 @@ class EnergyTable:
     @classmethod
     def load(cls, path: Path | str | None = None) -> "EnergyTable":
         path = Path(path) if path else DEFAULT_TABLE
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise InputError(f"energy table {path}: {e}") from None
-        toggle = data.get("toggle_fJ", {})
+        data = read_toml(path, "energy table", f"see {DEFAULT_TABLE.name} for the layout")
+        toggle, clock_table = data.get("toggle_fJ", {}), data.get("clock_fJ", {})
+        if not isinstance(toggle, dict) or not isinstance(clock_table, dict):
+            raise InputError(f"energy table {path}: [toggle_fJ] and [clock_fJ] must be tables")
         missing = [c for c in TOGGLE_CLASSES if c not in toggle]
-        if missing or "per_enabled_bit" not in data.get("clock_fJ", {}):
+        if missing or "per_enabled_bit" not in clock_table:
             raise InputError(f"energy table {path} needs [toggle_fJ] {', '.join(TOGGLE_CLASSES)} and "
                              f"[clock_fJ] per_enabled_bit (missing: {', '.join(missing) or 'per_enabled_bit'})")
+        entries = {**{f"toggle_fJ.{c}": toggle[c] for c in TOGGLE_CLASSES},
+                   "clock_fJ.per_enabled_bit": clock_table["per_enabled_bit"]}
+        for name, value in entries.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise InputError(f"energy table {path}: {name} = {value!r}: must be a number of femtojoules >= 0")
         values = {c: float(toggle[c]) for c in TOGGLE_CLASSES}
-        clock = float(data["clock_fJ"]["per_enabled_bit"])
-        if any(v < 0 for v in values.values()) or clock < 0:
-            raise InputError(f"energy table {path}: energies must not be negative")
+        clock = float(clock_table["per_enabled_bit"])
         return cls(values, clock, str(data.get("source", "unstated")), str(path))
 
 

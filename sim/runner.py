@@ -6,18 +6,21 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-from golden_model.stimulus import Row, expected
+from golden_model.stimulus import Row, expected, validate_rows
 from hpu.config import HPUConfig
 from hpu.errors import HPUError
-from rtl_gen.generate import generate, load_manifest
-from rtl_gen.tools import iverilog, verilator_env
+from hpu.files import shared_lock, staged
+from rtl_gen.generate import generate
+from rtl_gen.manifest import config_difference, load_manifest, manifest_config
+from rtl_gen.tools import SIMULATORS, iverilog, verilator_env
 from sim.job import Job, Options, Outcome
 from sim.packing import key_bits, result_bits
 
 HARNESS = Path(__file__).parent / "hdl" / "hpu_harness.v"
-SIMULATORS = ("icarus", "verilator")
 
 
 class SimulationError(HPUError):
@@ -65,12 +68,20 @@ def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/s
     """
     env = _check_simulator(sim)
     build_root = Path(build_root)
+    # Runs sharing a build folder share its cached Verilog and simulator builds: one builds, the
+    # others wait and reuse it.
+    with shared_lock(build_root):
+        return _build(cfg, sim, build_root, trace, verilog_dir, env)
+
+
+def _build(cfg: HPUConfig, sim: str, build_root: Path, trace: bool, verilog_dir: str | Path | None,
+           env: dict) -> Path:
     if verilog_dir is not None:
         manifest = load_manifest(Path(verilog_dir) / "manifest.json")
-        if HPUConfig.from_dict(manifest["config"]) != cfg:
-            differing = sorted(k for k, v in cfg.to_dict().items() if manifest["config"].get(k) != v)
+        if manifest_config(manifest) != cfg:
             raise SimulationError(f"the Verilog in {verilog_dir} was generated for another configuration "
-                                  f"(differs in {', '.join(differing)}); run `hpu gen` for this one")
+                                  f"(generated/asked: {config_difference(manifest_config(manifest), cfg)}); "
+                                  "run `hpu gen` for this one")
         verilog = Path(verilog_dir) / manifest["verilog"]
     else:
         # Always regenerate: a configuration's Verilog changes whenever the design does. The
@@ -110,20 +121,34 @@ def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/s
     return build_dir
 
 
-def run(job: Job, sim: str = "icarus", build_root: str | Path = "build/sim", work_dir: str | Path = "build/sim/run",
+def run(job: Job, sim: str = "icarus", build_root: str | Path = "build/sim", work_dir: str | Path | None = None,
         verilog_dir: str | Path | None = None, progress: bool = False, check: bool = True) -> Outcome:
     """Run one job; raises SimulationError on a stall, and (with `check`) on any row that differs from
-    the golden model. Without `check` the outcome comes back with the observed rows for the caller to judge."""
-    cfg = job.cfg
-    build_dir = build(cfg, sim, build_root, trace=bool(job.options.vcd), verilog_dir=verilog_dir)
-    work_dir = Path(work_dir)
+    the golden model. Without `check` the outcome comes back with the observed rows for the caller to judge.
+
+    Without a `work_dir` the run gets a fresh folder of its own under `build_root`, so runs at once
+    never read each other's job and outcome files. The VCD (``job.options.vcd``) is written under a
+    temporary name and appears under its own only when the whole run succeeded."""
+    build_dir = build(job.cfg, sim, build_root, trace=bool(job.options.vcd), verilog_dir=verilog_dir)
+    own = work_dir is None
+    work_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_root) if own else work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    if job.options.vcd:
+        Path(job.options.vcd).parent.mkdir(parents=True, exist_ok=True)
+    with staged(job.options.vcd) if job.options.vcd else contextlib.nullcontext() as vcd:
+        outcome = _run(job, sim, build_dir, work_dir, vcd, progress, check)
+    if own and not outcome.mismatches:
+        # A clean run's job and logs are not worth keeping; a failing one's are (its replay lives there).
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return outcome
+
+
+def _run(job: Job, sim: str, build_dir: Path, work_dir: Path, vcd: Path | None, progress: bool,
+         check: bool) -> Outcome:
     job_path, outcome_path = (work_dir / "job.json").resolve(), (work_dir / "outcome.json").resolve()
     outcome_path.unlink(missing_ok=True)
     job.save(job_path)
-    plusargs = [f"+vcd={Path(job.options.vcd).resolve()}"] if job.options.vcd else []
-    if job.options.vcd:
-        Path(job.options.vcd).parent.mkdir(parents=True, exist_ok=True)
+    plusargs = [f"+vcd={vcd.resolve()}"] if vcd else []
 
     env = _check_simulator(sim)
     repo_root = str(Path(__file__).resolve().parent.parent)
@@ -165,6 +190,7 @@ def write_replay(job: Job, outcome: Outcome, work_dir: Path) -> Path:
 def make_job(cfg: HPUConfig, rows: list[Row], source: str, options: Options | None = None) -> Job:
     """A job whose expected results come from the golden model (with the gate held open if asked)."""
     options = options or Options()
+    validate_rows(cfg, rows)
     reference = cfg.replace(mode="dense") if options.gate_open else cfg
     return Job(cfg=cfg, rows=rows, expected=expected(reference, rows), options=options, source=source)
 

@@ -10,8 +10,9 @@ from golden_model.lut import exp_lut
 from hpu.cli import main
 from hpu.config import HPUConfig
 from hpu.top import HPU
-from rtl_gen.generate import generate, lut_hash, write_cleaned
-from rtl_gen.lint import LintError, check_icarus, check_verilator
+from rtl_gen.generate import cleanup, generate, lut_hash, write_cleaned
+from rtl_gen.lint import check_icarus, check_verilator
+from rtl_gen.tools import ToolFailed
 from rtl_gen.processes import NotEquivalent, group_registers, prove_equivalent
 
 from conftest import REPO
@@ -47,10 +48,13 @@ def test_every_config_generates_parses_and_lints(name, tmp_path):
 def test_lint_reports_a_broken_file(tmp_path):
     bad = tmp_path / "bad.v"
     bad.write_text("module hpu(input clk); wire [3:0] a = ; endmodule\n")
-    with pytest.raises(LintError, match="Icarus Verilog rejected"):
+    # Each tool's failure is one line: the tool, its first error, and the log that holds the rest.
+    with pytest.raises(ToolFailed, match=r"^Icarus Verilog \(parse\) failed: .*bad.v:1: syntax error .*whole output in .*lint_icarus.log\)$"):
         check_icarus(bad, "hpu")
-    with pytest.raises(LintError, match="Verilator lint failed"):
+    with pytest.raises(ToolFailed, match=r"^verilator --lint-only failed: %Error: .*bad.v:1.*lint_verilator.log\)$"):
         check_verilator(bad, "hpu")
+    with pytest.raises(ToolFailed, match=r"^Yosys clean-up failed: .*ERROR.*yosys_cleanup.log\)$"):
+        cleanup(bad)
 
 
 def test_gen_command_with_synthesis(tmp_path, capsys):

@@ -80,7 +80,7 @@ def test_stalled_design_ends_with_a_message(build_root, tmp_path):
 def test_verilog_built_for_another_configuration_is_refused(build_root, tmp_path):
     generate(SMALL, tmp_path / "rtl")
     job = make_job(SMALL.replace(mode="topk"), rows_from("random", SMALL, 2, 0), "random")
-    with pytest.raises(SimulationError, match="generated for another configuration .differs in mode."):
+    with pytest.raises(SimulationError, match="generated for another configuration .generated/asked: mode .mass./.topk."):
         run(job, "icarus", build_root=build_root, work_dir=tmp_path / "run", verilog_dir=tmp_path / "rtl")
 
 
@@ -92,8 +92,11 @@ def test_missing_simulator_is_named(monkeypatch, build_root, tmp_path):
 
 
 def test_bad_options_are_refused():
-    with pytest.raises(ValueError, match="backpressure = 1.0: must lie in"):
+    with pytest.raises(ValueError, match="--backpressure 1.0: must lie in 0..0.9961 .255/256."):
         Options(backpressure=1.0)
+    with pytest.raises(ValueError, match="--gaps 0.9999: .* 256/256 would never send"):
+        Options(gaps=0.9999)
+    assert Options(gaps=255 / 256).per_step("gaps") == 255
 
 
 def test_sim_command_summary(build_root, tmp_path, capsys):

@@ -1,0 +1,77 @@
+"""`hpu power` as a library call: check that the dumps and their companions belong together, measure
+each dump, and write the report."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpu.config import HPUConfig
+from hpu.errors import InputError
+from hpu.files import claim
+from power import activity, design, report
+from power.energy import EnergyTable, estimate
+from rtl_gen.manifest import config_difference, load_manifest, manifest_config
+from sim import summary as sim_summary
+
+
+@dataclass(frozen=True)
+class Request:
+    vcd: Path
+    baseline: Path | None
+    manifest: Path
+    summary: Path | None = None
+    energy: Path | None = None
+    clock: str = "clk"
+    phase: str | None = "busy"
+    top_scope: str | None = None
+    window: int = 64
+
+
+def _kept_fractions(req: Request, dumps: dict[str, Path]) -> dict[str, float]:
+    """Each dump's run in the summary (by the dump's bytes), checked against the manifest and each other."""
+    if req.summary is None:
+        return {}
+    summary = sim_summary.load(req.summary)
+    runs = {name: sim_summary.run_of_dump(summary, req.summary, vcd)[1] for name, vcd in dumps.items()}
+    built = manifest_config(load_manifest(req.manifest))
+    for name, run in runs.items():
+        simulated = HPUConfig.from_dict(run["config"])
+        if simulated != built:
+            raise InputError(f"the {name} dump was simulated with another configuration than manifest {req.manifest} "
+                             f"describes (simulated/manifest: {config_difference(simulated, built)}); pass the "
+                             "manifest of the Verilog that was simulated")
+    if "dense" in runs:
+        sim_summary.check_baseline(runs["gated"], runs["dense"])
+    return {name: run["kept_fraction"] for name, run in runs.items()}
+
+
+def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
+    """Measure the gated dump (and the dense baseline) and write the report into out_dir."""
+    dumps = {"gated": req.vcd, **({"dense": req.baseline} if req.baseline else {})}
+    for vcd in dumps.values():
+        if not vcd.is_file():
+            raise InputError(f"VCD {vcd} {'is not a file' if vcd.exists() else 'does not exist'}: "
+                             "write one with `hpu sim --vcd PATH.vcd`")
+    table = EnergyTable.load(req.energy)
+    kept = _kept_fractions(req, dumps)
+    with claim(out_dir, "report folder"):
+        measured = []
+        for name, vcd in dumps.items():
+            d = design.load(vcd, req.manifest, top_scope=req.top_scope, clock=req.clock, phase=req.phase)
+            a = activity.measure(d, window=req.window)
+            if not a.counts.closed and req.summary is None:
+                note = (f"{vcd} does not end in the `$dumpoff` with which `hpu sim` closes a dump: it may be cut "
+                        "short; pass --summary to check it against its run")
+                a.counts.warnings.append(note)
+                log(f"hpu: warning: {note}", file=sys.stderr)
+            measured.append(report.Run(name, a, estimate(a, table), kept.get(name)))
+            log(f"{name}: {vcd}: {a.cycles} cycles, {a.counts.bytes_read / 1e6:.1f} MB", flush=True)
+        if len(measured) == 2:
+            rows = [run.activity.rows_delivered for run in measured]
+            if rows[0] != rows[1]:
+                raise InputError(f"the dumps are not of the same rows: the HPU delivered {rows[0]} rows in "
+                                 f"{req.vcd} and {rows[1]} in {req.baseline}; make both with one "
+                                 "`hpu sim --dense-baseline`")
+        return report.write(measured, table, out_dir)

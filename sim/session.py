@@ -1,0 +1,80 @@
+"""`hpu sim` as a library call: rows from a source, simulated gated (and dense), a summary written.
+
+Outputs are claimed for the run (a second run naming the same folder is refused), the previous
+run's summary and dumps are removed before anything starts (so an interrupted run cannot leave an old
+summary beside new dumps), each dump appears only when its run is whole, and the summary last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from golden_model.sources import rows_from
+from hpu.config import HPUConfig
+from hpu.files import claim, output_file
+from sim import summary as sim_summary
+from sim.job import Job, Options
+from sim.runner import make_job, run
+
+
+@dataclass(frozen=True)
+class Outputs:
+    summary: Path | None = None
+    vcd: Path | None = None   # the gated run's dump; the dense run's is `dense_vcd`
+
+    @property
+    def dense_vcd(self) -> Path | None:
+        return self.vcd.with_name(self.vcd.stem + "_dense.vcd") if self.vcd else None
+
+    def check(self) -> "Outputs":
+        if self.summary:
+            output_file(self.summary, "summary")
+        if self.vcd:
+            output_file(self.vcd, "VCD (--vcd)", suffix=".vcd")
+        return self
+
+    def files(self, dense: bool) -> list[Path]:
+        return [p for p in (self.summary, self.vcd, self.dense_vcd if dense else None) if p]
+
+
+def simulate(cfg: HPUConfig, source: str, rows: int, seed: int, options: Options, outputs: Outputs,
+             dense_baseline: bool, sim: str, build: Path, progress: bool = True, log=print) -> dict:
+    """Simulate `rows` rows of `source` gated (and dense); returns the summary, written if asked."""
+    outputs.check()
+    chosen = rows_from(source, cfg, rows, seed)
+    with contextlib.ExitStack() as stack:
+        for folder in sorted({p.parent.resolve() for p in outputs.files(dense_baseline)}):
+            stack.enter_context(claim(folder))
+        for path in outputs.files(dense_baseline):
+            path.unlink(missing_ok=True)
+        runs = [("gated", make_job(cfg, chosen, source, Options(**{**options.__dict__, "vcd": _str(outputs.vcd)})))]
+        if dense_baseline:
+            runs.append(("dense", make_job(cfg, chosen, source, Options(**{**options.__dict__, "gate_open": True,
+                                                                            "vcd": _str(outputs.dense_vcd)}))))
+        records = {name: _run_one(name, job, sim, build, progress, log) for name, job in runs}
+        result = {"summary_version": sim_summary.VERSION, "simulator": sim, "runs": records}
+        if outputs.summary:
+            sim_summary.write(outputs.summary, sim, records)
+            log(f"summary: {outputs.summary}")
+    return result
+
+
+def replay(path: Path, sim: str, build: Path, progress: bool = True, log=print) -> dict:
+    job = Job.load(path)
+    return {"runs": {"replay": _run_one("replay", job, sim, build, progress, log)}}
+
+
+def _run_one(name: str, job: Job, sim: str, build: Path, progress: bool, log) -> dict:
+    log(f"{name}: {len(job.rows)} {job.source} rows, mode {job.cfg.mode}, schedule {job.cfg.schedule}, {sim}",
+        flush=True)
+    outcome = run(job, sim, build_root=build, progress=progress)
+    log(f"  rows checked {outcome.rows_checked}, mismatches {outcome.mismatches}, HPU cycles "
+        f"{outcome.hpu_cycles}, {outcome.cycles_per_s:,.0f} simulated cycles/s"
+        + (f", VCD {job.options.vcd}" if job.options.vcd else ""))
+    return sim_summary.record(job, outcome)
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path else None
