@@ -32,6 +32,12 @@ class ContractResult:
     lengths: torch.Tensor  # (..., Q) row lengths n
 
 
+def normalize(acc: torch.Tensor, z_kept: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
+    """Step 6: out = acc * 2**out_frac / z_kept, truncated toward zero, saturated to out_bits."""
+    out = torch.div(acc << cfg.out_frac, z_kept, rounding_mode="trunc")
+    return torch.clamp(out, *signed_range(cfg.out_bits))
+
+
 def signed_range(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
@@ -88,8 +94,6 @@ def run_contract(cfg: HPUConfig, scores: torch.Tensor, values: torch.Tensor,
     exact = torch.float32 if cfg.min_acc_bits <= 25 else torch.float64
     acc = torch.matmul(e_kept.to(exact), values.to(exact)).to(torch.int64)
     z_kept = e_kept.sum(-1)
-    out = torch.div(acc << cfg.out_frac, z_kept.unsqueeze(-1), rounding_mode="trunc")
-    low, high = signed_range(cfg.out_bits)
-    out = torch.clamp(out, low, high)
+    out = normalize(acc, z_kept.unsqueeze(-1), cfg)
     return ContractResult(e=e, keep=keep, kept=kept, z=e.sum(-1), z_kept=z_kept, acc=acc, out=out,
                           lengths=lengths)

@@ -166,6 +166,19 @@ class HPUConfig:
         return self.lut_size.bit_length() - 1
 
     @property
+    def quotient_bits(self) -> int:
+        """Dividend width the normalizer divides exactly: |acc| * 2**out_frac below 2**quotient_bits.
+
+        A larger dividend saturates whatever z_kept is (z_kept < 2**z_bits), so the width need not
+        exceed z_bits + out_bits - 1; it is never more than the dividend's own acc_bits + out_frac."""
+        return min(self.acc_bits + self.out_frac, self.z_bits + self.out_bits - 1)
+
+    @property
+    def reciprocal_bits(self) -> int:
+        """Width of the normalizer's per-row reciprocal ceil(2**(quotient_bits + l) / z_kept)."""
+        return self.quotient_bits + 1
+
+    @property
     def chunks(self) -> int:
         """MAC cycles per key: head_dim / lanes."""
         return self.head_dim // self.lanes
