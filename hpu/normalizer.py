@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hpu import layouts
 from hpu.config import HPUConfig
-from hpu.divider import Divider
+from hpu.reciprocal import Reciprocal
 
 
 class Normalizer(wiring.Component):
-    """Divides a row's accumulators by z_kept with ``lanes`` sequential dividers side by side.
+    """One reciprocal of z_kept per row, then one multiply and shift per output element.
+
+    Division by the row's invariant z_kept (golden_model/reciprocal.py, which the tests prove equal
+    to the contract's division for every acc and z_kept): with Q = quotient_bits, l = ceil(log2 z)
+    and m = ceil(2**(Q + l) / z) from the sequential ``recip`` unit, the magnitude n = |acc| * 2**out_frac
+    gives floor(n / z) = (n * m) >> (Q + l) when n < 2**Q; a larger n saturates. The sign is put back
+    (truncation toward zero) and the result saturated to out_bits.
 
     Parameters
     ----------
@@ -24,10 +30,10 @@ class Normalizer(wiring.Component):
     result : Out(stream.Signature(layouts.result(cfg)))
     busy : Out(1)
 
-    Cycle behaviour per row: 1 cycle to take the accumulators, then
-    head_dim / lanes rounds of (acc_bits + out_frac + 1) cycles, then the result
-    is held until taken. The magnitude |acc| * 2**out_frac is divided and the
-    sign put back, which is truncation toward zero.
+    Cycle behaviour per row: Q + head_dim + 5 cycles back to back: 1 to take the accumulators, the
+    reciprocal (Q + 2 cycles, and 1 to take it), head_dim cycles, one element each (element ``index`` is read through a multiplexer and
+    only its output register is written, so the others hold still); then the result is held until
+    taken. The single multiplier sees one operand pair per cycle and nothing between rows.
     """
 
     def __init__(self, cfg: HPUConfig):
@@ -41,58 +47,57 @@ class Normalizer(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        dividend_bits = cfg.acc_bits + cfg.out_frac
-        dividers = []
-        for index in range(cfg.lanes):
-            divider = Divider(dividend_bits, cfg.z_bits)
-            m.submodules[f"div{index}"] = divider
-            dividers.append(divider)
+        m.submodules.recip = recip = Reciprocal(cfg)
 
-        # Rounds rotate the accumulators and shift the outputs by `lanes` elements, so divider l
-        # always reads element l and writes the top: fixed wiring instead of wide multiplexers.
         acc = Signal(data.ArrayLayout(signed(cfg.acc_bits), cfg.head_dim))
         out = Signal(data.ArrayLayout(signed(cfg.out_bits), cfg.head_dim))
         z_kept = Signal(cfg.z_bits)
         kept = Signal(cfg.count_bits)
-        round_ = Signal(range(cfg.chunks))
-        issued = Signal()
+        factor = Signal(cfg.reciprocal_bits)
+        shift = Signal(range(cfg.z_bits + 1))
+        index = Signal(range(cfg.head_dim))
         m.d.comb += [self.result.payload.acc.eq(acc), self.result.payload.out.eq(out),
-                     self.result.payload.z_kept.eq(z_kept), self.result.payload.kept.eq(kept)]
+                     self.result.payload.z_kept.eq(z_kept), self.result.payload.kept.eq(kept),
+                     recip.request.payload.eq(z_kept)]
 
-        high = (1 << (cfg.out_bits - 1)) - 1
-        rest = cfg.head_dim - cfg.lanes
+        quotient_bits, high = cfg.quotient_bits, (1 << (cfg.out_bits - 1)) - 1
+        element = Signal(signed(cfg.acc_bits))
+        magnitude = Signal(cfg.acc_bits + cfg.out_frac)
+        quotient = Signal(cfg.reciprocal_bits)
+        saturated = Signal(signed(cfg.out_bits))
+        multiplying = Signal()
+        # Operands are held at zero outside the multiply phase, so the multiplier and shifter are
+        # silent while the reciprocal runs and between rows.
+        m.d.comb += [
+            element.eq(Mux(multiplying, acc[index], 0)),
+            magnitude.eq(Mux(element < 0, -element, element) << cfg.out_frac),
+            quotient.eq((magnitude[:quotient_bits] * factor) >> quotient_bits >> shift),
+        ]
+        too_big = (magnitude[quotient_bits:] != 0) if cfg.acc_bits + cfg.out_frac > quotient_bits else 0
+        m.d.comb += saturated.eq(Mux(element < 0,
+                                     -Mux(too_big | (quotient > high + 1), high + 1, quotient),
+                                     Mux(too_big | (quotient > high), high, quotient)))
+
         with m.FSM(name="phase"):
             with m.State("IDLE"):
                 m.d.comb += self.accumulated.ready.eq(1)
                 with m.If(self.accumulated.valid):
                     taken = self.accumulated.payload
-                    m.d.sync += [acc.eq(taken.acc), z_kept.eq(taken.z_kept), kept.eq(taken.kept),
-                                 round_.eq(0), issued.eq(0)]
-                    m.next = "DIVIDE"
-            with m.State("DIVIDE"):
-                take = Signal()
-                m.d.comb += take.eq(Cat(d.response.valid for d in dividers).all())
-                for index, divider in enumerate(dividers):
-                    value = acc[index]
-                    quotient = divider.response.payload.quotient
-                    saturated = Mux(value < 0,
-                                    -Mux(quotient > high + 1, high + 1, quotient),
-                                    Mux(quotient > high, high, quotient))
-                    m.d.comb += [
-                        divider.request.payload.dividend.eq(Mux(value < 0, -value, value) << cfg.out_frac),
-                        divider.request.payload.divisor.eq(z_kept),
-                        divider.request.valid.eq(~issued),
-                        divider.response.ready.eq(take),
-                    ]
-                    with m.If(take):
-                        m.d.sync += [out[rest + index].eq(saturated), acc[rest + index].eq(value)]
-                m.d.sync += issued.eq(1)
-                with m.If(take):
-                    for index in range(rest):
-                        m.d.sync += [out[index].eq(out[index + cfg.lanes]), acc[index].eq(acc[index + cfg.lanes])]
-                    m.d.sync += [round_.eq(round_ + 1), issued.eq(0)]
-                    with m.If(round_ == cfg.chunks - 1):
-                        m.next = "EMIT"
+                    m.d.sync += [acc.eq(taken.acc), z_kept.eq(taken.z_kept), kept.eq(taken.kept)]
+                    m.next = "RECIPROCAL"
+            with m.State("RECIPROCAL"):
+                m.d.comb += recip.request.valid.eq(~recip.response.valid)
+                m.d.comb += recip.response.ready.eq(1)
+                with m.If(recip.response.valid):
+                    m.d.sync += [factor.eq(recip.response.payload.m), shift.eq(recip.response.payload.shift),
+                                 index.eq(0)]
+                    m.next = "MULTIPLY"
+            with m.State("MULTIPLY"):
+                m.d.comb += multiplying.eq(1)
+                m.d.sync += out[index].eq(saturated)
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == cfg.head_dim - 1):
+                    m.next = "EMIT"
             with m.State("EMIT"):
                 m.d.comb += self.result.valid.eq(1)
                 with m.If(self.result.ready):

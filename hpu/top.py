@@ -18,9 +18,9 @@ STATUS_BITS = 32
 
 def slowest_stage_cycles(cfg: HPUConfig) -> int:
     """Upper bound on the cycles any one stage spends on a row of max_keys keys (docs/ARCHITECTURE.md,
-    Throughput): the MAC array's slots, the exp/gate pass and walk, the normalizer's rounds."""
+    Throughput): the MAC array's slots, the exp/gate pass and walk, the normalizer's reciprocal and one cycle per element."""
     return max(cfg.max_keys * cfg.chunks, cfg.max_keys + (1 << cfg.prob_bits),
-               cfg.chunks * (cfg.acc_bits + cfg.out_frac + 2)) + 16
+               cfg.quotient_bits + cfg.head_dim + 5) + 16
 
 
 class HPU(wiring.Component):

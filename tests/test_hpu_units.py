@@ -8,7 +8,9 @@ from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
+from golden_model.contract import normalize as contract_normalize
 from golden_model.contract import run_contract
+from golden_model.reciprocal import reciprocal, shift_of
 from golden_model.stimulus import adversarial_rows, random_rows
 from hpu import layouts
 from hpu.config import HPUConfig
@@ -18,6 +20,7 @@ from hpu.ingest import Ingest
 from hpu.mac_array import MacArray
 from hpu.mac_lane import MacLane
 from hpu.normalizer import Normalizer
+from hpu.reciprocal import Reciprocal
 
 from conftest import REPO
 
@@ -269,18 +272,41 @@ def test_mac_array_accumulates_kept_keys_and_gated_lanes_stay_silent(seed, sched
         assert counts["cycles"] <= bound
 
 
-def test_normalizer_divides_truncates_and_saturates(seed):
+def test_reciprocal_of_every_kind_of_z_and_its_latency(seed):
+    rng = random.Random(seed)
+    cfg = SMALL
+    dut = Reciprocal(cfg)
+    z_max = cfg.max_keys * cfg.e_max
+    zs = [1, 2, 3, 4, 5, 7, 8, 9, z_max, (1 << (cfg.z_bits - 1)) + 1] + [rng.randint(1, z_max) for _ in range(20)]
+
+    async def tb(ctx):
+        for z in zs:
+            await put(ctx, dut.request, z)
+            start = 0
+            while not ctx.get(dut.response.valid):
+                await ctx.tick()
+                start += 1
+            assert start == cfg.quotient_bits + 1   # answered Q + 2 cycles after the request cycle
+            assert ctx.get(dut.response.payload.m) == reciprocal(z, cfg)
+            assert ctx.get(dut.response.payload.shift) == shift_of(z)
+            ctx.set(dut.response.ready, 1)
+            await ctx.tick()
+            ctx.set(dut.response.ready, 0)
+    run(dut, tb)
+
+
+def test_normalizer_matches_the_contract_and_saturates(seed):
     rng = random.Random(seed)
     cfg = SMALL.replace(out_bits=9)   # narrow outputs so saturation happens
     dut = Normalizer(cfg)
-    high = (1 << (cfg.acc_bits - 1)) - 1
-    cases = [([rng.randint(-high - 1, high) for _ in range(cfg.head_dim)], rng.randint(1, (1 << cfg.z_bits) - 1))
-             for _ in range(12)]
-    cases.append(([-high - 1, high, 0, -1, 1, -7, 7, 100][:cfg.head_dim], 3))
-
-    def want(acc, z):
-        q = [(abs(a) << cfg.out_frac) // z * (1 if a >= 0 else -1) for a in acc]
-        return [max(-(1 << (cfg.out_bits - 1)), min((1 << (cfg.out_bits - 1)) - 1, x)) for x in q]
+    low, high = -(1 << (cfg.acc_bits - 1)), (1 << (cfg.acc_bits - 1)) - 1
+    z_max = cfg.max_keys * cfg.e_max
+    cases = [([rng.randint(low, high) for _ in range(cfg.head_dim)], rng.randint(1, z_max)) for _ in range(12)]
+    cases += [([low, high, 0, -1, 1, -7, 7, 100][:cfg.head_dim], z) for z in (1, 3, 64, 65, z_max)]
+    # Around the saturation threshold of z = 5: acc * 2**out_frac / 5 = 255 and 256.
+    edge = (5 * 256) >> cfg.out_frac
+    cases.append(([edge - 1, edge, edge + 1, -edge - 1, -edge, -edge + 1, 0, 0][:cfg.head_dim], 5))
+    cycles = []
 
     async def feed(ctx):
         for acc, z in cases:
@@ -288,6 +314,18 @@ def test_normalizer_divides_truncates_and_saturates(seed):
 
     async def check(ctx):
         for acc, z in cases:
-            out = await get(ctx, dut.result, stall=rng.randrange(4))
-            assert list(out.acc) == acc and list(out.out) == want(acc, z) and out.z_kept == z
+            start = 0
+            ctx.set(dut.result.ready, 1)
+            while True:
+                *_, valid, out = await ctx.tick().sample(dut.result.valid, dut.result.payload)
+                start += 1
+                if valid:
+                    break
+            ctx.set(dut.result.ready, 0)
+            want = contract_normalize(torch.tensor(acc), torch.tensor([z]), cfg).tolist()
+            assert list(out.acc) == acc and list(out.out) == want and out.z_kept == z, (acc, z)
+            cycles.append(start)
     run(dut, feed, check)
+    # Back to back, a row takes exactly: 1 to take it, the reciprocal (Q + 2 cycles and 1 to take
+    # it), head_dim multiplies, 1 to hand the result on.
+    assert set(cycles[1:]) == {cfg.quotient_bits + cfg.head_dim + 5}
