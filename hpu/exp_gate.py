@@ -73,7 +73,6 @@ class ExpGate(wiring.Component):
         n = Signal.like(desc.n)
         top = Signal.like(desc.m)
         score_bank = Signal.like(desc.score_bank)
-        value_bank = Signal.like(desc.value_bank)
         e_bank = Signal(range(layouts.E_BANKS))
         cap = Signal(range(cfg.max_keys + 1))
         z = Signal(cfg.z_bits)
@@ -131,7 +130,6 @@ class ExpGate(wiring.Component):
             out.kept.eq(Mux(keep_all, n, at_count + ties)),
             out.z_kept.eq(Mux(keep_all, z, at_mass + ties * threshold)),
             out.e_bank.eq(e_bank),
-            out.value_bank.eq(value_bank),
             divider.request.payload.dividend.eq(target - above_mass),
             divider.request.payload.divisor.eq(w1_bin),
         ]
@@ -144,7 +142,6 @@ class ExpGate(wiring.Component):
                     at_least_k_min = Mux(rounded_up < cfg.k_min, cfg.k_min, rounded_up)
                     m.d.sync += [
                         n.eq(desc.n), top.eq(desc.m), score_bank.eq(desc.score_bank),
-                        value_bank.eq(desc.value_bank),
                         cap.eq(Mux(at_least_k_min > desc.n, desc.n, at_least_k_min)),
                         issue.eq(0), z.eq(0),
                     ]

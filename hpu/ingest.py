@@ -1,4 +1,4 @@
-"""Ingest: writes a row's keys into the score and value buffers and tracks the row maximum."""
+"""Ingest: writes a row's scores into the score buffer and tracks the row maximum."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hpu.config import HPUConfig
 
 
 class Ingest(wiring.Component):
-    """Takes one key per cycle into the row buffers.
+    """Takes one score per cycle into the score buffer.
 
     Parameters
     ----------
@@ -19,12 +19,12 @@ class Ingest(wiring.Component):
 
     Members
     -------
-    keys : In(stream.Signature(layouts.key(cfg)))
-        The host's keys; ``last`` ends a row. A row reaching ``max_keys`` keys
+    scores : In(stream.Signature(layouts.score(cfg)))
+        The host's scores; ``last`` ends a row. A row reaching ``max_keys`` keys
         ends there even without ``last``, and ``overflow`` is set (sticky).
     row : Out(stream.Signature(layouts.ingested(cfg)))
-        One descriptor per row: length n, maximum score m, banks used.
-    score_write, value_write : memory write ports of the score and value buffers.
+        One descriptor per row: length n, maximum score m, the bank used.
+    score_write : memory write port of the score buffer.
     overflow : Out(1)
     busy : Out(1)
 
@@ -35,10 +35,9 @@ class Ingest(wiring.Component):
     def __init__(self, cfg: HPUConfig):
         self.cfg = cfg
         super().__init__({
-            "keys": In(stream.Signature(layouts.key(cfg))),
+            "scores": In(stream.Signature(layouts.score(cfg))),
             "row": Out(stream.Signature(layouts.ingested(cfg))),
             "score_write": In(layouts.write_port(cfg, "score")),
-            "value_write": In(layouts.write_port(cfg, "value")),
             "overflow": Out(1),
             "busy": Out(1),
         })
@@ -49,24 +48,19 @@ class Ingest(wiring.Component):
         count = Signal(range(cfg.max_keys + 1))
         maximum = Signal(signed(cfg.score_bits))
         score_bank = Signal(range(layouts.SCORE_BANKS))
-        value_bank = Signal(range(layouts.VALUE_BANKS))
         handing_off = Signal()
 
-        key = self.keys.payload
-        take = self.keys.valid & self.keys.ready
+        key = self.scores.payload
+        take = self.scores.valid & self.scores.ready
         m.d.comb += [
-            self.keys.ready.eq(~handing_off),
+            self.scores.ready.eq(~handing_off),
             self.score_write.addr.eq(layouts.bank_address(cfg, score_bank, count)),
             self.score_write.data.eq(key.score),
             self.score_write.en.eq(take),
-            self.value_write.addr.eq(layouts.bank_address(cfg, value_bank, count)),
-            self.value_write.data.eq(key.value),
-            self.value_write.en.eq(take),
             self.row.valid.eq(handing_off),
             self.row.payload.n.eq(count),
             self.row.payload.m.eq(maximum),
             self.row.payload.score_bank.eq(score_bank),
-            self.row.payload.value_bank.eq(value_bank),
             self.busy.eq(handing_off | (count != 0)),
         ]
         with m.If(take):
@@ -82,6 +76,5 @@ class Ingest(wiring.Component):
                 handing_off.eq(0),
                 count.eq(0),
                 score_bank.eq(Mux(score_bank == layouts.SCORE_BANKS - 1, 0, score_bank + 1)),
-                value_bank.eq(Mux(value_bank == layouts.VALUE_BANKS - 1, 0, value_bank + 1)),
             ]
         return m

@@ -9,19 +9,20 @@ from hpu.config import HPUConfig
 
 SCORE_BANKS = 2   # ingest fills one while the exp front end reads the other
 E_BANKS = 2       # exp front end fills one while the MAC array reads the other
-VALUE_BANKS = 3   # ingest (row r+2), exp/gate (row r+1, values untouched), MAC (row r)
 
 
-def key(cfg: HPUConfig) -> data.StructLayout:
-    """One key of a row, as the host sends it: score, value vector, end of row."""
-    return data.StructLayout({
-        "score": signed(cfg.score_bits),
-        "value": data.ArrayLayout(signed(cfg.value_bits), cfg.head_dim),
-        "last": 1,
-    })
+def score(cfg: HPUConfig) -> data.StructLayout:
+    """One key's score, as the host sends it, and the end of its row."""
+    return data.StructLayout({"score": signed(cfg.score_bits), "last": 1})
+
+
+def request(cfg: HPUConfig) -> data.StructLayout:
+    """A kept key's index in its row, as the HPU asks the host for its value vector."""
+    return data.StructLayout({"index": range(cfg.max_keys), "last": 1})
 
 
 def value_word(cfg: HPUConfig) -> data.ArrayLayout:
+    """One value vector, as the host answers a request."""
     return data.ArrayLayout(signed(cfg.value_bits), cfg.head_dim)
 
 
@@ -31,7 +32,6 @@ def ingested(cfg: HPUConfig) -> data.StructLayout:
         "n": unsigned(cfg.count_bits),
         "m": signed(cfg.score_bits),
         "score_bank": range(SCORE_BANKS),
-        "value_bank": range(VALUE_BANKS),
     })
 
 
@@ -49,7 +49,6 @@ def gated(cfg: HPUConfig) -> data.StructLayout:
         "threshold": unsigned(cfg.prob_bits),
         "ties": unsigned(cfg.count_bits),
         "e_bank": range(E_BANKS),
-        "value_bank": range(VALUE_BANKS),
     })
 
 
@@ -81,7 +80,6 @@ def bank_address(cfg: HPUConfig, bank, index):
 def _buffers(cfg: HPUConfig) -> dict:
     return {
         "score": (SCORE_BANKS, signed(cfg.score_bits)),
-        "value": (VALUE_BANKS, value_word(cfg)),
         "e": (E_BANKS, unsigned(cfg.prob_bits)),
     }
 

@@ -1,8 +1,10 @@
-"""Drives the HPU in Amaranth's simulator: rows in, results out, with optional gaps and back-pressure."""
+"""Drives the HPU in Amaranth's simulator: scores in, requested values back, results out, with optional
+gaps and back-pressure."""
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from amaranth.sim import Simulator
@@ -17,9 +19,10 @@ CLOCK_PERIOD = 1e-8
 @dataclass
 class SimRun:
     results: list[RowResult]
-    first_key_cycle: list[int] = field(default_factory=list)   # cycle each row's first key was taken
+    first_key_cycle: list[int] = field(default_factory=list)   # cycle each row's first score was taken
     result_cycle: list[int] = field(default_factory=list)      # cycle each row's result was taken
     cycles: int = 0
+    requests: list[list[int]] = field(default_factory=list)    # each row's requested key indices
 
     def steady_cycles_per_row(self, skip: int = 2) -> float:
         """Cycles between successive results, ignoring the pipeline's filling rows."""
@@ -33,11 +36,15 @@ def simulate_rows(cfg: HPUConfig, rows: list[Row], *, gate_open: bool = False, g
                   backpressure: float = 0.0, seed: int = 0, vcd: str | None = None,
                   timeout_cycles: int | None = None) -> SimRun:
     """Run rows through the HPU back to back; ``gaps`` / ``backpressure`` are per-cycle probabilities
-    of the source withholding valid and the sink withholding ready."""
+    of the sources (scores, values) withholding valid and the result sink withholding ready.
+
+    The value source is the host's KV cache: it answers each request with that key's value vector
+    of the row the request belongs to (rows are requested in order; ``last`` ends a row)."""
     dut = HPU(cfg)
     sim = Simulator(dut)
     sim.add_clock(CLOCK_PERIOD)
-    rng_in, rng_out = random.Random(seed), random.Random(seed + 1)
+    rng_in, rng_out, rng_values = random.Random(seed), random.Random(seed + 1), random.Random(seed + 2)
+    asked: deque[tuple[int, int]] = deque()
     run = SimRun(results=[])
     cycle = 0
     limit = timeout_cycles or 4 * slowest_stage_cycles(cfg) * (len(rows) + 4)
@@ -50,16 +57,38 @@ def simulate_rows(cfg: HPUConfig, rows: list[Row], *, gate_open: bool = False, g
     async def source(ctx):
         ctx.set(dut.gate_open, gate_open)
         for row in rows:
-            for j, (score, value) in enumerate(zip(row.scores, row.values)):
+            for j, score in enumerate(row.scores):
                 while gaps and rng_in.random() < gaps:
-                    ctx.set(dut.keys.valid, 0)
+                    ctx.set(dut.scores.valid, 0)
                     await ctx.tick()
-                ctx.set(dut.keys.payload, {"score": score, "value": list(value), "last": j == row.n - 1})
-                ctx.set(dut.keys.valid, 1)
-                await ctx.tick().until(dut.keys.ready)
+                ctx.set(dut.scores.payload, {"score": score, "last": j == row.n - 1})
+                ctx.set(dut.scores.valid, 1)
+                await ctx.tick().until(dut.scores.ready)
                 if j == 0:
                     run.first_key_cycle.append(cycle)
-            ctx.set(dut.keys.valid, 0)
+            ctx.set(dut.scores.valid, 0)
+
+    async def requests(ctx):
+        row = 0
+        run.requests.append([])
+        ctx.set(dut.requests.ready, 1)
+        async for _, _, valid, payload in ctx.tick().sample(dut.requests.valid, dut.requests.payload):
+            if valid:
+                asked.append((row, payload.index))
+                run.requests[-1].append(payload.index)
+                if payload.last:
+                    row += 1
+                    run.requests.append([])
+
+    async def values(ctx):
+        while True:
+            while not asked or (gaps and rng_values.random() < gaps):
+                ctx.set(dut.values.valid, 0)
+                await ctx.tick()
+            row, index = asked.popleft()
+            ctx.set(dut.values.payload, list(rows[row].values[index]))
+            ctx.set(dut.values.valid, 1)
+            await ctx.tick().until(dut.values.ready)
 
     async def sink(ctx):
         while len(run.results) < len(rows):
@@ -73,9 +102,12 @@ def simulate_rows(cfg: HPUConfig, rows: list[Row], *, gate_open: bool = False, g
                                              z_kept=payload.z_kept, kept=payload.kept))
                 run.result_cycle.append(cycle)
         run.cycles = cycle
+        run.requests.pop()   # the list opened after the last row's final request
 
     sim.add_process(clock)
     sim.add_testbench(source, background=True)
+    sim.add_testbench(requests, background=True)
+    sim.add_testbench(values, background=True)
     sim.add_testbench(sink)
     if vcd:
         with sim.write_vcd(vcd):

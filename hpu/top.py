@@ -38,8 +38,14 @@ class HPU(wiring.Component):
 
     Members
     -------
-    keys : In(stream.Signature(layouts.key(cfg)))
-        One key per beat: score, value vector, ``last`` on the row's final key.
+    scores : In(stream.Signature(layouts.score(cfg)))
+        One key's score per beat, ``last`` on the row's final key.
+    requests : Out(stream.Signature(layouts.request(cfg)))
+        The gate's answer: the kept keys' indices in index order (every index with
+        the gate held open), ``last`` on the row's final request. In a system this
+        is the request to the KV cache.
+    values : In(stream.Signature(layouts.value_word(cfg)))
+        Exactly the requested value vectors, in the order requested.
     results : Out(stream.Signature(layouts.result(cfg)))
         One beat per row, in row order: acc, out, z_kept, kept.
     gate_open : In(1)
@@ -54,7 +60,9 @@ class HPU(wiring.Component):
     def __init__(self, cfg: HPUConfig):
         self.cfg = cfg
         super().__init__({
-            "keys": In(stream.Signature(layouts.key(cfg))),
+            "scores": In(stream.Signature(layouts.score(cfg))),
+            "requests": Out(stream.Signature(layouts.request(cfg))),
+            "values": In(stream.Signature(layouts.value_word(cfg))),
             "results": Out(stream.Signature(layouts.result(cfg))),
             "gate_open": In(1),
             "busy": Out(1),
@@ -67,7 +75,6 @@ class HPU(wiring.Component):
         cfg = self.cfg
         m = Module()
         m.submodules.score_buffer = scores = layouts.buffer_memory(cfg, "score")
-        m.submodules.value_buffer = values = layouts.buffer_memory(cfg, "value")
         m.submodules.e_buffer = es = layouts.buffer_memory(cfg, "e")
 
         m.submodules.ingest = ingest = Ingest(cfg)
@@ -75,18 +82,18 @@ class HPU(wiring.Component):
         m.submodules.mac = mac = MacArray(cfg)
         m.submodules.normalizer = normalizer = Normalizer(cfg)
 
-        wiring.connect(m, wiring.flipped(self.keys), ingest.keys)
+        wiring.connect(m, wiring.flipped(self.scores), ingest.scores)
+        wiring.connect(m, mac.requests, wiring.flipped(self.requests))
+        wiring.connect(m, wiring.flipped(self.values), mac.values)
         wiring.connect(m, ingest.row, exp_gate.row)
         wiring.connect(m, exp_gate.gate, mac.gate)
         wiring.connect(m, mac.accumulated, normalizer.accumulated)
         wiring.connect(m, normalizer.result, wiring.flipped(self.results))
 
         wiring.connect(m, ingest.score_write, scores.write_port())
-        wiring.connect(m, ingest.value_write, values.write_port())
         wiring.connect(m, exp_gate.score_read, scores.read_port())
         wiring.connect(m, exp_gate.e_write, es.write_port())
         wiring.connect(m, mac.e_read, es.read_port())
-        wiring.connect(m, mac.value_read, values.read_port())
 
         m.d.comb += [
             exp_gate.gate_open.eq(self.gate_open),

@@ -20,10 +20,9 @@ from cocotb.triggers import First, ReadOnly, RisingEdge, SimTimeoutError, Timer,
 
 from hpu.top import slowest_stage_cycles
 from sim.job import Job, Outcome
-from sim.packing import pack_keys, unpack_result
+from sim.packing import key_ring_depth, pack_scores, pack_values, unpack_result
 
 CLOCK_NS = 10
-KEY_DEPTH = 4096
 ROW_DEPTH = 64
 
 
@@ -79,15 +78,20 @@ async def run_job(dut):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
 
-    keys = [bits for row in job.rows for bits in pack_keys(job.cfg, row)]
+    scores = [bits for row in job.rows for bits in pack_scores(job.cfg, row)]
+    values = [bits for row in job.rows for bits in pack_values(job.cfg, row)]
+    depth = key_ring_depth(job.cfg)
     loaded = 0
     read = 0
 
     def refill():
+        """Load keys up to half a ring ahead of the row being requested: the other half still holds
+        the values of requests taken but not yet answered."""
         nonlocal loaded
-        sent = int(dut.keys_sent.value)
-        while loaded < len(keys) and loaded - sent < KEY_DEPTH:
-            dut.keys[loaded % KEY_DEPTH].value = keys[loaded]
+        base = int(dut.row_base.value)
+        while loaded < len(scores) and loaded - base < depth // 2:
+            dut.keys[loaded % depth].value = scores[loaded]
+            dut.values[loaded % depth].value = values[loaded]
             loaded += 1
         dut.keys_loaded.value = loaded
 
@@ -114,17 +118,17 @@ async def run_job(dut):
         if start_cycle is None:
             start_cycle = int(dut.cycles.value)
         waiting = [RisingEdge(dut.results_waiting), RisingEdge(dut.done)]
-        if loaded < len(keys):
+        if loaded < len(scores):
             waiting.append(RisingEdge(dut.need_keys))
         busy_levels = (int(dut.results_waiting.value) or int(dut.done.value)
-                       or (loaded < len(keys) and int(dut.need_keys.value)))
+                       or (loaded < len(scores) and int(dut.need_keys.value)))
         if not busy_levels:
             try:
                 await with_timeout(First(*waiting), cycle_bound(job, len(job.expected) - read) * CLOCK_NS, "ns")
             except SimTimeoutError:
                 drain()
                 stalled = (f"no result within {cycle_bound(job, len(job.expected) - read)} cycles: "
-                           f"{read} of {len(job.expected)} rows done, {int(dut.keys_sent.value)} of {len(keys)} keys taken")
+                           f"{read} of {len(job.expected)} rows done, {int(dut.keys_sent.value)} of {len(scores)} keys taken")
                 break
         await RisingEdge(dut.clk)
         drain()
@@ -140,6 +144,7 @@ async def run_job(dut):
         print(file=sys.stderr)
     Outcome(rows_checked=board.checked, mismatches=board.mismatches,
             hpu_cycles=end_cycle - (start_cycle or 0), wall_s=wall, first_mismatch=board.first,
+            values_fetched=int(dut.values_sent.value),
             stalled=stalled, result_cycles=result_cycles, observed=board.observed).save(outcome_path)
     assert stalled is None, stalled
     assert board.mismatches == 0, f"{board.mismatches} of {board.checked} rows differ from the golden model"

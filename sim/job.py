@@ -96,6 +96,7 @@ class Outcome:
     mismatches: int
     hpu_cycles: int
     wall_s: float
+    values_fetched: int = 0      # value vectors the HPU asked for and took
     first_mismatch: dict | None = None
     stalled: str | None = None
     result_cycles: list[int] = field(default_factory=list)

@@ -18,7 +18,7 @@ from rtl_gen.generate import generate
 from rtl_gen.manifest import config_difference, load_manifest, manifest_config
 from rtl_gen.tools import SIMULATORS, iverilog, verilator_env
 from sim.job import Job, Options, Outcome
-from sim.packing import key_bits, result_bits
+from sim.packing import harness_parameters
 
 HARNESS = Path(__file__).parent / "hdl" / "hpu_harness.v"
 
@@ -108,7 +108,7 @@ def _build(cfg: HPUConfig, sim: str, build_root: Path, trace: bool, verilog_dir:
         digest = hashlib.sha256(verilog.read_bytes() + HARNESS.read_bytes() + repr(build_args).encode()).hexdigest()
         build_dir = build_root / f"{sim}-{digest[:16]}"
         runner.build(sources=[verilog.resolve(), HARNESS], hdl_toplevel="hpu_harness", build_dir=build_dir,
-                     parameters={"KEY_BITS": key_bits(cfg), "RESULT_BITS": result_bits(cfg)},
+                     parameters=harness_parameters(cfg),
                      build_args=build_args, timescale=("1ns", "1ps"), log_file=build_dir / "build.log")
     except Exception as exc:  # the runner raises plain exceptions; name the log
         raise SimulationError(f"building the HPU for {sim} failed: {exc} (see {build_dir / 'build.log'})") from None

@@ -27,6 +27,9 @@ def record(job: Job, outcome: Outcome) -> dict:
         "rows": len(job.rows), "keys": keys, "kept_keys": kept, "kept_fraction": kept / keys,
         "rows_checked": outcome.rows_checked, "mismatches": outcome.mismatches,
         "hpu_cycles": outcome.hpu_cycles, "wall_s": outcome.wall_s, "sim_cycles_per_s": outcome.cycles_per_s,
+        # Counted by the harness (the host), not derived from the kept fraction.
+        "values_fetched": outcome.values_fetched,
+        "value_bytes_fetched": outcome.values_fetched * job.cfg.head_dim * job.cfg.value_bits // 8,
         "config": job.cfg.to_dict(), "source": job.source, "seed": job.options.seed,
         "gaps": job.options.gaps, "backpressure": job.options.backpressure, "gate_open": job.options.gate_open,
         "vcd": job.options.vcd,

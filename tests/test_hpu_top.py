@@ -4,13 +4,23 @@ import random
 
 import pytest
 
-from golden_model.stimulus import Row, adversarial_rows, expected, random_rows
+import torch
+
+from golden_model.contract import run_contract
+from golden_model.stimulus import Row, adversarial_rows, batch, expected, random_rows
 from hpu.config import HPUConfig
 from hpu.testbench import simulate_rows
 
 from conftest import REPO
 
 SMALL = HPUConfig.load(f"{REPO}/configs/small.toml")
+
+
+def kept_indices(cfg, rows):
+    """The golden model's kept set of each row, in index order: what the HPU must ask values for."""
+    scores, values, lengths = batch(cfg, rows)
+    keep = run_contract(cfg, scores[:, None, :], values, lengths[:, None]).keep[:, 0]
+    return [torch.nonzero(k).flatten().tolist() for k in keep]
 
 
 def first_mismatch(rows, got, want):
@@ -31,6 +41,8 @@ def test_200_random_rows_bit_exact(seed, mode, schedule):
     want = expected(cfg, rows)
     assert len(run.results) == len(rows)
     assert first_mismatch(rows, run.results, want) is None, first_mismatch(rows, run.results, want)
+    # Gate first: the HPU asked for the values of exactly the kept keys, in index order.
+    assert run.requests == kept_indices(cfg, rows)
 
 
 @pytest.mark.parametrize("schedule", ["lockstep", "compact"])
@@ -48,6 +60,7 @@ def test_gate_held_open_is_the_dense_contract(seed):
     rows = random_rows(cfg, 40, rng)
     run = simulate_rows(cfg, rows, gate_open=True)
     assert run.results == expected(cfg.replace(mode="dense"), rows)
+    assert run.requests == [list(range(row.n)) for row in rows]
 
 
 def test_back_to_back_rows_reach_the_mac_bound():

@@ -32,9 +32,12 @@ def test_every_config_generates_parses_and_lints(name, tmp_path):
     assert set(manifest["mac_lanes"]) <= set(manifest["instances"])
     assert {"hpu.ingest", "hpu.exp_gate", "hpu.mac", "hpu.normalizer"} <= set(manifest["instances"])
     ports = {p["name"]: p for p in manifest["ports"]}
-    key_bits = cfg.score_bits + cfg.head_dim * cfg.value_bits + 1
     result_bits = cfg.head_dim * (cfg.acc_bits + cfg.out_bits) + cfg.z_bits + cfg.count_bits
-    assert ports["keys__payload"] == {"name": "keys__payload", "direction": "input", "width": key_bits}
+    assert ports["scores__payload"] == {"name": "scores__payload", "direction": "input", "width": cfg.score_bits + 1}
+    assert ports["requests__payload"] == {"name": "requests__payload", "direction": "output",
+                                          "width": cfg.index_bits + 1}
+    assert ports["values__payload"] == {"name": "values__payload", "direction": "input",
+                                        "width": cfg.head_dim * cfg.value_bits}
     assert ports["results__payload"]["width"] == result_bits
     assert ports["results__ready"]["direction"] == "input"
     assert manifest["exp_lut_sha256"] == lut_hash(cfg)
@@ -66,9 +69,8 @@ def test_gen_command_with_synthesis(tmp_path, capsys):
     cfg = HPUConfig.load(f"{REPO}/configs/small.toml")
     lanes = [modules[f"hpu.mac.lane{i}"] for i in range(cfg.lanes)]
     assert all(lane["cells"] > 0 and lane == lanes[0] for lane in lanes)
-    # Row buffers: scores (2 banks), values (3 banks), e (2 banks).
-    assert modules["hpu"]["memory_bits"] == cfg.max_keys * (2 * cfg.score_bits + 3 * cfg.head_dim * cfg.value_bits
-                                                           + 2 * cfg.prob_bits)
+    # Row buffers: scores (2 banks) and e (2 banks); value vectors are consumed as they arrive.
+    assert modules["hpu"]["memory_bits"] == cfg.max_keys * (2 * cfg.score_bits + 2 * cfg.prob_bits)
     assert json.loads((tmp_path / "manifest.json").read_text())["area"] == "area.json"
 
 
@@ -158,4 +160,4 @@ def test_generated_hpu_regrouping_is_proven_equivalent(tmp_path):
     # Every unit is proven; instances of a unit that are the same text are proven once.
     units = {re.sub(r"lane\d+$", r"laneN", name) for name in proven}
     assert units == {"hpu", "\\hpu.ingest", "\\hpu.exp_gate", "\\hpu.exp_gate.need_divider", "\\hpu.mac",
-                     "\\hpu.mac.slots", "\\hpu.mac.laneN", "\\hpu.normalizer", "\\hpu.normalizer.recip"}
+                     "\\hpu.mac.slots", "\\hpu.mac.asks", "\\hpu.mac.laneN", "\\hpu.normalizer", "\\hpu.normalizer.recip"}

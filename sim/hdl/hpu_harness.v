@@ -1,10 +1,15 @@
 // Test harness around the generated HPU: the clock, stimulus and result rings
 // live in Verilog so that Python (cocotb) only wakes up once per refill, not
-// once per cycle. Random idle gaps on the key stream and back-pressure on the
-// result stream come from two xorshift generators seeded by the testbench.
+// once per cycle. The harness plays the host: it streams scores, and answers the
+// HPU's requests for kept keys' values from its value ring (the KV cache), in
+// the order asked. Random idle gaps on the score and value streams and
+// back-pressure on the result stream come from two xorshift generators seeded
+// by the testbench.
 `timescale 1ns/1ps
 module hpu_harness #(
-    parameter KEY_BITS = 1,
+    parameter SCORE_BITS = 1,
+    parameter VALUE_BITS = 1,
+    parameter INDEX_BITS = 1,        // the request's key index
     parameter RESULT_BITS = 1,
     parameter KEY_DEPTH = 4096,      // power of two
     parameter ROW_DEPTH = 64         // power of two
@@ -20,8 +25,9 @@ module hpu_harness #(
     reg rst /*verilator public_flat_rw*/ = 1'b0;
     reg gate_open /*verilator public_flat_rw*/ = 1'b0;
 
-    // Written by the testbench.
-    reg [KEY_BITS-1:0] keys [0:KEY_DEPTH-1] /*verilator public_flat_rw*/;
+    // Written by the testbench: key k of the run (rows one after another) at k mod KEY_DEPTH.
+    reg [SCORE_BITS-1:0] keys [0:KEY_DEPTH-1] /*verilator public_flat_rw*/;
+    reg [VALUE_BITS-1:0] values [0:KEY_DEPTH-1] /*verilator public_flat_rw*/;
     reg [31:0] keys_loaded /*verilator public_flat_rw*/ = 0;
     reg [31:0] rows_read /*verilator public_flat_rw*/ = 0;
     reg [31:0] rows_expected /*verilator public_flat_rw*/ = 0;
@@ -33,23 +39,37 @@ module hpu_harness #(
 
     // Kept by the harness.
     reg [31:0] keys_sent /*verilator public_flat_rw*/ = 0;
+    // The first key of the row being requested: keys before it will not be asked for again.
+    reg [31:0] row_base /*verilator public_flat_rw*/ = 0;
+    reg [31:0] values_sent /*verilator public_flat_rw*/ = 0;
+    // Lengths of the rows whose scores went out, for the request side (FIFO), and the requests
+    // taken but not yet answered (FIFO of global key positions).
+    reg [31:0] row_len [0:15];
+    reg [3:0] len_head = 0, len_tail = 0;
+    reg [31:0] row_count = 0;
+    reg [31:0] asked [0:15];
+    reg [4:0] ask_head = 0, ask_tail = 0;
     reg [31:0] rows_seen /*verilator public_flat_rw*/ = 0;
     reg [RESULT_BITS-1:0] results [0:ROW_DEPTH-1] /*verilator public_flat_rw*/;
     reg [31:0] result_cycle [0:ROW_DEPTH-1] /*verilator public_flat_rw*/;
     reg [31:0] gap_rng = 32'h1, stall_rng = 32'h1;
 
-    wire keys_ready, results_valid, busy, overflow;
+    wire keys_ready, results_valid, busy, overflow, requests_valid, values_ready;
+    wire [INDEX_BITS:0] requests_payload;   // {last, index}
     wire [RESULT_BITS-1:0] results_payload;
     wire [31:0] cycles /*verilator public_flat_rw*/;
     wire [31:0] rows;
 
     wire keys_valid = (keys_sent != keys_loaded) && !(gap_rng[7:0] < gap_per_256);
+    wire [4:0] outstanding = ask_tail - ask_head;   // 5 bits: the difference wraps with the pointers
+    wire requests_ready = outstanding < 5'd16;
+    wire values_valid = (ask_tail != ask_head) && !(gap_rng[15:8] < gap_per_256);
     wire ring_has_room = (rows_seen - rows_read) < ROW_DEPTH;
     wire results_ready = ring_has_room && !(stall_rng[7:0] < stall_per_256);
 
     // Levels the testbench waits on.
     wire need_keys /*verilator public_flat_rw*/;
-    assign need_keys = (keys_loaded - keys_sent) <= KEY_DEPTH / 2;
+    assign need_keys = (keys_loaded - row_base) <= KEY_DEPTH / 4;
     wire results_waiting /*verilator public_flat_rw*/;
     assign results_waiting = (rows_seen - rows_read) >= ROW_DEPTH / 2;
     wire done /*verilator public_flat_rw*/;
@@ -57,14 +77,21 @@ module hpu_harness #(
 
     hpu dut (
         .clk(clk), .rst(rst),
-        .keys__payload(keys[keys_sent[$clog2(KEY_DEPTH)-1:0]]), .keys__valid(keys_valid), .keys__ready(keys_ready),
+        .scores__payload(keys[keys_sent[$clog2(KEY_DEPTH)-1:0]]), .scores__valid(keys_valid), .scores__ready(keys_ready),
+        .requests__payload(requests_payload), .requests__valid(requests_valid), .requests__ready(requests_ready),
+        .values__payload(values[asked[ask_head[3:0]][$clog2(KEY_DEPTH)-1:0]]), .values__valid(values_valid),
+        .values__ready(values_ready),
         .results__payload(results_payload), .results__valid(results_valid), .results__ready(results_ready),
         .gate_open(gate_open), .busy(busy), .overflow(overflow), .cycles(cycles), .rows(rows)
     );
 
     integer i;
     initial begin
-        for (i = 0; i < KEY_DEPTH; i = i + 1) keys[i] = {KEY_BITS{1'b0}};
+        for (i = 0; i < KEY_DEPTH; i = i + 1) begin
+            keys[i] = {SCORE_BITS{1'b0}};
+            values[i] = {VALUE_BITS{1'b0}};
+        end
+        for (i = 0; i < 16; i = i + 1) asked[i] = 0;
     end
 
     function [31:0] xorshift(input [31:0] x);
@@ -86,7 +113,28 @@ module hpu_harness #(
             if (gap_per_256 != 0) gap_rng <= xorshift(gap_rng);
             if (stall_per_256 != 0) stall_rng <= xorshift(stall_rng);
         end
-        if (keys_valid && keys_ready) keys_sent <= keys_sent + 1;
+        if (keys_valid && keys_ready) begin
+            keys_sent <= keys_sent + 1;
+            row_count <= row_count + 1;
+            // The score's last bit (its top bit) ends the row: queue the row's length.
+            if (keys[keys_sent[$clog2(KEY_DEPTH)-1:0]][SCORE_BITS-1]) begin
+                row_len[len_tail] <= row_count + 1;
+                len_tail <= len_tail + 1;
+                row_count <= 0;
+            end
+        end
+        if (requests_valid && requests_ready) begin
+            asked[ask_tail[3:0]] <= row_base + requests_payload[INDEX_BITS-1:0];
+            ask_tail <= ask_tail + 1;
+            if (requests_payload[INDEX_BITS]) begin
+                row_base <= row_base + row_len[len_head];
+                len_head <= len_head + 1;
+            end
+        end
+        if (values_valid && values_ready) begin
+            ask_head <= ask_head + 1;
+            values_sent <= values_sent + 1;
+        end
         if (results_valid && results_ready) begin
             results[rows_seen[$clog2(ROW_DEPTH)-1:0]] <= results_payload;
             result_cycle[rows_seen[$clog2(ROW_DEPTH)-1:0]] <= cycles;
