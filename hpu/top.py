@@ -14,6 +14,9 @@ from hpu.mac_array import MacArray
 from hpu.normalizer import Normalizer
 
 STATUS_BITS = 32
+# Which units carry which path of the data, for the power report's energy by path. The top level's
+# own logic (the score and e row buffers, the status counters) serves the score path.
+PATHS = {"score": ("", "ingest", "exp_gate"), "value": ("mac",), "normalizer": ("normalizer",)}
 
 
 def slowest_stage_cycles(cfg: HPUConfig) -> int:

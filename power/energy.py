@@ -27,6 +27,7 @@ class EnergyTable:
     clock_fj: float
     source: str
     path: str
+    dram_pj_per_byte: float | None = None   # off-chip value traffic; None when the table has none
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> "EnergyTable":
@@ -46,7 +47,13 @@ class EnergyTable:
                 raise InputError(f"energy table {path}: {name} = {value!r}: must be a number of femtojoules >= 0")
         values = {c: float(toggle[c]) for c in TOGGLE_CLASSES}
         clock = float(clock_table["per_enabled_bit"])
-        return cls(values, clock, str(data.get("source", "unstated")), str(path))
+        offchip = data.get("offchip_pJ", {})
+        dram = offchip.get("dram_per_byte") if isinstance(offchip, dict) else None
+        if dram is not None and (isinstance(dram, bool) or not isinstance(dram, (int, float)) or not dram >= 0):
+            raise InputError(f"energy table {path}: offchip_pJ.dram_per_byte = {dram!r}: must be a number of "
+                             "picojoules >= 0")
+        return cls(values, clock, str(data.get("source", "unstated")), str(path),
+                   None if dram is None else float(dram))
 
 
 @dataclass

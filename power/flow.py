@@ -29,7 +29,7 @@ class Request:
     window: int = 64
 
 
-def _kept_fractions(req: Request, dumps: dict[str, Path]) -> dict[str, float]:
+def _runs_of_dumps(req: Request, dumps: dict[str, Path]) -> dict[str, dict]:
     """Each dump's run in the summary (by the dump's bytes), checked against the manifest and each other."""
     if req.summary is None:
         return {}
@@ -44,7 +44,7 @@ def _kept_fractions(req: Request, dumps: dict[str, Path]) -> dict[str, float]:
                              "manifest of the Verilog that was simulated")
     if "dense" in runs:
         sim_summary.check_baseline(runs["gated"], runs["dense"])
-    return {name: run["kept_fraction"] for name, run in runs.items()}
+    return runs
 
 
 def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
@@ -55,7 +55,7 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
             raise InputError(f"VCD {vcd} {'is not a file' if vcd.exists() else 'does not exist'}: "
                              "write one with `hpu sim --vcd PATH.vcd`")
     table = EnergyTable.load(req.energy)
-    kept = _kept_fractions(req, dumps)
+    runs = _runs_of_dumps(req, dumps)
     with claim(out_dir, "report folder"):
         measured = []
         for name, vcd in dumps.items():
@@ -66,7 +66,9 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
                         "short; pass --summary to check it against its run")
                 a.counts.warnings.append(note)
                 log(f"hpu: warning: {note}", file=sys.stderr)
-            measured.append(report.Run(name, a, estimate(a, table), kept.get(name)))
+            run = runs.get(name, {})
+            measured.append(report.Run(name, a, estimate(a, table), run.get("kept_fraction"),
+                                       run.get("value_bytes_fetched")))
             log(f"{name}: {vcd}: {a.cycles} cycles, {a.counts.bytes_read / 1e6:.1f} MB", flush=True)
         if len(measured) == 2:
             rows = [run.activity.rows_delivered for run in measured]

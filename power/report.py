@@ -25,6 +25,12 @@ DEFINITIONS = [
     "energy per enabled register bit per cycle; each physical bit is charged once, to the instance that "
     "drives it.",
     "dark-silicon saving = 1 - E(gated) / E(dense), same inputs and configuration with the gate held open.",
+    "paths: score (the top level's row buffers and status, ingest, exp_gate), value (the MAC array: "
+    "scanner, request and slot FIFOs, lanes), normalizer; each instance's energy with its sub-instances'.",
+    "off-chip value traffic: the value-vector bytes the HPU fetched, counted by the simulation's host "
+    "(`hpu sim` summary), times the table's DRAM energy per byte; reported apart from on-chip energy.",
+    "energy proportionality = saving / (1 - kept fraction): 1.0 means every joule the dropped keys "
+    "would have cost was saved.",
     "This is an activity-based estimate from a functional simulation, not sign-off power: no wire "
     "loads, glitches or leakage.",
 ]
@@ -36,9 +42,10 @@ class Run:
     activity: Activity
     energy: Energy
     kept_fraction: float | None = None
+    value_bytes: int | None = None   # value-vector bytes fetched, counted by the simulation's host
 
 
-def summarize(run: Run) -> dict:
+def summarize(run: Run, table: EnergyTable) -> dict:
     a, e, d = run.activity, run.energy, run.activity.design
     top = d.manifest["top"]
     instances = {}
@@ -52,6 +59,11 @@ def summarize(run: Run) -> dict:
             "energy_fJ_subtree": float(e.total[tree].sum()),
         }
     counts = a.counts
+    paths = {name: float(sum(e.total[i] for unit in units for i in
+                             ([d.index(unit)] if unit == top else d.subtree(unit))))
+             for name, units in d.manifest.get("paths", {}).items()}
+    offchip = (run.value_bytes * table.dram_pj_per_byte * 1e3
+               if run.value_bytes is not None and table.dram_pj_per_byte is not None else None)
     return {
         "vcd": str(d.vcd), "bytes": counts.bytes_read, "top_scope": ".".join(d.top_scope),
         "cycles": a.cycles, "compute_cycles": a.phase_cycles, "window_cycles": a.window,
@@ -59,6 +71,10 @@ def summarize(run: Run) -> dict:
         "clock_period": a.clock_period * a.timescale, "kept_fraction": run.kept_fraction,
         "toggles": int((counts.rise + counts.fall).sum()), "xz_changes": int(counts.xz.sum()),
         "energy_fJ": float(e.total.sum()),
+        "energy_fJ_by_path": paths,
+        "value_bytes_fetched": run.value_bytes,
+        "offchip_energy_fJ": offchip,
+        "energy_fJ_with_offchip": None if offchip is None else float(e.total.sum()) + offchip,
         "energy_fJ_by_class": {c: float(e.by_class[:, k].sum()) for k, c in enumerate(TOGGLE_CLASSES + ("clock",))},
         "mac_array": {"silent_ratio_run": a.silent_ratio(d.index(f"{top}.mac")),
                       "silent_ratio_compute": a.silent_ratio(d.index(f"{top}.mac"), phase=True),
@@ -160,15 +176,30 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
     report is complete, is written last."""
     out_dir = output_folder(out_dir, "report folder")
     (out_dir / "power.json").unlink(missing_ok=True)
-    summaries = {run.name: summarize(run) for run in runs}
+    summaries = {run.name: summarize(run, table) for run in runs}
     result = {"definitions": DEFINITIONS, "energy_table": {"path": table.path, "source": table.source,
-                                                          "toggle_fJ": table.toggle_fj, "clock_fJ_per_enabled_bit": table.clock_fj},
+                                                          "toggle_fJ": table.toggle_fj, "clock_fJ_per_enabled_bit": table.clock_fj,
+                                                          "dram_pJ_per_byte": table.dram_pj_per_byte},
               "runs": summaries}
     if len(runs) == 2:
         g, dn = summaries[runs[0].name], summaries[runs[1].name]
+        kept = g["kept_fraction"]
+
+        def saving(gated, dense):
+            return None if gated is None or dense is None else 1 - gated / dense
+
+        savings = {"mac_array": saving(g["mac_array"]["energy_fJ"], dn["mac_array"]["energy_fJ"]),
+                   "hpu": saving(g["energy_fJ"], dn["energy_fJ"]),
+                   "total": saving(g["energy_fJ_with_offchip"], dn["energy_fJ_with_offchip"])}
         result["comparison"] = {
-            "energy_saving_hpu": 1 - g["energy_fJ"] / dn["energy_fJ"],
-            "energy_saving_mac_array": 1 - g["mac_array"]["energy_fJ"] / dn["mac_array"]["energy_fJ"],
+            "energy_saving_hpu": savings["hpu"],
+            "energy_saving_mac_array": savings["mac_array"],
+            "energy_saving_total": savings["total"],
+            "kept_fraction": kept,
+            "energy_proportionality": {k: (None if v is None or kept is None or kept >= 1 else v / (1 - kept))
+                                       for k, v in savings.items()},
+            "energy_saving_by_path": {k: saving(g["energy_fJ_by_path"][k], dn["energy_fJ_by_path"][k])
+                                      for k in g["energy_fJ_by_path"]},
             "mac_silent_ratio_compute": {runs[0].name: g["mac_array"]["silent_ratio_compute"],
                                          runs[1].name: dn["mac_array"]["silent_ratio_compute"]},
             "lane_silent_ratio_compute": {runs[0].name: g["lanes_mean_silent_ratio_compute"],
@@ -239,14 +270,34 @@ def _markdown(result: dict, runs: list[Run]) -> str:
                      f"{s['mac_array']['energy_fJ'] / 1e6:.4f} |")
     if "comparison" in result:
         c = result["comparison"]
+        def fmt(value):
+            return "-" if value is None else f"{value:.4f}"
+
+        p = c["energy_proportionality"]
         lines += ["", "## Gated against dense", "",
-                  f"- dark-silicon saving, whole HPU: **{c['energy_saving_hpu']:.4f}**",
-                  f"- dark-silicon saving, MAC array: **{c['energy_saving_mac_array']:.4f}**",
-                  "- MAC array (hpu.mac: scanner, slot FIFO and lanes) silent ratio over the compute phase: "
+                  f"Kept fraction {fmt(c['kept_fraction'])}: the ideal saving is {fmt(None if c['kept_fraction'] is None else 1 - c['kept_fraction'])}.", "",
+                  "| scope | dark-silicon saving | energy proportionality |", "|---|---|---|",
+                  f"| MAC array | **{fmt(c['energy_saving_mac_array'])}** | {fmt(p['mac_array'])} |",
+                  f"| whole HPU, on chip | **{fmt(c['energy_saving_hpu'])}** | {fmt(p['hpu'])} |",
+                  f"| on chip + off-chip value traffic | **{fmt(c['energy_saving_total'])}** | {fmt(p['total'])} |",
+                  "", "- saving by path: " + ", ".join(f"{k} {fmt(v)}" for k, v in c["energy_saving_by_path"].items()),
+                  "- MAC array (hpu.mac: scanner, FIFOs and lanes) silent ratio over the compute phase: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in c["mac_silent_ratio_compute"].items()),
                   "- MAC lanes, mean silent ratio over the compute phase: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in c["lane_silent_ratio_compute"].items()),
                   f"- same number of cycles in both runs: {c['same_cycles']}"]
+    lines += ["", "## Energy by path (nJ)", "", "| path | " + " | ".join(result["runs"]) + " |",
+              "|---|" + "---|" * len(result["runs"])]
+    first = next(iter(result["runs"].values()))
+    for path in first["energy_fJ_by_path"]:
+        lines.append(f"| {path} | " + " | ".join(f"{s['energy_fJ_by_path'][path] / 1e6:.4f}"
+                                                for s in result["runs"].values()) + " |")
+    lines.append("| **on chip** | " + " | ".join(f"{s['energy_fJ'] / 1e6:.4f}" for s in result["runs"].values()) + " |")
+    lines.append("| off-chip value traffic (bytes) | " + " | ".join(
+        "-" if s["value_bytes_fetched"] is None else str(s["value_bytes_fetched"]) for s in result["runs"].values()) + " |")
+    lines.append("| off-chip value traffic | " + " | ".join(
+        "-" if s["offchip_energy_fJ"] is None else f"{s['offchip_energy_fJ'] / 1e6:.4f}"
+        for s in result["runs"].values()) + " |")
     lines += ["", "## Energy per module (nJ, own nets and sub-instances)", "",
               "| module | " + " | ".join(result["runs"]) + " |", "|---|" + "---|" * len(result["runs"])]
     first = next(iter(result["runs"].values()))

@@ -376,8 +376,21 @@ def test_matching_companions_are_accepted(small_runs, tmp_path):
                  "-o", str(tmp_path / "p")]) == 0
     result = json.loads((tmp_path / "p" / "power.json").read_text())
     summary = json.loads((r / "four" / "s.json").read_text())
-    assert result["runs"]["gated"]["kept_fraction"] == summary["runs"]["gated"]["kept_fraction"]
-    assert result["runs"]["gated"]["rows_delivered"] == 4
+    cfg = HPUConfig.load(f"{REPO}/configs/small.toml")
+    table = EnergyTable.load()
+    for name in ("gated", "dense"):
+        run, sim = result["runs"][name], summary["runs"][name]
+        assert run["kept_fraction"] == sim["kept_fraction"] and run["rows_delivered"] == 4
+        # The host counted exactly one value vector per kept key: the gate's dropped values never moved.
+        assert sim["values_fetched"] == sim["kept_keys"]
+        assert run["value_bytes_fetched"] == sim["kept_keys"] * cfg.head_dim * cfg.value_bits // 8
+        assert run["offchip_energy_fJ"] == pytest.approx(run["value_bytes_fetched"] * table.dram_pj_per_byte * 1e3)
+        assert sum(run["energy_fJ_by_path"].values()) == pytest.approx(run["energy_fJ"])
+    c = result["comparison"]
+    assert c["kept_fraction"] == summary["runs"]["gated"]["kept_fraction"]
+    g, d = result["runs"]["gated"], result["runs"]["dense"]
+    assert c["energy_saving_total"] == pytest.approx(1 - g["energy_fJ_with_offchip"] / d["energy_fJ_with_offchip"])
+    assert c["energy_proportionality"]["hpu"] == pytest.approx(c["energy_saving_hpu"] / (1 - c["kept_fraction"]))
 
 
 def test_mismatched_companions_are_refused(small_runs, tmp_path, capsys):
