@@ -59,6 +59,8 @@ demo: setup
 	$(BIN)/hpu gen --config configs/default.toml -o out/rtl --lint --synth
 	$(BIN)/hpu sim --config configs/default.toml --rows 24 --source minilm --dense-baseline --vcd out/sim/gated.vcd -o out/sim/summary.json
 	$(BIN)/hpu power out/sim/gated.vcd --baseline out/sim/gated_dense.vcd --manifest out/rtl/manifest.json --summary out/sim/summary.json -o out/power
+	$(BIN)/hpu sim --config configs/default.toml --rows 16 --source minilm-long --dense-baseline --vcd out/sim-long/gated.vcd -o out/sim-long/summary.json
+	$(BIN)/hpu power out/sim-long/gated.vcd --baseline out/sim-long/gated_dense.vcd --manifest out/rtl/manifest.json --summary out/sim-long/summary.json -o out/power-long
 	$(BIN)/hpu crosscheck --config configs/default.toml --rows 8 -o out/crosscheck
 	$(BIN)/hpu quality --config configs/minilm.toml --permeability 0.25 0.5 1.0 --mass-target 0.9 -o out/quality
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from golden_model.sources import SOURCES
+from golden_model.sources import FILE_SUFFIXES, SOURCES
 from hpu.config import MODES, SCHEDULES, HPUConfig
 from hpu.errors import HPUError, InputError
 from hpu.files import claim, output_file
@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="simulate the generated Verilog under cocotb, checked against the golden model")
     _add_config_options(p)
     p.add_argument("--rows", type=_positive, help=f"rows to simulate (default: {SIM_DEFAULTS['rows']})")
-    p.add_argument("--source", choices=SOURCES, help=f"stimulus (default: {SIM_DEFAULTS['source']})")
+    p.add_argument("--source", metavar="SOURCE", help=f"stimulus: {', '.join(SOURCES)}, or an attention file "
+                   f"({' or '.join(FILE_SUFFIXES)}, see golden_model.capture) (default: {SIM_DEFAULTS['source']})")
     p.add_argument("--mode", choices=MODES, help="gate mode (shorthand for --set mode=...)")
     p.add_argument("--schedule", choices=SCHEDULES, help="schedule (shorthand for --set schedule=...)")
     p.add_argument("--dense-baseline", action="store_true", help="run the same rows again with the gate held open")
@@ -212,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crosscheck", help="golden model vs the Verilog under cocotb vs the Triton exact kernel")
     _add_config_options(p)
-    p.add_argument("--source", nargs="+", default=list(SOURCES), choices=SOURCES)
+    p.add_argument("--source", nargs="+", default=["random", "adversarial", "minilm"], metavar="SOURCE",
+                   help=f"stimulus sources: {', '.join(SOURCES)} or attention files")
     p.add_argument("--modes", nargs="+", default=["dense", "topk", "mass"], choices=MODES)
     p.add_argument("--rows", type=_positive, default=8, help="rows per source and mode")
     p.add_argument("--seed", type=int, default=1)
