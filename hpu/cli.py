@@ -93,12 +93,17 @@ def cmd_power(args: argparse.Namespace) -> int:
     from power.flow import Request, analyze
 
     req = Request(vcd=Path(args.vcd), baseline=Path(args.baseline) if args.baseline else None,
-                  manifest=Path(args.manifest), summary=Path(args.summary) if args.summary else None,
-                  energy=Path(args.energy) if args.energy else None, clock=args.clock, phase=args.phase or None,
+                  manifest=Path(args.manifest) if args.manifest else None,
+                  summary=Path(args.summary) if args.summary else None,
+                  energy=Path(args.energy) if args.energy else None,
+                  clock=args.clock or ("clk" if args.manifest else None), phase=args.phase or None,
                   top_scope=args.top_scope, window=args.window)
     paths = analyze(req, Path(args.output))
-    print(Path(paths["markdown"]).read_text().split("## Energy per module")[0].rstrip())
-    print(f"report: {paths['html']}")
+    if "markdown" in paths:
+        print(Path(paths["markdown"]).read_text().split("## Energy per module")[0].rstrip())
+        print(f"report: {paths['html']}")
+    else:
+        print(f"report: {paths['json']} (no manifest: any design's activity, energy uncalibrated)")
     return 0
 
 
@@ -198,13 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress")
     p.set_defaults(func=cmd_sim)
 
-    p = sub.add_parser("power", help="toggle activity, silent ratio and energy from VCDs of the HPU")
-    p.add_argument("vcd", metavar="GATED.vcd", help="dump of the gated run")
+    p = sub.add_parser("power", help="toggle activity, silent ratio and energy from VCDs (of the HPU, or any design)")
+    p.add_argument("vcd", metavar="GATED.vcd", help="dump of the gated run (or of any design)")
     p.add_argument("--baseline", metavar="DENSE.vcd", help="dump of the same rows with the gate held open")
-    p.add_argument("--manifest", default="out/rtl/manifest.json", help="manifest.json written by `hpu gen`")
+    p.add_argument("--manifest", help="manifest.json written by `hpu gen`; without it any design's dump is "
+                                      "read: toggles, silent ratio per scope, SAIF, uncalibrated energy")
     p.add_argument("--summary", help="`hpu sim` summary JSON: kept fraction, and a check that the dumps are its runs'")
     p.add_argument("--energy", help="energy table TOML (default: power/energy_45nm.toml, Horowitz ISSCC 2014)")
-    p.add_argument("--clock", default="clk", help="clock net in the HPU's scope")
+    p.add_argument("--clock", help="clock net: in the HPU's scope (default clk), or without a manifest a name or "
+                                   "dotted reference (default: found by name and edges)")
     p.add_argument("--phase", default="busy", help="1-bit net marking the compute phase ('' for the whole run)")
     p.add_argument("--top-scope", help="dotted VCD scope of the HPU (found from the manifest by default)")
     p.add_argument("--window", type=_positive, default=64, help="cycles per activity window")

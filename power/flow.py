@@ -10,7 +10,7 @@ from pathlib import Path
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 from hpu.files import claim
-from power import activity, design, report
+from power import activity, design, generic, report
 from power.energy import EnergyTable, estimate
 from rtl_gen.manifest import config_difference, load_manifest, manifest_config
 from sim import summary as sim_summary
@@ -20,7 +20,7 @@ from sim import summary as sim_summary
 class Request:
     vcd: Path
     baseline: Path | None
-    manifest: Path
+    manifest: Path | None      # None: any design's dump, read without knowledge of its nets
     summary: Path | None = None
     energy: Path | None = None
     clock: str = "clk"
@@ -48,13 +48,29 @@ def _runs_of_dumps(req: Request, dumps: dict[str, Path]) -> dict[str, dict]:
 
 
 def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
-    """Measure the gated dump (and the dense baseline) and write the report into out_dir."""
+    """Measure the dump(s) and write the report into out_dir: for any design, toggles per bit, scope and
+    window, silent ratio per scope, activity over time, SAIF and an uncalibrated energy estimate
+    (`activity.*`, `<run>_activity.*` with a baseline); with the HPU's manifest also the HPU report
+    (`power.*`: energy by class, module and path, gated against dense)."""
     dumps = {"gated": req.vcd, **({"dense": req.baseline} if req.baseline else {})}
     for vcd in dumps.values():
         if not vcd.is_file():
             raise InputError(f"VCD {vcd} {'is not a file' if vcd.exists() else 'does not exist'}: "
                              "write one with `hpu sim --vcd PATH.vcd`")
     table = EnergyTable.load(req.energy)
+    if req.manifest is None:
+        if req.summary is not None:
+            raise InputError("--summary describes HPU runs: pass the HPU's --manifest with it")
+        with claim(out_dir, "report folder"):
+            (out_dir / "activity.json").unlink(missing_ok=True)
+            paths = {}
+            for name, vcd in dumps.items():
+                g = generic.measure(vcd, clock=req.clock, window=req.window)
+                log(f"{name}: {vcd}: {g.counts.bytes_read / 1e6:.1f} MB, clock "
+                    f"{g.clock or 'not found (name it with --clock)'}"
+                    + (f", {g.activity.cycles} cycles" if g.activity else ""), flush=True)
+                paths[name] = generic.write(g, table, out_dir, "activity" if name == "gated" else f"{name}_activity")
+            return paths["gated"]
     runs = _runs_of_dumps(req, dumps)
     with claim(out_dir, "report folder"):
         measured = []
@@ -76,4 +92,8 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
                 raise InputError(f"the dumps are not of the same rows: the HPU delivered {rows[0]} rows in "
                                  f"{req.vcd} and {rows[1]} in {req.baseline}; make both with one "
                                  "`hpu sim --dense-baseline`")
+        for run in measured:
+            # Toggles per bit, as any dump gets them; per instance and window they are in power.csv
+            # and signals.csv.
+            generic.write_bits(run.activity.counts, out_dir / f"{run.name}_bits.csv")
         return report.write(measured, table, out_dir)

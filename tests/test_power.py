@@ -61,6 +61,44 @@ def test_corpus_equals_vcdvcd_or_is_refused(path):
     assert_same_counts(scan(path, chunk_bytes=4096), fast)
 
 
+@pytest.mark.skipif(not CORPUS_FILES, reason="the shared VCD corpus is not next to the repository")
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: p.name)
+def test_power_command_reads_any_designs_dump(path, tmp_path, capsys):
+    """No manifest: every valid corpus file is reported (exit 0), the broken one refused with its line."""
+    out = tmp_path / "report"
+    if path.name in MALFORMED:
+        assert main(["power", str(path), "-o", str(out)]) == 2
+        assert f"{path.name}:92: no `$enddefinitions" in capsys.readouterr().err
+        assert not (out / "activity.json").exists()
+        return
+    assert main(["power", str(path), "-o", str(out)]) == 0
+    report = json.loads((out / "activity.json").read_text())
+    counts = scan(path)
+    assert report["toggles"] == int((counts.rise + counts.fall).sum())
+    assert "uncalibrated" in report["note"]
+    for name in ("activity_bits.csv", "activity_windows.csv", "activity.png", "activity.saif"):
+        assert (out / name).stat().st_size > 0
+    if report["clock"] is not None:
+        assert all(0.0 <= s["silent_ratio"] <= 1.0 for s in report["scopes"].values())
+
+
+def test_any_dump_by_hand_with_a_named_clock(tmp_path):
+    """The tiny dump of the HPU tests read as an unknown design, its clock named: exact per-scope figures."""
+    vcd = write_vcd(tmp_path, TINY_BODY, TINY_DEFS)
+    assert main(["power", str(vcd), "--clock", "tb.t.clk", "--window", "5", "-o", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "activity.json").read_text())
+    assert (report["clock"], report["cycles"]) == ("tb.t.clk", 10)
+    lane, top = report["scopes"]["tb.t.l"], report["scopes"]["tb.t"]
+    # The lane: acc 0000->0011->0101 and sum 0000->0011->0101 (4 + 4 toggles, go counted in t), active in
+    # cycles 2, 3 and 4; t adds busy (2) and go (2) and is active in cycles 1, 2, 3, 4 and 9.
+    assert (lane["toggles"], lane["active_cycles"], lane["silent_ratio"]) == (8 + 2, 3, 0.7)
+    assert (top["toggles"], top["active_cycles"]) == (8 + 2 + 2 + 2, 5)
+    assert report["scopes"]["tb"]["toggles"] == top["toggles"]
+    with pytest.raises(SystemExit):
+        main(["power", str(vcd), "--window", "0", "-o", str(tmp_path / "r")])
+    assert main(["power", str(vcd), "--clock", "nope", "-o", str(tmp_path / "r")]) == 2
+
+
 def test_quirks_have_known_counts(tmp_path):
     defs = """$scope module top $end
 $var wire 1 ! clk $end

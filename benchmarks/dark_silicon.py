@@ -1,0 +1,81 @@
+"""Dark-silicon figures of the HPU against the energy-proportionality targets, on real workloads.
+
+    python -m benchmarks.dark_silicon [--config FILE] [-o JSON]
+
+Generates the Verilog (with generic-gate area), then for each workload simulates the same rows gated
+and with the gate held open under cocotb and Icarus (every row checked bit-exact against the golden
+model), and reads both dumps with `hpu power`: saving and energy proportionality for the MAC array,
+the whole HPU on chip and on chip plus off-chip value traffic, energy by path, dense energy per row,
+and lockstep cycles per row. Workloads: the demo's 24 MiniLM rows (`minilm`), 16 long MiniLM rows
+(`minilm-long`, 128..max_keys keys) and 16 random rows (lengths 1..max_keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks.common import write
+from hpu.config import HPUConfig
+from power.flow import Request, analyze
+from rtl_gen.generate import TOP_NAME, generate
+from rtl_gen.synth import synthesize
+from sim.job import Options
+from sim.session import Outputs, simulate
+
+WORKLOADS = {"minilm": 24, "minilm-long": 16, "random": 16}
+TARGETS = {"hpu_saving_min": 0.40, "mac_proportionality_min": 0.95, "total_proportionality_min": 0.93,
+           "lockstep_cycles_vs_before_max": 1.1, "area_nand2_max": 63982}
+
+
+def measure(cfg: HPUConfig, source: str, rows: int, work: Path, rtl: Path) -> dict:
+    out = work / source
+    summary = simulate(cfg, source, rows, 1, Options(seed=1), Outputs(out / "summary.json", out / "gated.vcd"),
+                       True, "icarus", work / "build", progress=False)
+    analyze(Request(vcd=out / "gated.vcd", baseline=out / "gated_dense.vcd", manifest=rtl / "manifest.json",
+                    summary=out / "summary.json"), out / "power", log=lambda *a, **k: None)
+    power = json.loads((out / "power" / "power.json").read_text())
+    c, runs = power["comparison"], power["runs"]
+    sims = summary["runs"]
+    return {
+        "rows": rows, "keys": sims["gated"]["keys"], "kept_fraction": c["kept_fraction"],
+        "mismatches": sims["gated"]["mismatches"] + sims["dense"]["mismatches"],
+        "saving": {"mac_array": c["energy_saving_mac_array"], "hpu": c["energy_saving_hpu"],
+                   "total": c["energy_saving_total"]},
+        "energy_proportionality": c["energy_proportionality"],
+        "energy_fJ_by_path": {name: runs[name]["energy_fJ_by_path"] for name in ("gated", "dense")},
+        "energy_fJ": {name: runs[name]["energy_fJ"] for name in ("gated", "dense")},
+        "dense_energy_fJ_per_row": runs["dense"]["energy_fJ"] / rows,
+        "value_bytes_fetched": {name: runs[name]["value_bytes_fetched"] for name in ("gated", "dense")},
+        "hpu_cycles": {name: sims[name]["hpu_cycles"] for name in ("gated", "dense")},
+        "cycles_per_row": sims["gated"]["hpu_cycles"] / rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.toml")
+    parser.add_argument("--work", default="build/dark_silicon", help="folder for the Verilog, dumps and reports")
+    parser.add_argument("-o", "--output", default="benchmarks/results/dark_silicon.json")
+    args = parser.parse_args()
+    cfg = HPUConfig.load(args.config)
+    work = Path(args.work)
+    rtl = work / "rtl"
+    verilog = generate(cfg, rtl).verilog
+    area = synthesize(verilog, TOP_NAME, rtl / "area.json")["total"]["area_nand2_eq"]
+    print(f"area {area:,.0f} NAND2 eq (target <= {TARGETS['area_nand2_max']:,})", flush=True)
+    results = {}
+    for source, rows in WORKLOADS.items():
+        r = results[source] = measure(cfg, source, rows, work, rtl)
+        p = r["energy_proportionality"]
+        print(f"{source:12} kept {r['kept_fraction']:.3f}  saving MAC {r['saving']['mac_array']:.3f} "
+              f"(x{p['mac_array']:.2f})  HPU {r['saving']['hpu']:.3f} (x{p['hpu']:.2f})  "
+              f"+traffic {r['saving']['total']:.3f} (x{p['total']:.2f})  dense {r['dense_energy_fJ_per_row'] / 1e3:.1f} "
+              f"pJ/row  {r['cycles_per_row']:.0f} cycles/row  mismatches {r['mismatches']}", flush=True)
+    write(args.output, {"benchmark": "dark_silicon", "config": cfg.to_dict(), "area_nand2_eq": area,
+                        "targets": TARGETS, "results": results})
+
+
+if __name__ == "__main__":
+    main()
