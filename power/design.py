@@ -8,7 +8,7 @@ the design's own names and never guessed from a single run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,10 @@ class Unit:
     scope: tuple[str, ...]
     bits: dict[str, np.ndarray]
     registers: list[tuple[int, tuple[int, int] | None | bool]]
+    # (width, capacity in bits, how its accesses are counted): an enable key (cycles it is high),
+    # None (every cycle), False (never), or ("address", code): each change of an asynchronous read
+    # port's address is one read.
+    memory_ports: list[tuple[int, int, object]] = field(default_factory=list)
 
 
 @dataclass
@@ -121,29 +125,39 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
                                  f"{net['width']} in the manifest's design: the dump is of another configuration; "
                                  "pass the manifest of the Verilog that was simulated")
             bits.setdefault(net["class"], []).extend(int(offsets[code]) + b for b in net["owned"])
-        registers = []
-        for reg in module["registers"]:
-            enable = reg["enable"]
+        def follow(enable, what: str):
+            """An enable as the activity tracker follows it: a watched (code, bit), None (always), False."""
+            nonlocal missing
             if enable is None:
-                registers.append((reg["width"], None))
-            elif enable.get("never"):
-                registers.append((reg["width"], False))
-            else:
-                code = code_of(scope, enable["net"])
-                if code is None:
-                    missing += 1
-                    registers.append((reg["width"], None))
-                    continue
-                key = (code, enable["bit"])
-                if enable["polarity"] == 0:
-                    raise InputError(f"{path}: register {reg['cell']} has an active-low enable; not modelled yet")
-                watch.setdefault(code, [])
-                if enable["bit"] not in watch[code]:
-                    watch[code].append(enable["bit"])
-                if key not in enables:
-                    enables.append(key)
-                registers.append((reg["width"], key))
-        units.append(Unit(path, scope, {k: np.asarray(v, np.int64) for k, v in bits.items()}, registers))
+                return None
+            if enable.get("never"):
+                return False
+            code = code_of(scope, enable["net"])
+            if code is None:
+                missing += 1
+                return None
+            if enable["polarity"] == 0:
+                raise InputError(f"{path}: {what} has an active-low enable; not modelled yet")
+            key = (code, enable["bit"])
+            if enable["bit"] not in watch.setdefault(code, []):
+                watch[code].append(enable["bit"])
+            if key not in enables:
+                enables.append(key)
+            return key
+
+        registers = [(reg["width"], follow(reg["enable"], f"register {reg['cell']}")) for reg in module["registers"]]
+        memory_ports = []
+        for memory in module.get("memories", []):
+            for port in memory["ports"]:
+                if port.get("address") is not None:
+                    code = code_of(scope, port["address"])
+                    how = ("address", code) if code is not None else None
+                    missing += code is None
+                else:
+                    how = follow(port["enable"], f"memory {memory['name']}")
+                memory_ports.append((memory["width"], memory["width"] * memory["depth"], how))
+        units.append(Unit(path, scope, {k: np.asarray(v, np.int64) for k, v in bits.items()}, registers,
+                          memory_ports))
 
     clock_code = code_of(top, clock)
     if clock_code is None:

@@ -2,12 +2,17 @@
 
 E(instance) = sum over its owned bits of (0->1 + 1->0 toggles) x toggle_fJ[class]
             + sum over its registers of width x enabled cycles x clock_fJ.per_enabled_bit
+            + sum over its memories' ports of width x accesses x fJ per bit for the memory's capacity
+Memory port nets carry no toggle energy when the table has [memory_access] (an SRAM access costs about
+the same whichever bits change); without it they are charged per toggling bit at toggle_fJ.memory.
 A register with an enable is clocked in the cycles its enable is high (clock gating as a synthesis
 tool would insert it); one without is clocked every cycle. x/z changes carry no energy.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,22 @@ class EnergyTable:
     source: str
     path: str
     dram_pj_per_byte: float | None = None   # off-chip value traffic; None when the table has none
+    # Memory access energy per bit against capacity (bytes, fJ per bit), ascending; empty: memories
+    # are charged per toggling port bit at toggle_fJ.memory instead.
+    memory_points: tuple[tuple[float, float], ...] = ()
+
+    def memory_fj_per_bit(self, capacity_bits: int) -> float:
+        """Per-bit access energy of a memory of this capacity: log-log interpolation between the
+        table's points, extended beyond them with the nearest segment's slope."""
+        points = self.memory_points
+        if len(points) == 1:
+            return points[0][1]
+        size = math.log(max(capacity_bits / 8, 1e-9))
+        xs = [math.log(b) for b, _ in points]
+        ys = [math.log(e) for _, e in points]
+        k = max(0, min(len(xs) - 2, bisect.bisect_right(xs, size) - 1))
+        slope = (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])
+        return math.exp(ys[k] + slope * (size - xs[k]))
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> "EnergyTable":
@@ -53,7 +74,20 @@ class EnergyTable:
             raise InputError(f"energy table {path}: offchip_pJ.dram_per_byte = {dram!r}: must be a number of "
                              "picojoules >= 0")
         return cls(values, clock, str(data.get("source", "unstated")), str(path),
-                   None if dram is None else float(dram))
+                   None if dram is None else float(dram), _memory_points(data.get("memory_access"), path))
+
+
+def _memory_points(table, path) -> tuple[tuple[float, float], ...]:
+    if table is None:
+        return ()
+    sizes, energies = (table.get("bytes"), table.get("fJ_per_bit")) if isinstance(table, dict) else (None, None)
+    ok = (isinstance(sizes, list) and isinstance(energies, list) and len(sizes) == len(energies) >= 1
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in sizes + energies)
+          and sizes == sorted(set(sizes)))
+    if not ok:
+        raise InputError(f"energy table {path}: [memory_access] needs `bytes` (ascending capacities) and "
+                         "`fJ_per_bit` (one energy per capacity), all positive numbers")
+    return tuple(zip(map(float, sizes), map(float, energies)))
 
 
 @dataclass
@@ -73,11 +107,17 @@ def estimate(activity: Activity, table: EnergyTable) -> Energy:
     toggles_per_bit = counts.rise + counts.fall
     by_class = np.zeros((len(design.units), len(TOGGLE_CLASSES) + 1))
     toggles = np.zeros((len(design.units), len(TOGGLE_CLASSES)), np.int64)
+    per_access = bool(table.memory_points)
+    memory = TOGGLE_CLASSES.index("memory")
     for i, unit in enumerate(design.units):
         for k, cls in enumerate(TOGGLE_CLASSES):
             if cls in unit.bits:
                 toggles[i, k] = int(toggles_per_bit[unit.bits[cls]].sum())
                 by_class[i, k] = toggles[i, k] * table.toggle_fj[cls]
+        if per_access:
+            # An SRAM access costs about the same whichever bits change: charge accesses, not toggles.
+            by_class[i, memory] = sum(width * accesses(activity, how) * table.memory_fj_per_bit(capacity)
+                                      for width, capacity, how in unit.memory_ports)
         clocked = 0
         for width, enable in unit.registers:
             if enable is None:
@@ -86,3 +126,14 @@ def estimate(activity: Activity, table: EnergyTable) -> Energy:
                 clocked += width * activity.enabled_cycles[enable]
         by_class[i, -1] = clocked * table.clock_fj
     return Energy(by_class, toggles)
+
+
+def accesses(activity: Activity, how) -> int:
+    """Accesses of one memory port over the dump (see Unit.memory_ports)."""
+    if how is None:
+        return activity.cycles
+    if how is False:
+        return 0
+    if how[0] == "address":
+        return int(activity.counts.value_changes[how[1]])
+    return activity.enabled_cycles[how]

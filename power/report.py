@@ -21,9 +21,10 @@ DEFINITIONS = [
     "silent ratio of an instance over a window: the fraction of clock cycles in which none of its bits "
     "(its own nets and its sub-instances', clocks excluded) toggled. Compute phase: the cycles in which "
     "the HPU's busy output is high.",
-    "energy: toggles x per-bit energy of the net's class (register, datapath, memory, control) plus clock "
-    "energy per enabled register bit per cycle; each physical bit is charged once, to the instance that "
-    "drives it.",
+    "energy: toggles x per-bit energy of the net's class (register, datapath, control) plus clock "
+    "energy per enabled register bit per cycle; memories per access (width x accesses x per-bit energy "
+    "for the memory's capacity: a port's enabled cycles, or an asynchronous read port's address changes); "
+    "each physical bit is charged once, to the instance that drives it.",
     "dark-silicon saving = 1 - E(gated) / E(dense), same inputs and configuration with the gate held open.",
     "paths: score (the top level's row buffers and status, ingest, exp_gate), value (the MAC array: "
     "scanner, request and slot FIFOs, lanes), normalizer; each instance's energy with its sub-instances'.",

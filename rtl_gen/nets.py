@@ -25,8 +25,46 @@ def _readability(name: str, registers: set[str]) -> tuple:
     return (name not in registers, name.startswith(("_", "\\$", "$")), len(name), name)
 
 
+def _bit_ref(bit, nets: dict, polarity: int = 1):
+    """A control bit as the power model follows it: {net, bit, polarity}, None (always on) or
+    {"never": True} (tied off)."""
+    if isinstance(bit, int):
+        names = [n for n in sorted(nets, key=lambda n: (len(nets[n]["bits"]), n)) if bit in nets[n]["bits"]]
+        return {"net": names[0], "bit": nets[names[0]]["bits"].index(bit), "polarity": polarity} if names else None
+    return None if bit == str(polarity) else {"never": True}
+
+
+def _net_of(bits: list, nets: dict) -> str | None:
+    """The narrowest named net holding all of `bits` (a read port's address), if any."""
+    wanted = [b for b in bits if isinstance(b, int)]
+    names = [n for n in sorted(nets, key=lambda n: (len(nets[n]["bits"]), n)) if wanted and set(wanted) <= set(nets[n]["bits"])]
+    return names[0] if names else None
+
+
+def _memories(module: dict, nets: dict) -> list[dict]:
+    """Each memory with its capacity and ports: a port is accessed in the cycles its enable is high
+    (an asynchronous read port whenever its address changes)."""
+    found = {}
+    for name, memory in module.get("memories", {}).items():
+        found[name.lstrip("\\")] = {"name": name.lstrip("\\"), "width": int(memory["width"]),
+                                     "depth": int(memory["size"]), "ports": []}
+    for cell in module.get("cells", {}).values():
+        kind = {"$memrd_v2": "read", "$memrd": "read", "$memwr_v2": "write", "$memwr": "write"}.get(cell["type"])
+        memid = str(cell["parameters"].get("MEMID", "")).lstrip("\\")
+        if kind is None or memid not in found:
+            continue
+        connections = cell["connections"]
+        synchronous = int(str(cell["parameters"].get("CLK_ENABLE", "1")), 2) & 1
+        port = {"kind": kind, "enable": _bit_ref(connections.get("EN", ["1"])[0], nets)}
+        if kind == "read" and not synchronous:
+            port = {"kind": kind, "enable": None, "address": _net_of(connections.get("ADDR", []), nets)}
+        found[memid]["ports"].append(port)
+    return list(found.values())
+
+
 def describe(netlist: dict) -> dict:
-    """{module: {"nets": {name: {"class", "width", "owned"}}, "registers": [...]}} for every module."""
+    """{module: {"nets": {name: {"class", "width", "owned"}}, "registers": [...], "memories": [...]}}
+    for every module."""
     modules = netlist["modules"]
     described = {}
     for module_name, module in modules.items():
@@ -74,17 +112,11 @@ def describe(netlist: dict) -> dict:
             q = cell["connections"]["Q"]
             enable = None
             if "EN" in cell["connections"]:
-                en = cell["connections"]["EN"][0]
                 polarity = int(str(cell["parameters"].get("EN_POLARITY", "1")), 2)
-                if isinstance(en, int):
-                    names = [n for n in sorted(nets, key=lambda n: (len(nets[n]["bits"]), n)) if en in nets[n]["bits"]]
-                    if names:
-                        enable = {"net": names[0], "bit": nets[names[0]]["bits"].index(en), "polarity": polarity}
-                elif en != str(polarity):
-                    enable = {"never": True}
+                enable = _bit_ref(cell["connections"]["EN"][0], nets, polarity)
             q_owner = owner.get(q[0]) if isinstance(q[0], int) else None
             registers.append({"cell": cell_name, "q": q_owner[0] if q_owner else None, "width": len(q), "enable": enable})
-        described[module_name] = {"nets": out_nets, "registers": registers}
+        described[module_name] = {"nets": out_nets, "registers": registers, "memories": _memories(module, nets)}
     return described
 
 

@@ -319,6 +319,30 @@ def test_silent_ratio_and_energy_of_a_tiny_dump_by_hand(tiny, tmp_path):
                                          + 10 * table.clock_fj)
 
 
+def test_memory_access_energy_follows_capacity_and_counts_accesses(tmp_path):
+    """Per-access memory energy: the table's points exactly, log-log between them, the 8-32 KB slope
+    below 8 KB; and a port's accesses are its enabled cycles (or its address changes)."""
+    table = EnergyTable.load()
+    assert table.memory_fj_per_bit(8192 * 8) == pytest.approx(156.25)
+    assert table.memory_fj_per_bit(32768 * 8) == pytest.approx(312.5)
+    assert table.memory_fj_per_bit(16384 * 8) == pytest.approx(156.25 * 2 ** 0.5)
+    assert table.memory_fj_per_bit(2048 * 8) == pytest.approx(156.25 / 2)
+    # The tiny design with a 4 x 4-bit memory in the lane: written when `go` is high (cycles 2, 3),
+    # read asynchronously at the address `sum` (which changes 3 times, counting its first value).
+    nets = json.loads(json.dumps(TINY_NETS))
+    nets["modules"]["t.l"]["memories"] = [{"name": "m", "width": 4, "depth": 4, "ports": [
+        {"kind": "write", "enable": {"net": "go", "bit": 0, "polarity": 1}},
+        {"kind": "read", "enable": None, "address": "sum"}]}]
+    (tmp_path / "manifest.json").write_text(json.dumps(TINY_MANIFEST))
+    (tmp_path / "nets.json").write_text(json.dumps(nets))
+    d = design.load(write_vcd(tmp_path, TINY_BODY, TINY_DEFS), tmp_path / "manifest.json")
+    a = activity.measure(d, window=5)
+    e = estimate(a, table)
+    lane = d.index("t.l")
+    per_bit = table.memory_fj_per_bit(16)
+    assert e.by_class[lane, 2] == pytest.approx(4 * (2 + 3) * per_bit)
+
+
 def test_saif_round_trip(tiny, tmp_path):
     counts = scan(tiny.vcd)
     path = saif.write(counts, tmp_path / "tiny.saif", design="t")
