@@ -21,8 +21,12 @@ class ExpGate(wiring.Component):
     value, 2**prob_bits bins) is built during the exp pass; walking the bins from
     the top accumulates key counts and mass until the cap or the mass target T is
     reached. Where the mass target falls inside a bin, ceil((T - mass above) / t)
-    keys of that bin are needed: a small sequential divider computes it while the
-    walk goes on clearing the histogram for the next row.
+    keys of that bin are needed: a small sequential divider computes it.
+
+    An occupancy bit per bin, all cleared in one cycle when a row starts, says
+    which bins this row has filled: a bin not yet filled reads as zero, so the
+    histogram is never cleared bin by bin, and the walk visits only filled bins
+    (a priority encoder finds the next one down) and stops at the threshold.
 
     Parameters
     ----------
@@ -40,9 +44,11 @@ class ExpGate(wiring.Component):
         is the same either way.
     busy : Out(1)
 
-    Cycle behaviour per row: 1 cycle to accept, n + 3 for the exp pass,
-    2**prob_bits + 1 for the walk (plus the divider's tail when the mass target
-    falls in one of the lowest bins), 1 to hand the result on.
+    Cycle behaviour per row: 1 cycle to accept, n + 3 for the exp pass, one
+    cycle per filled bin from the top down to the threshold's, plus 2 (and the
+    divider's z_bits + 1 cycles when the mass target decides), 1 to hand the
+    result on. At most 2**prob_bits + 1 walk cycles, as many as distinct e values
+    above the threshold on most rows.
     """
 
     def __init__(self, cfg: HPUConfig):
@@ -96,8 +102,17 @@ class ExpGate(wiring.Component):
             self.e_write.data.eq(e),
         ]
 
-        # Walk: issue (read bin b) -> w1 (count of bin b, clear it, accumulate).
+        # Bins this row has filled; a bin not filled reads as zero whatever the memory holds.
+        occupied = Signal(bins)
+
+        # Walk: issue (read the next filled bin below walk_bin) -> w1 (count of that bin, accumulate).
         walk_bin = Signal(range(bins + 1))
+        below = Signal(bins)
+        next_bin = Signal(cfg.prob_bits)
+        m.d.comb += below.eq(occupied & ((1 << walk_bin) - 1)[:bins])
+        for index in range(bins):
+            with m.If(below[index]):
+                m.d.comb += next_bin.eq(index)
         w1_valid = Signal()
         w1_bin = Signal(cfg.prob_bits)
         count = Signal(cfg.count_bits)
@@ -112,6 +127,7 @@ class ExpGate(wiring.Component):
         at_mass = Signal(cfg.z_bits)
         mass_ties = Signal(range(cfg.max_keys + 1))
         m.d.comb += [count.eq(hist_read.data), bin_mass.eq(w1_bin * count)]
+        s2_count = Mux(occupied.bit_select(s2_e, 1), hist_read.data, 0)
         cap_hit = above_count + count >= cap
         mass_hit = (above_mass + bin_mass >= target) if cfg.mode == "mass" else 0
 
@@ -143,7 +159,7 @@ class ExpGate(wiring.Component):
                     m.d.sync += [
                         n.eq(desc.n), top.eq(desc.m), score_bank.eq(desc.score_bank),
                         cap.eq(Mux(at_least_k_min > desc.n, desc.n, at_least_k_min)),
-                        issue.eq(0), z.eq(0),
+                        issue.eq(0), z.eq(0), occupied.eq(0),
                     ]
                     m.next = "EXP"
             with m.State("EXP"):
@@ -154,9 +170,11 @@ class ExpGate(wiring.Component):
                     hist_read.addr.eq(e),
                     hist_read.en.eq(s1_valid),
                     hist_write.addr.eq(s2_e),
-                    hist_write.data.eq(hist_read.data + 1),
+                    hist_write.data.eq(s2_count + 1),
                     hist_write.en.eq(s2_valid),
                 ]
+                with m.If(s2_valid):
+                    m.d.sync += occupied.bit_select(s2_e, 1).eq(1)
                 m.d.sync += [
                     issue.eq(Mux(issuing, issue + 1, issue)),
                     s1_valid.eq(issuing), s1_index.eq(issue),
@@ -174,17 +192,14 @@ class ExpGate(wiring.Component):
                     ]
                     m.next = "WALK"
             with m.State("WALK"):
-                walking = walk_bin != 0
+                walking = below.any() & ~found
                 m.d.comb += [
-                    hist_read.addr.eq(walk_bin - 1),
+                    hist_read.addr.eq(next_bin),
                     hist_read.en.eq(walking),
-                    hist_write.addr.eq(w1_bin),
-                    hist_write.data.eq(0),
-                    hist_write.en.eq(w1_valid),
                 ]
                 m.d.sync += [
-                    walk_bin.eq(Mux(walking, walk_bin - 1, 0)),
-                    w1_valid.eq(walking), w1_bin.eq(walk_bin - 1),
+                    walk_bin.eq(Mux(walking, next_bin, 0)),
+                    w1_valid.eq(walking), w1_bin.eq(next_bin),
                 ]
                 with m.If(w1_valid):
                     m.d.sync += [above_count.eq(above_count + count), above_mass.eq(above_mass + bin_mass)]
