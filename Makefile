@@ -72,6 +72,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.hpu_cycles
 	$(BIN)/python -m benchmarks.sim_speed
 	$(BIN)/python -m benchmarks.vcd_speed
+	$(BIN)/python -m benchmarks.dark_silicon
 
 clean:
 	rm -rf out build .pytest_cache .hypothesis
