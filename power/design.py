@@ -73,6 +73,18 @@ def find_top(header: Header, manifest: dict, vcd: Path) -> tuple[str, ...]:
     return found[0]
 
 
+def reach_index(reach: dict[int, set[int]], codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """{code: instances it makes active} as compressed rows: instances of code c are idx[ptr[c]:ptr[c+1]]."""
+    ptr = np.zeros(codes + 1, np.int64)
+    for code, targets in reach.items():
+        ptr[code + 1] = len(targets)
+    ptr = np.cumsum(ptr)
+    idx = np.zeros(int(ptr[-1]), np.int64)
+    for code, targets in reach.items():
+        idx[ptr[code]:ptr[code + 1]] = sorted(targets)
+    return ptr, idx
+
+
 def _check_same_design(vcd: Path, header: Header, top: tuple[str, ...], manifest: dict, manifest_path) -> None:
     """A dump of another configuration shares most instance names with the manifest (lanes 0-1 of
     a 2-lane manifest exist in a 4-lane dump): every module instance the dump holds must be known."""
@@ -191,12 +203,6 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
             if scope in unit_of_scope:
                 reach.setdefault(var.code, set()).add(unit_of_scope[scope])
             scope = scope[:-1]
-    ptr = np.zeros(len(header.codes) + 1, np.int64)
-    for code, targets in reach.items():
-        ptr[code + 1] = len(targets)
-    ptr = np.cumsum(ptr)
-    idx = np.zeros(int(ptr[-1]), np.int64)
-    for code, targets in reach.items():
-        idx[ptr[code]:ptr[code + 1]] = sorted(targets)
+    ptr, idx = reach_index(reach, len(header.codes))
     return Design(vcd, manifest, header, top, units, clock_code, clock, phase_code, watch, enables, ptr, idx, missing,
                   rows_code)

@@ -20,7 +20,7 @@ import numpy as np
 from hpu.errors import InputError
 from hpu.files import staged, write_json
 from power import activity, saif
-from power.design import Design, Unit
+from power.design import Design, Unit, reach_index
 from power.energy import EnergyTable
 from power.vcd import Counts, Header, VcdError, scan
 
@@ -74,13 +74,7 @@ def _design(vcd: Path, header: Header, clock: int) -> Design:
                 reach.setdefault(var.code, set()).add(index[scope])
             scope = scope[:-1]
     units = [Unit(".".join(s), s, {UNCALIBRATED_CLASS: np.asarray(owned[i], np.int64)}, []) for i, s in enumerate(scopes)]
-    ptr = np.zeros(len(header.codes) + 1, np.int64)
-    for code, targets in reach.items():
-        ptr[code + 1] = len(targets)
-    ptr = np.cumsum(ptr)
-    idx = np.zeros(int(ptr[-1]), np.int64)
-    for code, targets in reach.items():
-        idx[ptr[code]:ptr[code + 1]] = sorted(targets)
+    ptr, idx = reach_index(reach, len(header.codes))
     clock_name = next(v.reference for v in header.vars if v.code == clock)
     return Design(vcd, {"top": "", "mac_lanes": [], "instances": []}, header, (), units, clock, clock_name, None,
                   {clock: [0]}, [], ptr, idx, 0)

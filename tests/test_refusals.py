@@ -49,19 +49,24 @@ def no_partial_files(folder: Path) -> bool:
 
 # -- configuration -------------------------------------------------------------------------------
 
-def test_bad_configuration_files(tmp_path, capsys):
-    (tmp_path / "empty.toml").write_text("")
-    refused(capsys, ["config", "--config", str(tmp_path / "empty.toml")], "empty.toml is empty: write an [hpu] table")
-    (tmp_path / "other.toml").write_text("[hpu]\nlanes = 8\n[extra]\nx = 1\n")
-    refused(capsys, ["config", "--config", str(tmp_path / "other.toml")], "unknown top-level entry extra")
-    (tmp_path / "value.toml").write_text("hpu = 3\n")
-    refused(capsys, ["config", "--config", str(tmp_path / "value.toml")], "`hpu` must be a table")
-    (tmp_path / "binary.toml").write_bytes(bytes(range(256)))
-    refused(capsys, ["config", "--config", str(tmp_path / "binary.toml")], "binary.toml is not a text file")
+@pytest.mark.parametrize("argv, content, message", [
+    (["config", "--config"], b"", "bad is empty: write an [hpu] table"),
+    (["config", "--config"], b"[hpu]\nlanes = 8\n[extra]\nx = 1\n", "unknown top-level entry extra"),
+    (["config", "--config"], b"hpu = 3\n", "`hpu` must be a table"),
+    (["config", "--config"], bytes(range(256)), "bad is not a text file"),
+    (["config", "--config"], b"[hpu\n", "is not valid TOML"),
+    (["sim", "--replay"], b"{not json", "is not valid JSON (line 1"),
+    (["sim", "--replay"], b"[1, 2]", "holds a JSON list, not an object"),
+    (["sim", "--replay"], b'{"config": {}}', "is not a job written by `hpu sim`"),
+])
+def test_bad_input_files(tmp_path, capsys, argv, content, message):
+    (tmp_path / "bad").write_bytes(content)
+    refused(capsys, argv + [str(tmp_path / "bad")], message)
+
+
+def test_missing_or_misplaced_configuration(tmp_path, capsys):
     refused(capsys, ["config", "--config", str(tmp_path)], "is a folder, not a file")
     refused(capsys, ["config", "--config", str(tmp_path / "missing.toml")], "missing.toml does not exist")
-    (tmp_path / "broken.toml").write_text("[hpu\n")
-    refused(capsys, ["config", "--config", str(tmp_path / "broken.toml")], "is not valid TOML")
     refused(capsys, ["config", "-o", str(tmp_path)], "is a folder: name a file")
 
 
@@ -106,12 +111,6 @@ def test_bad_sim_options_are_refused_before_anything_runs(tmp_path, capsys):
 def test_bad_replay_files_are_refused(tmp_path, capsys):
     refused(capsys, ["sim", "--replay", str(tmp_path / "r.json"), "--rows", "3", "--vcd", "x.vcd"],
             "--rows, --vcd cannot be combined with --replay")
-    (tmp_path / "r.json").write_text("{not json")
-    refused(capsys, ["sim", "--replay", str(tmp_path / "r.json")], "is not valid JSON (line 1")
-    (tmp_path / "r.json").write_text("[1, 2]")
-    refused(capsys, ["sim", "--replay", str(tmp_path / "r.json")], "holds a JSON list, not an object")
-    (tmp_path / "r.json").write_text('{"config": {}}')
-    refused(capsys, ["sim", "--replay", str(tmp_path / "r.json")], "is not a job written by `hpu sim`")
     job = make_job(SMALL, rows_from("random", SMALL, 2, 0), "random")
     job.save(tmp_path / "good.json")
     raw = json.loads((tmp_path / "good.json").read_text())
