@@ -31,7 +31,7 @@ TARGETS = {"hpu_saving_min": 0.40, "mac_proportionality_min": 0.95, "total_propo
 
 def measure(cfg: HPUConfig, source: str, rows: int, work: Path, rtl: Path) -> dict:
     out = work / source
-    summary = simulate(cfg, source, rows, 1, Options(seed=1), Outputs(out / "summary.json", out / "gated.vcd"),
+    summary = simulate(cfg, source, rows, Options(seed=1), Outputs(out / "summary.json", out / "gated.vcd"),
                        True, "icarus", work / "build", progress=False)
     analyze(Request(vcd=out / "gated.vcd", baseline=out / "gated_dense.vcd", manifest=rtl / "manifest.json",
                     summary=out / "summary.json"), out / "power", log=lambda *a, **k: None)

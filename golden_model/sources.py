@@ -56,7 +56,7 @@ def minilm_rows(cfg: HPUConfig, count: int, rng: random.Random, long: bool = Fal
     """Real attention rows of all-MiniLM-L6-v2: one query row of one head of one layer per HPU row.
 
     ``long=False``: the built-in texts one at a time (rows of a few to a few hundred keys, most of a
-    few dozen). ``long=True``: texts joined into passages of 128..min(max_keys, 512) tokens, so every
+    few dozen). ``long=True``: texts joined into passages of LONG_MIN_TOKENS..min(max_keys, MINILM_MAX_TOKENS) tokens, so every
     row has that many keys: the workload where attention is expensive."""
     from golden_model.minilm import MiniLM
     from golden_model.texts import TEXTS
@@ -85,14 +85,15 @@ MINILM_MAX_TOKENS = 512
 def _passages(model, texts: list[str], cfg: HPUConfig, rng: random.Random) -> list[str]:
     top = min(cfg.max_keys, MINILM_MAX_TOKENS)
     if top < LONG_MIN_TOKENS:
-        raise InputError(f"the minilm-long source makes rows of {LONG_MIN_TOKENS}..512 keys; "
+        raise InputError(f"the minilm-long source makes rows of {LONG_MIN_TOKENS}..{MINILM_MAX_TOKENS} keys; "
                          f"max_keys = {cfg.max_keys} cannot hold one")
-    passages, pool = [], list(texts)
+    passages: list[str] = []
     for _ in range(8):
         target = rng.randint(LONG_MIN_TOKENS, top)
-        words: list[str] = []
+        # Each passage opens with a text of its own, then takes texts at random until long enough.
+        words = texts[len(passages) % len(texts)].split()
         while model.token_count(" ".join(words)) < target:
-            words += pool[len(passages) % len(pool)].split() if not words else rng.choice(pool).split()
+            words += rng.choice(texts).split()
         while model.token_count(" ".join(words)) > top:
             words.pop()
         passages.append(" ".join(words))

@@ -85,7 +85,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                       seed=SIM_DEFAULTS["seed"] if args.seed is None else args.seed)
     outputs = Outputs(summary=Path(args.output) if args.output else None, vcd=Path(args.vcd) if args.vcd else None)
     simulate(cfg, args.source or SIM_DEFAULTS["source"], SIM_DEFAULTS["rows"] if args.rows is None else args.rows,
-             options.seed, options, outputs, args.dense_baseline, args.sim, Path(args.build), progress=not args.quiet)
+             options, outputs, args.dense_baseline, args.sim, Path(args.build), progress=not args.quiet)
     return 0
 
 
@@ -151,13 +151,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _probability(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
 def _add_config_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument("--config", default=default, metavar="FILE.toml",
                         help=f"HPU configuration (default: {default or 'the built-in defaults'})")
@@ -194,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vcd", metavar="PATH.vcd",
                    help="write a VCD of the HPU while rows are in flight (the dense run's: PATH_dense.vcd)")
     p.add_argument("--sim", choices=SIMULATORS, default="icarus", help="simulator (default: icarus)")
-    p.add_argument("--gaps", type=_probability, help="probability per cycle of an idle key source (default 0)")
-    p.add_argument("--backpressure", type=_probability, help="probability per cycle of a stalled sink (default 0)")
+    p.add_argument("--gaps", type=float, help="probability per cycle of an idle key source (default 0)")
+    p.add_argument("--backpressure", type=float, help="probability per cycle of a stalled sink (default 0)")
     p.add_argument("--seed", type=int, help=f"seed of the stimulus and the harness (default: {SIM_DEFAULTS['seed']})")
     p.add_argument("--replay", metavar="FILE.json", help="re-run a replay file written on a mismatch")
     p.add_argument("--build", default="build/sim", help="build folder, shared by runs (default: build/sim)")

@@ -253,9 +253,8 @@ class HPUConfig:
 
     def show(self) -> str:
         """Every field with its value, then the derived quantities."""
-        lines = [f"{name:13} = {value!r}" for name, value in dataclasses.asdict(self).items()]
-        if self.acc_bits_derived:
-            lines[-1] += "  (derived)"
+        lines = [f"{name:13} = {value!r}" + ("  (derived)" if name == "acc_bits" and self.acc_bits_derived else "")
+                 for name, value in dataclasses.asdict(self).items()]
         lines.append(f"{'(derived)':13}   acc_bits={self.acc_bits} z_bits={self.z_bits} rho_q={self.rho_q}/256 "
                      f"tau_q={self.tau_q}/256 chunks={self.chunks}")
         return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Const, Value, Module, Mux, Signal, unsigned
+from amaranth import Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 

@@ -39,7 +39,8 @@ def gated(cfg: HPUConfig) -> data.StructLayout:
     """Exp front end and gate -> MAC array: which keys of the row are kept.
 
     A key j is kept when ``keep_all``, or ``e_j > threshold``, or ``e_j == threshold``
-    and fewer than ``ties`` earlier keys had ``e == threshold``.
+    and fewer than ``ties`` earlier keys had ``e == threshold``; ``kept`` counts them (n with
+    ``keep_all``).
     """
     return data.StructLayout({
         "n": unsigned(cfg.count_bits),

@@ -94,7 +94,6 @@ class MacArray(wiring.Component):
         e = self.e_read.data
         tie = ~row.keep_all & (e == row.threshold)
         kept = row.keep_all | (e > row.threshold) | (tie & (ties_seen < row.ties))
-        kept_total = Mux(row.keep_all, row.n, row.kept)
         slot_in = Signal(slot_layout)
         ask = Signal(request_layout)
         m.d.comb += [
@@ -103,7 +102,7 @@ class MacArray(wiring.Component):
             slot_in.index.eq(s1_index), slot_in.e.eq(e), slot_in.kept.eq(kept),
             slots.w_data.eq(slot_in),
             slots.w_en.eq(s1_valid & (kept if cfg.schedule == "compact" else 1)),
-            ask.index.eq(s1_index), ask.last.eq(requested + 1 == kept_total),
+            ask.index.eq(s1_index), ask.last.eq(requested + 1 == row.kept),
             asks.w_data.eq(ask),
             asks.w_en.eq(s1_valid & kept),
             self.requests.payload.eq(asks.r_data),
@@ -189,8 +188,7 @@ class MacArray(wiring.Component):
                     m.d.sync += [
                         row.eq(payload), running.eq(1), scan.eq(0), ties_seen.eq(0), requested.eq(0), first.eq(1),
                         lead.eq(VALUE_LEAD),
-                        slots_left.eq(payload.n if cfg.schedule == "lockstep" else
-                                      Mux(payload.keep_all, payload.n, payload.kept)),
+                        slots_left.eq(payload.n if cfg.schedule == "lockstep" else payload.kept),
                     ]
                     m.next = "RUN"
             with m.State("RUN"):

@@ -54,7 +54,7 @@ class Normalizer(wiring.Component):
         z_kept = Signal(cfg.z_bits)
         kept = Signal(cfg.count_bits)
         factor = Signal(cfg.reciprocal_bits)
-        shift = Signal(range(cfg.z_bits + 1))
+        shift = Signal.like(recip.response.payload.shift)
         index = Signal(range(cfg.head_dim))
         m.d.comb += [self.result.payload.acc.eq(acc), self.result.payload.out.eq(out),
                      self.result.payload.z_kept.eq(z_kept), self.result.payload.kept.eq(kept),

@@ -74,7 +74,6 @@ class Activity:
     clock_period: float
     rows_delivered: int | None = None  # the HPU's `rows` status at the end of the dump
 
-
     def silent_ratio(self, unit: int, phase: bool = False) -> float:
         total = self.phase_cycles if phase else self.cycles
         active = self.active_in_phase[unit] if phase else self.active[unit]

@@ -15,7 +15,7 @@ from hpu.config import HPUConfig
 from hpu.errors import HPUError
 from hpu.files import shared_lock, staged
 from rtl_gen.generate import generate
-from rtl_gen.manifest import config_difference, load_manifest, manifest_config
+from rtl_gen.manifest import MANIFEST, config_difference, load_manifest, manifest_config
 from rtl_gen.tools import SIMULATORS, iverilog, verilator_env
 from sim.job import Job, Options, Outcome
 from sim.packing import harness_parameters
@@ -77,7 +77,7 @@ def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/s
 def _build(cfg: HPUConfig, sim: str, build_root: Path, trace: bool, verilog_dir: str | Path | None,
            env: dict) -> Path:
     if verilog_dir is not None:
-        manifest = load_manifest(Path(verilog_dir) / "manifest.json")
+        manifest = load_manifest(Path(verilog_dir) / MANIFEST)
         if manifest_config(manifest) != cfg:
             raise SimulationError(f"the Verilog in {verilog_dir} was generated for another configuration "
                                   f"(generated/asked: {config_difference(manifest_config(manifest), cfg)}); "

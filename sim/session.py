@@ -8,7 +8,7 @@ summary beside new dumps), each dump appears only when its run is whole, and the
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from golden_model.sources import rows_from
@@ -39,26 +39,26 @@ class Outputs:
         return [p for p in (self.summary, self.vcd, self.dense_vcd if dense else None) if p]
 
 
-def simulate(cfg: HPUConfig, source: str, rows: int, seed: int, options: Options, outputs: Outputs,
+def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: Outputs,
              dense_baseline: bool, sim: str, build: Path, progress: bool = True, log=print) -> dict:
-    """Simulate `rows` rows of `source` gated (and dense); returns the summary, written if asked."""
+    """Simulate `rows` rows of `source` (drawn with options.seed) gated (and dense); returns the
+    summary, written if asked."""
     outputs.check()
-    chosen = rows_from(source, cfg, rows, seed)
+    chosen = rows_from(source, cfg, rows, options.seed)
     with contextlib.ExitStack() as stack:
         for folder in sorted({p.parent.resolve() for p in outputs.files(dense_baseline)}):
             stack.enter_context(claim(folder))
         for path in outputs.files(dense_baseline):
             path.unlink(missing_ok=True)
-        runs = [("gated", make_job(cfg, chosen, source, Options(**{**options.__dict__, "vcd": _str(outputs.vcd)})))]
+        runs = [("gated", make_job(cfg, chosen, source, replace(options, vcd=_str(outputs.vcd))))]
         if dense_baseline:
-            runs.append(("dense", make_job(cfg, chosen, source, Options(**{**options.__dict__, "gate_open": True,
-                                                                            "vcd": _str(outputs.dense_vcd)}))))
-        records = {name: _run_one(name, job, sim, build, progress, log) for name, job in runs}
-        result = {"summary_version": sim_summary.VERSION, "simulator": sim, "runs": records}
+            runs.append(("dense", make_job(cfg, chosen, source,
+                                           replace(options, gate_open=True, vcd=_str(outputs.dense_vcd)))))
+        summary = sim_summary.build(sim, {name: _run_one(name, job, sim, build, progress, log) for name, job in runs})
         if outputs.summary:
-            sim_summary.write(outputs.summary, sim, records)
+            sim_summary.write(outputs.summary, summary)
             log(f"summary: {outputs.summary}")
-    return result
+    return summary
 
 
 def replay(path: Path, sim: str, build: Path, progress: bool = True, log=print) -> dict:

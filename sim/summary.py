@@ -40,8 +40,12 @@ def record(job: Job, outcome: Outcome) -> dict:
     return entry
 
 
-def write(path: str | Path, simulator: str, runs: dict[str, dict]) -> Path:
-    return write_json(path, {"summary_version": VERSION, "simulator": simulator, "runs": runs})
+def build(simulator: str, runs: dict[str, dict]) -> dict:
+    return {"summary_version": VERSION, "simulator": simulator, "runs": runs}
+
+
+def write(path: str | Path, summary: dict) -> Path:
+    return write_json(path, summary)
 
 
 def load(path: str | Path) -> dict:

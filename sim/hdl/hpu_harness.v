@@ -43,12 +43,15 @@ module hpu_harness #(
     reg [31:0] row_base /*verilator public_flat_rw*/ = 0;
     reg [31:0] values_sent /*verilator public_flat_rw*/ = 0;
     // Lengths of the rows whose scores went out, for the request side (FIFO), and the requests
-    // taken but not yet answered (FIFO of global key positions).
-    reg [31:0] row_len [0:15];
-    reg [3:0] len_head = 0, len_tail = 0;
+    // taken but not yet answered (FIFO of global key positions). Both hold FIFO_DEPTH entries; the
+    // request pointers have one bit more, so that full and empty differ.
+    localparam FIFO_DEPTH = 16;     // power of two, more than the rows and requests in flight
+    localparam FIFO_BITS = $clog2(FIFO_DEPTH);
+    reg [31:0] row_len [0:FIFO_DEPTH-1];
+    reg [FIFO_BITS-1:0] len_head = 0, len_tail = 0;
     reg [31:0] row_count = 0;
-    reg [31:0] asked [0:15];
-    reg [4:0] ask_head = 0, ask_tail = 0;
+    reg [31:0] asked [0:FIFO_DEPTH-1];
+    reg [FIFO_BITS:0] ask_head = 0, ask_tail = 0;
     reg [31:0] rows_seen /*verilator public_flat_rw*/ = 0;
     reg [RESULT_BITS-1:0] results [0:ROW_DEPTH-1] /*verilator public_flat_rw*/;
     reg [31:0] result_cycle [0:ROW_DEPTH-1] /*verilator public_flat_rw*/;
@@ -61,8 +64,8 @@ module hpu_harness #(
     wire [31:0] rows;
 
     wire keys_valid = (keys_sent != keys_loaded) && !(gap_rng[7:0] < gap_per_256);
-    wire [4:0] outstanding = ask_tail - ask_head;   // 5 bits: the difference wraps with the pointers
-    wire requests_ready = outstanding < 5'd16;
+    wire [FIFO_BITS:0] outstanding = ask_tail - ask_head;   // as wide as the pointers, so it wraps with them
+    wire requests_ready = outstanding < FIFO_DEPTH;
     wire values_valid = (ask_tail != ask_head) && !(gap_rng[15:8] < gap_per_256);
     wire ring_has_room = (rows_seen - rows_read) < ROW_DEPTH;
     wire results_ready = ring_has_room && !(stall_rng[7:0] < stall_per_256);
@@ -79,7 +82,7 @@ module hpu_harness #(
         .clk(clk), .rst(rst),
         .scores__payload(keys[keys_sent[$clog2(KEY_DEPTH)-1:0]]), .scores__valid(keys_valid), .scores__ready(keys_ready),
         .requests__payload(requests_payload), .requests__valid(requests_valid), .requests__ready(requests_ready),
-        .values__payload(values[asked[ask_head[3:0]][$clog2(KEY_DEPTH)-1:0]]), .values__valid(values_valid),
+        .values__payload(values[asked[ask_head[FIFO_BITS-1:0]][$clog2(KEY_DEPTH)-1:0]]), .values__valid(values_valid),
         .values__ready(values_ready),
         .results__payload(results_payload), .results__valid(results_valid), .results__ready(results_ready),
         .gate_open(gate_open), .busy(busy), .overflow(overflow), .cycles(cycles), .rows(rows)
@@ -91,7 +94,7 @@ module hpu_harness #(
             keys[i] = {SCORE_BITS{1'b0}};
             values[i] = {VALUE_BITS{1'b0}};
         end
-        for (i = 0; i < 16; i = i + 1) asked[i] = 0;
+        for (i = 0; i < FIFO_DEPTH; i = i + 1) asked[i] = 0;
     end
 
     function [31:0] xorshift(input [31:0] x);
@@ -124,7 +127,7 @@ module hpu_harness #(
             end
         end
         if (requests_valid && requests_ready) begin
-            asked[ask_tail[3:0]] <= row_base + requests_payload[INDEX_BITS-1:0];
+            asked[ask_tail[FIFO_BITS-1:0]] <= row_base + requests_payload[INDEX_BITS-1:0];
             ask_tail <= ask_tail + 1;
             if (requests_payload[INDEX_BITS]) begin
                 row_base <= row_base + row_len[len_head];
