@@ -16,7 +16,7 @@ import numpy as np
 
 from hpu.errors import InputError
 from power.design import Design
-from power.vcd import ONE, Batch, Counts, VcdError, scan
+from power.vcd import CHUNK_BYTES, ONE, Batch, Counts, VcdError, scan
 
 
 @dataclass
@@ -180,12 +180,12 @@ class _Tracker:
             intervals.close(self.n_cycles)
 
 
-def measure(design: Design, window: int = 64) -> Activity:
+def measure(design: Design, window: int = 64, chunk_bytes: int = CHUNK_BYTES) -> Activity:
     """Stream `design.vcd` once: per-bit counts and per-instance activity per cycle."""
     if window < 1:
         raise InputError(f"--window {window}: a window must be at least 1 cycle")
     tracker = _Tracker(design, window)
-    counts = scan(design.vcd, tracker.batch, watch=design.watch)
+    counts = scan(design.vcd, tracker.batch, watch=design.watch, chunk_bytes=chunk_bytes)
     tracker.finish()
     n = tracker.n_cycles
     if n < 2:

@@ -32,6 +32,8 @@ CHUNK_BYTES = 1 << 22
 MAX_VAR_BITS = 1 << 20
 MAX_TOTAL_BITS = 1 << 24
 MAX_TIME = (1 << 63) - 1
+# The longest time step held whole in memory (see _chunk_end); a longer one is read in pieces.
+MAX_STEP_BYTES = 1 << 28
 
 # Bit states: 0, 1, unknown (x and its VHDL relatives), high impedance.
 ZERO, ONE, X, Z = 0, 1, 2, 3
@@ -516,6 +518,20 @@ def _pair_values(first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return is_value, is_id
 
 
+def _chunk_end(buf: bytes) -> int:
+    """Where to end a chunk: before the buffer's last timestamp, so that every change of one time step
+    reaches the activity tracker in the same batch as that step's clock edge (a step split across two
+    batches put its early changes in the cycle before the edge). A buffer holding no timestamp is
+    carried on whole, up to MAX_STEP_BYTES, and then cut at its last whitespace. -1: no place to cut yet."""
+    pos = len(buf)
+    while (pos := buf.rfind(b"#", 0, pos)) > 0:
+        if buf[pos - 1] in b" \t\r\n" and buf[pos + 1:pos + 2].isdigit():
+            return pos
+    if len(buf) < MAX_STEP_BYTES:
+        return -1
+    return max(buf.rfind(b"\n"), buf.rfind(b" ")) + 1 or -1
+
+
 def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
          watch: dict[int, list[int]] | None = None, chunk_bytes: int = CHUNK_BYTES) -> Counts:
     """Read a whole dump, handing each chunk's Batch to `on_batch`; returns the per-bit totals.
@@ -533,11 +549,11 @@ def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
             final = not more
             buf = carry + more
             if not final:
-                cut = max(buf.rfind(b"\n"), buf.rfind(b" "))
+                cut = _chunk_end(buf)
                 if cut < 0:
                     carry = buf
                     continue
-                buf, rest = buf[:cut + 1], buf[cut + 1:]
+                buf, rest = buf[:cut], buf[cut:]
             else:
                 rest = b""
             batch, consumed = scanner.chunk(buf, final)
