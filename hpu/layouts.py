@@ -53,6 +53,23 @@ def gated(cfg: HPUConfig) -> data.StructLayout:
     })
 
 
+def row_totals(cfg: HPUConfig) -> data.StructLayout:
+    """Fetch sequencer -> MAC array, once per row: how many slots follow, and the totals the
+    normalizer needs."""
+    return data.StructLayout({
+        "slots": unsigned(cfg.count_bits),
+        "z_kept": unsigned(cfg.z_bits),
+        "kept": unsigned(cfg.count_bits),
+    })
+
+
+def slot(cfg: HPUConfig) -> data.StructLayout:
+    """Fetch sequencer -> MAC array: one key's turn in the lanes. A kept slot multiplies ``e`` with
+    the next value vector on the values stream; a gated one (lockstep only) passes with the lanes
+    silent."""
+    return data.StructLayout({"e": unsigned(cfg.prob_bits), "kept": 1})
+
+
 def accumulated(cfg: HPUConfig) -> data.StructLayout:
     """MAC array -> normalizer."""
     return data.StructLayout({

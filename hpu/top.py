@@ -1,22 +1,26 @@
-"""The HPU: ingest -> exp front end and gate -> sparse MAC array -> normalizer, one row per stage."""
+"""The HPU: ingest -> exp front end and gate -> fetch sequencer and sparse MAC array -> normalizer, one row per stage."""
 
 from __future__ import annotations
 
-from amaranth import Module
+from amaranth import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hpu import layouts
 from hpu.config import HPUConfig
 from hpu.exp_gate import ExpGate
+from hpu.fetch import FetchSequencer
 from hpu.ingest import Ingest
 from hpu.mac_array import MacArray
 from hpu.normalizer import Normalizer
 
 STATUS_BITS = 32
+# The free-running cycle counter was the largest register clocked every cycle. Prescaled, only its
+# low CYCLE_PRESCALE_BITS bits are; the rest are enabled once per 2**CYCLE_PRESCALE_BITS cycles.
+CYCLE_PRESCALE_BITS = 4
 # Which units carry which path of the data, for the power report's energy by path. The top level's
 # own logic (the score and e row buffers, the status counters) serves the score path.
-PATHS = {"score": ("", "ingest", "exp_gate"), "value": ("mac",), "normalizer": ("normalizer",)}
+PATHS = {"score": ("", "ingest", "exp_gate"), "value": ("fetch", "mac"), "normalizer": ("normalizer",)}
 
 
 def slowest_stage_cycles(cfg: HPUConfig) -> int:
@@ -82,28 +86,36 @@ class HPU(wiring.Component):
 
         m.submodules.ingest = ingest = Ingest(cfg)
         m.submodules.exp_gate = exp_gate = ExpGate(cfg)
+        m.submodules.fetch = fetch = FetchSequencer(cfg)
         m.submodules.mac = mac = MacArray(cfg)
         m.submodules.normalizer = normalizer = Normalizer(cfg)
 
         wiring.connect(m, wiring.flipped(self.scores), ingest.scores)
-        wiring.connect(m, mac.requests, wiring.flipped(self.requests))
+        wiring.connect(m, fetch.requests, wiring.flipped(self.requests))
         wiring.connect(m, wiring.flipped(self.values), mac.values)
         wiring.connect(m, ingest.row, exp_gate.row)
-        wiring.connect(m, exp_gate.gate, mac.gate)
+        wiring.connect(m, exp_gate.gate, fetch.gate)
+        wiring.connect(m, fetch.row, mac.row)
+        wiring.connect(m, fetch.slots, mac.slots)
         wiring.connect(m, mac.accumulated, normalizer.accumulated)
         wiring.connect(m, normalizer.result, wiring.flipped(self.results))
 
         wiring.connect(m, ingest.score_write, scores.write_port())
         wiring.connect(m, exp_gate.score_read, scores.read_port())
         wiring.connect(m, exp_gate.e_write, es.write_port())
-        wiring.connect(m, mac.e_read, es.read_port())
+        wiring.connect(m, fetch.e_read, es.read_port())
 
         m.d.comb += [
             exp_gate.gate_open.eq(self.gate_open),
             self.overflow.eq(ingest.overflow),
-            self.busy.eq(ingest.busy | exp_gate.busy | mac.busy | normalizer.busy | self.results.valid),
+            self.busy.eq(ingest.busy | exp_gate.busy | fetch.busy | mac.busy | normalizer.busy | self.results.valid),
         ]
-        m.d.sync += self.cycles.eq(self.cycles + 1)
+        low = Signal(CYCLE_PRESCALE_BITS)
+        high = Signal(STATUS_BITS - CYCLE_PRESCALE_BITS)
+        m.d.sync += low.eq(low + 1)
+        with m.If(low.all()):
+            m.d.sync += high.eq(high + 1)
+        m.d.comb += self.cycles.eq(Cat(low, high))
         with m.If(self.results.valid & self.results.ready):
             m.d.sync += self.rows.eq(self.rows + 1)
         return m

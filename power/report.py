@@ -26,8 +26,9 @@ DEFINITIONS = [
     "for the memory's capacity: a port's enabled cycles, or an asynchronous read port's address changes); "
     "each physical bit is charged once, to the instance that drives it.",
     "dark-silicon saving = 1 - E(gated) / E(dense), same inputs and configuration with the gate held open.",
-    "paths: score (the top level's row buffers and status, ingest, exp_gate), value (the MAC array: "
-    "scanner, request and slot FIFOs, lanes), normalizer; each instance's energy with its sub-instances'.",
+    "paths: score (the top level's row buffers and status, ingest, exp_gate), value (the fetch sequencer: "
+    "e reads, request and slot FIFOs; the MAC array: issue logic and lanes), normalizer; each instance's "
+    "energy with its sub-instances'.",
     "off-chip value traffic: the value-vector bytes the HPU fetched, counted by the simulation's host "
     "(`hpu sim` summary), times the table's DRAM energy per byte; reported apart from on-chip energy.",
     "energy proportionality = saving / (1 - kept fraction): 1.0 means every joule the dropped keys "
@@ -282,7 +283,7 @@ def _markdown(result: dict, runs: list[Run]) -> str:
                   f"| whole HPU, on chip | **{fmt(c['energy_saving_hpu'])}** | {fmt(p['hpu'])} |",
                   f"| on chip + off-chip value traffic | **{fmt(c['energy_saving_total'])}** | {fmt(p['total'])} |",
                   "", "- saving by path: " + ", ".join(f"{k} {fmt(v)}" for k, v in c["energy_saving_by_path"].items()),
-                  "- MAC array (hpu.mac: scanner, FIFOs and lanes) silent ratio over the compute phase: "
+                  "- MAC array (hpu.mac: issue logic and lanes) silent ratio over the compute phase: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in c["mac_silent_ratio_compute"].items()),
                   "- MAC lanes, mean silent ratio over the compute phase: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in c["lane_silent_ratio_compute"].items()),

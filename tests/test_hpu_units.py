@@ -17,6 +17,8 @@ from hpu.config import HPUConfig
 from hpu.divider import Divider
 from hpu.exp_gate import ExpGate
 from hpu.ingest import Ingest
+from hpu import mac_array
+from hpu.fetch import FetchSequencer
 from hpu.mac_array import MacArray
 from hpu.mac_lane import MacLane
 from hpu.normalizer import Normalizer
@@ -235,55 +237,95 @@ def test_exp_gate_held_open_keeps_everything():
     run(harness, tb)
 
 
-# -- MAC array -------------------------------------------------------------------------------------
+# -- fetch sequencer and MAC array -----------------------------------------------------------------
+
+def expected_slots(cfg, g, n):
+    return [(g["e"][j], g["keep"][j]) for j in range(n) if cfg.schedule == "lockstep" or g["keep"][j]]
+
+
+def taker(port, into, rng, stall):
+    """A process that takes every beat offered on ``port`` into ``into``, refusing a beat with
+    probability ``stall``."""
+    async def take(ctx):
+        async for _, _, valid, ready, payload in ctx.tick().sample(port.valid, port.ready, port.payload):
+            if valid and ready:
+                into.append(payload)
+            ctx.set(port.ready, rng.random() >= stall)
+    return take
+
 
 @pytest.mark.parametrize("schedule", ["lockstep", "compact"])
-def test_mac_array_asks_for_kept_values_only(seed, schedule):
+def test_fetch_sequencer_asks_for_kept_values_and_queues_slots(seed, schedule):
+    rng = random.Random(seed)
+    cfg = SMALL.replace(schedule=schedule)
+    for row in random_rows(cfg, 4, rng, n=cfg.max_keys) + adversarial_rows(cfg, rng)[:4]:
+        g = golden(cfg, row)
+        threshold, ties = gate_fields(cfg, g, row.n)
+        harness = WithBuffers(cfg, FetchSequencer(cfg), es=g["e"])
+        dut = harness.unit
+        requests, slots, totals = [], [], []
+        stall = rng.choice([0.0, 0.5])
+
+        async def tb(ctx):
+            ctx.set(dut.row.ready, 1)
+            await put(ctx, dut.gate, {"n": row.n, "kept": g["kept"], "z_kept": g["z_kept"], "keep_all": 0,
+                                      "threshold": threshold, "ties": ties, "e_bank": 0})
+            totals.append(ctx.get(dut.row.payload))
+            ctx.set(dut.row.ready, 0)
+            for _ in range(4 * row.n + 20):
+                await ctx.tick()
+            assert not ctx.get(dut.busy)
+
+        run(harness, tb, processes=[taker(dut.requests, requests, rng, stall), taker(dut.slots, slots, rng, stall)])
+        assert [(r.index, r.last) for r in requests] == [(j, int(j == max(k for k in range(row.n) if g["keep"][k])))
+                                                         for j in range(row.n) if g["keep"][j]]
+        assert [(s.e, s.kept) for s in slots] == expected_slots(cfg, g, row.n)
+        assert (totals[0].slots, totals[0].z_kept, totals[0].kept) == (len(expected_slots(cfg, g, row.n)),
+                                                                        g["z_kept"], g["kept"])
+
+
+@pytest.mark.parametrize("schedule", ["lockstep", "compact"])
+def test_mac_array_accumulates_kept_slots_from_the_values_stream(seed, schedule):
     """Lane silence for gated keys is asserted on the Verilog's toggles (tests/test_power.py)."""
     rng = random.Random(seed)
     cfg = SMALL.replace(schedule=schedule)
     for row in random_rows(cfg, 6, rng, n=cfg.max_keys) + adversarial_rows(cfg, rng)[:4]:
         g = golden(cfg, row)
-        threshold, ties = gate_fields(cfg, g, row.n)
-        harness = WithBuffers(cfg, MacArray(cfg), es=g["e"])
-        dut = harness.unit
+        dut = MacArray(cfg)
+        slots = expected_slots(cfg, g, row.n)
+        kept_values = [list(row.values[j]) for j in range(row.n) if g["keep"][j]]
         counts = {"cycles": 0}
-        asked = []
         slow_host = rng.random() < 0.5
 
         async def tb(ctx):
-            await put(ctx, dut.gate, {"n": row.n, "kept": g["kept"], "z_kept": g["z_kept"], "keep_all": 0,
-                                      "threshold": threshold, "ties": ties, "e_bank": 0})
+            await put(ctx, dut.row, {"slots": len(slots), "z_kept": g["z_kept"], "kept": g["kept"]})
             ctx.set(dut.accumulated.ready, 1)
             while not ctx.get(dut.accumulated.valid):
                 counts["cycles"] += 1
                 await ctx.tick()
             assert list(ctx.get(dut.accumulated.payload.acc)) == g["acc"]
-            assert ctx.get(dut.accumulated.payload.kept) == g["kept"]
+            assert (ctx.get(dut.accumulated.payload.kept), ctx.get(dut.accumulated.payload.z_kept)) == (g["kept"],
+                                                                                                        g["z_kept"])
+
+        async def sequencer(ctx):
+            for e, kept in slots:
+                await put(ctx, dut.slots, {"e": e, "kept": kept})
 
         async def host(ctx):
-            """Answers each request with that key's value, after a few idle cycles when slow."""
-            pending = []
-            ctx.set(dut.requests.ready, 1)
-            async for _, _, valid, ask, taken in ctx.tick().sample(dut.requests.valid, dut.requests.payload,
-                                                                   dut.values.ready):
-                if taken:
+            """Offers the kept values in order, after a few idle cycles when slow."""
+            pending = list(kept_values)
+            async for _, _, valid, ready in ctx.tick().sample(dut.values.valid, dut.values.ready):
+                if valid and ready:
                     pending.pop(0)
-                if valid:
-                    asked.append(ask.index)
-                    pending.append(ask.index)
-                ready = pending and not (slow_host and rng.random() < 0.5)
-                ctx.set(dut.values.valid, bool(ready))
-                if ready:
-                    ctx.set(dut.values.payload, list(row.values[pending[0]]))
+                offer = bool(pending) and not (slow_host and rng.random() < 0.5)
+                ctx.set(dut.values.valid, offer)
+                if offer:
+                    ctx.set(dut.values.payload, pending[0])
 
-        run(harness, tb, processes=[host])
-        assert asked == [j for j in range(row.n) if g["keep"][j]]
-        slots = row.n if schedule == "lockstep" else g["kept"]
-        # Row time: lockstep is the slots plus a fixed overhead; compact's scanner reads one
-        # e per cycle, so kept keys late in the row can wait for it. A slow host adds its waits.
-        bound = slots * cfg.chunks + 6 if schedule == "lockstep" else slots * cfg.chunks + row.n + 6
-        assert slow_host or counts["cycles"] <= bound
+        run(dut, tb, sequencer, processes=[host])
+        # Lockstep's row time is its slots plus a fixed overhead whatever the gate kept.
+        if schedule == "lockstep" and not slow_host:
+            assert counts["cycles"] <= len(slots) * cfg.chunks + mac_array.VALUE_LEAD + 2
 
 
 def test_reciprocal_of_every_kind_of_z_and_its_latency(seed):

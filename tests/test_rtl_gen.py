@@ -160,4 +160,4 @@ def test_generated_hpu_regrouping_is_proven_equivalent(tmp_path):
     # Every unit is proven; instances of a unit that are the same text are proven once.
     units = {re.sub(r"lane\d+$", r"laneN", name) for name in proven}
     assert units == {"hpu", "\\hpu.ingest", "\\hpu.exp_gate", "\\hpu.exp_gate.need_divider", "\\hpu.mac",
-                     "\\hpu.mac.slots", "\\hpu.mac.asks", "\\hpu.mac.laneN", "\\hpu.normalizer", "\\hpu.normalizer.recip"}
+                     "\\hpu.fetch", "\\hpu.fetch.slots", "\\hpu.fetch.asks", "\\hpu.mac.laneN", "\\hpu.normalizer", "\\hpu.normalizer.recip"}
