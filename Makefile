@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test,tools]" "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test,tools,bench]" "$(TORCH)"
 	touch $(STAMP)
 
 # Icarus Verilog is a system package: install it where we can, else say exactly what to do.
