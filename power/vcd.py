@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import scipy.sparse
 
 from hpu.errors import InputError
 
@@ -46,6 +47,9 @@ _IS_VALUE_PREFIX[[ord(c) for c in "bBrRsS"]] = True
 _IS_SCALAR = _STATE != 255
 _TRANSITIONS = np.arange(16)
 _IS_TOGGLE = np.isin(_TRANSITIONS, (ZERO * 4 + ONE, ONE * 4 + ZERO)).astype(np.uint8)
+_LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)], np.uint64)
+# Times are summed in float64 (sparse products) where every sum stays an exact integer.
+_EXACT_FLOAT = 1 << 52
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "ps": 1e-12, "fs": 1e-15}
 _REAL_TYPES = {"real", "realtime", "shortreal"}
@@ -271,7 +275,7 @@ class _Scanner:
         order = np.argsort(keys)
         self.keys = keys[order]
         self.key_code = np.array([i for i, _ in short], np.int64)[order]
-        self.rank = np.empty(len(header.codes), np.int64)
+        self.rank = np.empty(len(header.codes), np.uint16 if len(header.codes) <= 1 << 16 else np.int64)
         self.rank[np.argsort(self.widths, kind="stable")] = np.arange(len(header.codes))
 
     def fail(self, buf: bytes, pos: int, message: str) -> None:
@@ -281,7 +285,8 @@ class _Scanner:
         """Process `buf`; returns the batch and how many bytes were consumed (the rest is carried)."""
         a = np.frombuffer(buf, np.uint8)
         self.margin = int(self.widths.max(initial=1))
-        self.states = np.concatenate((np.zeros(self.margin, np.uint8), _STATE[a]))
+        self.states = np.zeros(self.margin + len(a), np.uint8)
+        np.take(_STATE, a, out=self.states[self.margin:])
         self.tail_padded = np.concatenate((a, np.zeros(8, np.uint8)))
         # Bytes up to the space are whitespace (or control characters, which no VCD token holds).
         solid = a > 32
@@ -385,9 +390,9 @@ class _Scanner:
         if (length < 1).any():
             self.fail(buf, int(start[np.flatnonzero(length < 1)[0]]), "a value change has no identifier code")
         short = length <= 8
-        eight = np.lib.stride_tricks.sliding_window_view(self.tail_padded, 8)[start].copy()
-        eight[np.arange(8)[None, :] >= length[:, None]] = 0
-        key = eight.view("<u8").reshape(-1)
+        # The code's first 8 bytes as one little-endian integer, the bytes beyond its length masked off.
+        key = np.lib.stride_tricks.sliding_window_view(self.tail_padded, 8)[start].copy().view("<u8").reshape(-1)
+        key &= _LOW_BYTES[np.minimum(length, 8)]
         slot = np.searchsorted(self.keys, key)
         slot = np.minimum(slot, max(len(self.keys) - 1, 0))
         code = np.full(len(start), -1, np.int64)
@@ -407,8 +412,11 @@ class _Scanner:
         textual = (kind == ord("r")) | (kind == ord("s")) | real_var
         np.add.at(self.changes, code[textual], 1)
         bits = np.flatnonzero(~textual)
-        # Rows grouped by width, then by code, then in file order.
-        order = bits[np.argsort(self.rank[code[bits]] * (int(token.max(initial=0)) + 1) + token[bits])]
+        # Rows grouped by width, then by code, then in file order: file order first (the scalar and the
+        # vector changes are two sorted runs, which a stable sort merges in one pass), then a stable
+        # sort by rank (a radix sort while the ranks fit 16 bits).
+        bits = bits[np.argsort(token[bits], kind="stable")]
+        order = bits[np.argsort(self.rank[code[bits]], kind="stable")]
         code, change_time = code[order], change_time[order]
         value_start, value_len = value_start[order], value_len[order]
         toggles = np.zeros(len(order), np.int64)
@@ -440,7 +448,8 @@ class _Scanner:
         if (vlen < w).any():
             pad = np.where(lead == ONE, ZERO, lead)
             np.copyto(new, pad[:, None], where=np.arange(w)[None, :] < (w - vlen)[:, None])
-        if (new == 255).any():
+        top = int(new.max(initial=ZERO))
+        if top == 255:
             r = int(np.flatnonzero((new == 255).any(axis=1))[0])
             self.fail(buf, int(vstart[r]), f"value {buf[vstart[r]:vstart[r] + vlen[r]][:40].decode(errors='replace')!r} "
                                            "has a character that is not 0, 1, x, z (or u, w, l, h, -)")
@@ -449,9 +458,52 @@ class _Scanner:
         heads = np.flatnonzero(head)
         tails = np.concatenate((heads[1:], [len(code)])) - 1
         base = self.offsets[code]
+        index = (base[heads][:, None] + bit[None, :]).reshape(-1)
+        old_heads = self.state[index].reshape(len(heads), w)
+        since = self.since[code[heads]]
+        if top <= ONE and old_heads.max(initial=ZERO) <= ONE and int(when[-1]) - int(since.min()) < _EXACT_FLOAT:
+            self._count_two_state(w, rows, new, heads, tails, when, old_heads, since, index, toggles, xz)
+        else:
+            self._count_any_state(w, rows, code, new, head, heads, tails, when, old_heads, since, index, toggles, xz)
+        self.state[index] = new[tails].reshape(-1)
+        self.since[code[tails]] = when[tails]
+        for c in np.intersect1d(code[heads], np.fromiter(self.watch, np.int64, len(self.watch))):
+            sel = np.flatnonzero(code == c)
+            watched[int(c)] = (when[sel], new[sel][:, w - 1 - self.watch[int(c)]])
+
+    def _count_two_state(self, w, rows, new, heads, tails, when, old_heads, since, index, toggles, xz) -> None:
+        """Every bit of the group is 0 or 1 before and after each change: the common case, counted as
+        sums over each code's rows, with no per-changed-bit index lists.
+
+        A bit's rises and falls alternate, so with T changes and first and last states a and b,
+        rises = (T + b - a) / 2 and falls = (T - b + a) / 2; its time at 1 is the sum over the rows of
+        the row's new state times how long it held (to the code's next change), plus the old state
+        held from `since` to the first change."""
+        n = len(new)
+        changed = np.empty((n, w), bool)
+        np.not_equal(new[1:], new[:-1], out=changed[1:])
+        changed[heads] = new[heads] != old_heads
+        toggles[rows] = np.count_nonzero(changed, axis=1)
+        xz[rows] = 0
+        held = np.zeros(n, np.float64)
+        held[:-1] = when[1:] - when[:-1]
+        held[tails] = 0
+        flips = (_segment_sums(heads, np.ones(n)) @ changed.view(np.uint8)).astype(np.int64)
+        ones = (_segment_sums(heads, held) @ new).astype(np.int64)
+        ones += old_heads * (when[heads] - since)[:, None]
+        span = (when[tails] - since)[:, None]
+        net = new[tails].astype(np.int64) - old_heads
+        self.rise[index] += ((flips + net) // 2).reshape(-1)
+        self.fall[index] += ((flips - net) // 2).reshape(-1)
+        self.t[1][index] += ones.reshape(-1)
+        self.t[0][index] += (span - ones).reshape(-1)
+
+    def _count_any_state(self, w, rows, code, new, head, heads, tails, when, old_heads, since, index, toggles,
+                         xz) -> None:
+        """Any states (x, z and VHDL's included): counted per changed bit."""
         old = np.empty_like(new)
         old[1:] = new[:-1]
-        old[heads] = self.state[base[heads][:, None] + bit[None, :]]
+        old[heads] = old_heads
         # Only the bits that changed carry counts: from here on the work is on those alone.
         changed = np.flatnonzero((old != new).reshape(-1))
         row, column = np.divmod(changed, w)
@@ -463,7 +515,6 @@ class _Scanner:
         segment = np.cumsum(head) - 1
         cell = segment[row] * w + column
         n = len(heads) * w
-        index = (base[heads][:, None] + bit[None, :]).reshape(-1)
         self.rise[index] += np.bincount(cell[transition == ZERO * 4 + ONE], minlength=n)
         self.fall[index] += np.bincount(cell[transition == ONE * 4 + ZERO], minlength=n)
         self.xz[index] += np.bincount(cell[~toggled.astype(bool)], minlength=n)
@@ -476,17 +527,12 @@ class _Scanner:
         np.add.at(held, cell * 4 + was, moment)
         np.add.at(held, cell * 4 + now, -moment)
         every = np.arange(n)
-        np.add.at(held, every * 4 + old[heads].reshape(-1), -np.repeat(self.since[code[heads]], w))
+        np.add.at(held, every * 4 + old_heads.reshape(-1), -np.repeat(since, w))
         np.add.at(held, every * 4 + new[tails].reshape(-1), np.repeat(when[tails], w))
         held = held.reshape(n, 4)
         self.t[0][index] += held[:, ZERO]
         self.t[1][index] += held[:, ONE]
         self.t[2][index] += held[:, X] + held[:, Z]
-        self.state[base[tails][:, None] + bit[None, :]] = new[tails]
-        self.since[code[tails]] = when[tails]
-        for c in np.intersect1d(code[heads], np.fromiter(self.watch, np.int64, len(self.watch))):
-            sel = np.flatnonzero(code == c)
-            watched[int(c)] = (when[sel], new[sel][:, w - 1 - self.watch[int(c)]])
 
     def _begin(self, time: int) -> None:
         """Every bit is x from the first timestamp on."""
@@ -498,6 +544,14 @@ class _Scanner:
         span = end - np.repeat(self.since, self.widths)
         self.t[np.minimum(self.state, 2), np.arange(len(self.state))] += span
         self.since[:] = end
+
+
+def _segment_sums(heads: np.ndarray, weights: np.ndarray) -> scipy.sparse.csr_matrix:
+    """The (segments x rows) matrix whose product sums each segment's rows (heads[s] .. heads[s + 1] - 1),
+    row k weighted by weights[k]."""
+    n = len(weights)
+    indptr = np.concatenate((heads, [n]))
+    return scipy.sparse.csr_matrix((weights, np.arange(n), indptr), shape=(len(heads), n))
 
 
 def _pair_values(first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

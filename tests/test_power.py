@@ -151,6 +151,21 @@ $end
     assert counts.t1[bus][1] == 5 and counts.tx[bus][1] == 1000000 - 20
 
 
+def test_two_state_counts_hold_beyond_exact_float_times(tmp_path):
+    """Two-state groups are summed in float64 only while every time sum is an exact integer; far in
+    the 2**63 time range they take the per-changed-bit path, with the same counts."""
+    defs = "$var wire 3 ! v $end\n$var wire 1 \" c $end"
+    start = (1 << 62) + 1
+    body = "\n".join(f"#{start + 7 * k} b{k % 8:b} ! {k % 2}\"" for k in range(40))
+    path = write_vcd(tmp_path, f"#0 b0 ! 0\"\n{body}", defs)
+    counts = scan(path)
+    assert_same_counts(counts, reference_counts(path))
+    v = counts.bits(0)
+    # bit 0 of v and c flip at every step after the first: 39 toggles each, plus the x -> 0 at #0.
+    assert int(counts.rise[v][0] + counts.fall[v][0]) == 39 and int(counts.xz[v][0]) == 1
+    assert (counts.t0[v] + counts.t1[v] + counts.tx[v]).tolist() == [start + 7 * 39] * 3
+
+
 def test_codes_starting_with_value_letters_pair_correctly(tmp_path):
     defs = "$var wire 2 b a $end\n$var wire 2 r c $end\n$var wire 1 s d $end"
     counts = scan(write_vcd(tmp_path, "#0 b00 b b11 r 0s #5 b01 b b10 r 1s", defs))
