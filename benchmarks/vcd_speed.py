@@ -92,7 +92,7 @@ def hpu_dump(cfg: HPUConfig, rows: int, build: Path, min_mb: float) -> tuple[Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/default.toml", help="HPU configuration of the dump it writes")
-    parser.add_argument("--rows", type=int, default=30, help="rows of the dump it writes")
+    parser.add_argument("--rows", type=int, default=8, help="rows of the dump it writes (about 12 MB each)")
     parser.add_argument("--min-mb", type=float, default=60.0, help="refuse a written dump smaller than this")
     parser.add_argument("--vcd", type=Path, help="time this dump instead of writing one")
     parser.add_argument("--manifest", type=Path, help="the dump's HPU manifest, for the per-cycle activity timing")

@@ -17,7 +17,10 @@ Counting rules (IEEE 1364 section 18 for the format, the brief for the counts):
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,6 +31,9 @@ import scipy.sparse
 from hpu.errors import InputError
 
 CHUNK_BYTES = 1 << 22
+# A body this large is read in parts by several processes at once (see scan); two cores give 1.8x.
+PARALLEL_MIN_BYTES = 1 << 25
+MAX_WORKERS = 4
 # Counts take about 50 bytes per bit of every variable: these bounds keep a hostile or corrupt header
 # from asking for more memory than a workstation has, with a message instead of a MemoryError.
 MAX_VAR_BITS = 1 << 20
@@ -251,7 +257,7 @@ def _timescale(path: Path, line: int, words: list[bytes]) -> float:
 class _Scanner:
     """The body reader: turns chunks into Batches and keeps the per-bit totals."""
 
-    def __init__(self, path: Path, header: Header, watch: dict[int, np.ndarray]):
+    def __init__(self, path: Path, header: Header, watch: dict[int, np.ndarray], track_first: bool = False):
         self.path, self.header = path, header
         self.widths = np.asarray(header.widths, np.int64)
         self.offsets = header.bit_offsets
@@ -264,6 +270,11 @@ class _Scanner:
         self.t = np.zeros((3, total), np.int64)
         self.changes = np.zeros(len(header.codes), np.int64)
         self.watch = watch
+        # A part of a dump read in parallel (see _scan_parallel) starts with every bit x; its first
+        # change of each code is recorded so that the merge can count it from the true state.
+        self.first_time = np.full(len(header.codes), -1, np.int64) if track_first else None
+        self.first_state = np.full(total, X, np.uint8) if track_first else None
+        self.closed_at: int | None = None
         self.time: int | None = None
         self.last_dumpoff: int | None = None
         self.warnings: list[str] = []
@@ -281,7 +292,7 @@ class _Scanner:
     def fail(self, buf: bytes, pos: int, message: str) -> None:
         raise VcdError(self.path, self.line + buf.count(b"\n", 0, pos), message)
 
-    def chunk(self, buf: bytes, final: bool) -> tuple[Batch | None, int]:
+    def chunk(self, buf: bytes, final: bool, close: bool = True) -> tuple[Batch | None, int]:
         """Process `buf`; returns the batch and how many bytes were consumed (the rest is carried)."""
         a = np.frombuffer(buf, np.uint8)
         self.margin = int(self.widths.max(initial=1))
@@ -381,7 +392,7 @@ class _Scanner:
         change_time = times[np.cumsum(is_time)[token]] if n_changes else np.zeros(0, np.int64)
         code = self._codes(buf, a, id_start, id_end)
         batch = self._count(buf, a, code, kind, value_start, value_len, change_time, token)
-        if final:
+        if final and close:
             self.close()
         return batch, consumed
 
@@ -465,6 +476,10 @@ class _Scanner:
             self._count_two_state(w, rows, new, heads, tails, when, old_heads, since, index, toggles, xz)
         else:
             self._count_any_state(w, rows, code, new, head, heads, tails, when, old_heads, since, index, toggles, xz)
+        if self.first_time is not None:
+            fresh = self.first_time[code[heads]] < 0
+            self.first_time[code[heads[fresh]]] = when[heads[fresh]]
+            self.first_state[index.reshape(len(heads), w)[fresh]] = new[heads[fresh]]
         self.state[index] = new[tails].reshape(-1)
         self.since[code[tails]] = when[tails]
         for c in np.intersect1d(code[heads], np.fromiter(self.watch, np.int64, len(self.watch))):
@@ -544,6 +559,7 @@ class _Scanner:
         span = end - np.repeat(self.since, self.widths)
         self.t[np.minimum(self.state, 2), np.arange(len(self.state))] += span
         self.since[:] = end
+        self.closed_at = end
 
 
 def _segment_sums(heads: np.ndarray, weights: np.ndarray) -> scipy.sparse.csr_matrix:
@@ -587,19 +603,37 @@ def _chunk_end(buf: bytes) -> int:
 
 
 def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
-         watch: dict[int, list[int]] | None = None, chunk_bytes: int = CHUNK_BYTES) -> Counts:
+         watch: dict[int, list[int]] | None = None, chunk_bytes: int = CHUNK_BYTES, workers: int | None = None,
+         parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> Counts:
     """Read a whole dump, handing each chunk's Batch to `on_batch`; returns the per-bit totals.
 
-    `watch` maps codes to bit indices whose states each Batch reports (for clocks and enables)."""
+    `watch` maps codes to bit indices whose states each Batch reports (for clocks and enables).
+    Without `on_batch`, a body of at least `parallel_min_bytes` is read in `workers` parts at once
+    (default: one per CPU, at most MAX_WORKERS), each part by its own process; the counts are the
+    same as one reader's."""
     path = Path(path)
     header = read_header(path)
-    scanner = _Scanner(path, header, {c: np.asarray(b, np.int64) for c, b in (watch or {}).items()})
     size = path.stat().st_size
+    workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
+    if on_batch is None and workers > 1 and size - header.body_offset >= parallel_min_bytes:
+        counts = _scan_parallel(path, header, size, workers, chunk_bytes)
+        if counts is not None:
+            return counts
+    scanner = _Scanner(path, header, {c: np.asarray(b, np.int64) for c, b in (watch or {}).items()})
+    _read_range(scanner, path, header.body_offset, size, chunk_bytes, on_batch, close=True)
+    return _counts(scanner, header, size)
+
+
+def _read_range(scanner: _Scanner, path: Path, start: int, end: int, chunk_bytes: int,
+                on_batch: Callable[[Batch], None] | None, close: bool) -> None:
+    """Feed the bytes start..end of the dump to `scanner`, chunk by chunk."""
     with open(path, "rb") as f:
-        f.seek(header.body_offset)
+        f.seek(start)
+        left = end - start
         carry = b""
         while True:
-            more = f.read(chunk_bytes)
+            more = f.read(min(chunk_bytes, left))
+            left -= len(more)
             final = not more
             buf = carry + more
             if not final:
@@ -610,15 +644,105 @@ def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
                 buf, rest = buf[:cut], buf[cut:]
             else:
                 rest = b""
-            batch, consumed = scanner.chunk(buf, final)
+            batch, consumed = scanner.chunk(buf, final, close)
             scanner.line += buf.count(b"\n", 0, consumed)
             if batch is not None and on_batch is not None and len(batch.code):
                 on_batch(batch)
             carry = buf[consumed:] + rest
             if final:
                 break
+
+
+def _counts(scanner: _Scanner, header: Header, size: int) -> Counts:
     begin = scanner.begin if scanner.begin is not None else 0
     return Counts(header, scanner.rise, scanner.fall, scanner.xz, scanner.t[0], scanner.t[1], scanner.t[2],
                   scanner.changes, begin, scanner.time if scanner.time is not None else 0, size, scanner.warnings,
                   scanner.last_dumpoff)
 
+
+def _split_points(path: Path, header: Header, size: int, parts: int) -> list[int]:
+    """Offsets that cut the body into about equal parts, each cut just before a timestamp at the start
+    of a line (a cut that falls inside a `$comment` makes a part fail, and the dump is read whole)."""
+    points = [header.body_offset]
+    with open(path, "rb") as f:
+        for k in range(1, parts):
+            target = header.body_offset + (size - header.body_offset) * k // parts
+            f.seek(target)
+            window = f.read(1 << 20)
+            found = re.search(rb"\n#\d", window)
+            if found and target + found.start() + 1 > points[-1]:
+                points.append(target + found.start() + 1)
+    return points + [size]
+
+
+def _read_part(path: Path, start: int, end: int, chunk_bytes: int, last: bool) -> tuple[_Scanner | None, str | None]:
+    """One process's part: the scanner after reading start..end from all-x (the first part from the
+    dump's beginning, as one reader would); a failure comes back as its message."""
+    header = read_header(path)
+    first = start == header.body_offset
+    scanner = _Scanner(path, header, {}, track_first=not first)
+    with open(path, "rb") as f:
+        f.seek(header.body_offset)
+        scanner.line += sum(f.read(min(chunk_bytes, start - pos)).count(b"\n")
+                            for pos in range(header.body_offset, start, chunk_bytes))
+    try:
+        _read_range(scanner, path, start, end, chunk_bytes, None, close=last)
+    except VcdError as error:
+        return None, str(error)
+    scanner.states = scanner.tail_padded = None
+    return scanner, None
+
+
+def _scan_parallel(path: Path, header: Header, size: int, workers: int, chunk_bytes: int) -> Counts | None:
+    """Counts of the dump read in parts by `workers` processes, or None where one reader must read it
+    (no place to cut, a part that fails on its own, or time going back across a cut)."""
+    points = _split_points(path, header, size, workers)
+    if len(points) < 3:
+        return None
+    spans = list(zip(points[:-1], points[1:]))
+    with ProcessPoolExecutor(len(spans), mp_context=multiprocessing.get_context("fork")) as pool:
+        parts = list(pool.map(_read_part, [path] * len(spans), [s for s, _ in spans], [e for _, e in spans],
+                              [chunk_bytes] * len(spans), [k == len(spans) - 1 for k in range(len(spans))]))
+    if any(error is not None for _, error in parts):
+        return None
+    merged = parts[0][0]
+    for part, _ in parts[1:]:
+        if not _merge(merged, part, header):
+            return None
+    return _counts(merged, header, size)
+
+
+def _merge(a: _Scanner, b: _Scanner, header: Header) -> bool:
+    """Fold part `b` (read from all-x, starting at its first timestamp) into `a` (the dump up to it).
+
+    Part b counted its first change of each code as a change from x, and x held from its beginning to
+    that change (to its end for a code it never changed, if it is the dump's last part); the fold takes
+    those out and counts the change and the held time from a's state instead."""
+    if b.begin is None:
+        return True
+    if a.begin is None or (a.time is not None and b.begin < a.time):
+        return False  # the dump's beginning lies in b (a holds nothing), or time goes back across the cut
+    code_of_bit = np.repeat(np.arange(len(header.codes)), header.widths)
+    seen = b.first_time >= 0
+    changed = seen[code_of_bit]
+    old, new = a.state, b.first_state
+    end = b.closed_at
+    # b's count of its first changes, from x
+    b.xz -= changed & (new != X)
+    transition = old.astype(np.int64) * 4 + new
+    b.rise += changed & (transition == ZERO * 4 + ONE)
+    b.fall += changed & (transition == ONE * 4 + ZERO)
+    b.xz += changed & (old != new) & (_IS_TOGGLE[transition] == 0)
+    until = np.where(changed, b.first_time[code_of_bit], end if end is not None else 0)
+    counted = changed | (end is not None)
+    b.t[2] -= np.where(counted, until - b.begin, 0)
+    held = np.where(counted, until - a.since[code_of_bit], 0)
+    b.t[np.minimum(old, 2), np.arange(len(old))] += held
+    for name in ("rise", "fall", "xz", "t", "changes"):
+        setattr(a, name, getattr(a, name) + getattr(b, name))
+    a.state = np.where(changed, b.state, a.state)
+    a.since = np.where(seen, b.since, a.since) if end is None else np.full_like(a.since, end)
+    a.time = b.time if b.time is not None else a.time
+    a.warnings += b.warnings
+    a.last_dumpoff = b.last_dumpoff if b.last_dumpoff is not None else a.last_dumpoff
+    return True

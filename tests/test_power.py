@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from golden_model.sources import rows_from
@@ -57,8 +57,10 @@ def test_corpus_equals_vcdvcd_or_is_refused(path):
         return
     fast = scan(path)
     assert_same_counts(fast, reference_counts(path))
-    # Chunking must not change a single count (small chunks split the body everywhere).
+    # Chunking must not change a single count (small chunks split the body everywhere), nor reading
+    # it in parts by several processes.
     assert_same_counts(scan(path, chunk_bytes=4096), fast)
+    assert_same_counts(scan(path, workers=3, parallel_min_bytes=0), fast)
 
 
 @pytest.mark.skipif(not CORPUS_FILES, reason="the shared VCD corpus is not next to the repository")
@@ -232,6 +234,19 @@ def test_random_dumps_match_vcdvcd(tmp_path_factory, dump_seed):
     defs, body = _random_dump(rng)
     path = write_vcd(tmp_path_factory.mktemp("rand"), body, defs)
     assert_same_counts(scan(path, chunk_bytes=64), reference_counts(path))
+
+
+@settings(max_examples=25)
+@given(st.integers(0, 2**32 - 1))
+def test_dumps_read_in_parts_count_as_read_whole(tmp_path_factory, dump_seed):
+    """Each part starts with every bit x; the merge must give exactly one reader's counts."""
+    rng = random.Random(dump_seed)
+    defs, body = _random_dump(rng)
+    path = write_vcd(tmp_path_factory.mktemp("parts"), body, defs)
+    whole = scan(path)
+    parts = scan(path, workers=rng.choice([2, 3, 4]), parallel_min_bytes=0, chunk_bytes=64)
+    assert_same_counts(parts, whole)
+    assert (parts.warnings, parts.last_dumpoff) == (whole.warnings, whole.last_dumpoff)
 
 
 def test_truncated_dump_never_crashes(seed, tmp_path):
