@@ -30,15 +30,18 @@ class Intervals:
     values: list[int] = field(default_factory=list)
 
     def extend(self, cycles: np.ndarray, values: np.ndarray, keep: bool = False) -> None:
-        for c, v in zip(cycles.tolist(), values.tolist()):
-            c = max(c, 0)
-            if c > self.since:
-                self.cycles_high += (c - self.since) * self.value
-                self.since = c
-            self.value = v
-            if keep:
-                self.starts.append(c)
-                self.values.append(v)
+        if not len(cycles):
+            return
+        cycles = np.maximum(cycles, 0)
+        # Each change moves `since` up to its cycle (never back) and counts the cycles it moved while
+        # the previous value held.
+        since = np.maximum.accumulate(np.concatenate(([self.since], cycles)))
+        held = np.concatenate(([self.value], values[:-1]))
+        self.cycles_high += int(np.dot(np.diff(since), held))
+        self.since, self.value = int(since[-1]), int(values[-1])
+        if keep:
+            self.starts.extend(cycles.tolist())
+            self.values.extend(values.tolist())
 
     def close(self, n_cycles: int) -> None:
         if n_cycles > self.since:
@@ -152,14 +155,26 @@ class _Tracker:
                 self.rows_delivered = sum(int(v) << bit for v, bit in zip(last, d.watch[d.rows_code]))
         toggled = np.flatnonzero((b.toggles > 0) & (cycle >= 0))
         code = b.code[toggled]
-        np.add.at(self.signal_window_toggles, (code, cycle[toggled] // self.window), b.toggles[toggled])
+        _add_windows(self.signal_window_toggles, code, cycle[toggled] // self.window, b.toggles[toggled])
         lo, hi = d.unit_ptr[code], d.unit_ptr[code + 1]
         reach = hi - lo
         rows = np.repeat(np.arange(len(toggled)), reach)
         units = d.unit_idx[np.repeat(lo, reach) + (np.arange(len(rows)) - np.repeat(np.cumsum(reach) - reach, reach))]
         cycles = cycle[toggled][rows]
-        np.add.at(self.window_toggles, (units, cycles // self.window), b.toggles[toggled][rows])
-        pairs = np.unique(np.concatenate((self.carry, units * (1 << 40) + cycles)))
+        _add_windows(self.window_toggles, units, cycles // self.window, b.toggles[toggled][rows])
+        # Each (instance, cycle) with a toggle once: marked in a table over this batch's cycles (no
+        # sort); the cycle still open at the batch's end is carried to the next batch.
+        cycles = np.concatenate((self.carry % (1 << 40), cycles))
+        units = np.concatenate((self.carry // (1 << 40), units))
+        if len(cycles):
+            first = int(cycles.min())
+            span = int(cycles.max()) - first + 1
+            seen = np.zeros(len(self.design.units) * span, bool)
+            seen[units * span + (cycles - first)] = True
+            cell = np.flatnonzero(seen)
+            pairs = (cell // span) * (1 << 40) + first + cell % span
+        else:
+            pairs = self.carry
         open_cycle = self.n_cycles - 1
         done = pairs[(pairs % (1 << 40)) < open_cycle]
         self.carry = pairs[(pairs % (1 << 40)) >= open_cycle]
@@ -178,6 +193,16 @@ class _Tracker:
         self.phase.close(self.n_cycles)
         for intervals in self.enables.values():
             intervals.close(self.n_cycles)
+
+
+def _add_windows(table: np.ndarray, rows: np.ndarray, windows: np.ndarray, amounts: np.ndarray) -> None:
+    """table[rows, windows] += amounts, summed by bincount over the windows this batch touches."""
+    if not len(rows):
+        return
+    first = int(windows.min())
+    span = int(windows.max()) - first + 1
+    sums = np.bincount(rows * span + (windows - first), weights=amounts, minlength=table.shape[0] * span)
+    table[:, first:first + span] += sums.reshape(table.shape[0], span).astype(np.int64)
 
 
 def measure(design: Design, window: int = 64, chunk_bytes: int = CHUNK_BYTES) -> Activity:

@@ -275,6 +275,8 @@ class _Scanner:
         self.first_time = np.full(len(header.codes), -1, np.int64) if track_first else None
         self.first_state = np.full(total, X, np.uint8) if track_first else None
         self.closed_at: int | None = None
+        # Whether each Batch needs its per-change toggle counts (someone consumes the batches).
+        self.per_change = True
         self.time: int | None = None
         self.last_dumpoff: int | None = None
         self.warnings: list[str] = []
@@ -498,8 +500,8 @@ class _Scanner:
         changed = np.empty((n, w), bool)
         np.not_equal(new[1:], new[:-1], out=changed[1:])
         changed[heads] = new[heads] != old_heads
-        toggles[rows] = np.count_nonzero(changed, axis=1)
-        xz[rows] = 0
+        if self.per_change:
+            toggles[rows] = np.count_nonzero(changed, axis=1)
         held = np.zeros(n, np.float64)
         held[:-1] = when[1:] - when[:-1]
         held[tails] = 0
@@ -620,6 +622,7 @@ def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
         if counts is not None:
             return counts
     scanner = _Scanner(path, header, {c: np.asarray(b, np.int64) for c, b in (watch or {}).items()})
+    scanner.per_change = on_batch is not None
     _read_range(scanner, path, header.body_offset, size, chunk_bytes, on_batch, close=True)
     return _counts(scanner, header, size)
 
@@ -681,6 +684,7 @@ def _read_part(path: Path, start: int, end: int, chunk_bytes: int, last: bool) -
     header = read_header(path)
     first = start == header.body_offset
     scanner = _Scanner(path, header, {}, track_first=not first)
+    scanner.per_change = False
     with open(path, "rb") as f:
         f.seek(header.body_offset)
         scanner.line += sum(f.read(min(chunk_bytes, start - pos)).count(b"\n")
