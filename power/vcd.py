@@ -34,6 +34,9 @@ CHUNK_BYTES = 1 << 22
 # A body this large is read in parts by several processes at once (see scan); two cores give 1.8x.
 PARALLEL_MIN_BYTES = 1 << 25
 MAX_WORKERS = 4
+# Parts per process: parts of equal bytes take unequal times, so each process takes the next part
+# when it is free.
+PARTS_PER_WORKER = 1
 # Counts take about 50 bytes per bit of every variable: these bounds keep a hostile or corrupt header
 # from asking for more memory than a workstation has, with a message instead of a MemoryError.
 MAX_VAR_BITS = 1 << 20
@@ -474,7 +477,7 @@ class _Scanner:
         index = (base[heads][:, None] + bit[None, :]).reshape(-1)
         old_heads = self.state[index].reshape(len(heads), w)
         since = self.since[code[heads]]
-        if top <= ONE and old_heads.max(initial=ZERO) <= ONE and int(when[-1]) - int(since.min()) < _EXACT_FLOAT:
+        if top <= ONE and int(when[-1]) - int(since.min()) < _EXACT_FLOAT:
             self._count_two_state(w, rows, new, heads, tails, when, old_heads, since, index, toggles, xz)
         else:
             self._count_any_state(w, rows, code, new, head, heads, tails, when, old_heads, since, index, toggles, xz)
@@ -489,31 +492,38 @@ class _Scanner:
             watched[int(c)] = (when[sel], new[sel][:, w - 1 - self.watch[int(c)]])
 
     def _count_two_state(self, w, rows, new, heads, tails, when, old_heads, since, index, toggles, xz) -> None:
-        """Every bit of the group is 0 or 1 before and after each change: the common case, counted as
-        sums over each code's rows, with no per-changed-bit index lists.
+        """Every bit of the group is 0 or 1 after each change (before the first, it may be anything):
+        the common case, counted as sums over each code's rows, with no per-changed-bit index lists.
 
-        A bit's rises and falls alternate, so with T changes and first and last states a and b,
-        rises = (T + b - a) / 2 and falls = (T - b + a) / 2; its time at 1 is the sum over the rows of
-        the row's new state times how long it held (to the code's next change), plus the old state
-        held from `since` to the first change."""
+        A bit's rises and falls alternate, so with T changes between 0 and 1 and first and last
+        states a and b, rises = (T + b - a) / 2 and falls = (T - b + a) / 2; its time at 1 is the sum
+        over the rows of the row's new state times how long it held (to the code's next change), plus
+        the old state held from `since` to the first change. An old x or z makes the first change an
+        x/z change and its held time x/z time."""
         n = len(new)
+        known = old_heads <= ONE
         changed = np.empty((n, w), bool)
         np.not_equal(new[1:], new[:-1], out=changed[1:])
-        changed[heads] = new[heads] != old_heads
+        changed[heads] = (new[heads] != old_heads) & known
         if self.per_change:
             toggles[rows] = np.count_nonzero(changed, axis=1)
+            xz[rows.start + heads] = w - np.count_nonzero(known, axis=1)
         held = np.zeros(n, np.float64)
         held[:-1] = when[1:] - when[:-1]
         held[tails] = 0
         flips = (_segment_sums(heads, np.ones(n)) @ changed.view(np.uint8)).astype(np.int64)
         ones = (_segment_sums(heads, held) @ new).astype(np.int64)
-        ones += old_heads * (when[heads] - since)[:, None]
+        before = (when[heads] - since)[:, None]
+        ones += (old_heads == ONE) * before
+        unknown = ~known * before
         span = (when[tails] - since)[:, None]
-        net = new[tails].astype(np.int64) - old_heads
+        net = new[tails].astype(np.int64) - np.where(known, old_heads, new[heads])
         self.rise[index] += ((flips + net) // 2).reshape(-1)
         self.fall[index] += ((flips - net) // 2).reshape(-1)
+        self.xz[index] += (~known).reshape(-1)
         self.t[1][index] += ones.reshape(-1)
-        self.t[0][index] += (span - ones).reshape(-1)
+        self.t[2][index] += unknown.reshape(-1)
+        self.t[0][index] += (span - ones - unknown).reshape(-1)
 
     def _count_any_state(self, w, rows, code, new, head, heads, tails, when, old_heads, since, index, toggles,
                          xz) -> None:
@@ -680,15 +690,12 @@ def _split_points(path: Path, header: Header, size: int, parts: int) -> list[int
 
 def _read_part(path: Path, start: int, end: int, chunk_bytes: int, last: bool) -> tuple[_Scanner | None, str | None]:
     """One process's part: the scanner after reading start..end from all-x (the first part from the
-    dump's beginning, as one reader would); a failure comes back as its message."""
+    dump's beginning, as one reader would); a failure comes back as its message. Line numbers count
+    from the part's start: a later part with a warning or an error is read again by one reader."""
     header = read_header(path)
     first = start == header.body_offset
     scanner = _Scanner(path, header, {}, track_first=not first)
     scanner.per_change = False
-    with open(path, "rb") as f:
-        f.seek(header.body_offset)
-        scanner.line += sum(f.read(min(chunk_bytes, start - pos)).count(b"\n")
-                            for pos in range(header.body_offset, start, chunk_bytes))
     try:
         _read_range(scanner, path, start, end, chunk_bytes, None, close=last)
     except VcdError as error:
@@ -700,11 +707,11 @@ def _read_part(path: Path, start: int, end: int, chunk_bytes: int, last: bool) -
 def _scan_parallel(path: Path, header: Header, size: int, workers: int, chunk_bytes: int) -> Counts | None:
     """Counts of the dump read in parts by `workers` processes, or None where one reader must read it
     (no place to cut, a part that fails on its own, or time going back across a cut)."""
-    points = _split_points(path, header, size, workers)
+    points = _split_points(path, header, size, workers * PARTS_PER_WORKER)
     if len(points) < 3:
         return None
     spans = list(zip(points[:-1], points[1:]))
-    with ProcessPoolExecutor(len(spans), mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(min(workers, len(spans)), mp_context=multiprocessing.get_context("fork")) as pool:
         parts = list(pool.map(_read_part, [path] * len(spans), [s for s, _ in spans], [e for _, e in spans],
                               [chunk_bytes] * len(spans), [k == len(spans) - 1 for k in range(len(spans))]))
     if any(error is not None for _, error in parts):
@@ -724,8 +731,10 @@ def _merge(a: _Scanner, b: _Scanner, header: Header) -> bool:
     those out and counts the change and the held time from a's state instead."""
     if b.begin is None:
         return True
-    if a.begin is None or (a.time is not None and b.begin < a.time):
-        return False  # the dump's beginning lies in b (a holds nothing), or time goes back across the cut
+    if a.begin is None or (a.time is not None and b.begin < a.time) or b.warnings:
+        # The dump's beginning lies in b (a holds nothing), time goes back across the cut, or b has a
+        # warning whose line number counts from the cut.
+        return False
     code_of_bit = np.repeat(np.arange(len(header.codes)), header.widths)
     seen = b.first_time >= 0
     changed = seen[code_of_bit]
@@ -747,6 +756,5 @@ def _merge(a: _Scanner, b: _Scanner, header: Header) -> bool:
     a.state = np.where(changed, b.state, a.state)
     a.since = np.where(seen, b.since, a.since) if end is None else np.full_like(a.since, end)
     a.time = b.time if b.time is not None else a.time
-    a.warnings += b.warnings
     a.last_dumpoff = b.last_dumpoff if b.last_dumpoff is not None else a.last_dumpoff
     return True
