@@ -16,7 +16,7 @@ import numpy as np
 
 from hpu.errors import InputError
 from power.design import Design
-from power.vcd import CHUNK_BYTES, ONE, Batch, Counts, VcdError, scan
+from power.vcd import CHUNK_BYTES, ONE, PARALLEL_MIN_BYTES, Batch, Counts, VcdError, scan
 
 
 @dataclass
@@ -205,12 +205,15 @@ def _add_windows(table: np.ndarray, rows: np.ndarray, windows: np.ndarray, amoun
     table[:, first:first + span] += sums.reshape(table.shape[0], span).astype(np.int64)
 
 
-def measure(design: Design, window: int = 64, chunk_bytes: int = CHUNK_BYTES) -> Activity:
-    """Stream `design.vcd` once: per-bit counts and per-instance activity per cycle."""
+def measure(design: Design, window: int = 64, chunk_bytes: int = CHUNK_BYTES, workers: int | None = None,
+            parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> Activity:
+    """Stream `design.vcd` once: per-bit counts and per-instance activity per cycle (`workers` and
+    `parallel_min_bytes` as for `power.vcd.scan`)."""
     if window < 1:
         raise InputError(f"--window {window}: a window must be at least 1 cycle")
     tracker = _Tracker(design, window)
-    counts = scan(design.vcd, tracker.batch, watch=design.watch, chunk_bytes=chunk_bytes)
+    counts = scan(design.vcd, tracker.batch, watch=design.watch, chunk_bytes=chunk_bytes, workers=workers,
+                  parallel_min_bytes=parallel_min_bytes)
     tracker.finish()
     n = tracker.n_cycles
     if n < 2:

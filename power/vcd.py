@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +32,11 @@ import scipy.sparse
 from hpu.errors import InputError
 
 CHUNK_BYTES = 1 << 22
-# A body this large is read in parts by several processes at once (see scan); two cores give 1.8x.
+# A body this large is read in parts by several processes at once (see scan).
 PARALLEL_MIN_BYTES = 1 << 25
 MAX_WORKERS = 4
-# Parts per process: parts of equal bytes take unequal times, so each process takes the next part
-# when it is free.
-PARTS_PER_WORKER = 1
+# The largest part one process reads: bounds the batches held in memory at once.
+PART_BYTES = 1 << 24
 # Counts take about 50 bytes per bit of every variable: these bounds keep a hostile or corrupt header
 # from asking for more memory than a workstation has, with a message instead of a MemoryError.
 MAX_VAR_BITS = 1 << 20
@@ -273,7 +273,7 @@ class _Scanner:
         self.t = np.zeros((3, total), np.int64)
         self.changes = np.zeros(len(header.codes), np.int64)
         self.watch = watch
-        # A part of a dump read in parallel (see _scan_parallel) starts with every bit x; its first
+        # A part of a dump read in parallel (see _read_parallel) starts with every bit x; its first
         # change of each code is recorded so that the merge can count it from the true state.
         self.first_time = np.full(len(header.codes), -1, np.int64) if track_first else None
         self.first_state = np.full(total, X, np.uint8) if track_first else None
@@ -617,23 +617,24 @@ def _chunk_end(buf: bytes) -> int:
 def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
          watch: dict[int, list[int]] | None = None, chunk_bytes: int = CHUNK_BYTES, workers: int | None = None,
          parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> Counts:
-    """Read a whole dump, handing each chunk's Batch to `on_batch`; returns the per-bit totals.
+    """Read a whole dump, handing each chunk's Batch to `on_batch` in order; returns the per-bit totals.
 
     `watch` maps codes to bit indices whose states each Batch reports (for clocks and enables).
-    Without `on_batch`, a body of at least `parallel_min_bytes` is read in `workers` parts at once
-    (default: one per CPU, at most MAX_WORKERS), each part by its own process; the counts are the
-    same as one reader's."""
+    A body of at least `parallel_min_bytes` is read in parts by `workers` processes at once
+    (default: one per CPU, at most MAX_WORKERS); the counts and batches are one reader's."""
     path = Path(path)
     header = read_header(path)
     size = path.stat().st_size
     workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
-    if on_batch is None and workers > 1 and size - header.body_offset >= parallel_min_bytes:
-        counts = _scan_parallel(path, header, size, workers, chunk_bytes)
-        if counts is not None:
-            return counts
-    scanner = _Scanner(path, header, {c: np.asarray(b, np.int64) for c, b in (watch or {}).items()})
-    scanner.per_change = on_batch is not None
-    _read_range(scanner, path, header.body_offset, size, chunk_bytes, on_batch, close=True)
+    watch_bits = {c: np.asarray(b, np.int64) for c, b in (watch or {}).items()}
+    scanner, start = None, header.body_offset
+    if workers > 1 and size - header.body_offset >= parallel_min_bytes:
+        scanner, start = _read_parallel(path, header, size, workers, chunk_bytes, on_batch, watch_bits)
+    if scanner is None:
+        scanner = _Scanner(path, header, watch_bits)
+        scanner.per_change = on_batch is not None
+    if start is not None:
+        _read_range(scanner, path, start, size, chunk_bytes, on_batch, close=True)
     return _counts(scanner, header, size)
 
 
@@ -688,53 +689,110 @@ def _split_points(path: Path, header: Header, size: int, parts: int) -> list[int
     return points + [size]
 
 
-def _read_part(path: Path, start: int, end: int, chunk_bytes: int, last: bool) -> tuple[_Scanner | None, str | None]:
+_FORKED_HEADER: Header | None = None
+
+
+def _read_part(path: Path, start: int, end: int, chunk_bytes: int, last: bool, watch: dict[int, np.ndarray],
+               per_change: bool) -> tuple[_Scanner | None, list[Batch], str | None]:
     """One process's part: the scanner after reading start..end from all-x (the first part from the
-    dump's beginning, as one reader would); a failure comes back as its message. Line numbers count
-    from the part's start: a later part with a warning or an error is read again by one reader."""
-    header = read_header(path)
-    first = start == header.body_offset
-    scanner = _Scanner(path, header, {}, track_first=not first)
-    scanner.per_change = False
+    dump's beginning, as one reader would) and the part's batches; a failure comes back as its
+    message. Line numbers count from the part's start: the parent re-reads a later part that warns."""
+    header = _FORKED_HEADER if _FORKED_HEADER is not None else read_header(path)
+    scanner = _Scanner(path, header, watch, track_first=start != header.body_offset)
+    scanner.per_change = per_change
+    batches: list[Batch] = []
     try:
-        _read_range(scanner, path, start, end, chunk_bytes, None, close=last)
+        _read_range(scanner, path, start, end, chunk_bytes, batches.append if per_change else None, close=last)
     except VcdError as error:
-        return None, str(error)
+        return None, [], str(error)
     scanner.states = scanner.tail_padded = None
-    return scanner, None
+    return scanner, batches, None
 
 
-def _scan_parallel(path: Path, header: Header, size: int, workers: int, chunk_bytes: int) -> Counts | None:
-    """Counts of the dump read in parts by `workers` processes, or None where one reader must read it
-    (no place to cut, a part that fails on its own, or time going back across a cut)."""
-    points = _split_points(path, header, size, workers * PARTS_PER_WORKER)
+def _read_parallel(path: Path, header: Header, size: int, workers: int, chunk_bytes: int,
+                   on_batch: Callable[[Batch], None] | None,
+                   watch: dict[int, np.ndarray]) -> tuple[_Scanner | None, int | None]:
+    """Read the dump in parts, at most `workers` + 1 of them in flight (memory stays bounded), folding
+    each into the dump so far in order and handing its batches on. Returns the reader of the dump so
+    far and where one reader must go on (None: the dump is read whole), at the first part that fails
+    alone (e.g. a cut inside a `$comment`: the error comes from one reader), warns, or finds time
+    going back across its cut."""
+    parts = max(workers, -(-(size - header.body_offset) // PART_BYTES))
+    points = _split_points(path, header, size, parts)
     if len(points) < 3:
-        return None
+        return None, header.body_offset
     spans = list(zip(points[:-1], points[1:]))
-    with ProcessPoolExecutor(min(workers, len(spans)), mp_context=multiprocessing.get_context("fork")) as pool:
-        parts = list(pool.map(_read_part, [path] * len(spans), [s for s, _ in spans], [e for _, e in spans],
-                              [chunk_bytes] * len(spans), [k == len(spans) - 1 for k in range(len(spans))]))
-    if any(error is not None for _, error in parts):
-        return None
-    merged = parts[0][0]
-    for part, _ in parts[1:]:
-        if not _merge(merged, part, header):
-            return None
-    return _counts(merged, header, size)
+    merged = None
+    global _FORKED_HEADER
+    _FORKED_HEADER = header  # the workers, forked now, inherit the parsed header
+    try:
+        pool = ProcessPoolExecutor(min(workers, len(spans)), mp_context=multiprocessing.get_context("fork"))
+        pool.submit(int).result()
+    finally:
+        _FORKED_HEADER = None
+    try:
+        pending: deque = deque()
+        queued = iter(spans)
+
+        def submit() -> None:
+            span = next(queued, None)
+            if span is not None:
+                pending.append(pool.submit(_read_part, path, span[0], span[1], chunk_bytes, span == spans[-1], watch,
+                                           on_batch is not None))
+
+        for _ in range(workers + 1):
+            submit()
+        for index in range(len(spans)):
+            part, batches, error = pending.popleft().result()
+            submit()
+            if error is not None or (merged is not None and not _mergeable(merged, part)):
+                return merged, spans[index][0]
+            if merged is None:
+                merged = part
+            else:
+                _fix_first_changes(merged, part, batches, header)
+                _merge(merged, part, header)
+            for batch in (batches if on_batch is not None else ()):
+                on_batch(batch)
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return merged, None
 
 
-def _merge(a: _Scanner, b: _Scanner, header: Header) -> bool:
+def _mergeable(a: _Scanner, b: _Scanner) -> bool:
+    """Whether part `b` folds into `a` exactly: not when the dump's beginning lies in b (a holds
+    nothing), time goes back across the cut, or b warned (its line numbers count from the cut)."""
+    return b.begin is None or (a.begin is not None and (a.time is None or b.begin >= a.time) and not b.warnings)
+
+
+def _fix_first_changes(a: _Scanner, b: _Scanner, batches: list[Batch], header: Header) -> None:
+    """Part b's batches counted each code's first change from x: count it from a's state instead."""
+    code_of_bit = np.repeat(np.arange(len(header.codes)), header.widths)
+    transition = a.state.astype(np.int64) * 4 + b.first_state
+    toggled = _IS_TOGGLE[transition]
+    codes = len(header.codes)
+    toggles = np.bincount(code_of_bit, weights=toggled, minlength=codes).astype(np.int64)
+    xz = np.bincount(code_of_bit, weights=(a.state != b.first_state) & (toggled == 0), minlength=codes).astype(np.int64)
+    done = np.zeros(codes, bool)
+    for batch in batches:
+        code, row = np.unique(batch.code, return_index=True)
+        fresh = ~done[code]
+        batch.toggles[row[fresh]] = toggles[code[fresh]]
+        batch.xz[row[fresh]] = xz[code[fresh]]
+        done[code] = True
+
+
+def _merge(a: _Scanner, b: _Scanner, header: Header) -> None:
     """Fold part `b` (read from all-x, starting at its first timestamp) into `a` (the dump up to it).
 
     Part b counted its first change of each code as a change from x, and x held from its beginning to
     that change (to its end for a code it never changed, if it is the dump's last part); the fold takes
     those out and counts the change and the held time from a's state instead."""
+    a.line += b.line - header.body_line
     if b.begin is None:
-        return True
-    if a.begin is None or (a.time is not None and b.begin < a.time) or b.warnings:
-        # The dump's beginning lies in b (a holds nothing), time goes back across the cut, or b has a
-        # warning whose line number counts from the cut.
-        return False
+        if b.closed_at is not None:
+            a.close()
+        return
     code_of_bit = np.repeat(np.arange(len(header.codes)), header.widths)
     seen = b.first_time >= 0
     changed = seen[code_of_bit]
@@ -757,4 +815,3 @@ def _merge(a: _Scanner, b: _Scanner, header: Header) -> bool:
     a.since = np.where(seen, b.since, a.since) if end is None else np.full_like(a.since, end)
     a.time = b.time if b.time is not None else a.time
     a.last_dumpoff = b.last_dumpoff if b.last_dumpoff is not None else a.last_dumpoff
-    return True

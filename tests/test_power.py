@@ -392,6 +392,13 @@ def test_activity_does_not_depend_on_where_chunks_end(tmp_path):
         assert (a.cycles, a.active.tolist(), a.enabled_cycles) == (whole.cycles, whole.active.tolist(),
                                                                    whole.enabled_cycles), chunk
         assert np.array_equal(a.window_toggles, whole.window_toggles), chunk
+    # Nor on where the dump is cut into parts read by several processes.
+    for workers in (2, 3, 5):
+        a = activity.measure(d, window=5, chunk_bytes=16, workers=workers, parallel_min_bytes=0)
+        for field in ("active", "active_in_phase", "window_toggles", "signal_window_toggles", "window_active"):
+            assert np.array_equal(getattr(a, field), getattr(whole, field)), (workers, field)
+        assert (a.cycles, a.enabled_cycles, a.phase_cycles) == (whole.cycles, whole.enabled_cycles, whole.phase_cycles)
+        assert_same_counts(a.counts, whole.counts)
 
 
 def test_saif_round_trip(tiny, tmp_path):
