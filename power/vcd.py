@@ -35,7 +35,7 @@ CHUNK_BYTES = 1 << 22
 # A body this large is read in parts by several processes at once (see scan).
 PARALLEL_MIN_BYTES = 1 << 25
 MAX_WORKERS = 4
-# The largest part one process reads: bounds the batches held in memory at once.
+# The largest part one process reads while a consumer takes the batches: bounds the batches held at once.
 PART_BYTES = 1 << 24
 # Counts take about 50 bytes per bit of every variable: these bounds keep a hostile or corrupt header
 # from asking for more memory than a workstation has, with a message instead of a MemoryError.
@@ -717,7 +717,9 @@ def _read_parallel(path: Path, header: Header, size: int, workers: int, chunk_by
     far and where one reader must go on (None: the dump is read whole), at the first part that fails
     alone (e.g. a cut inside a `$comment`: the error comes from one reader), warns, or finds time
     going back across its cut."""
-    parts = max(workers, -(-(size - header.body_offset) // PART_BYTES))
+    # Plain counting holds nothing per part, so one part per process loses least to cuts; batches
+    # for a consumer are held until folded, so their parts stay small.
+    parts = workers if on_batch is None else max(workers, -(-(size - header.body_offset) // PART_BYTES))
     points = _split_points(path, header, size, parts)
     if len(points) < 3:
         return None, header.body_offset
