@@ -32,9 +32,9 @@ class MacLane(wiring.Component):
     acc : Out(ArrayLayout(signed(acc_bits), head_dim // lanes))
 
     Cycle behaviour: operands presented with ``valid`` in cycle t are added into
-    ``acc[chunk]`` at the end of t. The inputs come straight from registers of the
-    MAC array (the value element from the value buffer's read port), so the lane
-    needs no operand registers of its own.
+    ``acc[chunk]`` at the end of t. Every input comes from the MAC array's operand
+    registers, which hold still between kept keys, so the lane needs no operand
+    registers of its own.
     """
 
     def __init__(self, cfg: HPUConfig):
