@@ -83,7 +83,97 @@ class Activity:
         return 1.0 - active / total if total else float("nan")
 
 
+@dataclass
+class CycleBatch:
+    """One Batch reduced to clock cycles where it is read (in a worker process, for a dump read in
+    parts), counted from the batch's own rising edges: column 0 is the time before its first edge
+    (cycle -1: the cycle still open from the batch before), column k the cycle its k-th edge starts."""
+
+    rises: np.ndarray                  # times of the rising clock edges
+    clock_after: int | None            # the clock's state after the batch (None: it did not change)
+    assumed_first_rise: bool           # the first edge rose from a state the reader did not know (a part's start)
+    first_time: int | None
+    last_time: int | None
+    unit_toggles: np.ndarray           # (instances, edges + 1) toggles
+    unit_active: np.ndarray            # (instances, edges + 1) any toggle
+    code: np.ndarray                   # the toggling changes: identifier code, cycle (-1 ..), toggles
+    cycle: np.ndarray
+    toggles: np.ndarray
+    watched: dict[int, tuple[np.ndarray, np.ndarray]]
+    first_code: np.ndarray             # a part's first change of each code in this batch, and its cycle
+    first_cycle: np.ndarray
+
+
+class CycleReducer:
+    """Reduces Batches to CycleBatches (see power.vcd.Reducer): per instance and cycle of the batch,
+    toggles and activity; per toggling change, its code and cycle."""
+
+    def __init__(self, design: Design):
+        self.design = design
+
+    def part(self, from_start: bool):
+        d = self.design
+        units, codes = len(d.units), len(d.header.codes)
+        clock_state = [2]   # unknown until the part's first clock change
+        seen = None if from_start else np.zeros(codes, bool)
+
+        def reduce(b: Batch) -> CycleBatch:
+            rises, assumed, after = np.zeros(0, np.int64), False, None
+            if d.clock in b.watched:
+                times, states = b.watched[d.clock]
+                states = states[:, 0]
+                before = np.concatenate(([clock_state[0]], states[:-1]))
+                # Verilog's posedge: into 1 from 0, x or z.
+                rising = (before != ONE) & (states == ONE)
+                rises = times[rising]
+                assumed = bool(clock_state[0] == 2 and rising[0])
+                clock_state[0] = after = int(states[-1])
+            cycle = np.searchsorted(rises, b.time, side="right") - 1
+            toggled = np.flatnonzero(b.toggles > 0)
+            code, cyc, tog = b.code[toggled], cycle[toggled], b.toggles[toggled]
+            columns = len(rises) + 1
+            unit_toggles = np.zeros((units, columns), np.int64)
+            unit_active = np.zeros((units, columns), bool)
+            _spread(d, code, cyc, tog, unit_toggles, unit_active)
+            first_code = first_cycle = np.zeros(0, np.int64)
+            if seen is not None and len(b.code):
+                present, row = np.unique(b.code, return_index=True)
+                fresh = ~seen[present]
+                first_code, first_cycle = present[fresh], cycle[row[fresh]]
+                seen[present] = True
+            return CycleBatch(rises, after, assumed, int(b.time.min()) if len(b.time) else None,
+                              int(b.time.max()) if len(b.time) else None, unit_toggles, unit_active,
+                              code, cyc, tog, {c: w for c, w in b.watched.items() if c != d.clock},
+                              first_code, first_cycle)
+
+        return reduce
+
+    def fix_first(self, cb: CycleBatch, toggles: np.ndarray) -> None:
+        moved = toggles[cb.first_code] > 0
+        code, cyc = cb.first_code[moved], cb.first_cycle[moved]
+        tog = toggles[code]
+        _spread(self.design, code, cyc, tog, cb.unit_toggles, cb.unit_active)
+        cb.code, cb.cycle, cb.toggles = (np.concatenate((cb.code, code)), np.concatenate((cb.cycle, cyc)),
+                                         np.concatenate((cb.toggles, tog)))
+
+
+def _spread(d: Design, code: np.ndarray, cycle: np.ndarray, toggles: np.ndarray, unit_toggles: np.ndarray,
+            unit_active: np.ndarray) -> None:
+    """Adds each change's toggles to every instance its code reaches, in column cycle + 1."""
+    lo, hi = d.unit_ptr[code], d.unit_ptr[code + 1]
+    reach = hi - lo
+    rows = np.repeat(np.arange(len(code)), reach)
+    units = d.unit_idx[np.repeat(lo, reach) + (np.arange(len(rows)) - np.repeat(np.cumsum(reach) - reach, reach))]
+    columns = unit_toggles.shape[1]
+    cell = units * columns + cycle[rows] + 1
+    unit_toggles += np.bincount(cell, weights=toggles[rows], minlength=unit_toggles.size).reshape(
+        unit_toggles.shape).astype(np.int64)
+    unit_active.reshape(-1)[cell] = True
+
+
 class _Tracker:
+    """Folds the CycleBatches of a dump, in order, into per-instance counts over absolute cycles."""
+
     def __init__(self, design: Design, window: int):
         self.design = design
         self.window = window
@@ -95,7 +185,7 @@ class _Tracker:
         self.window_toggles = np.zeros((units, 16), np.int64)
         self.signal_window_toggles = np.zeros((len(design.header.codes), 16), np.int64)
         self.window_active = np.zeros((units, 16), np.int64)
-        self.carry = np.zeros(0, np.int64)
+        self.open = np.zeros(units, bool)  # the instances active so far in the last cycle, still open
         self.phase = Intervals()
         self.enables = {key: Intervals() for key in design.enables}
         self.last_time = None
@@ -112,30 +202,31 @@ class _Tracker:
                 grown[:, :old.shape[1]] = old
                 setattr(self, name, grown)
 
-    def batch(self, b: Batch) -> None:
+    def batch(self, b: CycleBatch) -> None:
         d = self.design
-        if len(b.time) and self.last_time is not None and b.time.min() < self.last_time:
+        if b.first_time is not None and self.last_time is not None and b.first_time < self.last_time:
             raise VcdError(d.vcd, None, "time goes backwards in the dump: activity per clock cycle needs ordered time")
-        if len(b.time):
-            self.last_time = int(b.time.max())
-        rises = np.zeros(0, np.int64)
-        if d.clock in b.watched:
-            times, states = b.watched[d.clock]
-            states = states[:, 0]
-            before = np.concatenate(([self.clock_state], states[:-1]))
-            # Verilog's posedge: into 1 from 0, x or z.
-            rises = times[(before != ONE) & (states == ONE)]
-            self.clock_state = int(states[-1])
-            if len(rises):
-                self.first_rise = rises[0] if self.first_rise is None else self.first_rise
-                self.last_rise = rises[-1]
+        if b.last_time is not None:
+            self.last_time = b.last_time
+        rises, unit_toggles, unit_active, cycle = b.rises, b.unit_toggles, b.unit_active, b.cycle
+        if b.assumed_first_rise and self.clock_state == ONE:
+            # The reader of this part did not know the clock was already high: its first "edge" is none.
+            rises = rises[1:]
+            unit_toggles = np.concatenate((unit_toggles[:, :2].sum(axis=1, keepdims=True), unit_toggles[:, 2:]), axis=1)
+            unit_active = np.concatenate((unit_active[:, :2].any(axis=1, keepdims=True), unit_active[:, 2:]), axis=1)
+            cycle = np.maximum(cycle - 1, -1)
+        if b.clock_after is not None:
+            self.clock_state = b.clock_after
+        if len(rises):
+            self.first_rise = rises[0] if self.first_rise is None else self.first_rise
+            self.last_rise = rises[-1]
         base = self.n_cycles
+        edges = len(rises)
 
         def cycle_of(times: np.ndarray) -> np.ndarray:
             return base + np.searchsorted(rises, times, side="right") - 1
 
-        cycle = cycle_of(b.time)
-        self.n_cycles += len(rises)
+        self.n_cycles += edges
         self._grow(self.n_cycles)
         if d.phase is not None and d.phase in b.watched:
             times, states = b.watched[d.phase]
@@ -153,46 +244,48 @@ class _Tracker:
             if len(known):
                 last = states[known[-1]].tolist()
                 self.rows_delivered = sum(int(v) << bit for v, bit in zip(last, d.watch[d.rows_code]))
-        toggled = np.flatnonzero((b.toggles > 0) & (cycle >= 0))
-        code = b.code[toggled]
-        _add_windows(self.signal_window_toggles, code, cycle[toggled] // self.window, b.toggles[toggled])
-        lo, hi = d.unit_ptr[code], d.unit_ptr[code + 1]
-        reach = hi - lo
-        rows = np.repeat(np.arange(len(toggled)), reach)
-        units = d.unit_idx[np.repeat(lo, reach) + (np.arange(len(rows)) - np.repeat(np.cumsum(reach) - reach, reach))]
-        cycles = cycle[toggled][rows]
-        _add_windows(self.window_toggles, units, cycles // self.window, b.toggles[toggled][rows])
-        # Each (instance, cycle) with a toggle once: marked in a table over this batch's cycles (no
-        # sort); the cycle still open at the batch's end is carried to the next batch.
-        cycles = np.concatenate((self.carry % (1 << 40), cycles))
-        units = np.concatenate((self.carry // (1 << 40), units))
-        if len(cycles):
-            first = int(cycles.min())
-            span = int(cycles.max()) - first + 1
-            seen = np.zeros(len(self.design.units) * span, bool)
-            seen[units * span + (cycles - first)] = True
-            cell = np.flatnonzero(seen)
-            pairs = (cell // span) * (1 << 40) + first + cell % span
-        else:
-            pairs = self.carry
-        open_cycle = self.n_cycles - 1
-        done = pairs[(pairs % (1 << 40)) < open_cycle]
-        self.carry = pairs[(pairs % (1 << 40)) >= open_cycle]
-        self._settle(done)
 
-    def _settle(self, pairs: np.ndarray) -> None:
-        units, cycles = pairs // (1 << 40), pairs % (1 << 40)
+        # Column k is absolute cycle base - 1 + k; before the dump's first edge there is no cycle.
+        absolute = base - 1 + np.arange(edges + 1)
+        inside = absolute >= 0
+        keep = cycle + base >= 0
+        _add_windows(self.signal_window_toggles, b.code[keep], (cycle[keep] + base) // self.window, b.toggles[keep])
+        _add_columns(self.window_toggles, unit_toggles[:, inside], absolute[inside] // self.window)
+        if inside[0]:
+            self.open |= unit_active[:, 0]
+        if edges:
+            # The open cycle and every cycle this batch starts, but its last, are complete.
+            if inside[0]:
+                self._settle(np.concatenate((self.open[:, None], unit_active[:, 1:edges]), axis=1), base - 1)
+            else:
+                self._settle(unit_active[:, 1:edges], base)
+            self.open = unit_active[:, edges].copy()
+
+    def _settle(self, done: np.ndarray, first: int) -> None:
+        """Counts the instances active in cycles first .. first + done.shape[1] - 1."""
+        if not done.shape[1]:
+            return
+        cycles = first + np.arange(done.shape[1])
         in_phase = self.phase.at(cycles, 0 if self.design.phase is not None else 1)
-        np.add.at(self.active, units, 1)
-        np.add.at(self.active_in_phase, units, in_phase)
-        np.add.at(self.window_active, (units, cycles // self.window), 1)
+        self.active += done.sum(axis=1)
+        self.active_in_phase += done.astype(np.int64) @ in_phase
+        _add_columns(self.window_active, done.astype(np.int64), cycles // self.window)
 
     def finish(self) -> None:
-        self._settle(self.carry)
-        self.carry = np.zeros(0, np.int64)
+        if self.n_cycles:
+            self._settle(self.open[:, None], self.n_cycles - 1)
+        self.open[:] = False
         self.phase.close(self.n_cycles)
         for intervals in self.enables.values():
             intervals.close(self.n_cycles)
+
+
+def _add_columns(table: np.ndarray, columns: np.ndarray, windows: np.ndarray) -> None:
+    """table[:, windows[k]] += columns[:, k] (windows ascending)."""
+    if not columns.shape[1]:
+        return
+    bounds = np.concatenate(([0], np.flatnonzero(np.diff(windows)) + 1))
+    table[:, windows[bounds]] += np.add.reduceat(columns, bounds, axis=1)
 
 
 def _add_windows(table: np.ndarray, rows: np.ndarray, windows: np.ndarray, amounts: np.ndarray) -> None:
@@ -213,7 +306,7 @@ def measure(design: Design, window: int = 64, chunk_bytes: int = CHUNK_BYTES, wo
         raise InputError(f"--window {window}: a window must be at least 1 cycle")
     tracker = _Tracker(design, window)
     counts = scan(design.vcd, tracker.batch, watch=design.watch, chunk_bytes=chunk_bytes, workers=workers,
-                  parallel_min_bytes=parallel_min_bytes)
+                  parallel_min_bytes=parallel_min_bytes, reducer=CycleReducer(design))
     tracker.finish()
     n = tracker.n_cycles
     if n < 2:

@@ -24,7 +24,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import scipy.sparse
@@ -149,6 +149,20 @@ class Counts:
     def bits(self, code: int) -> slice:
         offsets = self.header.bit_offsets
         return slice(int(offsets[code]), int(offsets[code + 1]))
+
+
+class Reducer(Protocol):
+    """Turns each Batch into what its consumer needs where the batch is read, so that a dump read in
+    parts by several processes sends back that (small) summary instead of every change.
+
+    `part(from_start)` gives the function that reduces one reader's batches in order (a part that does
+    not start at the dump's beginning starts from all-x); `fix_first(reduced, toggles)` adds, for each
+    code whose first change in such a part the reduced batch holds, the toggles that change really
+    made (`toggles[code]`, counted from the state the part started in): from x it counted none."""
+
+    def part(self, from_start: bool) -> Callable[[Batch], Any]: ...
+
+    def fix_first(self, reduced: Any, toggles: np.ndarray) -> None: ...
 
 
 def _header_tokens(data: bytes) -> Iterator[tuple[bytes, int, int]]:
@@ -614,10 +628,11 @@ def _chunk_end(buf: bytes) -> int:
     return max(buf.rfind(b"\n"), buf.rfind(b" ")) + 1 or -1
 
 
-def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
+def scan(path: Path | str, on_batch: Callable[[Any], None] | None = None,
          watch: dict[int, list[int]] | None = None, chunk_bytes: int = CHUNK_BYTES, workers: int | None = None,
-         parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> Counts:
-    """Read a whole dump, handing each chunk's Batch to `on_batch` in order; returns the per-bit totals.
+         parallel_min_bytes: int = PARALLEL_MIN_BYTES, reducer: Reducer | None = None) -> Counts:
+    """Read a whole dump, handing each chunk's Batch (or what `reducer` makes of it) to `on_batch` in
+    order; returns the per-bit totals.
 
     `watch` maps codes to bit indices whose states each Batch reports (for clocks and enables).
     A body of at least `parallel_min_bytes` is read in parts by `workers` processes at once
@@ -629,12 +644,18 @@ def scan(path: Path | str, on_batch: Callable[[Batch], None] | None = None,
     watch_bits = {c: np.asarray(b, np.int64) for c, b in (watch or {}).items()}
     scanner, start = None, header.body_offset
     if workers > 1 and size - header.body_offset >= parallel_min_bytes:
-        scanner, start = _read_parallel(path, header, size, workers, chunk_bytes, on_batch, watch_bits)
+        scanner, start = _read_parallel(path, header, size, workers, chunk_bytes, on_batch, watch_bits, reducer)
     if scanner is None:
         scanner = _Scanner(path, header, watch_bits)
         scanner.per_change = on_batch is not None
     if start is not None:
-        _read_range(scanner, path, start, size, chunk_bytes, on_batch, close=True)
+        # One reader from here on: from the dump's beginning, or from where the parts left off (the
+        # state so far is the true one, so its batches need no fixing).
+        consume = on_batch
+        if on_batch is not None and reducer is not None:
+            reduce = reducer.part(from_start=True)
+            consume = lambda batch: on_batch(reduce(batch))  # noqa: E731
+        _read_range(scanner, path, start, size, chunk_bytes, consume, close=True)
     return _counts(scanner, header, size)
 
 
@@ -689,20 +710,27 @@ def _split_points(path: Path, header: Header, size: int, parts: int) -> list[int
     return points + [size]
 
 
-_FORKED_HEADER: Header | None = None
+# What the workers, forked when a parallel read starts, inherit instead of receiving it pickled.
+_FORKED: tuple[Header, Reducer | None] | None = None
 
 
 def _read_part(path: Path, start: int, end: int, chunk_bytes: int, last: bool, watch: dict[int, np.ndarray],
-               per_change: bool) -> tuple[_Scanner | None, list[Batch], str | None]:
+               per_change: bool) -> tuple[_Scanner | None, list, str | None]:
     """One process's part: the scanner after reading start..end from all-x (the first part from the
-    dump's beginning, as one reader would) and the part's batches; a failure comes back as its
-    message. Line numbers count from the part's start: the parent re-reads a later part that warns."""
-    header = _FORKED_HEADER if _FORKED_HEADER is not None else read_header(path)
-    scanner = _Scanner(path, header, watch, track_first=start != header.body_offset)
+    dump's beginning, as one reader would) and the part's batches (reduced, with a reducer); a
+    failure comes back as its message. Line numbers count from the part's start: the parent re-reads
+    a later part that warns."""
+    header, reducer = _FORKED if _FORKED is not None else (read_header(path), None)
+    from_start = start == header.body_offset
+    scanner = _Scanner(path, header, watch, track_first=not from_start)
     scanner.per_change = per_change
-    batches: list[Batch] = []
+    batches: list = []
+    keep = batches.append
+    if reducer is not None:
+        reduce = reducer.part(from_start)
+        keep = lambda batch: batches.append(reduce(batch))  # noqa: E731
     try:
-        _read_range(scanner, path, start, end, chunk_bytes, batches.append if per_change else None, close=last)
+        _read_range(scanner, path, start, end, chunk_bytes, keep if per_change else None, close=last)
     except VcdError as error:
         return None, [], str(error)
     scanner.states = scanner.tail_padded = None
@@ -710,8 +738,8 @@ def _read_part(path: Path, start: int, end: int, chunk_bytes: int, last: bool, w
 
 
 def _read_parallel(path: Path, header: Header, size: int, workers: int, chunk_bytes: int,
-                   on_batch: Callable[[Batch], None] | None,
-                   watch: dict[int, np.ndarray]) -> tuple[_Scanner | None, int | None]:
+                   on_batch: Callable[[Any], None] | None, watch: dict[int, np.ndarray],
+                   reducer: Reducer | None) -> tuple[_Scanner | None, int | None]:
     """Read the dump in parts, at most `workers` + 1 of them in flight (memory stays bounded), folding
     each into the dump so far in order and handing its batches on. Returns the reader of the dump so
     far and where one reader must go on (None: the dump is read whole), at the first part that fails
@@ -725,13 +753,13 @@ def _read_parallel(path: Path, header: Header, size: int, workers: int, chunk_by
         return None, header.body_offset
     spans = list(zip(points[:-1], points[1:]))
     merged = None
-    global _FORKED_HEADER
-    _FORKED_HEADER = header  # the workers, forked now, inherit the parsed header
+    global _FORKED
+    _FORKED = (header, reducer if on_batch is not None else None)
     try:
         pool = ProcessPoolExecutor(min(workers, len(spans)), mp_context=multiprocessing.get_context("fork"))
         pool.submit(int).result()
     finally:
-        _FORKED_HEADER = None
+        _FORKED = None
     try:
         pending: deque = deque()
         queued = iter(spans)
@@ -752,7 +780,7 @@ def _read_parallel(path: Path, header: Header, size: int, workers: int, chunk_by
             if merged is None:
                 merged = part
             else:
-                _fix_first_changes(merged, part, batches, header)
+                _fix_first_changes(merged, part, batches, header, reducer)
                 _merge(merged, part, header)
             for batch in (batches if on_batch is not None else ()):
                 on_batch(batch)
@@ -767,13 +795,17 @@ def _mergeable(a: _Scanner, b: _Scanner) -> bool:
     return b.begin is None or (a.begin is not None and (a.time is None or b.begin >= a.time) and not b.warnings)
 
 
-def _fix_first_changes(a: _Scanner, b: _Scanner, batches: list[Batch], header: Header) -> None:
+def _fix_first_changes(a: _Scanner, b: _Scanner, batches: list, header: Header, reducer: Reducer | None) -> None:
     """Part b's batches counted each code's first change from x: count it from a's state instead."""
     code_of_bit = np.repeat(np.arange(len(header.codes)), header.widths)
     transition = a.state.astype(np.int64) * 4 + b.first_state
     toggled = _IS_TOGGLE[transition]
     codes = len(header.codes)
     toggles = np.bincount(code_of_bit, weights=toggled, minlength=codes).astype(np.int64)
+    if reducer is not None:
+        for reduced in batches:
+            reducer.fix_first(reduced, toggles)
+        return
     xz = np.bincount(code_of_bit, weights=(a.state != b.first_state) & (toggled == 0), minlength=codes).astype(np.int64)
     done = np.zeros(codes, bool)
     for batch in batches:

@@ -401,6 +401,24 @@ def test_activity_does_not_depend_on_where_chunks_end(tmp_path):
         assert_same_counts(a.counts, whole.counts)
 
 
+def test_parts_that_start_with_the_clock_high_count_no_extra_edge(tmp_path):
+    """A part's reader does not know the clock's state: a part whose first clock change writes the 1
+    the clock already held (a redundant `1!`, as a `$dumpall` writes) must not start a cycle."""
+    body = TINY_BODY.replace("#25 0!", "#22 1!\n#25 0!").replace("#65 0!", "#62 1! 1#\n#65 0!")
+    (tmp_path / "manifest.json").write_text(json.dumps(TINY_MANIFEST))
+    (tmp_path / "nets.json").write_text(json.dumps(TINY_NETS))
+    d = design.load(write_vcd(tmp_path, body, TINY_DEFS), tmp_path / "manifest.json")
+    whole = activity.measure(d, window=5)
+    assert whole.cycles == 10
+    for workers in (2, 3, 5, 7):
+        for chunk in (8, 16, 40):
+            a = activity.measure(d, window=5, chunk_bytes=chunk, workers=workers, parallel_min_bytes=0)
+            for field in ("active", "active_in_phase", "window_toggles", "signal_window_toggles", "window_active"):
+                assert np.array_equal(getattr(a, field), getattr(whole, field)), (workers, chunk, field)
+            assert (a.cycles, a.enabled_cycles, a.phase_cycles) == (whole.cycles, whole.enabled_cycles,
+                                                                     whole.phase_cycles), (workers, chunk)
+
+
 def test_saif_round_trip(tiny, tmp_path):
     counts = scan(tiny.vcd)
     path = saif.write(counts, tmp_path / "tiny.saif", design="t")
