@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse
 
 from hpu.errors import InputError
 from power.design import Design
@@ -94,8 +95,7 @@ class CycleBatch:
     assumed_first_rise: bool           # the first edge rose from a state the reader did not know (a part's start)
     first_time: int | None
     last_time: int | None
-    unit_toggles: np.ndarray           # (instances, edges + 1) toggles
-    unit_active: np.ndarray            # (instances, edges + 1) any toggle
+    unit_toggles: np.ndarray           # (instances, edges + 1) toggles (active: any)
     code: np.ndarray                   # the toggling changes: identifier code, cycle (-1 ..), toggles
     cycle: np.ndarray
     toggles: np.ndarray
@@ -110,10 +110,15 @@ class CycleReducer:
 
     def __init__(self, design: Design):
         self.design = design
+        # (codes x instances): code c reaches the instances unit_idx[unit_ptr[c]:unit_ptr[c + 1]].
+        codes = len(design.header.codes)
+        self.reach = scipy.sparse.csr_matrix(
+            (np.ones(len(design.unit_idx), np.int64), design.unit_idx, design.unit_ptr),
+            shape=(codes, len(design.units)))
 
     def part(self, from_start: bool):
         d = self.design
-        units, codes = len(d.units), len(d.header.codes)
+        codes = len(d.header.codes)
         clock_state = [2]   # unknown until the part's first clock change
         seen = None if from_start else np.zeros(codes, bool)
 
@@ -130,11 +135,10 @@ class CycleReducer:
                 clock_state[0] = after = int(states[-1])
             cycle = np.searchsorted(rises, b.time, side="right") - 1
             toggled = np.flatnonzero(b.toggles > 0)
-            code, cyc, tog = b.code[toggled], cycle[toggled], b.toggles[toggled]
-            columns = len(rises) + 1
-            unit_toggles = np.zeros((units, columns), np.int64)
-            unit_active = np.zeros((units, columns), bool)
-            _spread(d, code, cyc, tog, unit_toggles, unit_active)
+            code = b.code[toggled].astype(np.int32)
+            cyc = cycle[toggled].astype(np.int32)
+            tog = b.toggles[toggled].astype(np.int32)
+            unit_toggles = self._spread(code, cyc, tog, len(rises) + 1)
             first_code = first_cycle = np.zeros(0, np.int64)
             if seen is not None and len(b.code):
                 present, row = np.unique(b.code, return_index=True)
@@ -142,7 +146,7 @@ class CycleReducer:
                 first_code, first_cycle = present[fresh], cycle[row[fresh]]
                 seen[present] = True
             return CycleBatch(rises, after, assumed, int(b.time.min()) if len(b.time) else None,
-                              int(b.time.max()) if len(b.time) else None, unit_toggles, unit_active,
+                              int(b.time.max()) if len(b.time) else None, unit_toggles,
                               code, cyc, tog, {c: w for c, w in b.watched.items() if c != d.clock},
                               first_code, first_cycle)
 
@@ -152,23 +156,17 @@ class CycleReducer:
         moved = toggles[cb.first_code] > 0
         code, cyc = cb.first_code[moved], cb.first_cycle[moved]
         tog = toggles[code]
-        _spread(self.design, code, cyc, tog, cb.unit_toggles, cb.unit_active)
-        cb.code, cb.cycle, cb.toggles = (np.concatenate((cb.code, code)), np.concatenate((cb.cycle, cyc)),
-                                         np.concatenate((cb.toggles, tog)))
+        cb.unit_toggles += self._spread(code, cyc, tog, cb.unit_toggles.shape[1])
+        cb.code, cb.cycle, cb.toggles = (np.concatenate((cb.code, code.astype(np.int32))),
+                                         np.concatenate((cb.cycle, cyc.astype(np.int32))),
+                                         np.concatenate((cb.toggles, tog.astype(np.int32))))
 
-
-def _spread(d: Design, code: np.ndarray, cycle: np.ndarray, toggles: np.ndarray, unit_toggles: np.ndarray,
-            unit_active: np.ndarray) -> None:
-    """Adds each change's toggles to every instance its code reaches, in column cycle + 1."""
-    lo, hi = d.unit_ptr[code], d.unit_ptr[code + 1]
-    reach = hi - lo
-    rows = np.repeat(np.arange(len(code)), reach)
-    units = d.unit_idx[np.repeat(lo, reach) + (np.arange(len(rows)) - np.repeat(np.cumsum(reach) - reach, reach))]
-    columns = unit_toggles.shape[1]
-    cell = units * columns + cycle[rows] + 1
-    unit_toggles += np.bincount(cell, weights=toggles[rows], minlength=unit_toggles.size).reshape(
-        unit_toggles.shape).astype(np.int64)
-    unit_active.reshape(-1)[cell] = True
+    def _spread(self, code: np.ndarray, cycle: np.ndarray, toggles: np.ndarray, columns: int) -> np.ndarray:
+        """(instances, columns): each change's toggles added, in column cycle + 1, to every instance its
+        code reaches."""
+        per_code = scipy.sparse.csr_matrix((toggles.astype(np.int64), (cycle + 1, code)),
+                                           shape=(columns, self.reach.shape[0]))
+        return np.asarray((per_code @ self.reach).T.todense())
 
 
 class _Tracker:
@@ -208,13 +206,13 @@ class _Tracker:
             raise VcdError(d.vcd, None, "time goes backwards in the dump: activity per clock cycle needs ordered time")
         if b.last_time is not None:
             self.last_time = b.last_time
-        rises, unit_toggles, unit_active, cycle = b.rises, b.unit_toggles, b.unit_active, b.cycle
+        rises, unit_toggles, cycle = b.rises, b.unit_toggles, b.cycle
         if b.assumed_first_rise and self.clock_state == ONE:
             # The reader of this part did not know the clock was already high: its first "edge" is none.
             rises = rises[1:]
             unit_toggles = np.concatenate((unit_toggles[:, :2].sum(axis=1, keepdims=True), unit_toggles[:, 2:]), axis=1)
-            unit_active = np.concatenate((unit_active[:, :2].any(axis=1, keepdims=True), unit_active[:, 2:]), axis=1)
             cycle = np.maximum(cycle - 1, -1)
+        unit_active = unit_toggles > 0
         if b.clock_after is not None:
             self.clock_state = b.clock_after
         if len(rises):

@@ -287,6 +287,7 @@ class _Scanner:
         self.t = np.zeros((3, total), np.int64)
         self.changes = np.zeros(len(header.codes), np.int64)
         self.watch = watch
+        self.watch_codes = np.fromiter(watch, np.int64, len(watch))
         # A part of a dump read in parallel (see _read_parallel) starts with every bit x; its first
         # change of each code is recorded so that the merge can count it from the true state.
         self.first_time = np.full(len(header.codes), -1, np.int64) if track_first else None
@@ -501,9 +502,10 @@ class _Scanner:
             self.first_state[index.reshape(len(heads), w)[fresh]] = new[heads[fresh]]
         self.state[index] = new[tails].reshape(-1)
         self.since[code[tails]] = when[tails]
-        for c in np.intersect1d(code[heads], np.fromiter(self.watch, np.int64, len(self.watch))):
-            sel = np.flatnonzero(code == c)
-            watched[int(c)] = (when[sel], new[sel][:, w - 1 - self.watch[int(c)]])
+        # A code's changes are one run of rows (heads[k] .. tails[k]).
+        for k in np.flatnonzero(np.isin(code[heads], self.watch_codes)):
+            c, run = int(code[heads[k]]), slice(int(heads[k]), int(tails[k]) + 1)
+            watched[c] = (when[run], new[run][:, w - 1 - self.watch[c]])
 
     def _count_two_state(self, w, rows, new, heads, tails, when, old_heads, since, index, toggles, xz) -> None:
         """Every bit of the group is 0 or 1 after each change (before the first, it may be anything):
