@@ -7,10 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The CPU build of torch; an unpinned torch would pull a CUDA build of several GB.
 TORCH  := torch==2.13.0
+CELLS  := build/cells/osu018
 
 .PHONY: setup test test-all fuzz demo quality bench clean iverilog
 
-setup: $(STAMP) iverilog
+setup: $(STAMP) iverilog $(CELLS)/osu018_stdcells.lib
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,23 @@ iverilog:
 		exit 1; \
 	fi; \
 	command -v iverilog >/dev/null 2>&1 || { echo "apt-get did not provide iverilog; install Icarus Verilog by hand"; exit 1; }
+
+# The OSU 0.18 um standard cells (Liberty with power tables, Verilog models), for gate-level power:
+# Debian's qflow-tech-osu018, unpacked without its dependencies. GPL: fetched here, never committed.
+$(CELLS)/osu018_stdcells.lib:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "fetching the OSU 0.18 um cells (apt-get download qflow-tech-osu018)"; \
+		rm -rf build/cells/.fetch && mkdir -p build/cells/.fetch && cd build/cells/.fetch && \
+		{ apt-get download -qq qflow-tech-osu018 2>/dev/null || { apt-get update -qq && apt-get download -qq qflow-tech-osu018; }; } && \
+		dpkg-deb -x qflow-tech-osu018_*.deb unpacked && \
+		rm -rf ../osu018 && cp -r unpacked/usr/share/qflow/tech/osu018 ../osu018 && cd .. && rm -rf .fetch; \
+	else \
+		echo "The OSU 0.18 um cell library is missing. On Debian or Ubuntu, as root:"; \
+		echo "  apt-get download qflow-tech-osu018 && dpkg-deb -x qflow-tech-osu018_*.deb x"; \
+		echo "  mkdir -p build/cells && cp -r x/usr/share/qflow/tech/osu018 build/cells/osu018"; \
+		exit 1; \
+	fi
+	@test -f $@ || { echo "apt-get did not provide qflow-tech-osu018; fetch it by hand (see above)"; exit 1; }
 
 test: setup
 	$(BIN)/python -m pytest -n 2 -q
