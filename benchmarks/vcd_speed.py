@@ -13,7 +13,8 @@ gate held open so every lane works) under Icarus. Then, with the page cache warm
 - Python iterating over the file's lines: the I/O bound of any line-based reader;
 - the slow vcdvcd-based reference (`power/reference.py`), whose counts ours must equal exactly.
 
-MB/s are file megabytes (10**6 bytes) per second of the best of --repeat runs.
+MB/s are file megabytes (10**6 bytes) per second of the best of --repeat runs, taken in rounds
+(each round times every reader once) so that they share the machine's conditions.
 """
 
 from __future__ import annotations
@@ -116,9 +117,15 @@ def main() -> None:
     }
     if manifest is not None:
         readers["power_full_analysis"] = (args.repeat, lambda: activity.measure(design.load(vcd, manifest)))
-    results, outputs = {}, {}
-    for name, (repeat, fn) in readers.items():
-        seconds, outputs[name] = best_of(repeat, fn)
+    # Round after round, every reader once per round (the repeated ones in every round, the others in
+    # the first only), so that a machine whose speed drifts during the run treats them all alike.
+    results, outputs, best = {}, {}, {}
+    for round_ in range(max(repeat for repeat, _ in readers.values())):
+        for name, (repeat, fn) in readers.items():
+            if round_ < repeat:
+                seconds, outputs[name] = best_of(1, fn)
+                best[name] = min(seconds, best.get(name, seconds))
+    for name, seconds in best.items():
         results[name] = {"seconds": seconds, "mb_per_s": megabytes / seconds}
         print(f"{name:26} {megabytes / seconds:8.1f} MB/s  ({seconds:.2f} s)", flush=True)
     ours, reference = outputs["power_vcd_scan"], outputs["vcdvcd_reference_counts"]
