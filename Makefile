@@ -9,9 +9,9 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 CELLS  := build/cells/osu018
 
-.PHONY: setup test test-all fuzz demo quality bench clean iverilog
+.PHONY: setup test test-all fuzz demo quality bench clean iverilog opensta
 
-setup: $(STAMP) iverilog $(CELLS)/osu018_stdcells.lib
+setup: $(STAMP) iverilog opensta $(CELLS)/osu018_stdcells.lib
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,20 +20,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test,tools,bench]" "$(TORCH)"
 	touch $(STAMP)
 
-# Icarus Verilog is a system package: install it where we can, else say exactly what to do.
-iverilog:
-	@command -v iverilog >/dev/null 2>&1 && exit 0; \
+# System packages: installed with apt-get where we can (root on Debian/Ubuntu), else make stops and
+# says exactly what to install. $(call system_tool,COMMAND,PACKAGE,NAME,OTHER SYSTEMS' HINTS)
+define system_tool
+	@command -v $(1) >/dev/null 2>&1 && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Icarus Verilog (apt-get install iverilog)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog >/dev/null; \
+		echo "installing $(3) (apt-get install $(2))"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	else \
-		echo "Icarus Verilog is missing. Install it, then run make again:"; \
-		echo "  Debian/Ubuntu: sudo apt-get install -y iverilog"; \
-		echo "  Fedora:        sudo dnf install -y iverilog"; \
-		echo "  macOS:         brew install icarus-verilog"; \
+		echo "$(3) is missing. Install it, then run make again:"; \
+		echo "  Debian/Ubuntu: sudo apt-get install -y $(2)"; \
+		$(4) \
 		exit 1; \
 	fi; \
-	command -v iverilog >/dev/null 2>&1 || { echo "apt-get did not provide iverilog; install Icarus Verilog by hand"; exit 1; }
+	command -v $(1) >/dev/null 2>&1 || { echo "apt-get did not provide $(1); install $(3) by hand"; exit 1; }
+endef
+
+# Icarus Verilog: the default simulator.
+iverilog:
+	$(call system_tool,iverilog,iverilog,Icarus Verilog,echo "  Fedora:        sudo dnf install -y iverilog"; echo "  macOS:         brew install icarus-verilog";)
+
+# OpenSTA writes the SDF delays of gate-level simulation (Debian's 2019 build).
+opensta:
+	$(call system_tool,sta,opensta,OpenSTA,echo "  elsewhere: build it from https://github.com/The-OpenROAD-Project/OpenSTA";)
 
 # The OSU 0.18 um standard cells (Liberty with power tables, Verilog models), for gate-level power:
 # Debian's qflow-tech-osu018, unpacked without its dependencies. GPL: fetched here, never committed.

@@ -92,6 +92,7 @@ class Energy:
     internal: np.ndarray
     switching: np.ndarray
     leakage: np.ndarray
+    clock_pins: np.ndarray      # the part of `internal` drawn by clock pins (a flip-flop's CLK)
     slews: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     @property
@@ -128,7 +129,7 @@ def estimate(netlist: Netlist, library: Library, activity: dict[int, tuple[int, 
         return activity.get(net, (0, 0)) if net is not None else (0, 0)
 
     n = len(netlist.instances)
-    internal, switching = np.zeros(n), np.zeros(n)
+    internal, switching, clock_pins = np.zeros(n), np.zeros(n), np.zeros(n)
     for k, inst in enumerate(netlist.instances):
         for pin_name, net in inst.pins.items():
             pin = inst.cell.pins.get(pin_name)
@@ -152,16 +153,20 @@ def estimate(netlist: Netlist, library: Library, activity: dict[int, tuple[int, 
                         internal[k] += w * falls * _slew_at(arc.fall, c_fall, slew)
             elif pin.direction == "input":
                 s_rise, s_fall = slews.get(net, (input_slew, input_slew))
+                drawn = 0.0
                 for arc in pin.power:
                     if arc.related:
                         continue
                     if arc.rise is not None:
-                        internal[k] += rises * _slew_at(arc.rise, 0.0, s_rise)
+                        drawn += rises * _slew_at(arc.rise, 0.0, s_rise)
                     if arc.fall is not None:
-                        internal[k] += falls * _slew_at(arc.fall, 0.0, s_fall)
+                        drawn += falls * _slew_at(arc.fall, 0.0, s_fall)
+                internal[k] += drawn
+                if pin.clock:
+                    clock_pins[k] += drawn
     leakage = np.array([inst.cell.leakage * duration for inst in netlist.instances])
     return Energy([i.name for i in netlist.instances], [i.cell.name for i in netlist.instances],
-                  internal, switching, leakage, slews)
+                  internal, switching, leakage, clock_pins, slews)
 
 
 def _propagate(netlist: Netlist, driver, loads, cap, input_slew: float) -> dict[int, tuple[float, float]]:

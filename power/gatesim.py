@@ -10,6 +10,7 @@ RTL activity model was charged for. The cell models are simulated without delays
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from hpu.errors import InputError
 from power import gatelevel, liberty
 from power.vcd import ONE, Counts, read_header, scan
-from rtl_gen.tools import iverilog, run_tool, yosys
+from rtl_gen.tools import iverilog, opensta, run_tool, yosys
 
 
 @dataclass
@@ -96,11 +97,28 @@ def stimulus(vcd: Path, scope: tuple[str, ...], inputs: dict[str, int], clock: s
     return np.stack(columns, axis=1) if columns else np.zeros((len(edges), 0), np.int64)
 
 
+def write_sdf(mapped: Mapped, period_ps: int, clock: str = "clk") -> Path:
+    """The cells' delays at their loads, from OpenSTA (Debian's 2019 build: it writes SDF but reads no
+    activity, so it is used for delays only). It writes min::max triples, which Icarus 11 ignores
+    without a word: they are rewritten as min:min:max."""
+    work = mapped.verilog.parent
+    script = (f"read_liberty cells.lib\nread_verilog {mapped.verilog.name}\nlink_design {mapped.top}\n"
+              f"create_clock -name {clock} -period {period_ps / 1000} [get_ports {clock}]\n"
+              "write_sdf delays.sdf\nexit\n")
+    (work / "sdf.tcl").write_text(script)
+    run_tool("OpenSTA (SDF)", [opensta(), "-no_splash", "-exit", "sdf.tcl"], log=work / "sdf.log", cwd=work,
+             failed=lambda done: done.returncode != 0 or not (work / "delays.sdf").exists())
+    sdf = work / "delays.sdf"
+    sdf.write_text(re.sub(r"\(([-0-9.]+)::([-0-9.]+)\)", r"(\1:\1:\2)", sdf.read_text()))
+    return sdf
+
+
 def replay(mapped: Mapped, cells_verilog: Path, stim: np.ndarray, period_ps: int, name: str = "replay",
-           reset: str = "rst", reset_cycles: int = 2) -> Path:
+           reset: str = "rst", reset_cycles: int = 2, sdf: Path | None = None) -> Path:
     """Runs the mapped netlist under Icarus on `stim` (one row per cycle, a column per input of
     `data_inputs(mapped)`), in the mapping's folder, and returns `name`.vcd: the dump of the unit's
-    own nets (its flip-flops cleared by `reset_cycles` cycles of `reset` first, not dumped)."""
+    own nets (its flip-flops cleared by `reset_cycles` cycles of `reset` first, not dumped). With
+    `sdf`, the cells' delays are annotated and simulated (inertial), so glitches appear in the dump."""
     work = mapped.verilog.parent
     names = list(data_inputs(mapped))
     widths = [mapped.inputs[n] for n in names]
@@ -126,6 +144,7 @@ module replay;
   integer k;
   {_escape(mapped.top)} dut ({ports});
   initial begin
+    {f'$sdf_annotate("{sdf.name}", dut);' if sdf is not None else ''}
     $readmemh("{name}.hex", stim);
     repeat ({reset_cycles}) begin #{half} clk = 1; #{half} clk = 0; end
     in_reset = 0;
@@ -141,8 +160,9 @@ module replay;
 endmodule
 """
     (work / f"{name}_bench.v").write_text(bench)
-    run_tool("Icarus (gate-level replay)", [iverilog(), "-g2005", "-o", f"{name}.vvp", f"{name}_bench.v",
-                                            mapped.verilog.name, str(cells_verilog.resolve())],
+    run_tool("Icarus (gate-level replay)", [iverilog(), "-g2005", *(["-gspecify"] if sdf is not None else []),
+                                            "-o", f"{name}.vvp", f"{name}_bench.v", mapped.verilog.name,
+                                            str(cells_verilog.resolve())],
              log=work / f"{name}_iverilog.log", cwd=work)
     run_tool("vvp (gate-level replay)", ["vvp", "-n", f"{name}.vvp"], log=work / f"{name}_vvp.log", cwd=work,
              failed=lambda done: done.returncode != 0 or not (work / f"{name}.vcd").exists())

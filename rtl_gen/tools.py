@@ -69,6 +69,14 @@ def yosys() -> list[str]:
     return [path]
 
 
+def opensta() -> str:
+    path = shutil.which("sta")
+    if not path:
+        raise ToolMissing("OpenSTA (sta) is not installed: run `make setup` as root, or `sudo apt-get install -y "
+                          "opensta` (Debian/Ubuntu); it writes the SDF delays of gate-level simulation")
+    return path
+
+
 def version_of(command: list[str]) -> str:
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=120)

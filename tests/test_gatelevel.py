@@ -122,6 +122,7 @@ def test_energy_of_a_hand_made_netlist(tiny):
     assert e.internal[by["u2"]] == pytest.approx((3 * 0.0268 + 3 * 0.0168) * PJ)
     # ff: Q 3 x 0.32 pJ; its clock pin 10 rises x 0.1 + 10 falls x 0.05 pJ (the D pin has no table)
     assert e.internal[by["ff"]] == pytest.approx((3 * 0.32 + 10 * 0.1 + 10 * 0.05) * PJ)
+    assert e.clock_pins[by["ff"]] == pytest.approx((10 * 0.1 + 10 * 0.05) * PJ) and e.clock_pins[by["u1"]] == 0
     # u3 at no load and 0.22 ns: rise 0.0244, fall 0.0144 pJ
     assert e.internal[by["u3"]] == pytest.approx((0.0244 + 2 * 0.0144) * PJ)
     # u4: two groups weighted by their inputs' transitions, a 6 and clk 20
@@ -180,7 +181,8 @@ def _distinct(values: np.ndarray) -> np.ndarray:
 def test_a_lane_replayed_at_gate_level_accumulates_as_its_rtl(tmp_path):
     """The small configuration's lane 0, mapped to the OSU 0.18 um cells and replayed under Icarus with
     the inputs it saw in an RTL run of 6 rows, takes the same accumulator values in the same order
-    (so the replay is aligned cycle for cycle), and its energy is mostly switching and internal."""
+    (so the replay is aligned cycle for cycle), without delays and with SDF delays; its energy is
+    mostly switching and internal, and the delays add glitches."""
     small = f"{REPO}/configs/small.toml"
     cfg = HPUConfig.load(small)
     assert main(["gen", "--config", small, "-o", str(tmp_path / "rtl")]) == 0
@@ -198,5 +200,12 @@ def test_a_lane_replayed_at_gate_level_accumulates_as_its_rtl(tmp_path):
     gate = _distinct(gatesim.stimulus(dump, ("replay", "dut"), accs))
     # The RTL dump ends in `$dumpoff` (every bit x, read as 0): one state more.
     assert len(gate) > 6 and np.array_equal(rtl[:-1], gate)
-    energy, _ = gatesim.energy(mapped, lib, dump)
+    energy, counts = gatesim.energy(mapped, lib, dump)
     assert energy.switching.sum() > 0 and energy.internal.sum() > 10 * energy.leakage.sum() > 0
+    # With OpenSTA's delays annotated: the same states, and glitches on top of the zero-delay toggles.
+    delayed = gatesim.replay(mapped, CELLS / "osu018_stdcells.v", stim, period_ps=10000, name="gated_sdf",
+                             sdf=gatesim.write_sdf(mapped, 10000))
+    assert np.array_equal(rtl[:-1], _distinct(gatesim.stimulus(delayed, ("replay", "dut"), accs)))
+    glitchy, more = gatesim.energy(mapped, lib, delayed)
+    assert (more.rise + more.fall).sum() > (counts.rise + counts.fall).sum()
+    assert glitchy.total.sum() > energy.total.sum()
