@@ -8,7 +8,7 @@ import pytest
 
 from hpu.cli import main
 from hpu.config import HPUConfig
-from power import gatelevel, gatesim, liberty
+from power import calibrate, gatelevel, gatesim, liberty
 
 from conftest import REPO
 
@@ -209,3 +209,25 @@ def test_a_lane_replayed_at_gate_level_accumulates_as_its_rtl(tmp_path):
     glitchy, more = gatesim.energy(mapped, lib, delayed)
     assert (more.rise + more.fall).sum() > (counts.rise + counts.fall).sum()
     assert glitchy.total.sum() > energy.total.sum()
+
+
+def test_calibration_fit_recovers_known_coefficients_and_reports_held_out_error(seed):
+    """Energies made from known coefficients are fitted back exactly, and predicted exactly for every
+    held-out workload; a workload that costs more than the others' coefficients say shows it in its
+    held-out error."""
+    rng = np.random.default_rng(seed)
+    workloads = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    x = rng.uniform(100, 1000, size=(8, 4))
+    cycles = rng.uniform(1000, 5000, size=8)
+    truth = np.array([30.0, 12.0, 5.0, 2.0])
+    y = 7.0 * cycles + x @ truth
+    assert calibrate.fit(x, y, cycles, 7.0) == pytest.approx(truth)
+    errors = calibrate.leave_one_workload_out(workloads, x, y, cycles, 7.0)
+    assert set(errors) == {"a", "b", "c", "d"} and max(abs(e) for v in errors.values() for e in v) < 1e-9
+    y[6:] *= 1.5   # workload d costs half as much again as the model says
+    errors = calibrate.leave_one_workload_out(workloads, x, y, cycles, 7.0)
+    assert all(e < -0.2 for e in errors["d"])
+    # Subtree features: toggles per class and enabled bit-cycles from power.json's instance entries.
+    subtree = [{"toggles_own": {"register": 3, "datapath": 5, "control": 1}, "energy_fJ_own": {"clock": 37.5}},
+               {"toggles_own": {"register": 1, "datapath": 0, "control": 0}, "energy_fJ_own": {"clock": 0.0}}]
+    assert calibrate.features(subtree, 1.875).tolist() == [4, 5, 1, 20]
