@@ -37,12 +37,17 @@ def run_tool(name: str, command: list[str], log: Path, cwd: str | Path | None = 
     return done
 
 
-def iverilog() -> str:
-    path = shutil.which("iverilog")
+def _system_tool(command: str, missing: str) -> str:
+    """A system package's command on PATH, or ToolMissing with what to install."""
+    path = shutil.which(command)
     if not path:
-        raise ToolMissing("Icarus Verilog (iverilog) is not installed: run `make setup` as root, or "
-                          "`sudo apt-get install -y iverilog` (Debian/Ubuntu), `brew install icarus-verilog` (macOS)")
+        raise ToolMissing(missing)
     return path
+
+
+def iverilog() -> str:
+    return _system_tool("iverilog", "Icarus Verilog (iverilog) is not installed: run `make setup` as root, or "
+                        "`sudo apt-get install -y iverilog` (Debian/Ubuntu), `brew install icarus-verilog` (macOS)")
 
 
 def verilator_env() -> tuple[str, dict]:
@@ -70,11 +75,8 @@ def yosys() -> list[str]:
 
 
 def opensta() -> str:
-    path = shutil.which("sta")
-    if not path:
-        raise ToolMissing("OpenSTA (sta) is not installed: run `make setup` as root, or `sudo apt-get install -y "
-                          "opensta` (Debian/Ubuntu); it writes the SDF delays of gate-level simulation")
-    return path
+    return _system_tool("sta", "OpenSTA (sta) is not installed: run `make setup` as root, or `sudo apt-get install -y "
+                        "opensta` (Debian/Ubuntu); it writes the SDF delays of gate-level simulation")
 
 
 def version_of(command: list[str]) -> str:
