@@ -101,10 +101,48 @@ def main() -> None:
     saving["rtl_model"] = {w: 1 - runs[f"{w}/gated"]["rtl_model_fJ"] / runs[f"{w}/dense"]["rtl_model_fJ"] for w in WORKLOADS}
     print("saving of the instance, gated vs dense:", json.dumps({k: {w: round(v, 3) for w, v in d.items()}
                                                                 for k, d in saving.items()}))
-    write(args.output, {"benchmark": "gate_lane", "instance": args.instance,
-                        "library": f"{lib.name} ({lib.voltage} V), Debian qflow-tech-osu018",
-                        "area_library_units": mapped.area, "clock_period_ps": PERIOD_PS, "runs": runs,
-                        "saving": saving, "calibration": calibration})
+    result = {"benchmark": "gate_lane", "instance": args.instance,
+              "library": f"{lib.name} ({lib.voltage} V), Debian qflow-tech-osu018",
+              "area_library_units": mapped.area, "clock_period_ps": PERIOD_PS, "runs": runs,
+              "saving": saving, "calibration": calibration}
+    write(args.output, result)
+    plot(result, Path(args.output).with_suffix(".png"))
+
+
+def plot(result: dict, path: Path, band: float = 0.15) -> None:
+    """Gate-level energy of each run against the calibrated RTL model's held-out prediction for it
+    (fitted without that run's workload), with the +-15% band of the target."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, label in zip(axes, ("sdf", "zero_delay")):
+        errors = result["calibration"][label]["held_out_relative_error"]
+        names, gate, predicted = [], [], []
+        for workload, errs in errors.items():
+            for run, err in zip(("gated", "dense"), errs):
+                y = result["runs"][f"{workload}/{run}"][label]["total_fJ"] / 1e6
+                names.append(f"{workload}\n{run}")
+                gate.append(y)
+                predicted.append(y * (1 + err))
+        x = np.arange(len(names))
+        ax.bar(x, gate, color="#9db4c0", label="gate level")
+        ax.errorbar(x, gate, yerr=[band * g for g in gate], fmt="none", ecolor="#555", capsize=4,
+                    label=f"+-{band:.0%} of gate level")
+        ax.scatter(x, predicted, color="#c0392b", zorder=3, label="calibrated RTL model, held out")
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_ylabel("energy of the lane (nJ)")
+        worst = result["calibration"][label]["held_out_worst_abs_error"]
+        ax.set_title(f"{result['instance']}, {'SDF delays' if label == 'sdf' else 'zero delay'}: worst held-out "
+                     f"error {worst:.1%}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    partial = path.with_name(path.stem + ".partial.png")
+    fig.savefig(partial, dpi=120)
+    plt.close(fig)
+    partial.rename(path)
+    print(f"wrote {path}")
 
 
 def _outputs_as_registers(mapped: gatesim.Mapped) -> dict[str, int]:
