@@ -29,13 +29,20 @@ TARGETS = {"hpu_saving_min": 0.40, "mac_proportionality_min": 0.95, "total_propo
            "lockstep_cycles_vs_before_max": 1.1, "area_nand2_max": 63982}
 
 
-def measure(cfg: HPUConfig, source: str, rows: int, work: Path, rtl: Path) -> dict:
-    out = work / source
-    summary = simulate(cfg, source, rows, Options(seed=1), Outputs(out / "summary.json", out / "gated.vcd"),
+def run_workload(cfg: HPUConfig, name: str, source: str, rows: int, options: Options, work: Path,
+                 rtl: Path) -> tuple[dict, dict]:
+    """Simulates `rows` rows of `source` gated and dense under Icarus (dumps in work/name) and reads
+    both dumps with `hpu power`; returns the simulation summary and power.json."""
+    out = work / name
+    summary = simulate(cfg, source, rows, options, Outputs(out / "summary.json", out / "gated.vcd"),
                        True, "icarus", work / "build", progress=False)
     analyze(Request(vcd=out / "gated.vcd", baseline=out / "gated_dense.vcd", manifest=rtl / "manifest.json",
                     summary=out / "summary.json"), out / "power", log=lambda *a, **k: None)
-    power = json.loads((out / "power" / "power.json").read_text())
+    return summary, json.loads((out / "power" / "power.json").read_text())
+
+
+def measure(cfg: HPUConfig, source: str, rows: int, work: Path, rtl: Path) -> dict:
+    summary, power = run_workload(cfg, source, source, rows, Options(seed=1), work, rtl)
     c, runs = power["comparison"], power["runs"]
     sims = summary["runs"]
     # Energy of the lanes per multiply-accumulate (one per kept key and chunk): the keys the gate

@@ -5,7 +5,7 @@ leave-one-workload-out errors.
     python -m benchmarks.gate_lane [--work build/dark_silicon] [--instance hpu.mac.lane0] [-o JSON]
 
 Takes the dumps and power reports `python -m benchmarks.dark_silicon` wrote for its three workloads
-(run it first), maps the instance to the OSU 0.18 um cells (`make` fetches them), writes its SDF
+(run it first) and simulates two more classes (adversarial rows, MiniLM rows with idle stretches), maps the instance to the OSU 0.18 um cells (`make` fetches them), writes its SDF
 delays with OpenSTA, and replays the instance's inputs from each RTL dump (gated and dense) under
 Icarus, without delays and with SDF delays (glitches), checking that the replay takes the RTL's
 accumulator states. An idle replay (inputs held) measures the per-cycle cost of doing nothing. The
@@ -22,12 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import write
+from benchmarks.dark_silicon import run_workload
+from hpu.config import HPUConfig
 from power import calibrate, gatesim, liberty
 from power.energy import EnergyTable
+from sim.job import Options
 
 CELLS = Path("build/cells/osu018")
 PERIOD_PS = 10000   # the harness's clock
 WORKLOADS = ("minilm", "minilm-long", "random")
+# Classes beyond benchmarks.dark_silicon's, simulated here when missing: adversarial rows, and the
+# demo's MiniLM rows with a host that idles half the cycles (idle stretches inside rows).
+EXTRA = {"adversarial": ("adversarial", 16, Options(seed=1)), "minilm-idle": ("minilm", 24, Options(seed=1, gaps=0.5))}
 IDLE_CYCLES = 2000
 
 
@@ -40,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("build/dark_silicon"), help="benchmarks.dark_silicon's folder")
     parser.add_argument("--instance", default="hpu.mac.lane0")
+    parser.add_argument("--config", default="configs/default.toml", help="the configuration dark_silicon ran")
     parser.add_argument("-o", "--output", default="benchmarks/results/gate_lane.json")
     args = parser.parse_args()
     lib = liberty.load(CELLS / "osu018_stdcells.lib")
@@ -51,8 +58,12 @@ def main() -> None:
     scope = ("hpu_harness", "dut") + tuple(args.instance.split(".")[1:])
     accs = _outputs_as_registers(mapped)
     clock_fJ = EnergyTable.load().clock_fj
+    cfg = HPUConfig.load(args.config)
+    for name, (source, count, options) in EXTRA.items():
+        if not (args.work / name / "power" / "power.json").exists():
+            run_workload(cfg, name, source, count, options, args.work, args.work / "rtl")
     runs, rows = {}, []
-    for workload in WORKLOADS:
+    for workload in (*WORKLOADS, *EXTRA):
         power = json.loads((args.work / workload / "power" / "power.json").read_text())
         for run, dump in (("gated", "gated.vcd"), ("dense", "gated_dense.vcd")):
             dump = args.work / workload / dump
@@ -96,9 +107,10 @@ def main() -> None:
         print(f"fit ({label}): idle {idle[label]:.1f} fJ/cycle, fJ per register/datapath/control toggle and enabled "
               f"bit-cycle {', '.join(f'{c:.1f}' for c in coefficients)}; held-out error by workload "
               f"{ {w: [round(e, 3) for e in v] for w, v in errors.items()} }, worst {worst:.3f}", flush=True)
+    every = (*WORKLOADS, *EXTRA)
     saving = {label: {w: 1 - runs[f"{w}/gated"][label]["total_fJ"] / runs[f"{w}/dense"][label]["total_fJ"]
-                      for w in WORKLOADS} for label in delays}
-    saving["rtl_model"] = {w: 1 - runs[f"{w}/gated"]["rtl_model_fJ"] / runs[f"{w}/dense"]["rtl_model_fJ"] for w in WORKLOADS}
+                      for w in every} for label in delays}
+    saving["rtl_model"] = {w: 1 - runs[f"{w}/gated"]["rtl_model_fJ"] / runs[f"{w}/dense"]["rtl_model_fJ"] for w in every}
     print("saving of the instance, gated vs dense:", json.dumps({k: {w: round(v, 3) for w, v in d.items()}
                                                                 for k, d in saving.items()}))
     result = {"benchmark": "gate_lane", "instance": args.instance,
@@ -116,7 +128,7 @@ def plot(result: dict, path: Path, band: float = 0.15) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, label in zip(axes, ("sdf", "zero_delay")):
         errors = result["calibration"][label]["held_out_relative_error"]
         names, gate, predicted = [], [], []
@@ -131,7 +143,7 @@ def plot(result: dict, path: Path, band: float = 0.15) -> None:
         ax.errorbar(x, gate, yerr=[band * g for g in gate], fmt="none", ecolor="#555", capsize=4,
                     label=f"+-{band:.0%} of gate level")
         ax.scatter(x, predicted, color="#c0392b", zorder=3, label="calibrated RTL model, held out")
-        ax.set_xticks(x, names, fontsize=8)
+        ax.set_xticks(x, [n.replace("\n", " ") for n in names], fontsize=7, rotation=40, ha="right")
         ax.set_ylabel("energy of the lane (nJ)")
         worst = result["calibration"][label]["held_out_worst_abs_error"]
         ax.set_title(f"{result['instance']}, {'SDF delays' if label == 'sdf' else 'zero delay'}: worst held-out "
