@@ -46,17 +46,18 @@ opensta:
 
 # The OSU 0.18 um standard cells (Liberty with power tables, Verilog models), for gate-level power:
 # Debian's qflow-tech-osu018, unpacked without its dependencies. GPL: fetched here, never committed.
+# (power/gatesim.py's CELLS names the same folder.)
 $(CELLS)/osu018_stdcells.lib:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "fetching the OSU 0.18 um cells (apt-get download qflow-tech-osu018)"; \
-		rm -rf build/cells/.fetch && mkdir -p build/cells/.fetch && cd build/cells/.fetch && \
+		rm -rf $(CELLS).fetch && mkdir -p $(CELLS).fetch && cd $(CELLS).fetch && \
 		{ apt-get download -qq qflow-tech-osu018 2>/dev/null || { apt-get update -qq && apt-get download -qq qflow-tech-osu018; }; } && \
-		dpkg-deb -x qflow-tech-osu018_*.deb unpacked && \
-		rm -rf ../osu018 && cp -r unpacked/usr/share/qflow/tech/osu018 ../osu018 && cd .. && rm -rf .fetch; \
+		dpkg-deb -x qflow-tech-osu018_*.deb unpacked && cd - >/dev/null && \
+		rm -rf $(CELLS) && cp -r $(CELLS).fetch/unpacked/usr/share/qflow/tech/osu018 $(CELLS) && rm -rf $(CELLS).fetch; \
 	else \
 		echo "The OSU 0.18 um cell library is missing. On Debian or Ubuntu, as root:"; \
 		echo "  apt-get download qflow-tech-osu018 && dpkg-deb -x qflow-tech-osu018_*.deb x"; \
-		echo "  mkdir -p build/cells && cp -r x/usr/share/qflow/tech/osu018 build/cells/osu018"; \
+		echo "  mkdir -p $(dir $(CELLS)) && cp -r x/usr/share/qflow/tech/osu018 $(CELLS)"; \
 		exit 1; \
 	fi
 	@test -f $@ || { echo "apt-get did not provide qflow-tech-osu018; fetch it by hand (see above)"; exit 1; }

@@ -28,18 +28,12 @@ from power import calibrate, gatesim, liberty
 from power.energy import EnergyTable
 from sim.job import Options
 
-CELLS = Path("build/cells/osu018")
-PERIOD_PS = 10000   # the harness's clock
 WORKLOADS = ("minilm", "minilm-long", "random")
 # Classes beyond benchmarks.dark_silicon's, simulated here when missing: adversarial rows, and the
 # demo's MiniLM rows with a host that idles half the cycles (idle stretches inside rows).
 EXTRA = {"adversarial": ("adversarial", 16, Options(seed=1)), "minilm-idle": ("minilm", 24, Options(seed=1, gaps=0.5))}
+RUNS = {"gated": "gated.vcd", "dense": "gated_dense.vcd"}
 IDLE_CYCLES = 2000
-
-
-def _distinct(values: np.ndarray) -> np.ndarray:
-    keep = np.concatenate(([True], (values[1:] != values[:-1]).any(axis=1)))
-    return values[keep]
 
 
 def main() -> None:
@@ -49,12 +43,10 @@ def main() -> None:
     parser.add_argument("--config", default="configs/default.toml", help="the configuration dark_silicon ran")
     parser.add_argument("-o", "--output", default="benchmarks/results/gate_lane.json")
     args = parser.parse_args()
-    lib = liberty.load(CELLS / "osu018_stdcells.lib")
-    cells_v = CELLS / "osu018_stdcells.v"
-    mapped = gatesim.map_to_cells(args.work / "rtl" / "hpu.v", args.instance, CELLS / "osu018_stdcells.lib",
+    lib = liberty.load(gatesim.CELLS_LIBERTY)
+    cells_v = gatesim.CELLS_VERILOG
+    mapped = gatesim.map_to_cells(args.work / "rtl" / "hpu.v", args.instance, gatesim.CELLS_LIBERTY,
                                   args.work / "gate" / args.instance)
-    sdf = gatesim.write_sdf(mapped, PERIOD_PS)
-    delays = {"zero_delay": None, "sdf": sdf}
     scope = ("hpu_harness", "dut") + tuple(args.instance.split(".")[1:])
     accs = _outputs_as_registers(mapped)
     clock_fJ = EnergyTable.load().clock_fj
@@ -62,43 +54,46 @@ def main() -> None:
     for name, (source, count, options) in EXTRA.items():
         if not (args.work / name / "power" / "power.json").exists():
             run_workload(cfg, name, source, count, options, args.work, args.work / "rtl")
-    runs, rows = {}, []
-    for workload in (*WORKLOADS, *EXTRA):
-        power = json.loads((args.work / workload / "power" / "power.json").read_text())
-        for run, dump in (("gated", "gated.vcd"), ("dense", "gated_dense.vcd")):
-            dump = args.work / workload / dump
-            stim = gatesim.stimulus(dump, scope, gatesim.data_inputs(mapped))
-            rtl_states = _distinct(gatesim.stimulus(dump, scope, accs))[:-1]   # the dump ends in $dumpoff
-            reports = power["runs"][run]["instances"]
-            subtree = [u for name, u in reports.items() if name == args.instance or name.startswith(args.instance + ".")]
-            x = calibrate.features(subtree, clock_fJ)
-            entry = runs[f"{workload}/{run}"] = {"cycles": len(stim), "rtl_model_fJ": reports[args.instance]["energy_fJ_subtree"],
-                                                 "rtl_features": dict(zip(calibrate.FEATURES, x.tolist()))}
-            for label, sdf_file in delays.items():
-                gate_dump = gatesim.replay(mapped, cells_v, stim, PERIOD_PS, name=f"{workload}_{run}_{label}", sdf=sdf_file)
-                energy, counts = gatesim.energy(mapped, lib, gate_dump)
-                if not np.array_equal(rtl_states, _distinct(gatesim.stimulus(gate_dump, ("replay", "dut"), accs))):
-                    raise SystemExit(f"{workload} {run} {label}: the replay did not take the RTL's accumulator states")
-                entry[label] = {"toggles": int((counts.rise + counts.fall).sum()),
-                                "internal_fJ": energy.internal.sum() * 1e15, "switching_fJ": energy.switching.sum() * 1e15,
-                                "leakage_fJ": energy.leakage.sum() * 1e15, "clock_pins_fJ": energy.clock_pins.sum() * 1e15,
-                                "total_fJ": energy.total.sum() * 1e15}
-            rows.append((workload, x, len(stim), entry["sdf"]["total_fJ"], entry["zero_delay"]["total_fJ"]))
-            print(f"{workload:12} {run:6} cycles {len(stim):6d}  RTL model {entry['rtl_model_fJ'] / 1e6:7.3f} nJ  gate "
-                  f"zero-delay {entry['zero_delay']['total_fJ'] / 1e6:8.3f} nJ  SDF {entry['sdf']['total_fJ'] / 1e6:8.3f} nJ "
-                  f"(clock pins {entry['sdf']['clock_pins_fJ'] / 1e6:7.3f})", flush=True)
+    workloads = (*WORKLOADS, *EXTRA)
+    stims = {(w, run): gatesim.stimulus(args.work / w / dump, scope, gatesim.data_inputs(mapped))
+             for w in workloads for run, dump in RUNS.items()}
+    period_ps = stims[(workloads[0], "gated")].period_ps
+    delays = {"zero_delay": None, "sdf": gatesim.write_sdf(mapped, period_ps)}
+    runs, features = {}, {}
+    for (workload, run), stim in stims.items():
+        dump = args.work / workload / RUNS[run]
+        rtl_states = gatesim.distinct_states(gatesim.stimulus(dump, scope, accs).values)[:-1]   # ends in $dumpoff
+        reports = json.loads((args.work / workload / "power" / "power.json").read_text())["runs"][run]["instances"]
+        subtree = [u for name, u in reports.items() if name == args.instance or name.startswith(args.instance + ".")]
+        features[(workload, run)] = calibrate.features(subtree, clock_fJ)
+        entry = runs[f"{workload}/{run}"] = {"cycles": len(stim.values),
+                                             "rtl_model_fJ": reports[args.instance]["energy_fJ_subtree"],
+                                             "rtl_features": dict(zip(calibrate.FEATURES, features[(workload, run)].tolist()))}
+        for label, sdf_file in delays.items():
+            gate_dump = gatesim.replay(mapped, cells_v, stim, name=f"{workload}_{run}_{label}", sdf=sdf_file)
+            energy, counts = gatesim.energy(mapped, lib, gate_dump)
+            gate_states = gatesim.distinct_states(gatesim.stimulus(gate_dump, ("replay", "dut"), accs).values)
+            if not np.array_equal(rtl_states, gate_states):
+                raise SystemExit(f"{workload} {run} {label}: the replay did not take the RTL's accumulator states")
+            entry[label] = {"toggles": int((counts.rise + counts.fall).sum()),
+                            "internal_fJ": energy.internal.sum() * 1e15, "switching_fJ": energy.switching.sum() * 1e15,
+                            "leakage_fJ": energy.leakage.sum() * 1e15, "clock_pins_fJ": energy.clock_pins.sum() * 1e15,
+                            "total_fJ": energy.total.sum() * 1e15}
+        print(f"{workload:12} {run:6} cycles {len(stim.values):6d}  RTL model {entry['rtl_model_fJ'] / 1e6:7.3f} nJ  gate "
+              f"zero-delay {entry['zero_delay']['total_fJ'] / 1e6:8.3f} nJ  SDF {entry['sdf']['total_fJ'] / 1e6:8.3f} nJ "
+              f"(clock pins {entry['sdf']['clock_pins_fJ'] / 1e6:7.3f})", flush=True)
     # Idle: every input held at 0 after the reset, measured on its own.
-    idle = {label: calibrate.replay_energy(mapped, lib, cells_v, np.zeros((IDLE_CYCLES, len(gatesim.data_inputs(mapped))),
-                                                                          np.int64), PERIOD_PS, f"idle_{label}", sdf_file)
-                   / IDLE_CYCLES for label, sdf_file in delays.items()}
-    workloads = [r[0] for r in rows]
-    x = np.array([r[1] for r in rows])
-    cycles = np.array([r[2] for r in rows], float)
+    held = gatesim.Stimulus(np.zeros((IDLE_CYCLES, len(gatesim.data_inputs(mapped))), np.int64), period_ps)
+    idle = {label: calibrate.replay_energy(mapped, lib, cells_v, held, f"idle_{label}", sdf_file) / IDLE_CYCLES
+            for label, sdf_file in delays.items()}
+    keys = list(stims)
+    x = np.array([features[k] for k in keys])
+    cycles = np.array([len(stims[k].values) for k in keys], float)
     calibration = {}
-    for k, label in enumerate(("sdf", "zero_delay")):
-        y = np.array([r[3 + k] for r in rows])
+    for label in ("sdf", "zero_delay"):
+        y = np.array([runs[f"{w}/{run}"][label]["total_fJ"] for w, run in keys])
         coefficients = calibrate.fit(x, y, cycles, idle[label])
-        errors = calibrate.leave_one_workload_out(workloads, x, y, cycles, idle[label])
+        errors = calibrate.leave_one_workload_out([w for w, _ in keys], x, y, cycles, idle[label])
         worst = max(abs(e) for errs in errors.values() for e in errs)
         calibration[label] = {"idle_fJ_per_cycle": idle[label],
                               "fJ_per": dict(zip(("register toggle", "datapath toggle", "control toggle",
@@ -107,15 +102,15 @@ def main() -> None:
         print(f"fit ({label}): idle {idle[label]:.1f} fJ/cycle, fJ per register/datapath/control toggle and enabled "
               f"bit-cycle {', '.join(f'{c:.1f}' for c in coefficients)}; held-out error by workload "
               f"{ {w: [round(e, 3) for e in v] for w, v in errors.items()} }, worst {worst:.3f}", flush=True)
-    every = (*WORKLOADS, *EXTRA)
     saving = {label: {w: 1 - runs[f"{w}/gated"][label]["total_fJ"] / runs[f"{w}/dense"][label]["total_fJ"]
-                      for w in every} for label in delays}
-    saving["rtl_model"] = {w: 1 - runs[f"{w}/gated"]["rtl_model_fJ"] / runs[f"{w}/dense"]["rtl_model_fJ"] for w in every}
+                      for w in workloads} for label in delays}
+    saving["rtl_model"] = {w: 1 - runs[f"{w}/gated"]["rtl_model_fJ"] / runs[f"{w}/dense"]["rtl_model_fJ"]
+                           for w in workloads}
     print("saving of the instance, gated vs dense:", json.dumps({k: {w: round(v, 3) for w, v in d.items()}
                                                                 for k, d in saving.items()}))
     result = {"benchmark": "gate_lane", "instance": args.instance,
               "library": f"{lib.name} ({lib.voltage} V), Debian qflow-tech-osu018",
-              "area_library_units": mapped.area, "clock_period_ps": PERIOD_PS, "runs": runs,
+              "area_library_units": mapped.area, "clock_period_ps": period_ps, "runs": runs,
               "saving": saving, "calibration": calibration}
     write(args.output, result)
     plot(result, Path(args.output).with_suffix(".png"))

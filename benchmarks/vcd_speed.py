@@ -69,13 +69,10 @@ def _lines(vcd: Path) -> int:
         return sum(1 for _ in f)
 
 
-def best_of(repeat: int, fn):
-    times, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 def hpu_dump(cfg: HPUConfig, rows: int, build: Path, min_mb: float) -> tuple[Path, Path]:
@@ -123,7 +120,7 @@ def main() -> None:
     for round_ in range(max(repeat for repeat, _ in readers.values())):
         for name, (repeat, fn) in readers.items():
             if round_ < repeat:
-                seconds, outputs[name] = best_of(1, fn)
+                seconds, outputs[name] = timed(fn)
                 best[name] = min(seconds, best.get(name, seconds))
     for name, seconds in best.items():
         results[name] = {"seconds": seconds, "mb_per_s": megabytes / seconds}

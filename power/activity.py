@@ -17,7 +17,7 @@ import scipy.sparse
 
 from hpu.errors import InputError
 from power.design import Design
-from power.vcd import CHUNK_BYTES, ONE, PARALLEL_MIN_BYTES, Batch, Counts, VcdError, scan
+from power.vcd import CHUNK_BYTES, ONE, PARALLEL_MIN_BYTES, X, Batch, Counts, VcdError, rising, scan
 
 
 @dataclass
@@ -119,7 +119,7 @@ class CycleReducer:
     def part(self, from_start: bool):
         d = self.design
         codes = len(d.header.codes)
-        clock_state = [2]   # unknown until the part's first clock change
+        clock_state = [X]   # unknown until the part's first clock change
         seen = None if from_start else np.zeros(codes, bool)
 
         def reduce(b: Batch) -> CycleBatch:
@@ -127,11 +127,9 @@ class CycleReducer:
             if d.clock in b.watched:
                 times, states = b.watched[d.clock]
                 states = states[:, 0]
-                before = np.concatenate(([clock_state[0]], states[:-1]))
-                # Verilog's posedge: into 1 from 0, x or z.
-                rising = (before != ONE) & (states == ONE)
-                rises = times[rising]
-                assumed = bool(clock_state[0] == 2 and rising[0])
+                edge = rising(states, clock_state[0])
+                rises = times[edge]
+                assumed = bool(clock_state[0] == X and edge[0])
                 clock_state[0] = after = int(states[-1])
             cycle = np.searchsorted(rises, b.time, side="right") - 1
             toggled = np.flatnonzero(b.toggles > 0)
@@ -176,7 +174,7 @@ class _Tracker:
         self.design = design
         self.window = window
         self.n_cycles = 0
-        self.clock_state = 2
+        self.clock_state = X
         units = len(design.units)
         self.active = np.zeros(units, np.int64)
         self.active_in_phase = np.zeros(units, np.int64)

@@ -33,9 +33,9 @@ def features(subtree: list[dict], clock_fJ: float) -> np.ndarray:
     return np.array([toggles["register"], toggles["datapath"], toggles["control"], bit_cycles], float)
 
 
-def replay_energy(mapped: gatesim.Mapped, lib: liberty.Library, cells_verilog: Path, stim: np.ndarray,
-                  period_ps: int, name: str, sdf: Path | None) -> float:
-    dump = gatesim.replay(mapped, cells_verilog, stim, period_ps, name=name, sdf=sdf)
+def replay_energy(mapped: gatesim.Mapped, lib: liberty.Library, cells_verilog: Path, stim: gatesim.Stimulus,
+                  name: str, sdf: Path | None) -> float:
+    dump = gatesim.replay(mapped, cells_verilog, stim, name=name, sdf=sdf)
     energy, _ = gatesim.energy(mapped, lib, dump)
     return float(energy.total.sum()) * 1e15
 

@@ -19,8 +19,14 @@ import numpy as np
 
 from hpu.errors import InputError
 from power import gatelevel, liberty
-from power.vcd import ONE, Counts, read_header, scan
+from power.vcd import ONE, X, Counts, read_header, rising, scan
 from rtl_gen.tools import iverilog, opensta, run_tool, yosys
+
+
+# The OSU 0.18 um cells, where `make` unpacks them (the Makefile's CELLS).
+CELLS = Path(__file__).resolve().parents[1] / "build" / "cells" / "osu018"
+CELLS_LIBERTY = CELLS / "osu018_stdcells.lib"
+CELLS_VERILOG = CELLS / "osu018_stdcells.v"
 
 
 @dataclass
@@ -62,9 +68,21 @@ def data_inputs(mapped: Mapped, clock: str = "clk") -> dict[str, int]:
     return {name: width for name, width in mapped.inputs.items() if name != clock}
 
 
-def stimulus(vcd: Path, scope: tuple[str, ...], inputs: dict[str, int], clock: str = "clk") -> np.ndarray:
-    """(cycles, inputs) array: each input port of the instance at `scope`, as held in each clock cycle
-    of the dump (cycle c from the c-th rising edge of `clock` in that scope to the next)."""
+@dataclass
+class Stimulus:
+    values: np.ndarray          # (cycles, signals): each signal as held in each clock cycle
+    period_ps: int              # the dump's clock period, which the replay keeps
+
+
+def distinct_states(values: np.ndarray) -> np.ndarray:
+    """The rows where any column changed: the sequence of states a replay must take, whatever its timing."""
+    keep = np.concatenate(([True], (values[1:] != values[:-1]).any(axis=1)))
+    return values[keep]
+
+
+def stimulus(vcd: Path, scope: tuple[str, ...], inputs: dict[str, int], clock: str = "clk") -> Stimulus:
+    """Each signal of `inputs` in the instance at `scope`, as held in each clock cycle of the dump (cycle c
+    from the c-th rising edge of `clock` in that scope to the next), and the clock's period."""
     header = read_header(vcd)
     codes = {v.name: v.code for v in header.vars if v.scope == scope}
     missing = [name for name in [clock, *inputs] if name not in codes]
@@ -79,8 +97,10 @@ def stimulus(vcd: Path, scope: tuple[str, ...], inputs: dict[str, int], clock: s
 
     scan(vcd, keep, watch=watch)
     times, states = (np.concatenate(x) for x in zip(*changes[codes[clock]]))
-    before = np.concatenate(([2], states[:-1, 0]))
-    edges = times[(before != ONE) & (states[:, 0] == ONE)]
+    edges = times[rising(states[:, 0], X)]
+    if len(edges) < 2:
+        raise InputError(f"{vcd}: the clock {'.'.join(scope + (clock,))} has {len(edges)} rising edges: no cycles")
+    period_ps = int(round(float(np.median(np.diff(edges))) * header.timescale * 1e12))
     columns = []
     for name, width in inputs.items():
         if width > 62:
@@ -94,7 +114,7 @@ def stimulus(vcd: Path, scope: tuple[str, ...], inputs: dict[str, int], clock: s
         bits = np.where(states <= ONE, states, 0).astype(np.int64)   # x and z replayed as 0
         values = bits @ (np.int64(1) << np.arange(width, dtype=np.int64))   # column i is bit i
         columns.append(np.where(last >= 0, values[np.maximum(last, 0)], 0))
-    return np.stack(columns, axis=1) if columns else np.zeros((len(edges), 0), np.int64)
+    return Stimulus(np.stack(columns, axis=1) if columns else np.zeros((len(edges), 0), np.int64), period_ps)
 
 
 def write_sdf(mapped: Mapped, period_ps: int, clock: str = "clk") -> Path:
@@ -113,18 +133,18 @@ def write_sdf(mapped: Mapped, period_ps: int, clock: str = "clk") -> Path:
     return sdf
 
 
-def replay(mapped: Mapped, cells_verilog: Path, stim: np.ndarray, period_ps: int, name: str = "replay",
+def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "replay",
            reset: str = "rst", reset_cycles: int = 2, sdf: Path | None = None) -> Path:
     """Runs the mapped netlist under Icarus on `stim` (one row per cycle, a column per input of
-    `data_inputs(mapped)`), in the mapping's folder, and returns `name`.vcd: the dump of the unit's
-    own nets (its flip-flops cleared by `reset_cycles` cycles of `reset` first, not dumped). With
-    `sdf`, the cells' delays are annotated and simulated (inertial), so glitches appear in the dump."""
+    `data_inputs(mapped)`, at its clock period), in the mapping's folder, and returns `name`.vcd: the
+    dump of the unit's own nets (its flip-flops cleared by `reset_cycles` cycles of `reset` first, not
+    dumped). With `sdf`, the cells' delays are annotated and simulated (inertial), so glitches appear."""
     work = mapped.verilog.parent
     names = list(data_inputs(mapped))
     widths = [mapped.inputs[n] for n in names]
     total = sum(widths)
     with open(work / f"{name}.hex", "w") as f:
-        for row in stim:
+        for row in stim.values:
             word = 0
             for value, w in zip(row, widths):
                 word = (word << w) | (int(value) & ((1 << w) - 1))
@@ -134,12 +154,12 @@ def replay(mapped: Mapped, cells_verilog: Path, stim: np.ndarray, period_ps: int
         slices.append(f".{n}(now[{hi - 1}:{hi - w}])" if n != reset else f".{n}(now[{hi - 1}] | in_reset)")
         hi -= w
     ports = ", ".join([".clk(clk)"] + slices)
-    half = period_ps // 2
+    half = stim.period_ps // 2
     bench = f"""`timescale 1ps/1ps
 module replay;
   reg clk = 0;
   reg in_reset = 1;
-  reg [{total - 1}:0] stim [0:{len(stim) - 1}];
+  reg [{total - 1}:0] stim [0:{len(stim.values) - 1}];
   reg [{total - 1}:0] now = 0;
   integer k;
   {_escape(mapped.top)} dut ({ports});
@@ -150,7 +170,7 @@ module replay;
     in_reset = 0;
     $dumpfile("{name}.vcd");
     $dumpvars(1, dut);
-    for (k = 0; k < {len(stim)}; k = k + 1) begin
+    for (k = 0; k < {len(stim.values)}; k = k + 1) begin
       #{half} clk = 1;
       #1 now = stim[k];
       #{half - 1} clk = 0;

@@ -206,8 +206,8 @@ def _unit(path, group: Group, name: str, default: str) -> float:
             raise LibertyError(path, group.line, f"{name} {raw!r} is not a number and a unit")
         number, unit = float(m.group(1) or 1), m.group(2)
     unit = unit.lower()
-    base = {"s": "s", "f": "f", "w": "w", "v": "v", "a": "a"}[unit[-1]] if unit[-1] in "sfwva" else None
-    if base is None or unit[:-1] not in _SCALE:
+    # A prefix and one of the base units: s(econd), f(arad), w(att), v(olt), a(mpere).
+    if unit[-1] not in "sfwva" or unit[:-1] not in _SCALE:
         raise LibertyError(path, group.line, f"{name} {raw!r}: unknown unit {unit!r}")
     return number * _SCALE[unit[:-1]]
 

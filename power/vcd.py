@@ -165,6 +165,13 @@ class Reducer(Protocol):
     def fix_first(self, reduced: Any, toggles: np.ndarray) -> None: ...
 
 
+def rising(states: np.ndarray, before: int) -> np.ndarray:
+    """Which of a 1-bit signal's successive states are Verilog posedges (into 1 from 0, x or z),
+    `before` being its state ahead of the first."""
+    previous = np.concatenate(([before], states[:-1]))
+    return (previous != ONE) & (states == ONE)
+
+
 def _header_tokens(data: bytes) -> Iterator[tuple[bytes, int, int]]:
     for m in re.finditer(rb"\S+", data):
         yield m.group(), m.start(), m.end()
@@ -653,11 +660,7 @@ def scan(path: Path | str, on_batch: Callable[[Any], None] | None = None,
     if start is not None:
         # One reader from here on: from the dump's beginning, or from where the parts left off (the
         # state so far is the true one, so its batches need no fixing).
-        consume = on_batch
-        if on_batch is not None and reducer is not None:
-            reduce = reducer.part(from_start=True)
-            consume = lambda batch: on_batch(reduce(batch))  # noqa: E731
-        _read_range(scanner, path, start, size, chunk_bytes, consume, close=True)
+        _read_range(scanner, path, start, size, chunk_bytes, _reducing(on_batch, reducer, True), close=True)
     return _counts(scanner, header, size)
 
 
@@ -712,6 +715,14 @@ def _split_points(path: Path, header: Header, size: int, parts: int) -> list[int
     return points + [size]
 
 
+def _reducing(sink: Callable[[Any], None] | None, reducer: Reducer | None, from_start: bool):
+    """`sink`, fed each Batch as `reducer` reduces it for one reader (or as it is, without one)."""
+    if sink is None or reducer is None:
+        return sink
+    reduce = reducer.part(from_start)
+    return lambda batch: sink(reduce(batch))
+
+
 # What the workers, forked when a parallel read starts, inherit instead of receiving it pickled.
 _FORKED: tuple[Header, Reducer | None] | None = None
 
@@ -727,12 +738,9 @@ def _read_part(path: Path, start: int, end: int, chunk_bytes: int, last: bool, w
     scanner = _Scanner(path, header, watch, track_first=not from_start)
     scanner.per_change = per_change
     batches: list = []
-    keep = batches.append
-    if reducer is not None:
-        reduce = reducer.part(from_start)
-        keep = lambda batch: batches.append(reduce(batch))  # noqa: E731
     try:
-        _read_range(scanner, path, start, end, chunk_bytes, keep if per_change else None, close=last)
+        _read_range(scanner, path, start, end, chunk_bytes,
+                    _reducing(batches.append, reducer, from_start) if per_change else None, close=last)
     except VcdError as error:
         return None, [], str(error)
     scanner.states = scanner.tail_padded = None

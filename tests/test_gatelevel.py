@@ -1,8 +1,6 @@
 """The Liberty reader and the gate-level energy engine, on a hand-made library and netlist whose
 energies are computed by hand below, and on the OSU 0.18 um library that `make` fetches."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,6 @@ from power import calibrate, gatelevel, gatesim, liberty
 
 from conftest import REPO
 
-CELLS = Path(REPO) / "build" / "cells" / "osu018"
 
 TINY_LIB = """/* a hand-made library: units ns, pF, nW, V; energies in pJ */
 library (tiny) {
@@ -159,7 +156,7 @@ def test_a_cell_outside_the_library_is_refused(tiny):
 
 def test_osu018_library_reads_as_its_file_says():
     """Values copied from the file's AND2X1 cell: its first internal-power table (related pin A)."""
-    lib = liberty.load(CELLS / "osu018_stdcells.lib")
+    lib = liberty.load(gatesim.CELLS_LIBERTY)
     assert (lib.name, lib.voltage, len(lib.cells)) == ("osu018_stdcells", 1.8, 32)
     and2 = lib.cells["AND2X1"]
     assert and2.leakage == pytest.approx(0.0746794e-9) and and2.pins["A"].rise_cap == pytest.approx(0.0129077e-12)
@@ -172,12 +169,6 @@ def test_osu018_library_reads_as_its_file_says():
         (near + 2 / 3 * (far - near)) * PJ)
 
 
-def _distinct(values: np.ndarray) -> np.ndarray:
-    """The rows where any column changed: the sequence of states, whatever the timing."""
-    keep = np.concatenate(([True], (values[1:] != values[:-1]).any(axis=1)))
-    return values[keep]
-
-
 def test_a_lane_replayed_at_gate_level_accumulates_as_its_rtl(tmp_path):
     """The small configuration's lane 0, mapped to the OSU 0.18 um cells and replayed under Icarus with
     the inputs it saw in an RTL run of 6 rows, takes the same accumulator values in the same order
@@ -188,24 +179,24 @@ def test_a_lane_replayed_at_gate_level_accumulates_as_its_rtl(tmp_path):
     assert main(["gen", "--config", small, "-o", str(tmp_path / "rtl")]) == 0
     assert main(["sim", "--config", small, "--rows", "6", "--vcd", str(tmp_path / "g.vcd"), "--build",
                  str(tmp_path / "build"), "-o", str(tmp_path / "s.json"), "--quiet"]) == 0
-    lib = liberty.load(CELLS / "osu018_stdcells.lib")
-    mapped = gatesim.map_to_cells(tmp_path / "rtl" / "hpu.v", "hpu.mac.lane0", CELLS / "osu018_stdcells.lib",
+    lib = liberty.load(gatesim.CELLS_LIBERTY)
+    mapped = gatesim.map_to_cells(tmp_path / "rtl" / "hpu.v", "hpu.mac.lane0", gatesim.CELLS_LIBERTY,
                                   tmp_path / "map")
     assert set(mapped.inputs) == {"clk", "rst", "valid", "first", "chunk", "e", "v"} and mapped.area > 0
     scope = ("hpu_harness", "dut", "mac", "lane0")
     stim = gatesim.stimulus(tmp_path / "g.vcd", scope, gatesim.data_inputs(mapped))
-    dump = gatesim.replay(mapped, CELLS / "osu018_stdcells.v", stim, period_ps=10000, name="gated")
+    dump = gatesim.replay(mapped, gatesim.CELLS_VERILOG, stim, name="gated")
     accs = {f"acc{c}": cfg.acc_bits for c in range(cfg.chunks)}
-    rtl = _distinct(gatesim.stimulus(tmp_path / "g.vcd", scope, accs))
-    gate = _distinct(gatesim.stimulus(dump, ("replay", "dut"), accs))
+    rtl = gatesim.distinct_states(gatesim.stimulus(tmp_path / "g.vcd", scope, accs).values)
+    gate = gatesim.distinct_states(gatesim.stimulus(dump, ("replay", "dut"), accs).values)
     # The RTL dump ends in `$dumpoff` (every bit x, read as 0): one state more.
     assert len(gate) > 6 and np.array_equal(rtl[:-1], gate)
     energy, counts = gatesim.energy(mapped, lib, dump)
     assert energy.switching.sum() > 0 and energy.internal.sum() > 10 * energy.leakage.sum() > 0
     # With OpenSTA's delays annotated: the same states, and glitches on top of the zero-delay toggles.
-    delayed = gatesim.replay(mapped, CELLS / "osu018_stdcells.v", stim, period_ps=10000, name="gated_sdf",
-                             sdf=gatesim.write_sdf(mapped, 10000))
-    assert np.array_equal(rtl[:-1], _distinct(gatesim.stimulus(delayed, ("replay", "dut"), accs)))
+    delayed = gatesim.replay(mapped, gatesim.CELLS_VERILOG, stim, name="gated_sdf",
+                             sdf=gatesim.write_sdf(mapped, stim.period_ps))
+    assert np.array_equal(rtl[:-1], gatesim.distinct_states(gatesim.stimulus(delayed, ("replay", "dut"), accs).values))
     glitchy, more = gatesim.energy(mapped, lib, delayed)
     assert (more.rise + more.fall).sum() > (counts.rise + counts.fall).sum()
     assert glitchy.total.sum() > energy.total.sum()
