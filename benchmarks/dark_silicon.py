@@ -13,32 +13,18 @@ and lockstep cycles per row. Workloads: the demo's 24 MiniLM rows (`minilm`), 16
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from benchmarks.common import write
 from hpu.config import HPUConfig
-from power.flow import Request, analyze
+from power.flow import run_workload
 from rtl_gen.generate import TOP_NAME, generate
 from rtl_gen.synth import synthesize
 from sim.job import Options
-from sim.session import Outputs, simulate
 
 WORKLOADS = {"minilm": 24, "minilm-long": 16, "random": 16}
 TARGETS = {"hpu_saving_min": 0.40, "mac_proportionality_min": 0.95, "total_proportionality_min": 0.93,
            "lockstep_cycles_vs_before_max": 1.1, "area_nand2_max": 63982}
-
-
-def run_workload(cfg: HPUConfig, name: str, source: str, rows: int, options: Options, work: Path,
-                 rtl: Path) -> tuple[dict, dict]:
-    """Simulates `rows` rows of `source` gated and dense under Icarus (dumps in work/name) and reads
-    both dumps with `hpu power`; returns the simulation summary and power.json."""
-    out = work / name
-    summary = simulate(cfg, source, rows, options, Outputs(out / "summary.json", out / "gated.vcd"),
-                       True, "icarus", work / "build", progress=False)
-    analyze(Request(vcd=out / "gated.vcd", baseline=out / "gated_dense.vcd", manifest=rtl / "manifest.json",
-                    summary=out / "summary.json"), out / "power", log=lambda *a, **k: None)
-    return summary, json.loads((out / "power" / "power.json").read_text())
 
 
 def measure(cfg: HPUConfig, source: str, rows: int, work: Path, rtl: Path) -> dict:

@@ -139,6 +139,19 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from power import calibrate
+
+    cfg = load_config(args)
+    workloads = {name: calibrate.WORKLOADS[name] for name in args.workloads} if args.workloads else None
+    paths = calibrate.calibrate(cfg, args.config or "built-in defaults", args.units, args.rows, Path(args.work),
+                                Path(args.output), workloads)
+    print(Path(paths["summary"]).read_text())
+    print("wrote " + " ".join(str(p) for p in paths.values()))
+    print(f"use it: hpu power ... --energy {paths['table']}")
+    return 0
+
+
 # -- argument types: a bad value is refused by argparse with the option's name ------------------
 
 def _positive(text: str) -> int:
@@ -210,6 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=_positive, default=64, help="cycles per activity window")
     p.add_argument("-o", "--output", default="out/power", help="report folder")
     p.set_defaults(func=cmd_power)
+
+    from power.calibrate import UNITS, WORKLOADS
+
+    p = sub.add_parser("calibrate", help="fit the energy model per unit against gate level (OSU 0.18 um cells, "
+                                         "SDF delays): an energy table for `hpu power --energy`")
+    _add_config_options(p, default="configs/small.toml")
+    p.add_argument("--units", nargs="+", default=["lane", "gate", "normalizer", "fetch", "ingest"], choices=list(UNITS),
+                   help="units to calibrate: " + ", ".join(f"{k} ({v[0]})" for k, v in UNITS.items()))
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS),
+                   help="workload classes, at least 3, each held out in turn (default: every class whose rows "
+                        "the configuration holds)")
+    p.add_argument("--rows", type=_positive, default=8, help="rows per workload class (default: 8)")
+    p.add_argument("--work", default="build/calibrate", help="folder for the RTL runs, netlists and replays")
+    p.add_argument("-o", "--output", default="out/calibrate",
+                   help="folder for energy.toml, calibration.json, .png and .md (default: out/calibrate)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("crosscheck", help="golden model vs the Verilog under cocotb vs the Triton exact kernel")
     _add_config_options(p)

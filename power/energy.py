@@ -7,11 +7,20 @@ Memory port nets carry no toggle energy when the table has [memory_access] (an S
 the same whichever bits change); without it they are charged per toggling bit at toggle_fJ.memory.
 A register with an enable is clocked in the cycles its enable is high (clock gating as a synthesis
 tool would insert it); one without is clocked every cycle. x/z changes carry no energy.
+
+A calibrated table (`hpu calibrate` writes one) adds [units."PATTERN"] entries: the coefficients fitted
+for one unit against a cell library at gate level. An entry applies to the instances its pattern
+matches and to everything below them (the deepest match wins); it charges toggles per logic class and
+enabled register bit-cycles at its own figures, and adds its idle energy per cycle (what the gate
+level draws doing nothing: ungated flip-flop clocks, leakage) to the clock class of the instance it
+matches, once per cycle of the run. Memories stay at the table's figures: the cell library has no
+SRAM macros to calibrate them against.
 """
 
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +33,19 @@ from power.activity import Activity
 
 DEFAULT_TABLE = Path(__file__).with_name("energy_45nm.toml")
 TOGGLE_CLASSES = ("register", "datapath", "memory", "control")
+# The classes a calibrated unit entry charges per toggle (memories keep the table's figures).
+FITTED_CLASSES = ("register", "datapath", "control")
+
+
+@dataclass(frozen=True)
+class UnitEntry:
+    """One unit's calibrated coefficients (see the module docstring)."""
+
+    pattern: str                            # instance paths it applies to (fnmatch), e.g. hpu.mac.lane*
+    toggle_fj: dict[str, float]             # per toggle of a register, datapath or control bit
+    clock_fj: float                         # per enabled register bit-cycle
+    idle_fj_per_cycle: float
+    held_out_error: float | None            # worst leave-one-workload-out relative error at calibration
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,19 @@ class EnergyTable:
     # Memory access energy per bit against capacity (bytes, fJ per bit), ascending; empty: memories
     # are charged per toggling port bit at toggle_fJ.memory instead.
     memory_points: tuple[tuple[float, float], ...] = ()
+    units: tuple[UnitEntry, ...] = ()
+    calibration: dict | None = None         # a calibrated table's [calibration]: library, date, errors
+
+    def entry_for(self, path: str) -> tuple[UnitEntry | None, bool]:
+        """The unit entry that covers instance `path` (the deepest of its ancestors, itself included,
+        that an entry matches), and whether it matches `path` itself (where its idle energy goes)."""
+        parts = path.split(".")
+        for depth in range(len(parts), 0, -1):
+            ancestor = ".".join(parts[:depth])
+            for entry in self.units:
+                if fnmatch.fnmatchcase(ancestor, entry.pattern):
+                    return entry, depth == len(parts)
+        return None, False
 
     def memory_fj_per_bit(self, capacity_bits: int) -> float:
         """Per-bit access energy of a memory of this capacity: log-log interpolation between the
@@ -64,17 +99,45 @@ class EnergyTable:
         entries = {**{f"toggle_fJ.{c}": toggle[c] for c in TOGGLE_CLASSES},
                    "clock_fJ.per_enabled_bit": clock_table["per_enabled_bit"]}
         for name, value in entries.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise InputError(f"energy table {path}: {name} = {value!r}: must be a number of femtojoules >= 0")
+            _number(value, name, path)
         values = {c: float(toggle[c]) for c in TOGGLE_CLASSES}
         clock = float(clock_table["per_enabled_bit"])
         offchip = data.get("offchip_pJ", {})
         dram = offchip.get("dram_per_byte") if isinstance(offchip, dict) else None
-        if dram is not None and (isinstance(dram, bool) or not isinstance(dram, (int, float)) or not dram >= 0):
-            raise InputError(f"energy table {path}: offchip_pJ.dram_per_byte = {dram!r}: must be a number of "
-                             "picojoules >= 0")
+        if dram is not None:
+            _number(dram, "offchip_pJ.dram_per_byte", path, "picojoules")
+        calibration = data.get("calibration")
+        if calibration is not None and not isinstance(calibration, dict):
+            raise InputError(f"energy table {path}: [calibration] must be a table")
         return cls(values, clock, str(data.get("source", "unstated")), str(path),
-                   None if dram is None else float(dram), _memory_points(data.get("memory_access"), path))
+                   None if dram is None else float(dram), _memory_points(data.get("memory_access"), path),
+                   _unit_entries(data.get("units", {}), path), calibration)
+
+
+def _number(value, name: str, path, unit: str = "femtojoules") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise InputError(f"energy table {path}: {name} = {value!r}: must be a number of {unit} >= 0")
+    return float(value)
+
+
+def _unit_entries(units, path) -> tuple[UnitEntry, ...]:
+    if not isinstance(units, dict):
+        raise InputError(f"energy table {path}: [units] must map instance patterns to tables")
+    entries = []
+    for pattern, e in units.items():
+        where = f'units."{pattern}"'
+        toggle = e.get("toggle_fJ") if isinstance(e, dict) else None
+        if not isinstance(toggle, dict) or any(c not in toggle for c in FITTED_CLASSES) \
+                or "clock_fJ_per_enabled_bit" not in e or "idle_fJ_per_cycle" not in e:
+            raise InputError(f"energy table {path}: {where} needs toggle_fJ = {{ {', '.join(FITTED_CLASSES)} }}, "
+                             "clock_fJ_per_enabled_bit and idle_fJ_per_cycle")
+        error = e.get("held_out_error")
+        entries.append(UnitEntry(
+            pattern, {c: _number(toggle[c], f"{where}.toggle_fJ.{c}", path) for c in FITTED_CLASSES},
+            _number(e["clock_fJ_per_enabled_bit"], f"{where}.clock_fJ_per_enabled_bit", path),
+            _number(e["idle_fJ_per_cycle"], f"{where}.idle_fJ_per_cycle", path),
+            None if error is None else _number(error, f"{where}.held_out_error", path, "fraction")))
+    return tuple(entries)
 
 
 def _memory_points(table, path) -> tuple[tuple[float, float], ...]:
@@ -92,10 +155,12 @@ def _memory_points(table, path) -> tuple[tuple[float, float], ...]:
 
 @dataclass
 class Energy:
-    """Femtojoules per instance (own nets only) by class, plus clock."""
+    """Femtojoules per instance (own nets only) by class, plus clock, and the events charged (which
+    `hpu calibrate` fits against the gate level)."""
 
-    by_class: np.ndarray  # (units, len(TOGGLE_CLASSES) + 1): toggle classes then "clock"
-    toggles: np.ndarray   # (units, len(TOGGLE_CLASSES))
+    by_class: np.ndarray      # (units, len(TOGGLE_CLASSES) + 1): toggle classes then "clock"
+    toggles: np.ndarray       # (units, len(TOGGLE_CLASSES))
+    clocked_bits: np.ndarray  # (units,): enabled register bit-cycles
 
     @property
     def total(self) -> np.ndarray:
@@ -105,27 +170,32 @@ class Energy:
 def estimate(activity: Activity, table: EnergyTable) -> Energy:
     design, counts = activity.design, activity.counts
     toggles_per_bit = counts.rise + counts.fall
-    by_class = np.zeros((len(design.units), len(TOGGLE_CLASSES) + 1))
-    toggles = np.zeros((len(design.units), len(TOGGLE_CLASSES)), np.int64)
+    n = len(design.units)
+    by_class = np.zeros((n, len(TOGGLE_CLASSES) + 1))
+    toggles = np.zeros((n, len(TOGGLE_CLASSES)), np.int64)
+    clocked_bits = np.zeros(n, np.int64)
     per_access = bool(table.memory_points)
     memory = TOGGLE_CLASSES.index("memory")
     for i, unit in enumerate(design.units):
+        entry, root = table.entry_for(unit.path)
         for k, cls in enumerate(TOGGLE_CLASSES):
             if cls in unit.bits:
                 toggles[i, k] = int(toggles_per_bit[unit.bits[cls]].sum())
-                by_class[i, k] = toggles[i, k] * table.toggle_fj[cls]
+                by_class[i, k] = toggles[i, k] * (entry.toggle_fj if entry and cls in entry.toggle_fj
+                                                  else table.toggle_fj)[cls]
         if per_access:
             # An SRAM access costs about the same whichever bits change: charge accesses, not toggles.
             by_class[i, memory] = sum(width * accesses(activity, how) * table.memory_fj_per_bit(capacity)
                                       for width, capacity, how in unit.memory_ports)
-        clocked = 0
         for width, enable in unit.registers:
             if enable is None:
-                clocked += width * activity.cycles
+                clocked_bits[i] += width * activity.cycles
             elif enable is not False:
-                clocked += width * activity.enabled_cycles[enable]
-        by_class[i, -1] = clocked * table.clock_fj
-    return Energy(by_class, toggles)
+                clocked_bits[i] += width * activity.enabled_cycles[enable]
+        by_class[i, -1] = clocked_bits[i] * (entry.clock_fj if entry else table.clock_fj)
+        if entry is not None and root:
+            by_class[i, -1] += entry.idle_fj_per_cycle * activity.cycles
+    return Energy(by_class, toggles, clocked_bits)
 
 
 def accesses(activity: Activity, how) -> int:

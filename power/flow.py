@@ -3,6 +3,7 @@ each dump, and write the report."""
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from power import activity, design, generic, report
 from power.energy import EnergyTable, estimate
 from rtl_gen.manifest import config_difference, load_manifest, manifest_config
 from sim import summary as sim_summary
+from sim.job import Options
+from sim.session import Outputs, simulate
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,16 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
             # and signals.csv.
             generic.write_bits(run.activity.counts, out_dir / f"{run.name}_bits.csv")
         return report.write(measured, table, out_dir)
+
+
+def run_workload(cfg: HPUConfig, name: str, source: str, rows: int, options: Options, work: Path,
+                 rtl: Path, energy: Path | None = None) -> tuple[dict, dict]:
+    """Simulates `rows` rows of `source` gated and dense under Icarus (dumps work/name/gated.vcd and
+    gated_dense.vcd, the Verilog and manifest of `rtl`) and reads both dumps as `hpu power` does;
+    returns the simulation summary and power.json."""
+    out = work / name
+    summary = simulate(cfg, source, rows, options, Outputs(out / "summary.json", out / "gated.vcd"),
+                       True, "icarus", work / "build", progress=False)
+    analyze(Request(vcd=out / "gated.vcd", baseline=out / "gated_dense.vcd", manifest=rtl / "manifest.json",
+                    summary=out / "summary.json", energy=energy), out / "power", log=lambda *a, **k: None)
+    return summary, json.loads((out / "power" / "power.json").read_text())

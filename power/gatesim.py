@@ -68,10 +68,25 @@ def data_inputs(mapped: Mapped, clock: str = "clk") -> dict[str, int]:
     return {name: width for name, width in mapped.inputs.items() if name != clock}
 
 
+def outputs(mapped: Mapped) -> dict[str, int]:
+    """The unit's output ports, in port order: what a replay must reproduce."""
+    ports = mapped.netlist["modules"][mapped.top]["ports"]
+    return {name: len(p["bits"]) for name, p in ports.items() if p["direction"] == "output"}
+
+
+# A signal wider than this is held as several columns (limbs of LIMB bits, least significant first).
+LIMB = 62
+
+
 @dataclass
 class Stimulus:
-    values: np.ndarray          # (cycles, signals): each signal as held in each clock cycle
+    values: np.ndarray          # (cycles, columns): each signal as held in each clock cycle, in limbs
     period_ps: int              # the dump's clock period, which the replay keeps
+    widths: dict[str, int]      # the signals, in column order
+
+
+def limbs(width: int) -> int:
+    return -(-width // LIMB)
 
 
 def distinct_states(values: np.ndarray) -> np.ndarray:
@@ -80,15 +95,15 @@ def distinct_states(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
-def stimulus(vcd: Path, scope: tuple[str, ...], inputs: dict[str, int], clock: str = "clk") -> Stimulus:
-    """Each signal of `inputs` in the instance at `scope`, as held in each clock cycle of the dump (cycle c
+def stimulus(vcd: Path, scope: tuple[str, ...], signals: dict[str, int], clock: str = "clk") -> Stimulus:
+    """Each signal of `signals` in the instance at `scope`, as held in each clock cycle of the dump (cycle c
     from the c-th rising edge of `clock` in that scope to the next), and the clock's period."""
     header = read_header(vcd)
     codes = {v.name: v.code for v in header.vars if v.scope == scope}
-    missing = [name for name in [clock, *inputs] if name not in codes]
+    missing = [name for name in [clock, *signals] if name not in codes]
     if missing:
         raise InputError(f"{vcd}: no {', '.join(missing)} in scope {'.'.join(scope)}")
-    watch = {codes[name]: list(range(header.widths[codes[name]])) for name in [clock, *inputs]}
+    watch = {codes[name]: list(range(header.widths[codes[name]])) for name in [clock, *signals]}
     changes: dict[int, list] = {code: [] for code in watch}
 
     def keep(batch):
@@ -102,35 +117,58 @@ def stimulus(vcd: Path, scope: tuple[str, ...], inputs: dict[str, int], clock: s
         raise InputError(f"{vcd}: the clock {'.'.join(scope + (clock,))} has {len(edges)} rising edges: no cycles")
     period_ps = int(round(float(np.median(np.diff(edges))) * header.timescale * 1e12))
     columns = []
-    for name, width in inputs.items():
-        if width > 62:
-            raise InputError(f"input {name} is {width} bits wide: the replay takes inputs of up to 62 bits")
+    for name, width in signals.items():
         if not changes[codes[name]]:
-            columns.append(np.zeros(len(edges), np.int64))
+            columns += [np.zeros(len(edges), np.int64)] * limbs(width)
             continue
         times, states = (np.concatenate(x) for x in zip(*changes[codes[name]]))
         # The value a change sets holds from its time on; at an edge, changes at that very time count.
         last = np.searchsorted(times, edges, side="right") - 1
         bits = np.where(states <= ONE, states, 0).astype(np.int64)   # x and z replayed as 0
-        values = bits @ (np.int64(1) << np.arange(width, dtype=np.int64))   # column i is bit i
-        columns.append(np.where(last >= 0, values[np.maximum(last, 0)], 0))
-    return Stimulus(np.stack(columns, axis=1) if columns else np.zeros((len(edges), 0), np.int64), period_ps)
+        for lo in range(0, width, LIMB):
+            part = bits[:, lo:lo + LIMB]
+            values = part @ (np.int64(1) << np.arange(part.shape[1], dtype=np.int64))   # column i is bit lo + i
+            columns.append(np.where(last >= 0, values[np.maximum(last, 0)], 0))
+    values = np.stack(columns, axis=1) if columns else np.zeros((len(edges), 0), np.int64)
+    return Stimulus(values, period_ps, dict(signals))
 
 
-def write_sdf(mapped: Mapped, period_ps: int, clock: str = "clk") -> Path:
+@dataclass
+class Timing:
+    sdf: Path                   # the cells' delays, as Icarus reads them
+    min_period_ps: int          # the clock period the worst path needs (OpenSTA's setup check)
+
+
+def write_sdf(mapped: Mapped, period_ps: int, clock: str = "clk") -> Timing:
     """The cells' delays at their loads, from OpenSTA (Debian's 2019 build: it writes SDF but reads no
-    activity, so it is used for delays only). It writes min::max triples, which Icarus 11 ignores
-    without a word: they are rewritten as min:min:max."""
+    activity, so it is used for delays only), and the shortest clock period the worst register-to-
+    register path meets. OpenSTA writes min::max triples, which Icarus 11 ignores without a word: they
+    are rewritten as min:min:max."""
     work = mapped.verilog.parent
     script = (f"read_liberty cells.lib\nread_verilog {mapped.verilog.name}\nlink_design {mapped.top}\n"
               f"create_clock -name {clock} -period {period_ps / 1000} [get_ports {clock}]\n"
-              "write_sdf delays.sdf\nexit\n")
+              "write_sdf delays.sdf\nreport_checks -path_delay max -digits 4\nexit\n")
     (work / "sdf.tcl").write_text(script)
     run_tool("OpenSTA (SDF)", [opensta(), "-no_splash", "-exit", "sdf.tcl"], log=work / "sdf.log", cwd=work,
              failed=lambda done: done.returncode != 0 or not (work / "delays.sdf").exists())
     sdf = work / "delays.sdf"
     sdf.write_text(re.sub(r"\(([-0-9.]+)::([-0-9.]+)\)", r"(\1:\1:\2)", sdf.read_text()))
-    return sdf
+    # The library's time unit is 1 ns; a design without register-to-register paths reports no slack.
+    slack = re.findall(r"^\s*(-?[0-9.]+)\s+slack \((?:MET|VIOLATED)\)", (work / "sdf.log").read_text(), re.M)
+    needed = period_ps - min(float(v) for v in slack) * 1000 if slack else 0
+    return Timing(sdf, max(period_ps, int(-(-needed // 1000)) * 1000))
+
+
+def memory_cells(mapped: Mapped) -> set[str]:
+    """The cells that hold a memory's words: Yosys maps a memory to flip-flops whose outputs it names
+    `memory[word]`. The library has no SRAM macros, so these stand in for the memories a chip would
+    have; the report charges memories per access from its table instead."""
+    module = mapped.netlist["modules"][mapped.top]
+    words = {b for name, info in module["netnames"].items() if re.search(r"\[\d+\]$", name)
+             for b in info["bits"] if isinstance(b, int)}
+    return {name for name, cell in module["cells"].items()
+            if any(d == "output" and any(b in words for b in cell["connections"][pin])
+                   for pin, d in cell.get("port_directions", {}).items())}
 
 
 def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "replay",
@@ -141,13 +179,19 @@ def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "rep
     dumped). With `sdf`, the cells' delays are annotated and simulated (inertial), so glitches appear."""
     work = mapped.verilog.parent
     names = list(data_inputs(mapped))
+    if list(stim.widths) != names:
+        raise InputError(f"the stimulus holds {list(stim.widths)}, the netlist's inputs are {names}")
     widths = [mapped.inputs[n] for n in names]
     total = sum(widths)
     with open(work / f"{name}.hex", "w") as f:
-        for row in stim.values:
-            word = 0
-            for value, w in zip(row, widths):
-                word = (word << w) | (int(value) & ((1 << w) - 1))
+        for row in stim.values.tolist():
+            word, column = 0, 0
+            for w in widths:
+                value = 0
+                for j in range(limbs(w)):
+                    value |= (row[column] & ((1 << LIMB) - 1)) << (j * LIMB)
+                    column += 1
+                word = (word << w) | value
             f.write(f"{word:x}\n")
     slices, hi = [], total
     for n, w in zip(names, widths):

@@ -57,6 +57,7 @@ def summarize(run: Run, table: EnergyTable) -> dict:
             "silent_ratio_run": a.silent_ratio(i), "silent_ratio_compute": a.silent_ratio(i, phase=True),
             "active_cycles": int(a.active[i]),
             "toggles_own": {c: int(e.toggles[i, k]) for k, c in enumerate(TOGGLE_CLASSES)},
+            "clocked_bit_cycles_own": int(e.clocked_bits[i]),
             "energy_fJ_own": {c: float(e.by_class[i, k]) for k, c in enumerate(TOGGLE_CLASSES + ("clock",))},
             "energy_fJ_subtree": float(e.total[tree].sum()),
         }
@@ -179,9 +180,7 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
     out_dir = output_folder(out_dir, "report folder")
     (out_dir / "power.json").unlink(missing_ok=True)
     summaries = {run.name: summarize(run, table) for run in runs}
-    result = {"definitions": DEFINITIONS, "energy_table": {"path": table.path, "source": table.source,
-                                                          "toggle_fJ": table.toggle_fj, "clock_fJ_per_enabled_bit": table.clock_fj,
-                                                          "dram_pJ_per_byte": table.dram_pj_per_byte},
+    result = {"definitions": DEFINITIONS, "energy_table": table_statement(table),
               "runs": summaries}
     if len(runs) == 2:
         g, dn = summaries[runs[0].name], summaries[runs[1].name]
@@ -254,13 +253,41 @@ def _signals_csv(runs: list[Run], path: Path) -> None:
                             f"{toggles / a.cycles:.4f}", *row, *([""] * (windows - len(row)))])
 
 
+def table_statement(table: EnergyTable) -> dict:
+    """What the report says of its energy table: the cited default, or a calibrated table with its
+    cell library, date and held-out error per unit."""
+    return {"path": table.path, "source": table.source, "toggle_fJ": table.toggle_fj,
+            "clock_fJ_per_enabled_bit": table.clock_fj, "dram_pJ_per_byte": table.dram_pj_per_byte,
+            "memories": ("per access, by capacity" if table.memory_points else "per toggling port bit"),
+            "calibration": table.calibration,
+            "units": {u.pattern: {"toggle_fJ": u.toggle_fj, "clock_fJ_per_enabled_bit": u.clock_fj,
+                                  "idle_fJ_per_cycle": u.idle_fj_per_cycle,
+                                  "held_out_error": u.held_out_error} for u in table.units}}
+
+
+def _table_lines(t: dict) -> list[str]:
+    lines = [f"Energy table: `{t['path']}` ({t['source']}): toggle fJ/bit "
+             + ", ".join(f"{k} {v}" for k, v in t["toggle_fJ"].items())
+             + f"; clock {t['clock_fJ_per_enabled_bit']} fJ per enabled register bit per cycle; memories "
+             + t["memories"] + "."]
+    c = t["calibration"]
+    if not c:
+        return lines + ["", "The table is cited, not calibrated against a cell library: `hpu calibrate` fits one."]
+    lines += ["", f"Calibrated against {c.get('library', '?')} at gate level ({c.get('delays', '?')}) on "
+                  f"{c.get('date', '?')}, configuration {c.get('config', '?')}. {c.get('memories', '')}", "",
+              "| unit | fJ per register / datapath / control toggle | fJ per enabled bit-cycle | idle fJ/cycle | "
+              "worst held-out error |", "|---|---|---|---|---|"]
+    for pattern, u in t["units"].items():
+        err = "-" if u["held_out_error"] is None else f"{u['held_out_error']:.1%}"
+        lines.append(f"| {pattern} | {' / '.join(f'{v:.2f}' for v in u['toggle_fJ'].values())} | "
+                     f"{u['clock_fJ_per_enabled_bit']:.2f} | {u['idle_fJ_per_cycle']:.1f} | {err} |")
+    return lines
+
+
 def _markdown(result: dict, runs: list[Run]) -> str:
     lines = ["# HPU power report", "", "Activity-based estimate, not sign-off power.", "", "## Definitions", ""]
     lines += [f"- {d}" for d in result["definitions"]]
-    t = result["energy_table"]
-    lines += ["", f"Energy table: `{t['path']}` ({t['source']}): toggle fJ/bit "
-              + ", ".join(f"{k} {v}" for k, v in t["toggle_fJ"].items())
-              + f"; clock {t['clock_fJ_per_enabled_bit']} fJ per enabled register bit per cycle.", "",
+    lines += ["", *_table_lines(result["energy_table"]), "",
               "## Runs", "", "| run | cycles | compute cycles | kept fraction | toggles | x/z changes | "
               "MAC silent (compute) | MAC silent (run) | HPU silent (compute) | energy (nJ) | MAC array energy (nJ) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
