@@ -41,7 +41,7 @@ FITTED_CLASSES = ("register", "datapath", "control")
 class UnitEntry:
     """One unit's calibrated coefficients (see the module docstring)."""
 
-    pattern: str                            # instance paths it applies to (fnmatch), e.g. hpu.mac.lane*
+    pattern: str                            # instances it applies to (fnmatch per dotted level): hpu.mac.lane*
     toggle_fj: dict[str, float]             # per toggle of a register, datapath or control bit
     clock_fj: float                         # per enabled register bit-cycle
     idle_fj_per_cycle: float
@@ -68,7 +68,7 @@ class EnergyTable:
         for depth in range(len(parts), 0, -1):
             ancestor = ".".join(parts[:depth])
             for entry in self.units:
-                if fnmatch.fnmatchcase(ancestor, entry.pattern):
+                if _matches(ancestor, entry.pattern):
                     return entry, depth == len(parts)
         return None, False
 
@@ -112,6 +112,12 @@ class EnergyTable:
         return cls(values, clock, str(data.get("source", "unstated")), str(path),
                    None if dram is None else float(dram), _memory_points(data.get("memory_access"), path),
                    _unit_entries(data.get("units", {}), path), calibration)
+
+
+def _matches(path: str, pattern: str) -> bool:
+    """fnmatch per dotted level: `hpu.mac.lane*` is each lane, not what lies below a lane."""
+    names, patterns = path.split("."), pattern.split(".")
+    return len(names) == len(patterns) and all(fnmatch.fnmatchcase(n, p) for n, p in zip(names, patterns))
 
 
 def _number(value, name: str, path, unit: str = "femtojoules") -> float:

@@ -46,8 +46,10 @@ def map_to_cells(verilog: Path, top: str, lib_path: Path, work: Path) -> Mapped:
     shutil.copy(verilog, work / "design.v")
     shutil.copy(lib_path, work / "cells.lib")
     script = (f"read_verilog design.v; hierarchy -top {_escape(top)}; synth -flatten -top {_escape(top)}; "
-              "dfflibmap -liberty cells.lib; abc -liberty cells.lib; opt_clean; rename -enumerate; "
-              "tee -q -o area.txt stat -liberty cells.lib; write_verilog -noattr mapped.v; write_json mapped.json")
+              "delete t:$scopeinfo; dfflibmap -liberty cells.lib; abc -liberty cells.lib; opt_clean; rename -enumerate; "
+              "setundef -zero; tee -q -o area.txt stat -liberty cells.lib; "
+              # OpenSTA's Verilog reader takes no concatenation on an assignment's left-hand side.
+              "write_verilog -noattr -simple-lhs mapped.v; write_json mapped.json")
     run_tool("Yosys mapping to cells", yosys() + ["-q", "-p", script], log=work / "yosys.log", cwd=work)
     netlist = json.loads((work / "mapped.json").read_text())
     module = netlist["modules"][top]
@@ -61,6 +63,11 @@ def map_to_cells(verilog: Path, top: str, lib_path: Path, work: Path) -> Mapped:
 
 def _escape(name: str) -> str:
     return name if name.replace("_", "a").isalnum() else "\\" + name
+
+
+def _unescaped(name: str) -> str:
+    """A dump's name for a Verilog escaped identifier (`\\r_en$32`) as Yosys names it (`r_en$32`)."""
+    return name.removeprefix("\\")
 
 
 def data_inputs(mapped: Mapped, clock: str = "clk") -> dict[str, int]:
@@ -89,17 +96,17 @@ def limbs(width: int) -> int:
     return -(-width // LIMB)
 
 
-def distinct_states(values: np.ndarray) -> np.ndarray:
-    """The rows where any column changed: the sequence of states a replay must take, whatever its timing."""
-    keep = np.concatenate(([True], (values[1:] != values[:-1]).any(axis=1)))
-    return values[keep]
-
-
-def stimulus(vcd: Path, scope: tuple[str, ...], signals: dict[str, int], clock: str = "clk") -> Stimulus:
+def stimulus(vcd: Path, scope: tuple[str, ...], signals: dict[str, int], clock: str = "clk",
+             settled: bool = False) -> Stimulus:
     """Each signal of `signals` in the instance at `scope`, as held in each clock cycle of the dump (cycle c
-    from the c-th rising edge of `clock` in that scope to the next), and the clock's period."""
+    from the c-th rising edge of `clock` in that scope to the next), and the clock's period.
+
+    An RTL dump's signals change at the edge itself, so a cycle's value is the one at its edge,
+    changes at that very time included. A replay's inputs change just after the edge and its cells
+    take time, so with `settled` a cycle's value is the one just before the next edge (and the last
+    cycle, which has none, is left out)."""
     header = read_header(vcd)
-    codes = {v.name: v.code for v in header.vars if v.scope == scope}
+    codes = {_unescaped(v.name): v.code for v in header.vars if v.scope == scope}
     missing = [name for name in [clock, *signals] if name not in codes]
     if missing:
         raise InputError(f"{vcd}: no {', '.join(missing)} in scope {'.'.join(scope)}")
@@ -119,17 +126,18 @@ def stimulus(vcd: Path, scope: tuple[str, ...], signals: dict[str, int], clock: 
     columns = []
     for name, width in signals.items():
         if not changes[codes[name]]:
-            columns += [np.zeros(len(edges), np.int64)] * limbs(width)
+            columns += [np.zeros(len(edges) - settled, np.int64)] * limbs(width)
             continue
         times, states = (np.concatenate(x) for x in zip(*changes[codes[name]]))
         # The value a change sets holds from its time on; at an edge, changes at that very time count.
-        last = np.searchsorted(times, edges, side="right") - 1
+        last = (np.searchsorted(times, edges[1:], side="left") if settled
+                else np.searchsorted(times, edges, side="right")) - 1
         bits = np.where(states <= ONE, states, 0).astype(np.int64)   # x and z replayed as 0
         for lo in range(0, width, LIMB):
             part = bits[:, lo:lo + LIMB]
             values = part @ (np.int64(1) << np.arange(part.shape[1], dtype=np.int64))   # column i is bit lo + i
             columns.append(np.where(last >= 0, values[np.maximum(last, 0)], 0))
-    values = np.stack(columns, axis=1) if columns else np.zeros((len(edges), 0), np.int64)
+    values = np.stack(columns, axis=1) if columns else np.zeros((len(edges) - settled, 0), np.int64)
     return Stimulus(values, period_ps, dict(signals))
 
 
@@ -147,10 +155,14 @@ def write_sdf(mapped: Mapped, period_ps: int, clock: str = "clk") -> Timing:
     work = mapped.verilog.parent
     script = (f"read_liberty cells.lib\nread_verilog {mapped.verilog.name}\nlink_design {mapped.top}\n"
               f"create_clock -name {clock} -period {period_ps / 1000} [get_ports {clock}]\n"
+              # The replay changes inputs just after an edge and samples outputs at the next one.
+              f"set_input_delay 0 -clock {clock} [delete_from_list [all_inputs] [get_ports {clock}]]\n"
+              f"set_output_delay 0 -clock {clock} [all_outputs]\n"
               "write_sdf delays.sdf\nreport_checks -path_delay max -digits 4\nexit\n")
     (work / "sdf.tcl").write_text(script)
     run_tool("OpenSTA (SDF)", [opensta(), "-no_splash", "-exit", "sdf.tcl"], log=work / "sdf.log", cwd=work,
-             failed=lambda done: done.returncode != 0 or not (work / "delays.sdf").exists())
+             failed=lambda done: done.returncode != 0 or "Error" in done.stdout + done.stderr
+             or not (work / "delays.sdf").exists())
     sdf = work / "delays.sdf"
     sdf.write_text(re.sub(r"\(([-0-9.]+)::([-0-9.]+)\)", r"(\1:\1:\2)", sdf.read_text()))
     # The library's time unit is 1 ns; a design without register-to-register paths reports no slack.
@@ -195,7 +207,7 @@ def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "rep
             f.write(f"{word:x}\n")
     slices, hi = [], total
     for n, w in zip(names, widths):
-        slices.append(f".{n}(now[{hi - 1}:{hi - w}])" if n != reset else f".{n}(now[{hi - 1}] | in_reset)")
+        slices.append(f".{_escape(n)} (now[{hi - 1}:{hi - w}])" if n != reset else f".{n}(now[{hi - 1}] | in_reset)")
         hi -= w
     ports = ", ".join([".clk(clk)"] + slices)
     half = stim.period_ps // 2
@@ -241,7 +253,7 @@ def energy(mapped: Mapped, lib: liberty.Library, vcd: Path) -> tuple[gatelevel.E
     offsets = header.bit_offsets
     activity = {}
     for var in header.vars:
-        info = netnames.get(var.name)
+        info = netnames.get(_unescaped(var.name))
         if info is None or len(info["bits"]) != header.widths[var.code]:
             continue
         for i, bit in enumerate(info["bits"]):

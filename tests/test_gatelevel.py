@@ -1,12 +1,16 @@
 """The Liberty reader and the gate-level energy engine, on a hand-made library and netlist whose
 energies are computed by hand below, and on the OSU 0.18 um library that `make` fetches."""
 
+import json
+
 import numpy as np
 import pytest
 
 from hpu.cli import main
 from hpu.config import HPUConfig
 from power import calibrate, gatelevel, gatesim, liberty
+from power.energy import EnergyTable
+from rtl_gen.tools import opensta, run_tool
 
 from conftest import REPO
 
@@ -171,8 +175,8 @@ def test_osu018_library_reads_as_its_file_says():
 
 def test_a_lane_replayed_at_gate_level_accumulates_as_its_rtl(tmp_path):
     """The small configuration's lane 0, mapped to the OSU 0.18 um cells and replayed under Icarus with
-    the inputs it saw in an RTL run of 6 rows, takes the same accumulator values in the same order
-    (so the replay is aligned cycle for cycle), without delays and with SDF delays; its energy is
+    the inputs it saw in an RTL run of 6 rows, takes the same accumulator values cycle for cycle,
+    without delays and with SDF delays; its energy is
     mostly switching and internal, and the delays add glitches."""
     small = f"{REPO}/configs/small.toml"
     cfg = HPUConfig.load(small)
@@ -187,16 +191,17 @@ def test_a_lane_replayed_at_gate_level_accumulates_as_its_rtl(tmp_path):
     stim = gatesim.stimulus(tmp_path / "g.vcd", scope, gatesim.data_inputs(mapped))
     dump = gatesim.replay(mapped, gatesim.CELLS_VERILOG, stim, name="gated")
     accs = {f"acc{c}": cfg.acc_bits for c in range(cfg.chunks)}
-    rtl = gatesim.distinct_states(gatesim.stimulus(tmp_path / "g.vcd", scope, accs).values)
-    gate = gatesim.distinct_states(gatesim.stimulus(dump, ("replay", "dut"), accs).values)
-    # The RTL dump ends in `$dumpoff` (every bit x, read as 0): one state more.
-    assert len(gate) > 6 and np.array_equal(rtl[:-1], gate)
+    rtl = gatesim.stimulus(tmp_path / "g.vcd", scope, accs).values
+    # The replay's values settle before the next edge: one cycle fewer, each equal to the RTL's.
+    gate = gatesim.stimulus(dump, ("replay", "dut"), accs, settled=True).values
+    assert len(gate) == len(stim.values) - 1 and len(np.unique(gate, axis=0)) > 6
+    assert np.array_equal(rtl[:len(gate)], gate)
     energy, counts = gatesim.energy(mapped, lib, dump)
     assert energy.switching.sum() > 0 and energy.internal.sum() > 10 * energy.leakage.sum() > 0
     # With OpenSTA's delays annotated: the same states, and glitches on top of the zero-delay toggles.
     delayed = gatesim.replay(mapped, gatesim.CELLS_VERILOG, stim, name="gated_sdf",
                              sdf=gatesim.write_sdf(mapped, stim.period_ps).sdf)
-    assert np.array_equal(rtl[:-1], gatesim.distinct_states(gatesim.stimulus(delayed, ("replay", "dut"), accs).values))
+    assert np.array_equal(rtl[:len(gate)], gatesim.stimulus(delayed, ("replay", "dut"), accs, settled=True).values)
     glitchy, more = gatesim.energy(mapped, lib, delayed)
     assert (more.rise + more.fall).sum() > (counts.rise + counts.fall).sum()
     assert glitchy.total.sum() > energy.total.sum()
@@ -232,3 +237,103 @@ def test_calibration_fit_recovers_known_coefficients_and_reports_held_out_error(
                  "hpu.ab": {"toggles_own": own, "clocked_bit_cycles_own": 100, "energy_fJ_own": {"datapath": 5.0}}}
     assert calibrate.features(instances, "hpu.a").tolist() == [4, 10, 2, 24]
     assert calibrate.logic_energy(instances, "hpu.a") == 6.0
+
+
+def test_hpu_calibrate_fits_a_lane_and_hpu_power_takes_its_table(tmp_path):
+    """A small calibration (the small configuration's lanes, three workload classes of two rows): the
+    table it writes holds the fit of its JSON, which that JSON's numbers reproduce; every held-out
+    prediction is the fit without its workload; and `hpu power --energy` on one of the runs charges
+    lane 0 exactly idle x cycles + coefficients x its activity, and says which table it used."""
+    small = f"{REPO}/configs/small.toml"
+    work, out = tmp_path / "work", tmp_path / "out"
+    assert main(["calibrate", "--config", small, "--units", "lane", "--workloads", "random", "minilm",
+                 "adversarial", "--rows", "2", "--work", str(work), "-o", str(out)]) == 0
+    result = json.loads((out / "calibration.json").read_text())
+    (lane,) = result["units"]
+    assert lane["applies_to"] == "hpu.mac.lane*" and len(lane["runs"]) == 6
+    runs = list(lane["runs"].values())
+    x = np.array([r["rtl_features"] for r in runs])
+    cycles = np.array([r["cycles"] for r in runs], float)
+    fit = lane["fit"]["sdf"]
+    y = np.array([r["gate_sdf_fJ"] for r in runs])
+    # Glitches: the SDF replay costs more than the zero-delay one on every run.
+    assert all(r["gate_sdf_fJ"] > r["gate_zero_delay_fJ"] > 0 for r in runs)
+    assert calibrate.fit(x, y, cycles, fit["idle_fJ_per_cycle"]) == pytest.approx(list(fit["fJ_per"].values()))
+    held = calibrate.leave_one_workload_out([r["workload"] for r in runs], x, y, cycles, fit["idle_fJ_per_cycle"])
+    assert [r["held_out_fJ_sdf"] for r in runs] == pytest.approx(np.concatenate(list(held.values())).tolist())
+    assert fit["held_out_worst_error"] == pytest.approx(max(abs(r["held_out_fJ_sdf"] / r["gate_sdf_fJ"] - 1)
+                                                            for r in runs))
+    table = EnergyTable.load(out / "energy.toml")
+    (entry,) = table.units
+    assert entry.pattern == "hpu.mac.lane*" and table.calibration["config"] == small
+    coefficients = [*entry.toggle_fj.values(), entry.clock_fj]
+    assert coefficients == pytest.approx(list(fit["fJ_per"].values()), rel=1e-4)
+    assert (out / "calibration.png").stat().st_size > 0 and "hpu.mac.lane0" in (out / "calibration.md").read_text()
+
+    assert main(["power", str(work / "random" / "gated.vcd"), "--manifest", str(work / "rtl" / "manifest.json"),
+                 "--energy", str(out / "energy.toml"), "-o", str(tmp_path / "power")]) == 0
+    report = json.loads((tmp_path / "power" / "power.json").read_text())
+    run = report["runs"]["gated"]
+    features = calibrate.features(run["instances"], "hpu.mac.lane0")
+    assert features.tolist() == lane["runs"]["random/gated"]["rtl_features"]
+    assert run["instances"]["hpu.mac.lane0"]["energy_fJ_subtree"] == pytest.approx(
+        entry.idle_fj_per_cycle * run["cycles"] + features @ np.array(coefficients))
+    assert report["energy_table"]["calibration"]["library"].startswith("osu018_stdcells")
+    assert "Calibrated against osu018_stdcells" in (tmp_path / "power" / "power.md").read_text()
+
+
+CHAIN_V = """module chain(clk, a, y);
+  input clk, a;
+  output y;
+  wire n1, n2, q;
+  INVX1 u1 (.A(a), .Y(n1));
+  BUFX2 u2 (.A(n1), .Y(n2));
+  DFFPOSX1 r (.CLK(clk), .D(n2), .Q(q));
+  INVX4 u4 (.A(q), .Y(y));
+endmodule
+"""
+# The same netlist as Yosys writes it: nets 2 clk, 3 a, 4 y, 5 n1, 6 n2, 7 q.
+CHAIN_JSON = {"modules": {"chain": {
+    "ports": {"clk": {"direction": "input", "bits": [2]}, "a": {"direction": "input", "bits": [3]},
+              "y": {"direction": "output", "bits": [4]}},
+    "cells": {"u1": {"type": "INVX1", "connections": {"A": [3], "Y": [5]}},
+              "u2": {"type": "BUFX2", "connections": {"A": [5], "Y": [6]}},
+              "r": {"type": "DFFPOSX1", "connections": {"CLK": [2], "D": [6], "Q": [7]}},
+              "u4": {"type": "INVX4", "connections": {"A": [7], "Y": [4]}}},
+    "netnames": {n: {"bits": [b]} for n, b in (("clk", 2), ("a", 3), ("y", 4), ("n1", 5), ("n2", 6), ("q", 7))}}}}
+
+
+def test_engine_against_debian_opensta_report_power_in_global_mode(tmp_path):
+    """Debian's OpenSTA (2019) on a small netlist with `set_power_activity -global -activity 0.1`: it
+    gives register outputs, and what they drive, 0.1 transitions per clock period and primary inputs
+    none. With the same activity, our leakage and switching energy agree with it within 1% per
+    instance; its internal energy is twice ours on a one-input cell (that build charges a rise's and
+    a fall's table energy on every transition, where current OpenSTA and we charge each its own), and
+    on the flip-flop, whose clock pin dominates, within 5% of twice ours."""
+    (tmp_path / "cells.lib").write_bytes(gatesim.CELLS_LIBERTY.read_bytes())
+    (tmp_path / "chain.v").write_text(CHAIN_V)
+    (tmp_path / "power.tcl").write_text(
+        "read_liberty cells.lib\nread_verilog chain.v\nlink_design chain\n"
+        "create_clock -name clk -period 10 [get_ports clk]\nset_power_activity -global -activity 0.1 -duty 0.5\n"
+        "report_power -instances [get_cells *] -digits 6\nexit\n")
+    done = run_tool("OpenSTA", [opensta(), "-no_splash", "-exit", "power.tcl"], log=tmp_path / "sta.log", cwd=tmp_path)
+    theirs = {}
+    for line in done.stdout.splitlines():
+        words = line.split()
+        if len(words) == 5 and words[4] in CHAIN_JSON["modules"]["chain"]["cells"]:
+            theirs[words[4]] = dict(zip(("internal", "switching", "leakage"), map(float, words[:3])))
+    assert set(theirs) == {"u1", "u2", "r", "u4"}
+    lib = liberty.load(gatesim.CELLS_LIBERTY)
+    netlist = gatelevel.Netlist.from_yosys(CHAIN_JSON, lib, "chain")
+    cycles, period = 1000, 10e-9
+    moving = {2: (cycles, cycles), 7: (cycles // 20, cycles // 20), 4: (cycles // 20, cycles // 20)}
+    e = gatelevel.estimate(netlist, lib, moving, cycles * period)
+    ours = {name: {"internal": e.internal[i], "switching": e.switching[i], "leakage": e.leakage[i]}
+            for i, name in enumerate(e.instances)}
+    watts = {name: {k: v / (cycles * period) for k, v in d.items()} for name, d in ours.items()}
+    for name in theirs:
+        assert watts[name]["leakage"] == pytest.approx(theirs[name]["leakage"], rel=1e-5)
+        assert watts[name]["switching"] == pytest.approx(theirs[name]["switching"], rel=0.01, abs=1e-12)
+    assert 2 * watts["u4"]["internal"] == pytest.approx(theirs["u4"]["internal"], rel=0.01)
+    assert 2 * watts["r"]["internal"] == pytest.approx(theirs["r"]["internal"], rel=0.05)
+    assert theirs["u1"]["internal"] < 1e-12 and watts["u1"]["internal"] == 0

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from golden_model.sources import rows_from
 from hpu.cli import main
 from hpu.config import HPUConfig
+from hpu.errors import InputError
 from power import activity, design, saif
 from power.energy import EnergyTable, estimate
 from power.reference import reference_counts
@@ -347,6 +349,57 @@ def test_silent_ratio_and_energy_of_a_tiny_dump_by_hand(tiny, tmp_path):
     # top: busy 2 toggles (register), go 2 toggles (control), busy's register clocked all 10 cycles
     assert e.total[top] == pytest.approx(2 * table.toggle_fj["register"] + 2 * table.toggle_fj["control"]
                                          + 10 * table.clock_fj)
+
+
+CALIBRATED = """
+source = "calibrated, for the test"
+[calibration]
+library = "osu018_stdcells (1.8 V)"
+date = "2026-12-01"
+[toggle_fJ]
+register = 1.0
+datapath = 2.0
+memory = 3.0
+control = 4.0
+[clock_fJ]
+per_enabled_bit = 0.5
+[units."t.l*"]
+toggle_fJ = { register = 10.0, datapath = 20.0, control = 40.0 }
+clock_fJ_per_enabled_bit = 5.0
+idle_fJ_per_cycle = 100.0
+held_out_error = 0.05
+"""
+
+
+def test_a_calibrated_unit_entry_charges_its_instances_and_its_idle_once(tiny, tmp_path):
+    """A [units] entry charges the instances it matches (and those below) at its own figures, adds its
+    idle energy per cycle once, to the instance it matches; the rest keeps the table's figures."""
+    (tmp_path / "cal.toml").write_text(CALIBRATED)
+    table = EnergyTable.load(tmp_path / "cal.toml")
+    assert table.calibration["library"] == "osu018_stdcells (1.8 V)" and table.units[0].held_out_error == 0.05
+    assert table.entry_for("t.l") == (table.units[0], True)
+    assert table.entry_for("t.l.deeper") == (table.units[0], False)
+    assert table.entry_for("t") == (None, False)
+    a = activity.measure(tiny, window=5)
+    e = estimate(a, table)
+    lane, top = tiny.index("t.l"), tiny.index("t")
+    # The tiny dump's lane: 4 register and 4 datapath toggles, 8 enabled bit-cycles, 10 cycles.
+    assert e.total[lane] == pytest.approx(4 * 10.0 + 4 * 20.0 + 8 * 5.0 + 100.0 * 10)
+    assert e.total[top] == pytest.approx(2 * 1.0 + 2 * 4.0 + 10 * 0.5)
+    assert e.clocked_bits.tolist()[lane] == 8
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('toggle_fJ = { register = 1.0 }\nclock_fJ_per_enabled_bit = 1.0\nidle_fJ_per_cycle = 1.0',
+     'units."x" needs toggle_fJ = { register, datapath, control }'),
+    ('toggle_fJ = { register = 1.0, datapath = 1.0, control = -1.0 }\nclock_fJ_per_enabled_bit = 1.0\n'
+     'idle_fJ_per_cycle = 1.0', 'units."x".toggle_fJ.control = -1.0: must be a number of femtojoules >= 0'),
+])
+def test_bad_unit_entries_are_refused_by_name(tmp_path, entry, message):
+    text = EnergyTable.load().path
+    (tmp_path / "bad.toml").write_text(Path(text).read_text() + f'\n[units."x"]\n{entry}\n')
+    with pytest.raises(InputError, match=re.escape(message)):
+        EnergyTable.load(tmp_path / "bad.toml")
 
 
 def test_memory_access_energy_follows_capacity_and_counts_accesses(tmp_path):
