@@ -39,7 +39,7 @@ from hpu.config import HPUConfig
 from hpu.errors import InputError
 from hpu.files import claim, staged, write_json, write_text
 from power import gatesim, liberty
-from power.energy import DEFAULT_TABLE, FITTED_CLASSES
+from power.energy import DEFAULT_TABLE, FITTED_CLASSES, matches
 from power.flow import run_workload
 from rtl_gen.generate import TOP_NAME, generate
 from sim.job import Options
@@ -252,15 +252,19 @@ def _savings(runs: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def table_text(results: list[dict], cfg_name: str, lib: liberty.Library, date: str) -> str:
-    """The calibrated energy table: the cited table's figures for what no unit covers (memories, the
-    off-chip traffic, instances outside the calibrated units) and one [units] entry per unit."""
+def table_text(results: list[dict], instances: list[str], cfg_name: str, lib: liberty.Library, date: str) -> str:
+    """The calibrated energy table: one [units] entry per unit, and the cited table's figures for
+    memories, off-chip traffic and any instance no entry covers.
+
+    With the whole HPU calibrated too, its entry covers what no unit does (the top level's own
+    logic, the MAC array's issue logic) at its coefficients, and its idle energy is the whole HPU's
+    less that of the units' instances (`instances`: the design's), so no cycle is charged twice."""
     cited = DEFAULT_TABLE.read_text()
     body = cited[cited.index("[toggle_fJ]"):]
     worst = max(r["fit"]["sdf"]["held_out_worst_error"] for r in results)
     lines = [
-        "# Energy table calibrated by `hpu calibrate` against gate level. Instances no [units] entry covers,",
-        "# memories and off-chip traffic keep the cited figures below.",
+        "# Energy table calibrated by `hpu calibrate` against gate level. Memories, off-chip traffic and",
+        "# instances no [units] entry covers keep the cited figures below.",
         "",
         f'source = "calibrated: {lib.name} at gate level with SDF delays, {date}; elsewhere '
         f'Horowitz, ISSCC 2014, 45 nm, 0.9 V"',
@@ -275,15 +279,22 @@ def table_text(results: list[dict], cfg_name: str, lib: liberty.Library, date: s
         'library has no SRAM macros to calibrate them against."',
         "",
     ]
+    units_idle = sum(r["fit"]["sdf"]["idle_fJ_per_cycle"] * sum(matches(i, r["applies_to"]) for i in instances)
+                     for r in results if r["instance"] != TOP_NAME)
     for r in results:
         f = r["fit"]["sdf"]
         c = list(f["fJ_per"].values())
+        idle = f["idle_fJ_per_cycle"]
+        note = ""
+        if r["instance"] == TOP_NAME and len(results) > 1:
+            idle = max(0.0, idle - units_idle)
+            note = f" (idle: the whole HPU's {f['idle_fJ_per_cycle']:.1f} less the units' {units_idle:.1f})"
         lines += [f'[units."{r["applies_to"]}"]',
                   f"# {r['instance']}: {r['cells']} cells, worst held-out error {f['held_out_worst_error']:.1%} "
-                  f"(cited table scaled: {f['cited_scaled_held_out_worst_error']:.1%})",
+                  f"(cited table scaled: {f['cited_scaled_held_out_worst_error']:.1%}){note}",
                   "toggle_fJ = { " + ", ".join(f"{k} = {v:.4f}" for k, v in zip(FITTED_CLASSES, c)) + " }",
                   f"clock_fJ_per_enabled_bit = {c[-1]:.4f}",
-                  f"idle_fJ_per_cycle = {f['idle_fJ_per_cycle']:.4f}",
+                  f"idle_fJ_per_cycle = {idle:.4f}",
                   f"held_out_error = {f['held_out_worst_error']:.4f}", ""]
     return "\n".join(lines) + "\n" + body
 
@@ -316,7 +327,7 @@ def calibrate(cfg: HPUConfig, cfg_name: str, units: list[str], rows: int, work: 
                   "workloads": {k: v[0] for k, v in workloads.items()}, "units": results}
         paths = {"table": out / "energy.toml", "json": out / "calibration.json", "plot": out / "calibration.png",
                  "summary": out / "calibration.md"}
-        write_text(paths["table"], table_text(results, cfg_name, lib, date))
+        write_text(paths["table"], table_text(results, list(next(iter(bench.reports.values()))), cfg_name, lib, date))
         write_json(paths["json"], result)
         plot(results, paths["plot"])
         write_text(paths["summary"], summary(result))

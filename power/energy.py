@@ -68,7 +68,7 @@ class EnergyTable:
         for depth in range(len(parts), 0, -1):
             ancestor = ".".join(parts[:depth])
             for entry in self.units:
-                if _matches(ancestor, entry.pattern):
+                if matches(ancestor, entry.pattern):
                     return entry, depth == len(parts)
         return None, False
 
@@ -114,7 +114,7 @@ class EnergyTable:
                    _unit_entries(data.get("units", {}), path), calibration)
 
 
-def _matches(path: str, pattern: str) -> bool:
+def matches(path: str, pattern: str) -> bool:
     """fnmatch per dotted level: `hpu.mac.lane*` is each lane, not what lies below a lane."""
     names, patterns = path.split("."), pattern.split(".")
     return len(names) == len(patterns) and all(fnmatch.fnmatchcase(n, p) for n, p in zip(names, patterns))

@@ -188,7 +188,9 @@ def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "rep
     """Runs the mapped netlist under Icarus on `stim` (one row per cycle, a column per input of
     `data_inputs(mapped)`, at its clock period), in the mapping's folder, and returns `name`.vcd: the
     dump of the unit's own nets (its flip-flops cleared by `reset_cycles` cycles of `reset` first, not
-    dumped). With `sdf`, the cells' delays are annotated and simulated (inertial), so glitches appear."""
+    dumped). Row k is applied just after edge k, so edge k sees row k - 1; edge 0 sees the reset still
+    held, as an `hpu sim` dump begins at the edge that releases it. With `sdf`, the cells' delays are
+    annotated and simulated (inertial), so glitches appear."""
     work = mapped.verilog.parent
     names = list(data_inputs(mapped))
     if list(stim.widths) != names:
@@ -223,12 +225,12 @@ module replay;
     {f'$sdf_annotate("{sdf.name}", dut);' if sdf is not None else ''}
     $readmemh("{name}.hex", stim);
     repeat ({reset_cycles}) begin #{half} clk = 1; #{half} clk = 0; end
-    in_reset = 0;
     $dumpfile("{name}.vcd");
     $dumpvars(1, dut);
     for (k = 0; k < {len(stim.values)}; k = k + 1) begin
       #{half} clk = 1;
       #1 now = stim[k];
+      in_reset = 0;
       #{half - 1} clk = 0;
     end
     #{half} $finish;

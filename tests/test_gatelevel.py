@@ -337,3 +337,24 @@ def test_engine_against_debian_opensta_report_power_in_global_mode(tmp_path):
     assert 2 * watts["u4"]["internal"] == pytest.approx(theirs["u4"]["internal"], rel=0.01)
     assert 2 * watts["r"]["internal"] == pytest.approx(theirs["r"]["internal"], rel=0.05)
     assert theirs["u1"]["internal"] < 1e-12 and watts["u1"]["internal"] == 0
+
+
+def test_a_calibrated_table_charges_the_whole_hpus_idle_once(tmp_path):
+    """With lanes and the whole HPU calibrated, the HPU's entry keeps its own idle energy less that
+    of every lane instance, so an idle cycle costs what the whole HPU's idle replay measured."""
+    def result(instance, pattern, idle, coefficients):
+        fit = {"idle_fJ_per_cycle": idle, "fJ_per": dict(zip(calibrate.FEATURES, coefficients)),
+               "held_out_worst_error": 0.05, "cited_scaled_held_out_worst_error": 0.2}
+        return {"instance": instance, "applies_to": pattern, "cells": 10, "fit": {"sdf": fit}}
+
+    results = [result("hpu.mac.lane0", "hpu.mac.lane*", 10.0, [1, 2, 3, 4]), result("hpu", "hpu", 100.0, [5, 6, 7, 8])]
+    lib = liberty.load(gatesim.CELLS_LIBERTY)
+    text = calibrate.table_text(results, ["hpu", "hpu.mac", "hpu.mac.lane0", "hpu.mac.lane1"], "small.toml", lib,
+                                "2026-12-01")
+    (tmp_path / "t.toml").write_text(text)
+    table = EnergyTable.load(tmp_path / "t.toml")
+    lane, top = table.units
+    assert (lane.idle_fj_per_cycle, top.idle_fj_per_cycle) == (10.0, 80.0)
+    assert top.toggle_fj == {"register": 5.0, "datapath": 6.0, "control": 7.0} and top.clock_fj == 8.0
+    assert table.entry_for("hpu.mac") == (top, False) and table.entry_for("hpu.mac.lane1") == (lane, True)
+    assert table.calibration["date"] == "2026-12-01" and table.memory_points == EnergyTable.load().memory_points
