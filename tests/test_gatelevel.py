@@ -243,7 +243,7 @@ def test_hpu_calibrate_fits_a_lane_and_hpu_power_takes_its_table(tmp_path):
     """A small calibration (the small configuration's lanes, three workload classes of two rows): the
     table it writes holds the fit of its JSON, which that JSON's numbers reproduce; every held-out
     prediction is the fit without its workload; and `hpu power --energy` on one of the runs charges
-    lane 0 exactly idle x cycles + coefficients x its activity, and says which table it used."""
+    lane 0 exactly idle x cycles + its energy per toggle x its toggles, and says which table it used."""
     small = f"{REPO}/configs/small.toml"
     work, out = tmp_path / "work", tmp_path / "out"
     assert main(["calibrate", "--config", small, "--units", "lane", "--workloads", "random", "minilm",
@@ -255,19 +255,22 @@ def test_hpu_calibrate_fits_a_lane_and_hpu_power_takes_its_table(tmp_path):
     x = np.array([r["rtl_features"] for r in runs])
     cycles = np.array([r["cycles"] for r in runs], float)
     fit = lane["fit"]["sdf"]
+    idle = fit["idle_fJ_per_cycle"]
     y = np.array([r["gate_sdf_fJ"] for r in runs])
     # Glitches: the SDF replay costs more than the zero-delay one on every run.
     assert all(r["gate_sdf_fJ"] > r["gate_zero_delay_fJ"] > 0 for r in runs)
-    assert calibrate.fit(x, y, cycles, fit["idle_fJ_per_cycle"]) == pytest.approx(list(fit["fJ_per"].values()))
-    held = calibrate.leave_one_workload_out([r["workload"] for r in runs], x, y, cycles, fit["idle_fJ_per_cycle"])
-    assert [r["held_out_fJ_sdf"] for r in runs] == pytest.approx(np.concatenate(list(held.values())).tolist())
-    assert fit["held_out_worst_error"] == pytest.approx(max(abs(r["held_out_fJ_sdf"] / r["gate_sdf_fJ"] - 1)
-                                                            for r in runs))
+    for kind, (columns, _) in calibrate.MODELS.items():
+        assert calibrate.fit(columns(x), y, cycles, idle) == pytest.approx(list(fit[kind]["fJ_per"].values()))
+        held = calibrate.leave_one_workload_out([r["workload"] for r in runs], columns(x), y, cycles, idle)
+        predicted = [r[f"{kind}_held_out_fJ_sdf"] for r in runs]
+        assert predicted == pytest.approx(np.concatenate(list(held.values())).tolist())
+        assert fit[kind]["held_out_worst_error"] == pytest.approx(max(abs(p / g - 1) for p, g in zip(predicted, y)))
+    per_toggle = fit[calibrate.MODEL]["fJ_per"]["logic toggle"]
     table = EnergyTable.load(out / "energy.toml")
     (entry,) = table.units
     assert entry.pattern == "hpu.mac.lane*" and table.calibration["config"] == small
-    coefficients = [*entry.toggle_fj.values(), entry.clock_fj]
-    assert coefficients == pytest.approx(list(fit["fJ_per"].values()), rel=1e-4)
+    assert entry.toggle_fj == pytest.approx({c: per_toggle for c in ("register", "datapath", "control")}, rel=1e-4)
+    assert (entry.clock_fj, entry.idle_fj_per_cycle) == (0.0, pytest.approx(idle, rel=1e-4))
     assert (out / "calibration.png").stat().st_size > 0 and "hpu.mac.lane0" in (out / "calibration.md").read_text()
 
     assert main(["power", str(work / "random" / "gated.vcd"), "--manifest", str(work / "rtl" / "manifest.json"),
@@ -277,7 +280,7 @@ def test_hpu_calibrate_fits_a_lane_and_hpu_power_takes_its_table(tmp_path):
     features = calibrate.features(run["instances"], "hpu.mac.lane0")
     assert features.tolist() == lane["runs"]["random/gated"]["rtl_features"]
     assert run["instances"]["hpu.mac.lane0"]["energy_fJ_subtree"] == pytest.approx(
-        entry.idle_fj_per_cycle * run["cycles"] + features @ np.array(coefficients))
+        entry.idle_fj_per_cycle * run["cycles"] + features[:3].sum() * entry.toggle_fj["register"])
     assert report["energy_table"]["calibration"]["library"].startswith("osu018_stdcells")
     assert "Calibrated against osu018_stdcells" in (tmp_path / "power" / "power.md").read_text()
 
@@ -342,12 +345,12 @@ def test_engine_against_debian_opensta_report_power_in_global_mode(tmp_path):
 def test_a_calibrated_table_charges_the_whole_hpus_idle_once(tmp_path):
     """With lanes and the whole HPU calibrated, the HPU's entry keeps its own idle energy less that
     of every lane instance, so an idle cycle costs what the whole HPU's idle replay measured."""
-    def result(instance, pattern, idle, coefficients):
-        fit = {"idle_fJ_per_cycle": idle, "fJ_per": dict(zip(calibrate.FEATURES, coefficients)),
-               "held_out_worst_error": 0.05, "cited_scaled_held_out_worst_error": 0.2}
+    def result(instance, pattern, idle, per_toggle):
+        fit = {"idle_fJ_per_cycle": idle, "cited_scaled_held_out_worst_error": 0.2,
+               calibrate.MODEL: {"fJ_per": {"logic toggle": per_toggle}, "held_out_worst_error": 0.05}}
         return {"instance": instance, "applies_to": pattern, "cells": 10, "fit": {"sdf": fit}}
 
-    results = [result("hpu.mac.lane0", "hpu.mac.lane*", 10.0, [1, 2, 3, 4]), result("hpu", "hpu", 100.0, [5, 6, 7, 8])]
+    results = [result("hpu.mac.lane0", "hpu.mac.lane*", 10.0, 1.0), result("hpu", "hpu", 100.0, 5.0)]
     lib = liberty.load(gatesim.CELLS_LIBERTY)
     text = calibrate.table_text(results, ["hpu", "hpu.mac", "hpu.mac.lane0", "hpu.mac.lane1"], "small.toml", lib,
                                 "2026-12-01")
@@ -355,6 +358,6 @@ def test_a_calibrated_table_charges_the_whole_hpus_idle_once(tmp_path):
     table = EnergyTable.load(tmp_path / "t.toml")
     lane, top = table.units
     assert (lane.idle_fj_per_cycle, top.idle_fj_per_cycle) == (10.0, 80.0)
-    assert top.toggle_fj == {"register": 5.0, "datapath": 6.0, "control": 7.0} and top.clock_fj == 8.0
+    assert top.toggle_fj == {"register": 5.0, "datapath": 5.0, "control": 5.0} and top.clock_fj == 0.0
     assert table.entry_for("hpu.mac") == (top, False) and table.entry_for("hpu.mac.lane1") == (lane, True)
     assert table.calibration["date"] == "2026-12-01" and table.memory_points == EnergyTable.load().memory_points
