@@ -44,6 +44,7 @@ from power import gatesim, liberty
 from power.energy import DEFAULT_TABLE, FITTED_CLASSES, matches
 from power.flow import run_workload
 from rtl_gen.generate import TOP_NAME, generate
+from rtl_gen.manifest import load_manifest, load_nets
 from sim.job import Options
 
 FEATURES = (*(f"{c} toggle" for c in FITTED_CLASSES), "enabled register bit-cycle")
@@ -137,13 +138,14 @@ class Bench:
     verilog: Path
     reports: dict[tuple[str, str], dict]    # (workload, run) -> power.json's instance entries
     dumps: dict[tuple[str, str], Path]
+    nets: dict                              # nets.json's modules: each module's memories
 
 
 def simulate(cfg: HPUConfig, workloads: dict, rows: int, work: Path, log=print) -> Bench:
     """Every workload class simulated at RTL gated and dense, its dumps read with the cited table; the
     classes run side by side, one per CPU (each run is mostly simulator start-up)."""
     rtl = work / "rtl"
-    verilog = generate(cfg, rtl).verilog
+    generated = generate(cfg, rtl)
     reports, dumps = {}, {}
     with concurrent.futures.ProcessPoolExecutor(min(len(workloads), os.cpu_count() or 1)) as pool:
         futures = {name: pool.submit(_rtl_runs, cfg, name, source, rows, options, work, rtl)
@@ -155,7 +157,7 @@ def simulate(cfg: HPUConfig, workloads: dict, rows: int, work: Path, log=print) 
                 dumps[(name, run)] = work / name / dump
             log(f"RTL {name}: {rows} rows, {power['runs']['gated']['cycles']} cycles gated, "
                 f"{power['runs']['dense']['cycles']} dense", flush=True)
-    return Bench(cfg, work, verilog, reports, dumps)
+    return Bench(cfg, work, generated.verilog, reports, dumps, load_nets(generated.manifest, load_manifest(generated.manifest)))
 
 
 def _rtl_runs(cfg: HPUConfig, name: str, source: str, rows: int, options: Options, work: Path, rtl: Path) -> dict:
@@ -167,6 +169,17 @@ def _rtl_runs(cfg: HPUConfig, name: str, source: str, rows: int, options: Option
         raise InputError(f"workload {name}: {mismatches} rows differ from the golden model at RTL: "
                          "the design is wrong, there is nothing to calibrate")
     return power
+
+
+def memories_of(nets: dict, instance: str) -> set[str]:
+    """The memories in `instance` and below it, named as in its flattened netlist (`fetch.asks.storage`
+    for the HPU, `asks.storage` for hpu.fetch), from `hpu gen`'s nets.json modules."""
+    names = set()
+    for path, module in nets.items():
+        if path == instance or path.startswith(instance + "."):
+            prefix = path[len(instance) + 1:]
+            names |= {f"{prefix}.{m['name']}" if prefix else m["name"] for m in module.get("memories", [])}
+    return names
 
 
 def _differing_outputs(rtl: gatesim.Stimulus, gate: gatesim.Stimulus) -> list[str]:
@@ -198,7 +211,7 @@ def calibrate_unit(bench: Bench, unit: str, log=print) -> dict:
     """One unit at gate level on every run of `bench`, and its fit; see the module docstring."""
     instance, pattern = UNITS[unit]
     mapped = gatesim.map_to_cells(bench.verilog, instance, gatesim.CELLS_LIBERTY, bench.work / "gate" / instance)
-    left_out = gatesim.memory_cells(mapped)
+    left_out = gatesim.memory_cells(mapped, _library(), memories_of(bench.nets, instance))
     scope = HARNESS + tuple(instance.split(".")[1:])
     keys = list(bench.dumps)
     stims = {k: gatesim.stimulus(bench.dumps[k], scope, gatesim.data_inputs(mapped)) for k in keys}

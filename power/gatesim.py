@@ -171,16 +171,18 @@ def write_sdf(mapped: Mapped, period_ps: int, clock: str = "clk") -> Timing:
     return Timing(sdf, max(period_ps, int(-(-needed // 1000)) * 1000))
 
 
-def memory_cells(mapped: Mapped) -> set[str]:
-    """The cells that hold a memory's words: Yosys maps a memory to flip-flops whose outputs it names
-    `memory[word]`. The library has no SRAM macros, so these stand in for the memories a chip would
-    have; the report charges memories per access from its table instead."""
+def memory_cells(mapped: Mapped, lib: liberty.Library, memories: set[str]) -> set[str]:
+    """The flip-flops that hold the words of `memories` (their names in the unit, e.g.
+    `exp_gate.histogram`): Yosys maps a memory to flip-flops whose outputs it names `memory[word]`.
+    The library has no SRAM macros, so these stand in for the memories a chip would have; the
+    report charges memories per access from its table instead."""
     module = mapped.netlist["modules"][mapped.top]
-    words = {b for name, info in module["netnames"].items() if re.search(r"\[\d+\]$", name)
+    words = {b for name, info in module["netnames"].items()
+             if name.endswith("]") and name[:name.rfind("[")] in memories and name[name.rfind("[") + 1:-1].isdigit()
              for b in info["bits"] if isinstance(b, int)}
     return {name for name, cell in module["cells"].items()
-            if any(d == "output" and any(b in words for b in cell["connections"][pin])
-                   for pin, d in cell.get("port_directions", {}).items())}
+            if any(pin.direction == "output" and any(b in words for b in cell["connections"].get(pin_name, []))
+                   for pin_name, pin in lib.cells[cell["type"]].pins.items())}
 
 
 def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "replay",

@@ -361,3 +361,27 @@ def test_a_calibrated_table_charges_the_whole_hpus_idle_once(tmp_path):
     assert top.toggle_fj == {"register": 5.0, "datapath": 5.0, "control": 5.0} and top.clock_fj == 0.0
     assert table.entry_for("hpu.mac") == (top, False) and table.entry_for("hpu.mac.lane1") == (lane, True)
     assert table.calibration["date"] == "2026-12-01" and table.memory_points == EnergyTable.load().memory_points
+
+
+def test_memory_flip_flops_are_found_by_their_words(tmp_path):
+    """A 4 x 3-bit memory mapped to the cells is 12 flip-flops named mem[0..3]: those, and only those,
+    are the memory cells a calibration leaves out (the read port's register is logic)."""
+    (tmp_path / "m.v").write_text(
+        "module m(input clk, input we, input [1:0] wa, input [1:0] ra, input [2:0] d, output reg [2:0] q);\n"
+        "  reg [2:0] mem [0:3];\n"
+        "  always @(posedge clk) begin\n    if (we) mem[wa] <= d;\n    q <= mem[ra];\n  end\nendmodule\n")
+    mapped = gatesim.map_to_cells(tmp_path / "m.v", "m", gatesim.CELLS_LIBERTY, tmp_path / "map")
+    lib = liberty.load(gatesim.CELLS_LIBERTY)
+    cells = mapped.netlist["modules"]["m"]["cells"]
+    left_out = gatesim.memory_cells(mapped, lib, {"mem"})
+    assert gatesim.memory_cells(mapped, lib, {"other"}) == set()
+    assert len(left_out) == 12 and {cells[c]["type"] for c in left_out} == {"DFFPOSX1"}
+    assert sum(lib.cells[c["type"]].sequential for c in cells.values()) == 15
+
+
+def test_memories_are_named_as_the_flattened_unit_names_them():
+    nets = {"hpu": {"memories": [{"name": "e_buffer"}]}, "hpu.fetch.asks": {"memories": [{"name": "storage"}]},
+            "hpu.fetcher": {"memories": [{"name": "m"}]}, "hpu.normalizer": {"memories": []}}
+    assert calibrate.memories_of(nets, "hpu.fetch") == {"asks.storage"}
+    assert calibrate.memories_of(nets, "hpu") == {"e_buffer", "fetch.asks.storage", "fetcher.m"}
+    assert calibrate.memories_of(nets, "hpu.normalizer") == set()

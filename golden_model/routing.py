@@ -1,0 +1,139 @@
+"""Token routing and sparse-query attention (SQDK: sparse queries, dense keys), the float reference.
+
+A router scores every token with a per-token logit (a linear projection of its hidden state) and
+sends only the top fraction of a sequence's tokens through attention as queries. Those queries
+attend to every admissible key (dense keys); an unrouted token gets no attention output (zeros
+here: the residual stream carries it). The HPU's mass gate composes with it: routed queries, mass-
+gated keys.
+
+- Capacity: `k = max(1, ceil(T * route_fraction))` routed tokens per sequence.
+- Order: (logit descending, position ascending), the rule of the gate's `topk`; the routed positions
+  are returned in ascending order.
+- Streaming (decode time): a token is routed when its logit reaches a threshold, decided from the
+  token alone, so it needs no look-ahead.
+- Causal: query position p (of T) sees keys j <= p + S - T (of S), the last query the last key.
+- Grouped-query attention: query head h reads key/value head h // (Hq / Hkv).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from golden_model.gate import select
+from hpu.config import HPUConfig
+from hpu.errors import InputError
+
+
+def capacity(tokens: int, route_fraction: float) -> int:
+    """Routed tokens per sequence of `tokens`."""
+    if not 0 < route_fraction <= 1:
+        raise InputError(f"route_fraction = {route_fraction}: must be in (0, 1]")
+    if tokens < 1:
+        raise InputError(f"a sequence of {tokens} tokens: routing needs at least one")
+    return max(1, math.ceil(tokens * route_fraction))
+
+
+def router_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: float = 0.0) -> torch.Tensor:
+    """(B, T, D) hidden states and a (D,) projection: (B, T) float32 logits."""
+    if hidden.dim() != 3 or weight.shape != hidden.shape[-1:]:
+        raise InputError(f"router: hidden states {tuple(hidden.shape)} must be (B, T, D) and the weight (D,), "
+                         f"not {tuple(weight.shape)}")
+    return hidden.float() @ weight.float() + bias
+
+
+def route_topk(logits: torch.Tensor, route_fraction: float) -> torch.Tensor:
+    """(B, T) logits: (B, k) routed positions, ascending, of the top k by (logit desc, position asc)."""
+    if logits.dim() != 2:
+        raise InputError(f"router logits {tuple(logits.shape)}: must be (B, T)")
+    if torch.isnan(logits).any():
+        raise InputError("router logits hold NaN: a NaN has no place in the order")
+    k = capacity(logits.shape[-1], route_fraction)
+    # A stable sort of the negated logits keeps equal logits in position order.
+    order = torch.sort(-logits, dim=-1, stable=True).indices[:, :k]
+    return torch.sort(order, dim=-1).values
+
+
+def route_streaming(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, T) logits: (B, T) bool, routed where the token's own logit reaches `threshold`."""
+    return logits >= threshold
+
+
+def positions_of(routed: torch.Tensor) -> list[torch.Tensor]:
+    """(B, T) routed mask: each sequence's routed positions, ascending (counts may differ)."""
+    return [torch.nonzero(row).flatten() for row in routed]
+
+
+def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
+    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise InputError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: must be (B, Hq, T, D), "
+                         "(B, Hkv, S, D) and (B, Hkv, S, D)")
+    if q.shape[1] % k.shape[1]:
+        raise InputError(f"{q.shape[1]} query heads cannot share {k.shape[1]} key/value heads evenly")
+    if q.shape[2] > k.shape[2]:
+        raise InputError(f"{q.shape[2]} queries over {k.shape[2]} keys: a query needs its own key")
+    return q.shape[1] // k.shape[1]
+
+
+@dataclass(frozen=True)
+class RoutedAttention:
+    """Sparse-query attention over (B, Hq, T, D) queries.
+
+    out:      (B, Hq, T, D), zeros in unrouted rows.
+    routed:   (B, T) bool.
+    kept:     (B, Hq, T) keys kept per row (0 in unrouted rows; every admissible key without a gate).
+    admissible: (B, T) keys a row may see.
+    """
+
+    out: torch.Tensor
+    routed: torch.Tensor
+    kept: torch.Tensor
+    admissible: torch.Tensor
+
+    def stats(self) -> dict[str, float]:
+        """Routed fraction, and keys kept per routed row (mean, and as a fraction of admissible)."""
+        routed = self.routed.unsqueeze(1).expand_as(self.kept)
+        rows = int(routed.sum())
+        admissible = self.admissible.unsqueeze(1).expand_as(self.kept)
+        return {"routed_fraction": float(self.routed.double().mean()),
+                "kept_per_routed_row": float(self.kept[routed].double().sum()) / max(rows, 1),
+                "kept_fraction_of_routed_rows": float(self.kept[routed].double().sum())
+                / max(float(admissible[routed].double().sum()), 1.0)}
+
+
+def sqdk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routed: torch.Tensor, causal: bool,
+                   scale: float | None = None, gate: HPUConfig | None = None) -> RoutedAttention:
+    """Attention for the routed rows only, each over every admissible key (or, with `gate`, over the
+    keys the mass gate keeps of its softmax), computed in float32 and scattered back in place.
+
+    routed: (B, T) bool, or (B, R) positions (as `route_topk` returns them)."""
+    group = check_heads(q, k, v)
+    b, hq, t, d = q.shape
+    s = k.shape[2]
+    if routed.dtype != torch.bool:
+        mask = torch.zeros(b, t, dtype=torch.bool, device=q.device)
+        if routed.numel() and (routed.min() < 0 or routed.max() >= t):
+            raise InputError(f"routed positions must lie in 0..{t - 1}")
+        routed = mask.scatter(1, routed.long(), True)
+    if routed.shape != (b, t):
+        raise InputError(f"routed mask {tuple(routed.shape)}: must be (B, T) = {(b, t)}")
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    kf = k.float().repeat_interleave(group, dim=1)
+    vf = v.float().repeat_interleave(group, dim=1)
+    scores = (q.float() @ kf.transpose(-1, -2)) * scale
+    keys = torch.arange(s, device=q.device)
+    queries = torch.arange(t, device=q.device)
+    valid = (keys[None, :] <= queries[:, None] + s - t) if causal else torch.ones(t, s, dtype=torch.bool,
+                                                                                   device=q.device)
+    probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
+    keep = valid.expand_as(probs)
+    if gate is not None:
+        keep, _ = select(probs, keep, gate)
+        probs = torch.where(keep, probs, torch.zeros_like(probs))
+        probs = probs / probs.sum(-1, keepdim=True)
+    rows = routed[:, None, :, None]
+    out = torch.where(rows, probs @ vf, torch.zeros(()))
+    kept = torch.where(routed[:, None, :], keep.sum(-1), torch.zeros((), dtype=torch.int64))
+    return RoutedAttention(out=out, routed=routed, kept=kept, admissible=valid.sum(-1).expand(b, t))

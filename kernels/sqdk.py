@@ -1,0 +1,120 @@
+"""Sparse-query attention (SQDK) on the GPU: the routed queries attend to every admissible key.
+
+`golden_model.routing` is the specification. The router's top-k (`route_topk`) runs with torch on
+the logits' device. The attention kernel (one program per block of routed queries and query head,
+in the manner of Triton's fused-attention tutorial: online softmax in exp2, fp32 accumulators) reads
+its queries straight from their positions in q and writes its outputs straight to the same
+positions in the output: the gather and the scatter are fused, there are no routed copies of q or
+of the output. Key/value head h // (Hq / Hkv) serves query head h (grouped-query attention, any
+ratio). A causal block reads keys only up to its last query's position. fp16 and bf16, head_dim 64
+and 128.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from golden_model.routing import check_heads, route_topk
+from hpu.errors import InputError
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 3))]
+
+
+@triton.autotune(configs=_configs(), key=["T", "S", "HEAD_DIM", "CAUSAL", "GROUP"])
+@triton.jit
+def _sqdk_kernel(Q, K, V, O, positions, counts, qk_scale, max_routed,
+                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
+                 H, T, S, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    block = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    count = tl.load(counts + b)
+    if block * BLOCK_M >= count:
+        return
+    slots = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    live = slots < count
+    pos = tl.load(positions + b.to(tl.int64) * max_routed + slots, mask=live, other=0)
+    dims = tl.arange(0, HEAD_DIM)
+    q_base = b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    kv_base = b.to(tl.int64) * stride_kb + (h // GROUP).to(tl.int64) * stride_kh
+    rows = q_base + pos.to(tl.int64)[:, None] * stride_qt + dims[None, :]
+    q = tl.load(Q + rows, mask=live[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    # Query position p sees keys up to p + S - T; positions ascend, so the block's last live one bounds it.
+    last = tl.max(tl.where(live, pos, 0), axis=0) + S - T
+    end = tl.minimum(last + 1, S) if CAUSAL else S
+    for start in range(0, end, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        in_range = keys < S
+        kv = kv_base + keys.to(tl.int64)[:, None] * stride_ks + dims[None, :]
+        k = tl.load(K + kv, mask=in_range[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        visible = in_range[None, :]
+        if CAUSAL:
+            visible = visible & (keys[None, :] <= pos[:, None] + S - T)
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(V + kv, mask=in_range[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(O + rows, out.to(O.dtype.element_ty), mask=live[:, None])
+
+
+def sqdk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, causal: bool,
+         counts: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """Attention of the routed rows of q (B, Hq, T, D) over k, v (B, Hkv, S, D); zeros elsewhere.
+
+    positions: (B, R) routed positions, ascending per sequence; counts: (B,) how many of each row
+    are real (default: all R)."""
+    group = check_heads(q, k, v)
+    b, h, t, d = q.shape
+    if q.dtype not in (torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise InputError(f"q, k, v are {q.dtype}, {k.dtype}, {v.dtype}: the kernel takes fp16 or bf16, all alike")
+    if d not in (64, 128):
+        raise InputError(f"head_dim {d}: the kernel takes 64 or 128")
+    if positions.dim() != 2 or positions.shape[0] != b:
+        raise InputError(f"positions {tuple(positions.shape)}: must be (B, R) with B = {b}")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if k.stride() != v.stride():
+        v = v.contiguous()
+        k = k.contiguous()
+    positions = positions.to(device=q.device, dtype=torch.int32).contiguous()
+    routed = positions.shape[1]
+    counts = (torch.full((b,), routed, dtype=torch.int32, device=q.device) if counts is None
+              else counts.to(device=q.device, dtype=torch.int32).contiguous())
+    out = torch.zeros_like(q)
+    if routed == 0:
+        return out
+    qk_scale = (1 / math.sqrt(d) if scale is None else scale) * 1.4426950408889634   # exp2
+    grid = lambda meta: (triton.cdiv(routed, meta["BLOCK_M"]), b * h)   # noqa: E731
+    _sqdk_kernel[grid](q, k, v, out, positions, counts, qk_scale, routed,
+                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                       h, t, k.shape[2], GROUP=group, HEAD_DIM=d, CAUSAL=causal)
+    return out
+
+
+def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
+                     route_fraction: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Route (top-k of the (B, T) logits, on their device) and attend: (output, routed positions)."""
+    positions = route_topk(logits, route_fraction)
+    return sqdk(q, k, v, positions, causal), positions
