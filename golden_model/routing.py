@@ -50,10 +50,16 @@ def route_topk(logits: torch.Tensor, route_fraction: float) -> torch.Tensor:
         raise InputError(f"router logits {tuple(logits.shape)}: must be (B, T)")
     if torch.isnan(logits).any():
         raise InputError("router logits hold NaN: a NaN has no place in the order")
-    k = capacity(logits.shape[-1], route_fraction)
-    # A stable sort of the negated logits keeps equal logits in position order.
-    order = torch.sort(-logits, dim=-1, stable=True).indices[:, :k]
-    return torch.sort(order, dim=-1).values
+    t = logits.shape[-1]
+    k = capacity(t, route_fraction)
+    # One integer key per token orders by logit, then by position: the float's bits made monotonic
+    # (negative floats have all but the sign bit flipped; -0.0 becomes +0.0 first, as it compares
+    # equal), above the position counted down. Keys are distinct, so top-k is exact without a
+    # stable sort, and it is one kernel on a GPU.
+    bits = (logits.float() + 0.0).view(torch.int32)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
+    key = (ordered << 32) | (t - 1 - torch.arange(t, device=logits.device))
+    return torch.sort(torch.topk(key, k, dim=-1, sorted=False).indices, dim=-1).values
 
 
 def route_streaming(logits: torch.Tensor, threshold: float) -> torch.Tensor:

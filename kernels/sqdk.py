@@ -29,7 +29,41 @@ def _configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 3))]
+            for m, n, w, s in ((128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 4, 3),
+                               (64, 128, 4, 3))]
+
+
+@triton.jit
+def _keys(acc, l_i, m_i, q, pos, K, V, kv_base, stride_ks, qk_scale, start, end, S, T,
+          MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax over the key blocks from `start` to `end`; MASKED: some keys are past the end
+    or past a row's causal limit, so each is checked."""
+    dims = tl.arange(0, HEAD_DIM)
+    for first in range(start, end, BLOCK_N):
+        keys = first + tl.arange(0, BLOCK_N)
+        kv = kv_base + keys.to(tl.int64)[:, None] * stride_ks + dims[None, :]
+        if MASKED:
+            in_range = keys < S
+            k = tl.load(K + kv, mask=in_range[:, None], other=0.0)
+        else:
+            k = tl.load(K + kv)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASKED:
+            visible = in_range[None, :]
+            if CAUSAL:
+                visible = visible & (keys[None, :] <= pos[:, None] + S - T)
+            qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if MASKED:
+            v = tl.load(V + kv, mask=in_range[:, None], other=0.0)
+        else:
+            v = tl.load(V + kv)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.autotune(configs=_configs(), key=["T", "S", "HEAD_DIM", "CAUSAL", "GROUP"])
@@ -38,13 +72,15 @@ def _sqdk_kernel(Q, K, V, O, positions, counts, qk_scale, max_routed,
                  stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
                  H, T, S, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    block = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     count = tl.load(counts + b)
-    if block * BLOCK_M >= count:
+    blocks = tl.cdiv(count, BLOCK_M)
+    if tl.program_id(0) >= blocks:
         return
+    # The last blocks hold the latest positions, which see the most keys when causal: they go first.
+    block = blocks - 1 - tl.program_id(0)
     slots = block * BLOCK_M + tl.arange(0, BLOCK_M)
     live = slots < count
     pos = tl.load(positions + b.to(tl.int64) * max_routed + slots, mask=live, other=0)
@@ -56,26 +92,19 @@ def _sqdk_kernel(Q, K, V, O, positions, counts, qk_scale, max_routed,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    # Query position p sees keys up to p + S - T; positions ascend, so the block's last live one bounds it.
-    last = tl.max(tl.where(live, pos, 0), axis=0) + S - T
-    end = tl.minimum(last + 1, S) if CAUSAL else S
-    for start in range(0, end, BLOCK_N):
-        keys = start + tl.arange(0, BLOCK_N)
-        in_range = keys < S
-        kv = kv_base + keys.to(tl.int64)[:, None] * stride_ks + dims[None, :]
-        k = tl.load(K + kv, mask=in_range[:, None], other=0.0)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
-        visible = in_range[None, :]
-        if CAUSAL:
-            visible = visible & (keys[None, :] <= pos[:, None] + S - T)
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + kv, mask=in_range[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    if CAUSAL:
+        # Query position p sees keys up to p + S - T; positions ascend within a block, so its first
+        # live one bounds the keys every row sees, its last the keys any row sees.
+        seen_by_all = tl.min(tl.where(live, pos, T), axis=0) + S - T + 1
+        end = tl.max(tl.where(live, pos, 0), axis=0) + S - T + 1
+    else:
+        seen_by_all = S
+        end = S
+    full = seen_by_all // BLOCK_N * BLOCK_N
+    acc, l_i, m_i = _keys(acc, l_i, m_i, q, pos, K, V, kv_base, stride_ks, qk_scale, 0, full, S, T,
+                          False, CAUSAL, HEAD_DIM, BLOCK_N)
+    acc, l_i, m_i = _keys(acc, l_i, m_i, q, pos, K, V, kv_base, stride_ks, qk_scale, full, end, S, T,
+                          True, CAUSAL, HEAD_DIM, BLOCK_N)
     out = acc / l_i[:, None]
     tl.store(O + rows, out.to(O.dtype.element_ty), mask=live[:, None])
 
@@ -106,7 +135,7 @@ def sqdk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
     if routed == 0:
         return out
     qk_scale = (1 / math.sqrt(d) if scale is None else scale) * 1.4426950408889634   # exp2
-    grid = lambda meta: (triton.cdiv(routed, meta["BLOCK_M"]), b * h)   # noqa: E731
+    grid = lambda meta: (triton.cdiv(routed, meta["BLOCK_M"]), b * h)   # noqa: E731 (blocks of the longest row)
     _sqdk_kernel[grid](q, k, v, out, positions, counts, qk_scale, routed,
                        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                        h, t, k.shape[2], GROUP=group, HEAD_DIM=d, CAUSAL=causal)

@@ -36,9 +36,14 @@ def test_capacity_is_at_least_one_and_the_ceiling_of_the_fraction(tokens, fracti
     assert k == max(1, math.ceil(tokens * fraction)) and 1 <= k <= tokens
 
 
-@given(st.lists(st.integers(-3, 3), min_size=1, max_size=40), st.sampled_from([0.2, 0.5, 0.8, 1.0]))
+SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"), 3.4e38, -3.4e38, 1e-45, -1e-45])
+
+
+@given(st.lists(st.one_of(st.integers(-3, 3).map(float), SPECIAL, st.floats(allow_nan=False, width=32)),
+                min_size=1, max_size=40), st.sampled_from([0.2, 0.5, 0.8, 1.0]))
 def test_route_topk_orders_by_logit_then_position(logits, fraction):
-    """Routed: the k best by (logit desc, position asc), returned ascending; ties go to the earlier token."""
+    """Routed: the k best by (logit desc, position asc), returned ascending; ties (-0.0 and 0.0 too) go
+    to the earlier token."""
     x = torch.tensor([logits], dtype=torch.float32)
     routed = route_topk(x, fraction)[0].tolist()
     k = capacity(len(logits), fraction)
