@@ -6,8 +6,9 @@ Batch 1, 16 query heads, head_dim 128, causal; 16 and 4 key/value heads (GQA 4:1
 Routed tokens are the top fraction of random router logits (randomly placed). Peers: SDPA (flash)
 dense over every query, and FlexAttention over the gathered routed queries with
 `mask_mod = pos[q] >= kv` (its BlockMask built beforehand, not timed; the gather of q not timed
-either). Ours: the router's top-k on the GPU (`route_topk`, timed apart) and the SQDK kernel
-(gather and scatter fused), total = both. TFLOP/s count the work done: 4 x head_dim x heads x
+either). Ours: the router's top-k on the GPU (`kernels.sqdk.route`, timed apart), the SQDK kernel
+(gather and scatter fused, timed apart), and both in one call as a user makes it
+(`routed_attention`, which also waits for the NaN check): the total. TFLOP/s count the work done: 4 x head_dim x heads x
 the query-key pairs of the routed rows (a causal row at position p has p + 1 keys). Needs CUDA; CI
 never runs it.
 """
@@ -20,8 +21,7 @@ import torch
 import triton
 
 from benchmarks.common import write
-from golden_model.routing import route_topk
-from kernels.sqdk import sqdk
+from kernels.sqdk import route, routed_attention, sqdk
 
 HEADS = 16
 HEAD_DIM = 128
@@ -59,9 +59,10 @@ def main() -> None:
                        "sdpa_dense_tflops": 4 * HEAD_DIM * HEADS * dense_pairs / sdpa_ms / 1e9, "fractions": {}}
                 for fraction in args.fractions:
                     logits = torch.randn(1, n, device="cuda", generator=g)
-                    positions = route_topk(logits, fraction)
-                    route_ms = bench(lambda: route_topk(logits, fraction))
+                    positions, _ = route(logits, fraction)
+                    route_ms = bench(lambda: route(logits, fraction))
                     ours_ms = bench(lambda: sqdk(q, k, v, positions, causal=True))
+                    total = bench(lambda: routed_attention(q, k, v, logits, fraction, causal=True))
                     pos = positions[0]
 
                     def routed_causal(b, h, qi, kv):
@@ -73,7 +74,6 @@ def main() -> None:
                     flex_ms = bench(lambda: flex(gathered, k, v, block_mask=block_mask, enable_gqa=gqa))
                     pairs = float((pos + 1).sum())
                     work = 4 * HEAD_DIM * HEADS * pairs
-                    total = route_ms + ours_ms
                     r = row["fractions"][str(fraction)] = {
                         "routed": int(pos.numel()), "route_ms": route_ms, "ours_attention_ms": ours_ms,
                         "ours_total_ms": total, "flex_gathered_ms": flex_ms,

@@ -56,7 +56,8 @@ def route_topk(logits: torch.Tensor, route_fraction: float) -> torch.Tensor:
     # (negative floats have all but the sign bit flipped; -0.0 becomes +0.0 first, as it compares
     # equal), above the position counted down. Keys are distinct, so top-k is exact without a
     # stable sort, and it is one kernel on a GPU.
-    bits = (logits.float() + 0.0).view(torch.int32)
+    x = logits.float()
+    bits = torch.where(x == 0, torch.zeros_like(x), x).view(torch.int32)
     ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
     key = (ordered << 32) | (t - 1 - torch.arange(t, device=logits.device))
     return torch.sort(torch.topk(key, k, dim=-1, sorted=False).indices, dim=-1).values

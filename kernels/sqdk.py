@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from golden_model.routing import check_heads, route_topk
+from golden_model.routing import capacity, check_heads
 from hpu.errors import InputError
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -142,8 +142,38 @@ def sqdk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
     return out
 
 
+@triton.jit
+def _route_keys_kernel(L, Keys, nans, T, BLOCK: tl.constexpr):
+    """golden_model.routing.route_topk's keys: the logit's bits made monotonic above the position
+    counted down (-0.0 taken as +0.0); NaNs counted into `nans`."""
+    b = tl.program_id(1).to(tl.int64)
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = i < T
+    x = tl.load(L + b * T + i, mask=inside, other=0.0).to(tl.float32)
+    tl.atomic_add(nans, tl.sum(((x != x) & inside).to(tl.int32), axis=0))
+    bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
+    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
+    tl.store(Keys + b * T + i, (ordered << 32) | (T - 1 - i), mask=inside)
+
+
+def route(logits: torch.Tensor, route_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`route_topk` on the logits' device without waiting for it: (B, k) routed positions, and a
+    count of NaN logits to check once the work is queued (a NaN has no place in the order)."""
+    if logits.dim() != 2:
+        raise InputError(f"router logits {tuple(logits.shape)}: must be (B, T)")
+    b, t = logits.shape
+    k = capacity(t, route_fraction)
+    keys = torch.empty(b, t, dtype=torch.int64, device=logits.device)
+    nans = torch.zeros(1, dtype=torch.int32, device=logits.device)
+    _route_keys_kernel[(triton.cdiv(t, 1024), b)](logits.contiguous(), keys, nans, t, BLOCK=1024)
+    return torch.sort(torch.topk(keys, k, dim=-1, sorted=False).indices, dim=-1).values, nans
+
+
 def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
                      route_fraction: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Route (top-k of the (B, T) logits, on their device) and attend: (output, routed positions)."""
-    positions = route_topk(logits, route_fraction)
-    return sqdk(q, k, v, positions, causal), positions
+    positions, nans = route(logits, route_fraction)
+    out = sqdk(q, k, v, positions, causal)
+    if int(nans.item()):
+        raise InputError("router logits hold NaN: a NaN has no place in the order")
+    return out, positions

@@ -16,7 +16,7 @@ from golden_model.routing import capacity, route_streaming, route_topk, router_l
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 from kernels import DEVICE
-from kernels.sqdk import routed_attention, sqdk
+from kernels.sqdk import route, routed_attention, sqdk
 
 DTYPES = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float16]
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 2e-2}
@@ -155,3 +155,19 @@ def test_routed_attention_routes_on_the_device_and_attends():
     assert positions.tolist() == route_topk(logits, 0.2).tolist() and positions.shape == (1, 13)
     expected = sqdk_attention(q, k, v, positions.cpu(), True).out
     assert (out.float().cpu() - expected).abs().max() <= TOLERANCE[torch.float16]
+
+
+@given(st.lists(st.one_of(st.integers(-3, 3).map(float), SPECIAL, st.floats(allow_nan=False, width=32)),
+                min_size=1, max_size=300), st.sampled_from([0.2, 0.5, 1.0]))
+def test_kernel_routing_is_the_reference_routing(logits, fraction):
+    x = torch.tensor([logits, logits[::-1]], dtype=torch.float32)
+    positions, nans = route(x.to(DEVICE), fraction)
+    assert torch.equal(positions.cpu(), route_topk(x, fraction)) and int(nans) == 0
+
+
+def test_kernel_routing_refuses_nan():
+    q, k, v = qkv(4, 64, 64, heads=2, kv_heads=1)
+    logits = torch.zeros(1, 64)
+    logits[0, 5] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        routed_attention(*(x.to(DEVICE, torch.float16) for x in (q, k, v)), logits.to(DEVICE), 0.5, True)
