@@ -2,8 +2,16 @@
 
 One attention function is registered with transformers; `MiniLM.run` sets what
 it does for one forward pass: exact softmax attention, the float gate, or the
-HPU's integer contract; and it records each layer's q, k, v and output so the
-same real attention rows can be fed to the RTL and the kernels.
+HPU's integer contract, on every query or, with token routing, only on the
+routed ones; and it records each layer's q, k, v and output so the same real
+attention rows can be fed to the RTL and the kernels.
+
+Routing is untrained: a layer's router logit for a token is the L2 norm of the
+hidden state entering that layer's attention. It is what a learned router would
+read (a projection of that state), it costs nothing beside the attention it
+saves (attention received, the other unsupervised score, needs the very dense
+attention routing avoids), and it is decided per token, so it works causally.
+An unrouted token's attention output is zero: the residual stream carries it.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from typing import Callable, Literal
 import torch
 
 from golden_model.reference import fixed_point_attention, mass_gated_attention
+from golden_model.routing import route_topk, sqdk_attention
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 
@@ -59,6 +68,13 @@ class MiniLM:
         self.head_dim = self.model.config.hidden_size // self.heads
         self._gate: Callable | None = None
         self._trace: list[LayerTrace] | None = None
+        self._route_fraction: float | None = None
+        self._hidden: dict[object, torch.Tensor] = {}
+        for layer in self.model.encoder.layer:
+            layer.attention.self.register_forward_pre_hook(self._keep_hidden, with_kwargs=True)
+
+    def _keep_hidden(self, module, args, kwargs):
+        self._hidden[module] = args[0] if args else kwargs["hidden_states"]
 
     def token_count(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
@@ -67,12 +83,24 @@ class MiniLM:
         if attention_mask is not None and bool((attention_mask != 0).any()):
             raise InputError("MiniLM runs one text at a time, unpadded: an attention mask would drop keys "
                              "the gate does not know about")
-        if self._gate is None:
+        if self._gate is None and self._route_fraction is None:
             probs = torch.softmax(torch.matmul(query, key.transpose(-2, -1)) * scaling, dim=-1)
             out, kept, admissible = torch.matmul(probs, value), None, None
         else:
-            gated = self._gate(query, key, value)
-            out, kept, admissible = gated.out.to(query.dtype), gated.kept, gated.admissible
+            gated = self._gate(query, key, value) if self._gate is not None else None
+            if self._route_fraction is not None:
+                logits = self._hidden[module].float().norm(dim=-1)
+                routed = sqdk_attention(query, key, value, route_topk(logits, self._route_fraction), causal=False,
+                                        scale=scaling, gate=None)
+                if gated is None:
+                    out, kept, admissible = routed.out, routed.kept, routed.admissible.unsqueeze(1).expand_as(routed.kept)
+                else:
+                    rows = routed.routed[:, None, :]
+                    out = torch.where(rows[..., None], gated.out, torch.zeros(()))
+                    kept, admissible = torch.where(rows, gated.kept, 0), gated.admissible
+            else:
+                out, kept, admissible = gated.out, gated.kept, gated.admissible
+            out = out.to(query.dtype)
         if self._trace is not None:
             self._trace.append(LayerTrace(query.detach(), key.detach(), value.detach(), out.detach(),
                                           kept, admissible))
@@ -80,8 +108,9 @@ class MiniLM:
 
     @torch.no_grad()
     def run(self, text: str, cfg: HPUConfig | None = None, path: Path = "exact",
-            trace: bool = False) -> Forward:
-        """One forward pass of one text; ``path`` picks exact softmax, the float gate or the HPU contract."""
+            trace: bool = False, route_fraction: float | None = None) -> Forward:
+        """One forward pass of one text; ``path`` picks exact softmax, the float gate or the HPU contract,
+        on the top ``route_fraction`` of each layer's tokens (every token without one)."""
         if path != "exact":
             if cfg is None:
                 raise InputError(f"path {path!r} needs an HPUConfig")
@@ -98,11 +127,13 @@ class MiniLM:
             "fixed": lambda q, k, v: fixed_point_attention(q, k, v, cfg),
         }
         self._gate = gates[path]
+        self._route_fraction = route_fraction
         self._trace = [] if trace else None
         try:
             hidden = self.model(**inputs).last_hidden_state[0]
         finally:
-            self._gate = None
+            self._gate, self._route_fraction = None, None
+            self._hidden.clear()
         embedding = torch.nn.functional.normalize(hidden.mean(0), dim=0)
         layers, self._trace = self._trace or [], None
         return Forward(embedding=embedding, layers=layers)

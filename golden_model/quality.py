@@ -2,7 +2,10 @@
 
 For each (permeability, mass target) setting, every built-in text runs once
 through the float gate and once through the HPU's integer contract, and is
-compared with the unmodified (dense, exact softmax) model.
+compared with the unmodified (dense, exact softmax) model. With route fractions,
+token routing (untrained: see golden_model.minilm) runs too, alone (every key
+of each routed query) and with the configuration's mass gate on the routed
+queries' keys.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ class QualityRow:
     mode: str
     permeability: float
     mass_target: float
+    route_fraction: float      # routed queries per layer and text (1.0: every query)
     kept_fraction: float       # kept keys / admissible keys over every attention row of every text
+                               # (an unrouted row keeps none)
     embedding_cos_mean: float  # sentence embedding vs the dense model
     embedding_cos_min: float
     layer_out_cos_mean: float  # per-layer attention outputs vs the dense model's, mean over layers, heads, rows
@@ -35,13 +40,18 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
 
 
-def settings(cfg: HPUConfig, permeabilities, mass_targets) -> list[HPUConfig]:
-    swept = [cfg.replace(mode="dense", permeability=1.0, mass_target=1.0)]
-    swept += [cfg.replace(permeability=p, mass_target=t) for p in permeabilities for t in mass_targets]
+def settings(cfg: HPUConfig, permeabilities, mass_targets, route_fractions=()) -> list[tuple[HPUConfig, float]]:
+    """(gate setting, route fraction) pairs: dense, the gate sweep, then each route fraction alone and
+    with the configuration's own gate."""
+    dense = cfg.replace(mode="dense", permeability=1.0, mass_target=1.0)
+    swept = [(dense, 1.0)]
+    swept += [(cfg.replace(permeability=p, mass_target=t), 1.0) for p in permeabilities for t in mass_targets]
+    swept += [(setting, r) for r in route_fractions for setting in (dense, cfg)]
     return swept
 
 
-def evaluate(cfg: HPUConfig, permeabilities, mass_targets, texts=TEXTS, progress: bool = True) -> list[QualityRow]:
+def evaluate(cfg: HPUConfig, permeabilities, mass_targets, route_fractions=(), texts=TEXTS,
+             progress: bool = True) -> list[QualityRow]:
     model = MiniLM()
     too_long = [model.token_count(t) for t in texts if model.token_count(t) > cfg.max_keys]
     if too_long:
@@ -49,14 +59,14 @@ def evaluate(cfg: HPUConfig, permeabilities, mass_targets, texts=TEXTS, progress
                          f"(longest {max(too_long)}); use a configuration with a larger max_keys "
                          "(configs/minilm.toml)")
     dense = [model.run(t, trace=True) for t in texts]
-    swept = settings(cfg, permeabilities, mass_targets)
+    swept = settings(cfg, permeabilities, mass_targets, route_fractions)
     rows = []
     bar = tqdm(total=len(swept) * 2 * len(texts), desc="quality", unit="text", disable=not progress)
-    for setting in swept:
+    for setting, route in swept:
         for path in ("float", "fixed"):
             emb_cos, layer_cos, kept, admissible = [], [], 0, 0
             for text, reference in zip(texts, dense):
-                run = model.run(text, setting, path, trace=True)
+                run = model.run(text, setting, path, trace=True, route_fraction=None if route == 1.0 else route)
                 emb_cos.append(float(torch.dot(run.embedding.double(), reference.embedding.double())))
                 for gated, exact in zip(run.layers, reference.layers):
                     layer_cos.append(_cosine(gated.out, exact.out).flatten())
@@ -65,7 +75,7 @@ def evaluate(cfg: HPUConfig, permeabilities, mass_targets, texts=TEXTS, progress
                 bar.update()
             rows.append(QualityRow(
                 path=path, mode=setting.mode, permeability=setting.permeability,
-                mass_target=setting.mass_target, kept_fraction=kept / admissible,
+                mass_target=setting.mass_target, route_fraction=route, kept_fraction=kept / admissible,
                 embedding_cos_mean=sum(emb_cos) / len(emb_cos), embedding_cos_min=min(emb_cos),
                 layer_out_cos_mean=float(torch.cat(layer_cos).mean())))
     bar.close()
@@ -73,11 +83,12 @@ def evaluate(cfg: HPUConfig, permeabilities, mass_targets, texts=TEXTS, progress
 
 
 def format_table(rows: list[QualityRow]) -> str:
-    head = (f"{'path':5} {'mode':5} {'perm':>5} {'mass':>5} {'kept':>6} "
+    head = (f"{'path':5} {'mode':5} {'perm':>5} {'mass':>5} {'route':>5} {'kept':>6} "
             f"{'emb cos mean':>12} {'emb cos min':>11} {'layer cos':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.path:5} {r.mode:5} {r.permeability:5.2f} {r.mass_target:5.2f} {r.kept_fraction:6.3f} "
+        lines.append(f"{r.path:5} {r.mode:5} {r.permeability:5.2f} {r.mass_target:5.2f} {r.route_fraction:5.2f} "
+                     f"{r.kept_fraction:6.3f} "
                      f"{r.embedding_cos_mean:12.6f} {r.embedding_cos_min:11.6f} {r.layer_out_cos_mean:9.6f}")
     return "\n".join(lines)
 
@@ -89,14 +100,19 @@ def plot(rows: list[QualityRow], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for kind, marker in (("float", "o"), ("fixed", "s")):
-        chosen = sorted((r for r in rows if r.path == kind), key=lambda r: r.kept_fraction)
-        ax.plot([r.kept_fraction for r in chosen], [r.embedding_cos_mean for r in chosen], marker=marker,
-                linestyle="", label=f"{kind}: mean embedding cosine")
-        ax.plot([r.kept_fraction for r in chosen], [r.embedding_cos_min for r in chosen], marker=marker,
-                linestyle="", alpha=0.4, label=f"{kind}: min embedding cosine")
-    ax.set_xlabel("kept fraction of attention keys")
+        for routed, color in ((False, "#2c7fb8"), (True, "#d95f0e")):
+            chosen = sorted((r for r in rows if r.path == kind and (r.route_fraction < 1) == routed),
+                            key=lambda r: r.kept_fraction)
+            if not chosen:
+                continue
+            what = f"{kind}{', routed' if routed else ''}"
+            ax.plot([r.kept_fraction for r in chosen], [r.embedding_cos_mean for r in chosen], marker=marker,
+                    color=color, linestyle="", label=f"{what}: mean embedding cosine")
+            ax.plot([r.kept_fraction for r in chosen], [r.embedding_cos_min for r in chosen], marker=marker,
+                    color=color, linestyle="", alpha=0.35, label=f"{what}: min embedding cosine")
+    ax.set_xlabel("kept fraction of attention keys (unrouted queries keep none)")
     ax.set_ylabel("cosine similarity to the dense model")
-    ax.set_title("all-MiniLM-L6-v2 with the mass gate in every layer")
+    ax.set_title("all-MiniLM-L6-v2 with the mass gate and token routing in every layer")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -132,7 +132,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     with claim(args.output, "report folder"):
-        rows = quality.evaluate(cfg, args.permeability, args.mass_target, progress=not args.quiet)
+        rows = quality.evaluate(cfg, args.permeability, args.mass_target, args.route_fraction, progress=not args.quiet)
         paths = quality.write_report(rows, cfg, Path(args.output))
     print(quality.format_table(rows))
     print(f"report: {paths['json']} {paths['png']}")
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="permeabilities to sweep")
     p.add_argument("--mass-target", type=float, nargs="+", default=[0.8, 0.9, 0.95],
                    help="mass targets to sweep")
+    p.add_argument("--route-fraction", type=float, nargs="*", default=[0.2, 0.5, 0.8],
+                   help="token routing: fractions of queries routed, each alone and with the configuration's gate "
+                        "(none: no routing)")
     p.add_argument("-o", "--output", default="out/quality", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_quality)

@@ -84,13 +84,26 @@ def test_wrong_head_dim_is_refused(model):
 
 def test_quality_command_writes_table_json_and_plot(tmp_path, capsys):
     assert main(["quality", "--config", f"{REPO}/configs/minilm.toml", "--permeability", "0.5",
-                 "--mass-target", "0.9", "-o", str(tmp_path), "--quiet"]) == 0
+                 "--mass-target", "0.9", "--route-fraction", "0.5", "-o", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "emb cos mean" in out and str(tmp_path / "quality.png") in out
     report = json.loads((tmp_path / "quality.json").read_text())
-    rows = {(r["path"], r["mode"]): r for r in report["rows"]}
-    assert set(rows) == {("float", "dense"), ("fixed", "dense"), ("float", "mass"), ("fixed", "mass")}
-    assert rows["float", "dense"]["embedding_cos_min"] > 0.99999
-    assert rows["float", "dense"]["kept_fraction"] == 1.0
-    assert rows["float", "mass"]["kept_fraction"] <= 0.5
+    rows = {(r["path"], r["mode"], r["route_fraction"]): r for r in report["rows"]}
+    assert set(rows) == {(p, m, r) for p in ("float", "fixed") for m in ("dense", "mass") for r in (1.0, 0.5)}
+    assert rows["float", "dense", 1.0]["embedding_cos_min"] > 0.99999
+    assert rows["float", "dense", 1.0]["kept_fraction"] == 1.0
+    assert rows["float", "mass", 1.0]["kept_fraction"] <= 0.5
+    # Routing half the queries keeps every key of about half the rows (ceil of half of each text's
+    # tokens); the gate on the routed rows keeps fewer; routing costs quality.
+    routed = rows["float", "dense", 0.5]
+    assert 0.5 <= routed["kept_fraction"] <= 0.6
+    assert rows["float", "mass", 0.5]["kept_fraction"] < routed["kept_fraction"]
+    assert routed["embedding_cos_mean"] < rows["float", "dense", 1.0]["embedding_cos_mean"]
     assert (tmp_path / "quality.png").stat().st_size > 10000
+
+
+def test_routing_every_token_is_the_dense_model(model):
+    """A route fraction of 1 routes every query: the forward pass is the dense model's."""
+    dense = model.run(TEXTS[0])
+    routed = model.run(TEXTS[0], route_fraction=1.0)
+    assert torch.allclose(routed.embedding, dense.embedding, atol=1e-6)
