@@ -28,6 +28,7 @@ import contextlib
 import datetime
 import functools
 import io
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass, replace
@@ -147,7 +148,7 @@ def simulate(cfg: HPUConfig, workloads: dict, rows: int, work: Path, log=print) 
     rtl = work / "rtl"
     generated = generate(cfg, rtl)
     reports, dumps = {}, {}
-    with concurrent.futures.ProcessPoolExecutor(min(len(workloads), os.cpu_count() or 1)) as pool:
+    with _pool(len(workloads)) as pool:
         futures = {name: pool.submit(_rtl_runs, cfg, name, source, rows, options, work, rtl)
                    for name, (source, options) in workloads.items()}
         for name, future in futures.items():
@@ -158,6 +159,13 @@ def simulate(cfg: HPUConfig, workloads: dict, rows: int, work: Path, log=print) 
             log(f"RTL {name}: {rows} rows, {power['runs']['gated']['cycles']} cycles gated, "
                 f"{power['runs']['dense']['cycles']} dense", flush=True)
     return Bench(cfg, work, generated.verilog, reports, dumps, load_nets(generated.manifest, load_manifest(generated.manifest)))
+
+
+def _pool(jobs: int) -> concurrent.futures.ProcessPoolExecutor:
+    """Workers, one per CPU, started from a fresh server process: a worker forked from this one would
+    inherit locks its other threads hold (a test runner's, torch's) and could wait on them forever."""
+    return concurrent.futures.ProcessPoolExecutor(min(jobs, os.cpu_count() or 1),
+                                                  mp_context=multiprocessing.get_context("forkserver"))
 
 
 def _rtl_runs(cfg: HPUConfig, name: str, source: str, rows: int, options: Options, work: Path, rtl: Path) -> dict:
@@ -225,7 +233,7 @@ def calibrate_unit(bench: Bench, unit: str, log=print) -> dict:
     # by side, one per CPU.
     jobs = {(*k, label): (stims[k], f"{k[0]}_{k[1]}_{label}", sdf) for k in keys for label, sdf in delays.items()}
     jobs.update({("idle", "", label): (held, f"idle_{label}", sdf) for label, sdf in delays.items()})
-    with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+    with _pool(len(jobs)) as pool:
         futures = {key: pool.submit(_gate_run, mapped, replace(stim, period_ps=timing.min_period_ps), name, sdf,
                                     left_out, outs) for key, (stim, name, sdf) in jobs.items()}
         done = {key: future.result() for key, future in futures.items()}
