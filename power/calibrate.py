@@ -84,7 +84,6 @@ RUNS = {"gated": "gated.vcd", "dense": "gated_dense.vcd"}
 def default_workloads(cfg: HPUConfig) -> dict:
     """Every class whose rows the configuration holds (long MiniLM rows need max_keys >= 128)."""
     return {k: v for k, v in WORKLOADS.items() if v[0] != "minilm-long" or cfg.max_keys >= LONG_MIN_TOKENS}
-DELAYS = ("sdf", "zero_delay")
 IDLE_CYCLES = 500
 HARNESS = ("hpu_harness", "dut")
 
@@ -134,7 +133,6 @@ def scaled_out(workloads: list[str], model: np.ndarray, y: np.ndarray) -> dict[s
 class Bench:
     """The RTL side that every unit shares: the Verilog, and each workload's runs with their reports."""
 
-    cfg: HPUConfig
     work: Path
     verilog: Path
     reports: dict[tuple[str, str], dict]    # (workload, run) -> power.json's instance entries
@@ -158,7 +156,7 @@ def simulate(cfg: HPUConfig, workloads: dict, rows: int, work: Path, log=print) 
                 dumps[(name, run)] = work / name / dump
             log(f"RTL {name}: {rows} rows, {power['runs']['gated']['cycles']} cycles gated, "
                 f"{power['runs']['dense']['cycles']} dense", flush=True)
-    return Bench(cfg, work, generated.verilog, reports, dumps, load_nets(generated.manifest, load_manifest(generated.manifest)))
+    return Bench(work, generated.verilog, reports, dumps, load_nets(generated.manifest, load_manifest(generated.manifest)))
 
 
 def _pool(jobs: int) -> concurrent.futures.ProcessPoolExecutor:
@@ -260,7 +258,7 @@ def calibrate_unit(bench: Bench, unit: str, log=print) -> dict:
     cycles = np.array([runs[f"{w}/{r}"]["cycles"] for w, r in keys], float)
     cited = np.array([runs[f"{w}/{r}"]["rtl_cited_fJ"] for w, r in keys])
     fits = {}
-    for label in DELAYS:
+    for label in delays:
         y = np.array([runs[f"{w}/{r}"][f"gate_{label}_fJ"] for w, r in keys])
         held_out = {kind: leave_one_workload_out(workloads, columns(x), y, cycles, idle[label])
                     for kind, (columns, _) in MODELS.items()}
