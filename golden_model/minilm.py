@@ -23,7 +23,7 @@ from typing import Callable, Literal
 import torch
 
 from golden_model.reference import fixed_point_attention, mass_gated_attention
-from golden_model.routing import route_topk, sqdk_attention
+from golden_model.routing import route_topk, routed_mask
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 
@@ -83,24 +83,21 @@ class MiniLM:
         if attention_mask is not None and bool((attention_mask != 0).any()):
             raise InputError("MiniLM runs one text at a time, unpadded: an attention mask would drop keys "
                              "the gate does not know about")
-        if self._gate is None and self._route_fraction is None:
+        if self._gate is None:
             probs = torch.softmax(torch.matmul(query, key.transpose(-2, -1)) * scaling, dim=-1)
             out, kept, admissible = torch.matmul(probs, value), None, None
         else:
-            gated = self._gate(query, key, value) if self._gate is not None else None
-            if self._route_fraction is not None:
-                logits = self._hidden[module].float().norm(dim=-1)
-                routed = sqdk_attention(query, key, value, route_topk(logits, self._route_fraction), causal=False,
-                                        scale=scaling, gate=None)
-                if gated is None:
-                    out, kept, admissible = routed.out, routed.kept, routed.admissible.unsqueeze(1).expand_as(routed.kept)
-                else:
-                    rows = routed.routed[:, None, :]
-                    out = torch.where(rows[..., None], gated.out, torch.zeros(()))
-                    kept, admissible = torch.where(rows, gated.kept, 0), gated.admissible
-            else:
-                out, kept, admissible = gated.out, gated.kept, gated.admissible
-            out = out.to(query.dtype)
+            gated = self._gate(query, key, value)
+            out, kept, admissible = gated.out.to(query.dtype), gated.kept, gated.admissible
+        if self._route_fraction is not None:
+            # An encoder's keys are all admissible to every query, so sparse-query attention is the
+            # attention above with the unrouted rows zeroed (golden_model.routing.sqdk_attention).
+            logits = self._hidden[module].float().norm(dim=-1)
+            rows = routed_mask(route_topk(logits, self._route_fraction), query.shape[2])[:, None, :]
+            if kept is None:
+                kept = admissible = torch.full(rows.shape[:1] + query.shape[1:3], key.shape[2])
+            out = torch.where(rows[..., None], out, torch.zeros((), dtype=out.dtype))
+            kept = torch.where(rows, kept, 0)
         if self._trace is not None:
             self._trace.append(LayerTrace(query.detach(), key.detach(), value.detach(), out.detach(),
                                           kept, admissible))

@@ -34,7 +34,9 @@ class GatedAttention:
         return self.kept.double() / self.admissible.double()
 
 
-def _admissible(shape: tuple[int, ...], causal: bool, device) -> torch.Tensor:
+def admissible_mask(shape: tuple[int, ...], causal: bool, device) -> torch.Tensor:
+    """(Q, K) keys each query may see for scores of `shape` (..., Q, K): all, or when causal the keys
+    up to the query's own position, the last query the last key."""
     n_q, n_k = shape[-2], shape[-1]
     if not causal:
         return torch.ones(n_q, n_k, dtype=torch.bool, device=device)
@@ -45,7 +47,7 @@ def mass_gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg:
                          causal: bool = False) -> GatedAttention:
     """The gate on float softmax probabilities (mode, permeability, mass target, k_min from cfg)."""
     scores = attention_scores(q, k)
-    valid = _admissible(scores.shape, causal, scores.device).expand(scores.shape)
+    valid = admissible_mask(scores.shape, causal, scores.device).expand(scores.shape)
     probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
     keep, kept = select(probs, valid, cfg)
     kept_probs = torch.where(keep, probs, torch.zeros_like(probs))
@@ -64,7 +66,7 @@ def fixed_point_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg
     scores = quantize_scores(attention_scores(q, k), cfg)
     values, scale = quantize_values(v, cfg)
     n_q, n_k = scores.shape[-2:]
-    lengths = _admissible(scores.shape, causal, scores.device).sum(-1).expand(scores.shape[:-1])
+    lengths = admissible_mask(scores.shape, causal, scores.device).sum(-1).expand(scores.shape[:-1])
     result = run_contract(cfg, scores, values, lengths)
     out = dequantize_out(result.out, scale, cfg)
     return GatedAttention(out=out, keep=result.keep, kept=result.kept, admissible=lengths,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from golden_model.gate import select
+from golden_model.reference import admissible_mask
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 
@@ -68,9 +69,13 @@ def route_streaming(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return logits >= threshold
 
 
-def positions_of(routed: torch.Tensor) -> list[torch.Tensor]:
-    """(B, T) routed mask: each sequence's routed positions, ascending (counts may differ)."""
-    return [torch.nonzero(row).flatten() for row in routed]
+def routed_mask(routed: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(B, R) routed positions as a (B, tokens) bool mask; a (B, tokens) mask is returned as it is."""
+    if routed.dtype == torch.bool:
+        return routed
+    if routed.numel() and (routed.min() < 0 or routed.max() >= tokens):
+        raise InputError(f"routed positions must lie in 0..{tokens - 1}")
+    return torch.zeros(routed.shape[0], tokens, dtype=torch.bool, device=routed.device).scatter(1, routed.long(), True)
 
 
 def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
@@ -118,22 +123,14 @@ def sqdk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routed: to
     routed: (B, T) bool, or (B, R) positions (as `route_topk` returns them)."""
     group = check_heads(q, k, v)
     b, hq, t, d = q.shape
-    s = k.shape[2]
-    if routed.dtype != torch.bool:
-        mask = torch.zeros(b, t, dtype=torch.bool, device=q.device)
-        if routed.numel() and (routed.min() < 0 or routed.max() >= t):
-            raise InputError(f"routed positions must lie in 0..{t - 1}")
-        routed = mask.scatter(1, routed.long(), True)
+    routed = routed_mask(routed, t)
     if routed.shape != (b, t):
         raise InputError(f"routed mask {tuple(routed.shape)}: must be (B, T) = {(b, t)}")
     scale = 1 / math.sqrt(d) if scale is None else scale
     kf = k.float().repeat_interleave(group, dim=1)
     vf = v.float().repeat_interleave(group, dim=1)
     scores = (q.float() @ kf.transpose(-1, -2)) * scale
-    keys = torch.arange(s, device=q.device)
-    queries = torch.arange(t, device=q.device)
-    valid = (keys[None, :] <= queries[:, None] + s - t) if causal else torch.ones(t, s, dtype=torch.bool,
-                                                                                   device=q.device)
+    valid = admissible_mask(scores.shape, causal, q.device)
     probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
     keep = valid.expand_as(probs)
     if gate is not None:

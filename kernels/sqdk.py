@@ -1,7 +1,7 @@
 """Sparse-query attention (SQDK) on the GPU: the routed queries attend to every admissible key.
 
-`golden_model.routing` is the specification. The router's top-k (`route_topk`) runs with torch on
-the logits' device. The attention kernel (one program per block of routed queries and query head,
+`golden_model.routing` is the specification. The router's top-k (`route`) builds its keys in one
+Triton kernel and orders them with one radix sort on the logits' device. The attention kernel (one program per block of routed queries and query head,
 in the manner of Triton's fused-attention tutorial: online softmax in exp2, fp32 accumulators) reads
 its queries straight from their positions in q and writes its outputs straight to the same
 positions in the output: the gather and the scatter are fused, there are no routed copies of q or

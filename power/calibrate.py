@@ -79,19 +79,24 @@ WORKLOADS = {
     "minilm-idle": ("minilm", Options(seed=1, gaps=0.5)),
 }
 RUNS = {"gated": "gated.vcd", "dense": "gated_dense.vcd"}
+IDLE_CYCLES = 500
+HARNESS = ("hpu_harness", "dut")
 
 
 def default_workloads(cfg: HPUConfig) -> dict:
     """Every class whose rows the configuration holds (long MiniLM rows need max_keys >= 128)."""
     return {k: v for k, v in WORKLOADS.items() if v[0] != "minilm-long" or cfg.max_keys >= LONG_MIN_TOKENS}
-IDLE_CYCLES = 500
-HARNESS = ("hpu_harness", "dut")
+
+
+def _within(path: str, instance: str) -> bool:
+    """`path` is `instance` or an instance below it."""
+    return path == instance or path.startswith(instance + ".")
 
 
 def features(instances: dict, instance: str) -> np.ndarray:
     """RTL activity of `instance` and everything below it, from power.json's instance entries: toggles
     per logic class and enabled register bit-cycles."""
-    tree = [u for name, u in instances.items() if name == instance or name.startswith(instance + ".")]
+    tree = [u for name, u in instances.items() if _within(name, instance)]
     return np.array([*(sum(u["toggles_own"][c] for u in tree) for c in FITTED_CLASSES),
                       sum(u["clocked_bit_cycles_own"] for u in tree)], float)
 
@@ -99,7 +104,7 @@ def features(instances: dict, instance: str) -> np.ndarray:
 def logic_energy(instances: dict, instance: str) -> float:
     """The RTL model's energy of `instance`'s subtree without its memories (fJ)."""
     return sum(sum(v for c, v in u["energy_fJ_own"].items() if c != "memory")
-               for name, u in instances.items() if name == instance or name.startswith(instance + "."))
+               for name, u in instances.items() if _within(name, instance))
 
 
 def fit(x: np.ndarray, y: np.ndarray, cycles: np.ndarray, idle_per_cycle: float) -> np.ndarray:
@@ -182,7 +187,7 @@ def memories_of(nets: dict, instance: str) -> set[str]:
     for the HPU, `asks.storage` for hpu.fetch), from `hpu gen`'s nets.json modules."""
     names = set()
     for path, module in nets.items():
-        if path == instance or path.startswith(instance + "."):
+        if _within(path, instance):
             prefix = path[len(instance) + 1:]
             names |= {f"{prefix}.{m['name']}" if prefix else m["name"] for m in module.get("memories", [])}
     return names
@@ -221,10 +226,10 @@ def calibrate_unit(bench: Bench, unit: str, log=print) -> dict:
     scope = HARNESS + tuple(instance.split(".")[1:])
     keys = list(bench.dumps)
     stims = {k: gatesim.stimulus(bench.dumps[k], scope, gatesim.data_inputs(mapped)) for k in keys}
-    timing = gatesim.write_sdf(mapped, stims[keys[0]].period_ps)
+    first = stims[keys[0]]
+    timing = gatesim.write_sdf(mapped, first.period_ps)
     delays = {"sdf": timing.sdf, "zero_delay": None}
     outs = gatesim.outputs(mapped)
-    first = stims[keys[0]]
     held = gatesim.Stimulus(np.zeros((IDLE_CYCLES, first.values.shape[1]), np.int64), first.period_ps, first.widths)
     # Every replay at the period the worst path needs: the gate level's energy per cycle does not
     # depend on it (but for leakage), and a shorter one would replay other states. Replays run side
@@ -275,7 +280,7 @@ def calibrate_unit(bench: Bench, unit: str, log=print) -> dict:
                                  "held_out_worst_error": worst[kind]} for kind, (columns, names) in MODELS.items()}}
     result = {"unit": unit, "instance": instance, "applies_to": pattern, "area_um2": mapped.area,
               "cells": len(mapped.netlist["modules"][mapped.top]["cells"]), "memory_cells_left_out": len(left_out),
-              "replay_period_ps": timing.min_period_ps, "rtl_period_ps": stims[keys[0]].period_ps,
+              "replay_period_ps": timing.min_period_ps, "rtl_period_ps": first.period_ps,
               "runs": runs, "fit": fits, "saving": _savings(runs)}
     f = fits["sdf"]
     log(f"{unit:10} idle {f['idle_fJ_per_cycle']:.1f} fJ/cycle, {f[MODEL]['fJ_per']['logic toggle']:.1f} fJ per "

@@ -3,8 +3,8 @@ it saw in an RTL simulation, and its energy computed from the gate-level dump (p
 
 The replay takes the unit's input ports, cycle by cycle, from an RTL dump of the whole HPU (the
 values each input held in each clock cycle), so the gate-level run sees exactly the stimulus the
-RTL activity model was charged for. The cell models are simulated without delays here
-(zero-delay: no glitches), the lower bound of the gate-level energy.
+RTL activity model was charged for. The cell models run without delays (zero-delay: no glitches,
+the lower bound of the gate-level energy) or with OpenSTA's SDF delays (`write_sdf`: glitches).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ LIMB = 62
 @dataclass
 class Stimulus:
     values: np.ndarray          # (cycles, columns): each signal as held in each clock cycle, in limbs
-    period_ps: int              # the dump's clock period, which the replay keeps
+    period_ps: int              # the clock period: the dump's, or the one a replay runs at
     widths: dict[str, int]      # the signals, in column order
 
 
