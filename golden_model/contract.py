@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from golden_model.gate import select
+from golden_model.gate import keep_prefix, ranking, select
 from golden_model.lut import exp_lut
-from hpu.config import HPUConfig
+from hpu.config import GATE_SCALE, HPUConfig
 from hpu.errors import InputError
 
 
@@ -97,3 +97,44 @@ def run_contract(cfg: HPUConfig, scores: torch.Tensor, values: torch.Tensor,
     out = normalize(acc, z_kept.unsqueeze(-1), cfg)
     return ContractResult(e=e, keep=keep, kept=kept, z=e.sum(-1), z_kept=z_kept, acc=acc, out=out,
                           lengths=lengths)
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """The router's answer for each block (shapes for logits (..., T))."""
+
+    routed: torch.Tensor   # (..., T) bool: token t is routed as a query
+    count: torch.Tensor    # (...) routed tokens, max(1, ceil(n * route_q / 256))
+    lengths: torch.Tensor  # (...) tokens n in each block
+
+    def positions(self) -> list[list[int]]:
+        """Each block's routed positions, ascending: what the HPU emits."""
+        flat = self.routed.reshape(-1, self.routed.shape[-1])
+        return [torch.nonzero(row).flatten().tolist() for row in flat.cpu()]
+
+
+def run_routing(cfg: HPUConfig, logits: torch.Tensor, lengths: torch.Tensor | None = None) -> RouteResult:
+    """The routing step: per block, the first max(1, ceil(n * route_q / 256)) tokens of the order
+    (r_t descending, t ascending), the rule of the gate's topk on raw signed logits.
+
+    logits:  (..., T) integers in route_bits.
+    lengths: (...) tokens per block in 1..min(T, route_block). Defaults to T.
+    """
+    if cfg.route_block == 0:
+        raise InputError("routing needs a router: set route_block (the most tokens per block) above 0")
+    if logits.is_floating_point():
+        raise TypeError("run_routing takes integer router logits; quantize them to route_bits first")
+    logits = logits.to(torch.int64)
+    tokens = logits.shape[-1]
+    if lengths is None:
+        lengths = torch.full(logits.shape[:-1], tokens, dtype=torch.int64, device=logits.device)
+    lengths = lengths.to(torch.int64)
+    top = min(tokens, cfg.route_block)
+    if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > top):
+        raise InputError(f"block lengths must lie in 1..{top} (route_block = {cfg.route_block}, T = {tokens}); "
+                         f"got {int(lengths.min())}..{int(lengths.max())}")
+    _check_range("router logits", logits, cfg.route_bits, "route_bits")
+    valid = torch.arange(tokens, device=logits.device) < lengths.unsqueeze(-1)
+    count = torch.clamp((lengths * cfg.route_q + GATE_SCALE - 1) // GATE_SCALE, min=1)
+    routed = keep_prefix(ranking(logits, valid), count, valid)
+    return RouteResult(routed=routed, count=count, lengths=lengths)

@@ -28,10 +28,7 @@ def select(weights: torch.Tensor, valid: torch.Tensor, cfg: HPUConfig) -> tuple[
     n = valid.sum(-1)
     if cfg.mode == "dense":
         return valid.clone(), n
-    # Invalid keys get weight -1 so a stable descending sort puts them after every
-    # valid key, whatever its weight; stability resolves ties by index.
-    ranked = torch.where(valid, weights, torch.full_like(weights, -1))
-    order = torch.sort(ranked, dim=-1, descending=True, stable=True).indices
+    order = ranking(weights, valid)
     cap = torch.clamp((n * cfg.rho_q + GATE_SCALE - 1) // GATE_SCALE, min=cfg.k_min)
     kept = torch.minimum(cap, n)
     if cfg.mode == "mass":
@@ -46,7 +43,20 @@ def select(weights: torch.Tensor, valid: torch.Tensor, cfg: HPUConfig) -> tuple[
         # rule total there. Integer sums are exact and reach T by n at the latest.
         shortest = torch.minimum((prefix < target.unsqueeze(-1)).sum(-1) + 1, n)
         kept = torch.minimum(shortest, kept)
-    rank = torch.arange(weights.shape[-1], device=weights.device)
-    keep_sorted = rank < kept.unsqueeze(-1)
-    keep = torch.zeros_like(valid).scatter(-1, order, keep_sorted)
-    return keep, kept
+    return keep_prefix(order, kept, valid), kept
+
+
+def ranking(weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(..., N) indices in the order (valid first, weight descending, index ascending).
+
+    Weights may be any sign (router logits are signed): invalid keys go last by a second stable sort
+    on validity, not by a sentinel weight that a real weight could equal."""
+    by_weight = torch.sort(weights, dim=-1, descending=True, stable=True).indices
+    invalid_last = torch.sort((~torch.gather(valid, -1, by_weight)).to(torch.uint8), dim=-1, stable=True).indices
+    return torch.gather(by_weight, -1, invalid_last)
+
+
+def keep_prefix(order: torch.Tensor, kept: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The first `kept` keys of each row's `order`, as a (..., N) bool mask."""
+    rank = torch.arange(order.shape[-1], device=order.device)
+    return torch.zeros_like(valid).scatter(-1, order, rank < kept.unsqueeze(-1))

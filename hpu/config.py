@@ -61,6 +61,11 @@ class HPUConfig:
     k_min: int = _doc("Fewest keys a row keeps (when it has that many).", default=1)
     schedule: str = _doc("'lockstep': every key takes its MAC slot and gated slots leave lanes silent; "
                          "'compact': only kept keys are issued.", default="lockstep")
+    route_block: int = _doc("Token routing: the most tokens in one block of router logits the HPU's router "
+                            "orders; 0 builds no router (its ports stay tied off).", default=0)
+    route_bits: int = _doc("Width of a signed quantized router logit r_t.", default=16)
+    route_fraction: float = _doc("Fraction of a block's tokens routed as queries, in (0, 1]: "
+                                 "max(1, ceil(T * route_q / 256)) of T.", default=1.0)
     acc_bits: int = _doc("Signed accumulator width; 0 chooses the smallest width that cannot overflow. "
                          "A non-zero value smaller than that is refused.", default=0)
 
@@ -89,7 +94,8 @@ class HPUConfig:
 
         for name, low, high in (("head_dim", 1, 1024), ("lanes", 1, 1024), ("max_keys", 1, 65536),
                                 ("score_bits", 2, 32), ("value_bits", 2, 32), ("prob_bits", 1, 24),
-                                ("out_bits", 2, 48), ("k_min", 1, 65536)):
+                                ("out_bits", 2, 48), ("k_min", 1, 65536), ("route_block", 0, 65536),
+                                ("route_bits", 2, 32)):
             if not low <= getattr(self, name) <= high:
                 refuse(name, f"must lie in {low}..{high}")
         if self.head_dim % self.lanes:
@@ -106,7 +112,7 @@ class HPUConfig:
             refuse("mode", f"must be one of {', '.join(MODES)}")
         if self.schedule not in SCHEDULES:
             refuse("schedule", f"must be one of {', '.join(SCHEDULES)}")
-        for name in ("permeability", "mass_target"):
+        for name in ("permeability", "mass_target", "route_fraction"):
             if not (0.0 < getattr(self, name) <= 1.0):
                 refuse(name, "must lie in (0, 1]")
         if self.k_min > self.max_keys:
@@ -133,6 +139,15 @@ class HPUConfig:
     def tau_q(self) -> int:
         """Mass target in units of 1/256, in 1..256."""
         return min(GATE_SCALE, max(1, round(self.mass_target * GATE_SCALE)))
+
+    @property
+    def route_q(self) -> int:
+        """Routed fraction in units of 1/256, in 1..256."""
+        return min(GATE_SCALE, max(1, round(self.route_fraction * GATE_SCALE)))
+
+    def route_capacity(self, tokens: int) -> int:
+        """Routed tokens of a block of `tokens`: max(1, ceil(tokens * route_q / 256))."""
+        return max(1, (tokens * self.route_q + GATE_SCALE - 1) >> GATE_SHIFT)
 
     # -- derived widths ---------------------------------------------------------------
 
@@ -205,7 +220,8 @@ class HPUConfig:
     def notes(self) -> list[str]:
         """What takes effect differently from what was written: the gate's 1/256 quantization."""
         notes = []
-        for name, q in (("permeability", self.rho_q), ("mass_target", self.tau_q)):
+        for name, q in (("permeability", self.rho_q), ("mass_target", self.tau_q),
+                        ("route_fraction", self.route_q)):
             value = getattr(self, name)
             if q / GATE_SCALE != value:
                 notes.append(f"{name} {value} takes effect as {q}/{GATE_SCALE} = {q / GATE_SCALE:.6g} "
@@ -256,7 +272,7 @@ class HPUConfig:
         lines = [f"{name:13} = {value!r}" + ("  (derived)" if name == "acc_bits" and self.acc_bits_derived else "")
                  for name, value in dataclasses.asdict(self).items()]
         lines.append(f"{'(derived)':13}   acc_bits={self.acc_bits} z_bits={self.z_bits} rho_q={self.rho_q}/256 "
-                     f"tau_q={self.tau_q}/256 chunks={self.chunks}")
+                     f"tau_q={self.tau_q}/256 route_q={self.route_q}/256 chunks={self.chunks}")
         return "\n".join(lines)
 
     @classmethod

@@ -26,6 +26,16 @@ def value_word(cfg: HPUConfig) -> data.ArrayLayout:
     return data.ArrayLayout(signed(cfg.value_bits), cfg.head_dim)
 
 
+def logit(cfg: HPUConfig) -> data.StructLayout:
+    """One token's router logit, as the host sends it, and the end of its block."""
+    return data.StructLayout({"logit": signed(cfg.route_bits), "last": 1})
+
+
+def routed(cfg: HPUConfig) -> data.StructLayout:
+    """A routed token's position in its block, ascending; ``last`` on the block's final one."""
+    return data.StructLayout({"position": range(max(1, cfg.route_block)), "last": 1})
+
+
 def ingested(cfg: HPUConfig) -> data.StructLayout:
     """Ingest -> exp front end: a row is in the buffers."""
     return data.StructLayout({

@@ -13,6 +13,7 @@ from hpu.fetch import FetchSequencer
 from hpu.ingest import Ingest
 from hpu.mac_array import MacArray
 from hpu.normalizer import Normalizer
+from hpu.router import Router, block_cycles
 
 STATUS_BITS = 32
 # The free-running cycle counter was the largest register clocked every cycle. Prescaled, only its
@@ -20,14 +21,15 @@ STATUS_BITS = 32
 CYCLE_PRESCALE_BITS = 4
 # Which units carry which path of the data, for the power report's energy by path. The top level's
 # own logic (the score and e row buffers, the status counters) serves the score path.
-PATHS = {"score": ("", "ingest", "exp_gate"), "value": ("fetch", "mac"), "normalizer": ("normalizer",)}
+PATHS = {"score": ("", "ingest", "exp_gate"), "value": ("fetch", "mac"), "normalizer": ("normalizer",),
+         "router": ("router",)}
 
 
 def slowest_stage_cycles(cfg: HPUConfig) -> int:
     """Upper bound on the cycles any one stage spends on a row of max_keys keys (docs/ARCHITECTURE.md,
     Throughput): the MAC array's slots, the exp/gate pass and walk, the normalizer's reciprocal and one cycle per element."""
     return max(cfg.max_keys * cfg.chunks, cfg.max_keys + (1 << cfg.prob_bits),
-               cfg.quotient_bits + cfg.head_dim + 5) + 16
+               cfg.quotient_bits + cfg.head_dim + 5, block_cycles(cfg)) + 16
 
 
 class HPU(wiring.Component):
@@ -55,11 +57,16 @@ class HPU(wiring.Component):
         Exactly the requested value vectors, in the order requested.
     results : Out(stream.Signature(layouts.result(cfg)))
         One beat per row, in row order: acc, out, z_kept, kept.
+    logits : In(stream.Signature(layouts.logit(cfg)))
+        Token routing: one router logit per beat, ``last`` on the block's final token.
+    routed : Out(stream.Signature(layouts.routed(cfg)))
+        The block's routed positions, ascending; the host then sends rows for those tokens only.
+        Without a router (``route_block = 0``) ``logits`` is never ready and ``routed`` never valid.
     gate_open : In(1)
         Keep every key of every row (the dense baseline on the same hardware).
         Change it only while the HPU is idle.
     busy : Out(1)       a row is somewhere in the pipeline
-    overflow : Out(1)   sticky: a row reached max_keys keys without ``last``
+    overflow : Out(1)   sticky: a row reached max_keys keys, or a block route_block tokens, without ``last``
     cycles : Out(32)    clock cycles since reset
     rows : Out(32)      rows delivered since reset
     """
@@ -71,6 +78,8 @@ class HPU(wiring.Component):
             "requests": Out(stream.Signature(layouts.request(cfg))),
             "values": In(stream.Signature(layouts.value_word(cfg))),
             "results": Out(stream.Signature(layouts.result(cfg))),
+            "logits": In(stream.Signature(layouts.logit(cfg))),
+            "routed": Out(stream.Signature(layouts.routed(cfg))),
             "gate_open": In(1),
             "busy": Out(1),
             "overflow": Out(1),
@@ -105,11 +114,14 @@ class HPU(wiring.Component):
         wiring.connect(m, exp_gate.e_write, es.write_port())
         wiring.connect(m, fetch.e_read, es.read_port())
 
-        m.d.comb += [
-            exp_gate.gate_open.eq(self.gate_open),
-            self.overflow.eq(ingest.overflow),
-            self.busy.eq(ingest.busy | exp_gate.busy | fetch.busy | mac.busy | normalizer.busy | self.results.valid),
-        ]
+        busy = ingest.busy | exp_gate.busy | fetch.busy | mac.busy | normalizer.busy | self.results.valid
+        overflow = ingest.overflow
+        if cfg.route_block:
+            m.submodules.router = router = Router(cfg)
+            wiring.connect(m, wiring.flipped(self.logits), router.logits)
+            wiring.connect(m, router.routed, wiring.flipped(self.routed))
+            busy, overflow = busy | router.busy, overflow | router.overflow
+        m.d.comb += [exp_gate.gate_open.eq(self.gate_open), self.overflow.eq(overflow), self.busy.eq(busy)]
         low = Signal(CYCLE_PRESCALE_BITS)
         high = Signal(STATUS_BITS - CYCLE_PRESCALE_BITS)
         m.d.sync += low.eq(low + 1)

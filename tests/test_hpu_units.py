@@ -385,3 +385,105 @@ def test_normalizer_matches_the_contract_and_saturates(seed):
     # Back to back, a row takes exactly: 1 to take it, the reciprocal (Q + 2 cycles and 1 to take
     # it), head_dim multiplies, 1 to hand the result on.
     assert set(cycles[1:]) == {cfg.quotient_bits + cfg.head_dim + 5}
+
+
+# -- router ----------------------------------------------------------------------------------------
+
+def routing_blocks(cfg, rng):
+    """Blocks that stress the order: random logits, heavy ties, the extremes of route_bits, one token,
+    a full block, and blocks whose routed set ends inside a run of ties."""
+    low, high = -(1 << (cfg.route_bits - 1)), (1 << (cfg.route_bits - 1)) - 1
+    t = cfg.route_block
+    return [
+        [rng.randint(low, high) for _ in range(rng.randint(1, t))],
+        [rng.choice([-3, 0, 5]) for _ in range(t)],
+        [low, high, low, high, 0, -1, 1][: min(7, t)],
+        [rng.randint(low, high)],
+        [7] * t,
+        [rng.choice([low, high]) for _ in range(rng.randint(2, t))],
+        [rng.randint(-2, 2) * (high // 4) + rng.randint(0, 1) for _ in range(t)],
+        [3, 3, 3, 9, 3, 9, 3, 3, 3, 3],      # ties before a larger key: the later ties are not routed
+        [-1] * (t - 2) + [high, high],
+    ]
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 1.0])
+def test_router_routes_the_contract_positions(seed, fraction):
+    from golden_model.contract import run_routing
+    from hpu.router import Router, passes
+
+    cfg = SMALL.replace(route_block=24, route_bits=14, route_fraction=fraction)
+    rng = random.Random(seed)
+    blocks = routing_blocks(cfg, rng) * 2
+    dut = Router(cfg)
+    got = []
+
+    async def source(ctx):
+        for block in blocks:
+            for t, r in enumerate(block):
+                await put(ctx, dut.logits, {"logit": r, "last": t == len(block) - 1})
+
+    async def sink(ctx):
+        for block in blocks:
+            positions = []
+            while True:
+                payload = await get(ctx, dut.routed, stall=rng.randint(0, 2))
+                positions.append(payload.position)
+                if payload.last:
+                    break
+            got.append(positions)
+
+    run(dut, source, sink)
+    for block, positions in zip(blocks, got):
+        want = run_routing(cfg, torch.tensor([block])).positions()[0]
+        assert positions == want, (block, positions, want)
+    assert passes(cfg) == 4
+
+
+def test_router_cycles_per_block_within_the_documented_bound():
+    from hpu.router import DIGIT_BITS, Router, block_cycles, passes
+
+    cfg = SMALL.replace(route_block=32, route_bits=16, route_fraction=0.25)
+    dut = Router(cfg)
+    block = list(range(-16, 16))
+    done = []
+
+    async def tb(ctx):
+        ctx.set(dut.routed.ready, 1)
+        for t, r in enumerate(block):
+            await put(ctx, dut.logits, {"logit": r, "last": t == len(block) - 1})
+        cycles = 0
+        while True:
+            _, _, valid, payload = await ctx.tick().sample(dut.routed.valid, dut.routed.payload)
+            cycles += 1
+            if valid and payload.last:
+                break
+        done.append(cycles)
+
+    run(dut, tb)
+    n, p = len(block), passes(cfg)
+    # After the logits are in: per pass at most 2**DIGIT_BITS + 1 walk cycles, n counting cycles for
+    # every pass after the first, and the emit pass up to the last routed position (here the last token).
+    assert done[0] <= p * ((1 << DIGIT_BITS) + 1) + (p - 1) * n + n
+    assert done[0] + n <= block_cycles(cfg)
+
+
+def test_router_ends_an_overlong_block_and_flags_it():
+    from hpu.router import Router
+
+    cfg = SMALL.replace(route_block=4, route_fraction=0.5)
+    dut = Router(cfg)
+    got = []
+
+    async def tb(ctx):
+        ctx.set(dut.routed.ready, 1)
+        for r in (5, 9, 1, 9):
+            await put(ctx, dut.logits, {"logit": r, "last": 0})
+        assert ctx.get(dut.overflow) == 1
+        while len(got) < 2:
+            _, _, valid, payload = await ctx.tick().sample(dut.routed.valid, dut.routed.payload)
+            if valid:
+                got.append((payload.position, payload.last))
+
+    run(dut, tb)
+    assert got == [(1, 0), (3, 1)]
