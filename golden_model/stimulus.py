@@ -34,6 +34,20 @@ class RowResult:
     kept: int
 
 
+def validate_blocks(cfg: HPUConfig, blocks: list[list[int]]) -> None:
+    """Refuse blocks of router logits the configured router cannot take, naming the first bad one."""
+    if cfg.route_block == 0:
+        raise InputError("blocks of router logits need a router: set route_block above 0")
+    low, high = signed_range(cfg.route_bits)
+    for i, block in enumerate(blocks):
+        if not 1 <= len(block) <= cfg.route_block:
+            raise InputError(f"block {i}: {len(block)} tokens; the router takes 1..route_block ({cfg.route_block})")
+        bad = next((r for r in block if type(r) is not int or not low <= r <= high), None)
+        if bad is not None:
+            raise InputError(f"block {i}: router logit {bad!r} is not an integer in {low}..{high} "
+                             f"(route_bits = {cfg.route_bits})")
+
+
 def validate_rows(cfg: HPUConfig, rows: list[Row], where: str = "row") -> None:
     """Refuse rows the configured HPU cannot take, naming the first offending row and why.
 
@@ -76,6 +90,64 @@ def expected(cfg: HPUConfig, rows: list[Row]) -> list[RowResult]:
         return []
     scores, values, lengths = batch(cfg, rows)
     return results_of(run_contract(cfg, scores[:, None, :], values, lengths[:, None]))
+
+
+def expected_routed(cfg: HPUConfig, blocks: list[list[int]]) -> list[list[int]]:
+    """The golden model's routed positions for each block (blocks of any lengths, batched)."""
+    from golden_model.contract import run_routing
+
+    if not blocks:
+        return []
+    logits = torch.zeros(len(blocks), max(len(b) for b in blocks), dtype=torch.int64)
+    for i, block in enumerate(blocks):
+        logits[i, :len(block)] = torch.tensor(block)
+    return run_routing(cfg, logits, torch.tensor([len(b) for b in blocks])).positions()
+
+
+def random_blocks(cfg: HPUConfig, count: int, rng: random.Random) -> list[list[int]]:
+    """Blocks of router logits: lengths 1..route_block, uniform over the range or over a few levels
+    (ties), a tenth of them the range's ends."""
+    low, high = signed_range(cfg.route_bits)
+    blocks = []
+    for _ in range(count):
+        levels = rng.choice([None, 3, 16])
+        draw = (lambda: rng.randint(low, high)) if levels is None else \
+            (lambda pool=[rng.randint(low, high) for _ in range(levels)]: rng.choice(pool))
+        blocks.append([rng.choice((low, high)) if rng.random() < 0.1 else draw()
+                       for _ in range(rng.randint(1, cfg.route_block))])
+    return blocks
+
+
+def adversarial_blocks(cfg: HPUConfig, rng: random.Random) -> list[list[int]]:
+    """Blocks that stress the router's order: ties across the capacity, the range's ends, one token,
+    a full block of one value, and ties before a larger logit (the later ties are not routed)."""
+    low, high = signed_range(cfg.route_bits)
+    full = cfg.route_block
+    pattern = [3, 3, 3, 9, 3, 9, 3, 3, 3, 3]
+    return [
+        [rng.randint(low, high)],
+        [low, high, low, high, 0, -1, 1][:full],
+        [7] * full,
+        [-1] * (full - 2) + [high, high] if full > 2 else [high] * full,
+        [rng.choice((-3, 0, 5)) for _ in range(full)],
+        [rng.choice((low, high)) for _ in range(full)],
+        [rng.randint(-2, 2) * (high // 4) + rng.randint(0, 1) for _ in range(full)],
+        (pattern * full)[:full],
+        list(range(full))[::-1],
+    ]
+
+
+def blocks_from(source: str, cfg: HPUConfig, count: int, seed: int) -> list[list[int]]:
+    """`count` blocks of router logits: 'random', or 'adversarial' (its set repeated with fresh draws)."""
+    rng = random.Random(seed)
+    if source == "random":
+        return random_blocks(cfg, count, rng)
+    if source == "adversarial":
+        blocks: list[list[int]] = []
+        while len(blocks) < count:
+            blocks += adversarial_blocks(cfg, rng)
+        return blocks[:count]
+    raise InputError(f"unknown source of router logits {source!r}: choose random or adversarial")
 
 
 def results_of(result: ContractResult) -> list[RowResult]:

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from golden_model.stimulus import Row, RowResult, validate_rows
+from golden_model.stimulus import Row, RowResult, validate_blocks, validate_rows
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 from hpu.files import read_json, write_text
@@ -50,13 +50,21 @@ class Job:
     expected: list[RowResult]
     options: Options = field(default_factory=Options)
     source: str = "random"
+    blocks: list[list[int]] = field(default_factory=list)   # blocks of router logits, routed first
+    routed: list[list[int]] = field(default_factory=list)   # each block's expected routed positions
 
     def check(self) -> "Job":
-        """Refuse rows the configured HPU cannot take, and expected results that do not pair with them."""
+        """Refuse rows and blocks the configured HPU cannot take, and expected results that do not pair
+        with them."""
         validate_rows(self.cfg, self.rows)
         if len(self.expected) != len(self.rows):
             raise InputError(f"{len(self.rows)} rows but {len(self.expected)} expected results: "
                              "every row needs exactly one")
+        if self.blocks:
+            validate_blocks(self.cfg, self.blocks)
+        if len(self.routed) != len(self.blocks):
+            raise InputError(f"{len(self.blocks)} blocks of router logits but {len(self.routed)} expected routed "
+                             "sets: every block needs exactly one")
         return self
 
     def save(self, path: Path) -> None:
@@ -64,6 +72,7 @@ class Job:
             "config": self.cfg.to_dict(), "source": self.source, "options": asdict(self.options),
             "rows": [{"scores": list(r.scores), "values": [list(v) for v in r.values]} for r in self.rows],
             "expected": [asdict(e) for e in self.expected],
+            "blocks": self.blocks, "routed": self.routed,
         }))
 
     @classmethod
@@ -81,7 +90,9 @@ class Job:
                 rows=[Row(tuple(r["scores"]), tuple(tuple(v) for v in r["values"])) for r in raw["rows"]],
                 expected=[RowResult(tuple(e["acc"]), tuple(e["out"]), e["z_kept"], e["kept"])
                           for e in raw["expected"]],
-                options=Options(**options), source=str(raw.get("source", "random")))
+                options=Options(**options), source=str(raw.get("source", "random")),
+                blocks=[[int(r) for r in b] for b in raw.get("blocks", [])],
+                routed=[[int(t) for t in b] for b in raw.get("routed", [])])
             return job.check() if check else job
         except InputError as exc:
             raise InputError(f"replay file {path}: {exc}") from None
@@ -101,6 +112,8 @@ class Outcome:
     stalled: str | None = None
     result_cycles: list[int] = field(default_factory=list)
     observed: list[dict] = field(default_factory=list)
+    routed: list[list[int]] = field(default_factory=list)   # each block's routed positions, as observed
+    routing_mismatches: int = 0                             # blocks whose routed positions differ
 
     @property
     def cycles_per_s(self) -> float:

@@ -19,6 +19,16 @@ def pack_values(cfg: HPUConfig, row: Row) -> list[int]:
     return [layout.const(list(v)).as_bits() for v in row.values]
 
 
+def pack_logits(cfg: HPUConfig, block: list[int]) -> list[int]:
+    layout = layouts.logit(cfg)
+    return [layout.const({"logit": r, "last": t == len(block) - 1}).as_bits() for t, r in enumerate(block)]
+
+
+def unpack_routed(cfg: HPUConfig, bits: int) -> tuple[int, bool]:
+    view = data.Const(layouts.routed(cfg), bits)
+    return view.position, bool(view.last)
+
+
 def unpack_result(cfg: HPUConfig, bits: int) -> RowResult:
     view = data.Const(layouts.result(cfg), bits)
     return RowResult(acc=tuple(view.acc), out=tuple(view.out), z_kept=view.z_kept, kept=view.kept)
@@ -30,11 +40,18 @@ def key_ring_depth(cfg: HPUConfig) -> int:
     return max(4096, 1 << (16 * cfg.max_keys - 1).bit_length())
 
 
+def logit_ring_depth(cfg: HPUConfig) -> int:
+    """Logits (and routed positions) the harness's rings hold: a power of two of at least 4 blocks."""
+    return max(1024, 1 << (4 * cfg.route_block - 1).bit_length())
+
+
 def harness_parameters(cfg: HPUConfig) -> dict[str, int]:
     """The widths and depths the Verilog harness (sim/hdl/hpu_harness.v) is built with."""
-    score, request = layouts.score(cfg), layouts.request(cfg)
-    # The harness reads a score's `last` as its top bit and a request as {last, index}.
-    assert score["last"].offset == score.size - 1 and request["last"].offset == request.size - 1
+    score, request, routed = layouts.score(cfg), layouts.request(cfg), layouts.routed(cfg)
+    # The harness reads a score's `last` as its top bit, a request as {last, index} and a routed
+    # position as {last, position}.
+    assert all(layout["last"].offset == layout.size - 1 for layout in (score, request, routed))
     return {"SCORE_BITS": score.size, "VALUE_BITS": layouts.value_word(cfg).size,
             "INDEX_BITS": request.size - 1, "RESULT_BITS": layouts.result(cfg).size,
-            "KEY_DEPTH": key_ring_depth(cfg)}
+            "KEY_DEPTH": key_ring_depth(cfg), "LOGIT_BITS": layouts.logit(cfg).size,
+            "POSITION_BITS": routed.size, "LOGIT_DEPTH": logit_ring_depth(cfg)}

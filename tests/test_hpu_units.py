@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 from golden_model.contract import normalize as contract_normalize
 from golden_model.contract import run_contract
 from golden_model.reciprocal import reciprocal, shift_of
-from golden_model.stimulus import adversarial_rows, random_rows
+from golden_model.stimulus import adversarial_blocks, adversarial_rows, random_blocks, random_rows
 from hpu import layouts
 from hpu.config import HPUConfig
 from hpu.divider import Divider
@@ -389,24 +389,6 @@ def test_normalizer_matches_the_contract_and_saturates(seed):
 
 # -- router ----------------------------------------------------------------------------------------
 
-def routing_blocks(cfg, rng):
-    """Blocks that stress the order: random logits, heavy ties, the extremes of route_bits, one token,
-    a full block, and blocks whose routed set ends inside a run of ties."""
-    low, high = -(1 << (cfg.route_bits - 1)), (1 << (cfg.route_bits - 1)) - 1
-    t = cfg.route_block
-    return [
-        [rng.randint(low, high) for _ in range(rng.randint(1, t))],
-        [rng.choice([-3, 0, 5]) for _ in range(t)],
-        [low, high, low, high, 0, -1, 1][: min(7, t)],
-        [rng.randint(low, high)],
-        [7] * t,
-        [rng.choice([low, high]) for _ in range(rng.randint(2, t))],
-        [rng.randint(-2, 2) * (high // 4) + rng.randint(0, 1) for _ in range(t)],
-        [3, 3, 3, 9, 3, 9, 3, 3, 3, 3],      # ties before a larger key: the later ties are not routed
-        [-1] * (t - 2) + [high, high],
-    ]
-
-
 @pytest.mark.parametrize("fraction", [0.2, 0.5, 1.0])
 def test_router_routes_the_contract_positions(seed, fraction):
     from golden_model.contract import run_routing
@@ -414,7 +396,7 @@ def test_router_routes_the_contract_positions(seed, fraction):
 
     cfg = SMALL.replace(route_block=24, route_bits=14, route_fraction=fraction)
     rng = random.Random(seed)
-    blocks = routing_blocks(cfg, rng) * 2
+    blocks = adversarial_blocks(cfg, rng) + random_blocks(cfg, 8, rng)
     dut = Router(cfg)
     got = []
 

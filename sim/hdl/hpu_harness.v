@@ -2,7 +2,8 @@
 // live in Verilog so that Python (cocotb) only wakes up once per refill, not
 // once per cycle. The harness plays the host: it streams scores, and answers the
 // HPU's requests for kept keys' values from its value ring (the KV cache), in
-// the order asked. Random idle gaps on the score and value streams and
+// the order asked. It also streams blocks of router logits and keeps the routed
+// positions the HPU answers with. Random idle gaps on the score and value streams and
 // back-pressure on the result stream come from two xorshift generators seeded
 // by the testbench.
 `timescale 1ns/1ps
@@ -12,6 +13,9 @@ module hpu_harness #(
     parameter INDEX_BITS = 1,        // the request's key index
     parameter RESULT_BITS = 1,
     parameter KEY_DEPTH = 4096,      // power of two
+    parameter LOGIT_BITS = 1,        // a router logit beat: {last, logit}
+    parameter POSITION_BITS = 1,     // a routed beat: {last, position}
+    parameter LOGIT_DEPTH = 4096,    // power of two
     parameter ROW_DEPTH = 64         // power of two
 );
     // The testbench reaches only the signals marked public_flat_rw below: sim/runner.py turns off
@@ -36,6 +40,17 @@ module hpu_harness #(
     reg [8:0] gap_per_256 /*verilator public_flat_rw*/ = 0;
     reg [8:0] stall_per_256 /*verilator public_flat_rw*/ = 0;
     reg dump /*verilator public_flat_rw*/ = 1'b0;
+
+    // Token routing: logit l of the run (blocks one after another) at l mod LOGIT_DEPTH, and the
+    // routed positions as they come out, in the same ring discipline.
+    reg [LOGIT_BITS-1:0] logits [0:LOGIT_DEPTH-1] /*verilator public_flat_rw*/;
+    reg [31:0] logits_loaded /*verilator public_flat_rw*/ = 0;
+    reg [31:0] logits_sent /*verilator public_flat_rw*/ = 0;
+    reg [POSITION_BITS-1:0] routed [0:LOGIT_DEPTH-1] /*verilator public_flat_rw*/;
+    reg [31:0] routed_seen /*verilator public_flat_rw*/ = 0;
+    reg [31:0] routed_read /*verilator public_flat_rw*/ = 0;
+    reg [31:0] blocks_seen /*verilator public_flat_rw*/ = 0;
+    reg [31:0] blocks_expected /*verilator public_flat_rw*/ = 0;
 
     // Kept by the harness.
     reg [31:0] keys_sent /*verilator public_flat_rw*/ = 0;
@@ -62,6 +77,10 @@ module hpu_harness #(
     wire [RESULT_BITS-1:0] results_payload;
     wire [31:0] cycles /*verilator public_flat_rw*/;
     wire [31:0] rows;
+    wire logits_ready, routed_valid;
+    wire [POSITION_BITS-1:0] routed_payload;
+    wire logits_valid = logits_sent != logits_loaded;
+    wire routed_ready = (routed_seen - routed_read) < LOGIT_DEPTH;
 
     wire keys_valid = (keys_sent != keys_loaded) && !(gap_rng[7:0] < gap_per_256);
     wire [FIFO_BITS:0] outstanding = ask_tail - ask_head;   // as wide as the pointers, so it wraps with them
@@ -73,10 +92,13 @@ module hpu_harness #(
     // Levels the testbench waits on.
     wire need_keys /*verilator public_flat_rw*/;
     assign need_keys = (keys_loaded - row_base) <= KEY_DEPTH / 4;
+    wire need_logits /*verilator public_flat_rw*/;
+    assign need_logits = (logits_loaded - logits_sent) <= LOGIT_DEPTH / 4;
     wire results_waiting /*verilator public_flat_rw*/;
-    assign results_waiting = (rows_seen - rows_read) >= ROW_DEPTH / 2;
+    assign results_waiting = (rows_seen - rows_read) >= ROW_DEPTH / 2 || (routed_seen - routed_read) >= LOGIT_DEPTH / 2;
     wire done /*verilator public_flat_rw*/;
-    assign done = (rows_seen == rows_expected) && (rows_expected != 0);
+    assign done = (rows_seen == rows_expected) && (blocks_seen == blocks_expected)
+                  && (rows_expected != 0 || blocks_expected != 0);
 
     hpu dut (
         .clk(clk), .rst(rst),
@@ -85,6 +107,9 @@ module hpu_harness #(
         .values__payload(values[asked[ask_head[FIFO_BITS-1:0]][$clog2(KEY_DEPTH)-1:0]]), .values__valid(values_valid),
         .values__ready(values_ready),
         .results__payload(results_payload), .results__valid(results_valid), .results__ready(results_ready),
+        .logits__payload(logits[logits_sent[$clog2(LOGIT_DEPTH)-1:0]]), .logits__valid(logits_valid),
+        .logits__ready(logits_ready),
+        .routed__payload(routed_payload), .routed__valid(routed_valid), .routed__ready(routed_ready),
         .gate_open(gate_open), .busy(busy), .overflow(overflow), .cycles(cycles), .rows(rows)
     );
 
@@ -95,6 +120,7 @@ module hpu_harness #(
             values[i] = {VALUE_BITS{1'b0}};
         end
         for (i = 0; i < FIFO_DEPTH; i = i + 1) asked[i] = 0;
+        for (i = 0; i < LOGIT_DEPTH; i = i + 1) logits[i] = {LOGIT_BITS{1'b0}};
     end
 
     function [31:0] xorshift(input [31:0] x);
@@ -142,6 +168,12 @@ module hpu_harness #(
             results[rows_seen[$clog2(ROW_DEPTH)-1:0]] <= results_payload;
             result_cycle[rows_seen[$clog2(ROW_DEPTH)-1:0]] <= cycles;
             rows_seen <= rows_seen + 1;
+        end
+        if (logits_valid && logits_ready) logits_sent <= logits_sent + 1;
+        if (routed_valid && routed_ready) begin
+            routed[routed_seen[$clog2(LOGIT_DEPTH)-1:0]] <= routed_payload;
+            routed_seen <= routed_seen + 1;
+            if (routed_payload[POSITION_BITS-1]) blocks_seen <= blocks_seen + 1;
         end
     end
 
