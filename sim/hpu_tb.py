@@ -20,7 +20,8 @@ from cocotb.triggers import First, ReadOnly, RisingEdge, SimTimeoutError, Timer,
 
 from hpu.top import slowest_stage_cycles
 from sim.job import Job, Outcome
-from sim.packing import key_ring_depth, pack_scores, pack_values, unpack_result
+from sim.packing import key_ring_depth, logit_ring_depth, pack_logits, pack_scores, pack_values, unpack_result, \
+    unpack_routed
 
 CLOCK_NS = 10
 ROW_DEPTH = 64
@@ -80,9 +81,14 @@ async def run_job(dut):
 
     scores = [bits for row in job.rows for bits in pack_scores(job.cfg, row)]
     values = [bits for row in job.rows for bits in pack_values(job.cfg, row)]
+    logits = [bits for block in job.blocks for bits in pack_logits(job.cfg, block)]
     depth = key_ring_depth(job.cfg)
+    logit_depth = logit_ring_depth(job.cfg)
     loaded = 0
     read = 0
+    logits_loaded = 0
+    routed_read = 0
+    routed: list[list[int]] = [[]]
 
     def refill():
         """Load keys up to half a ring ahead of the row being requested: the other half still holds
@@ -94,6 +100,25 @@ async def run_job(dut):
             dut.values[loaded % depth].value = values[loaded]
             loaded += 1
         dut.keys_loaded.value = loaded
+
+    def refill_logits():
+        nonlocal logits_loaded
+        sent = int(dut.logits_sent.value)
+        while logits_loaded < len(logits) and logits_loaded - sent < logit_depth:
+            dut.logits[logits_loaded % logit_depth].value = logits[logits_loaded]
+            logits_loaded += 1
+        dut.logits_loaded.value = logits_loaded
+
+    def drain_routed():
+        nonlocal routed_read
+        seen = int(dut.routed_seen.value)
+        while routed_read < seen:
+            position, last = unpack_routed(job.cfg, int(dut.routed[routed_read % logit_depth].value))
+            routed[-1].append(position)
+            if last:
+                routed.append([])
+            routed_read += 1
+        dut.routed_read.value = routed_read
 
     def drain():
         nonlocal read
@@ -108,31 +133,39 @@ async def run_job(dut):
     start_wall = time.perf_counter()
     start_cycle = None
     dut.rows_expected.value = len(job.expected)
+    dut.blocks_expected.value = len(job.blocks)
     if opts.vcd:
         dut.dump.value = 1
     refill()
+    refill_logits()
     stalled = None
     last_report = 0
-    while read < len(job.expected):
+    while read < len(job.expected) or len(routed) <= len(job.blocks):
         await ReadOnly()
         if start_cycle is None:
             start_cycle = int(dut.cycles.value)
         waiting = [RisingEdge(dut.results_waiting), RisingEdge(dut.done)]
         if loaded < len(scores):
             waiting.append(RisingEdge(dut.need_keys))
+        if logits_loaded < len(logits):
+            waiting.append(RisingEdge(dut.need_logits))
         busy_levels = (int(dut.results_waiting.value) or int(dut.done.value)
-                       or (loaded < len(scores) and int(dut.need_keys.value)))
+                       or (loaded < len(scores) and int(dut.need_keys.value))
+                       or (logits_loaded < len(logits) and int(dut.need_logits.value)))
         if not busy_levels:
             try:
                 await with_timeout(First(*waiting), cycle_bound(job, len(job.expected) - read) * CLOCK_NS, "ns")
             except SimTimeoutError:
                 drain()
+                drain_routed()
                 stalled = (f"no result within {cycle_bound(job, len(job.expected) - read)} cycles: "
                            f"{read} of {len(job.expected)} rows done, {int(dut.keys_sent.value)} of {len(scores)} keys taken")
                 break
         await RisingEdge(dut.clk)
         drain()
+        drain_routed()
         refill()
+        refill_logits()
         if show_progress and read - last_report >= max(1, len(job.expected) // 20):
             last_report = read
             print(f"\r  rows {read}/{len(job.expected)}  mismatches {board.mismatches}", end="", file=sys.stderr, flush=True)
@@ -142,9 +175,13 @@ async def run_job(dut):
     wall = time.perf_counter() - start_wall
     if show_progress:
         print(file=sys.stderr)
-    Outcome(rows_checked=board.checked, mismatches=board.mismatches,
+    routed.pop()   # the list opened after the last block's final position
+    routing_mismatches = sum(got != want for got, want in zip(routed, job.routed)) + abs(len(routed) - len(job.routed))
+    Outcome(rows_checked=board.checked, mismatches=board.mismatches, routed=routed,
+            routing_mismatches=routing_mismatches,
             hpu_cycles=end_cycle - (start_cycle or 0), wall_s=wall, first_mismatch=board.first,
             values_fetched=int(dut.values_sent.value),
             stalled=stalled, result_cycles=result_cycles, observed=board.observed).save(outcome_path)
     assert stalled is None, stalled
     assert board.mismatches == 0, f"{board.mismatches} of {board.checked} rows differ from the golden model"
+    assert routing_mismatches == 0, f"{routing_mismatches} of {len(job.blocks)} blocks routed unlike the golden model"

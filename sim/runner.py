@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from golden_model.stimulus import Row, expected, validate_rows
+from golden_model.stimulus import Row, expected, expected_routed, validate_blocks, validate_rows
 from hpu.config import HPUConfig
 from hpu.errors import HPUError
 from hpu.files import shared_lock, staged
@@ -167,6 +167,13 @@ def _run(job: Job, sim: str, build_dir: Path, work_dir: Path, vcd: Path | None, 
     outcome = Outcome.load(outcome_path)
     if outcome.stalled:
         raise SimulationError(f"HPU stalled under {sim}: {outcome.stalled}")
+    if outcome.routing_mismatches and check:
+        first = next(i for i, (got, want) in enumerate(zip(outcome.routed + [None] * len(job.routed), job.routed))
+                     if got != want)
+        raise SimulationError(
+            f"{outcome.routing_mismatches} of {len(job.blocks)} blocks routed unlike the golden model under {sim}; "
+            f"first: block {first} ({len(job.blocks[first])} tokens) expected {job.routed[first]}, "
+            f"observed {outcome.routed[first] if first < len(outcome.routed) else 'nothing'}")
     if outcome.mismatches and check:
         replay = write_replay(job, outcome, work_dir)
         first = outcome.first_mismatch
@@ -187,11 +194,17 @@ def write_replay(job: Job, outcome: Outcome, work_dir: Path) -> Path:
     return path
 
 
-def make_job(cfg: HPUConfig, rows: list[Row], source: str, options: Options | None = None) -> Job:
-    """A job whose expected results come from the golden model (with the gate held open if asked)."""
+def make_job(cfg: HPUConfig, rows: list[Row], source: str, options: Options | None = None,
+             blocks: list[list[int]] = ()) -> Job:
+    """A job whose expected results come from the golden model (with the gate held open if asked),
+    and, with blocks of router logits, whose expected routed positions do too."""
     options = options or Options()
     validate_rows(cfg, rows)
+    blocks = [list(b) for b in blocks]
+    if blocks:
+        validate_blocks(cfg, blocks)
     reference = cfg.replace(mode="dense") if options.gate_open else cfg
-    return Job(cfg=cfg, rows=rows, expected=expected(reference, rows), options=options, source=source)
+    return Job(cfg=cfg, rows=rows, expected=expected(reference, rows), options=options, source=source,
+               blocks=blocks, routed=expected_routed(cfg, blocks))
 
 

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from golden_model.sources import rows_from
+from golden_model.stimulus import blocks_from
 from hpu.cli import main
 from hpu.config import HPUConfig
 from rtl_gen.generate import generate
@@ -66,6 +67,27 @@ def test_mismatch_reports_first_row_and_writes_a_replay(seed, build_root, tmp_pa
     assert replay.rows == [rows[3]] and replay.expected == [job.expected[3]]
     with pytest.raises(SimulationError, match="1 of 1 rows differ"):
         run(replay, "icarus", build_root=build_root, work_dir=tmp_path / "replay")
+
+
+@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
+def test_routing_bit_exact_beside_rows(simulator, seed, build_root, tmp_path):
+    """Blocks of router logits and attention rows in one run, with gaps and back-pressure on every stream."""
+    cfg = SMALL.replace(route_block=24, route_fraction=0.3)
+    blocks = blocks_from("adversarial", cfg, 9, seed) + blocks_from("random", cfg, 12, seed)
+    rows = rows_from("random", cfg, 10, seed)
+    job = make_job(cfg, rows, "random", Options(gaps=0.2, backpressure=0.3, seed=seed), blocks=blocks)
+    outcome = run(job, simulator, build_root=build_root, work_dir=tmp_path)
+    assert (outcome.rows_checked, outcome.mismatches, outcome.routing_mismatches) == (10, 0, 0)
+    assert outcome.routed == job.routed and len(outcome.routed) == 21
+
+
+def test_routing_mismatch_names_the_block(seed, build_root, tmp_path):
+    cfg = SMALL.replace(route_block=24, route_fraction=0.3)
+    blocks = blocks_from("random", cfg, 4, seed)
+    job = make_job(cfg, [], "random", blocks=blocks)
+    job.routed[2] = job.routed[2][1:] + [cfg.route_block]
+    with pytest.raises(SimulationError, match="1 of 4 blocks routed unlike the golden model under icarus; first: block 2"):
+        run(job, "icarus", build_root=build_root, work_dir=tmp_path)
 
 
 def test_stalled_design_ends_with_a_message(build_root, tmp_path):

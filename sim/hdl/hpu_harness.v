@@ -79,8 +79,8 @@ module hpu_harness #(
     wire [31:0] rows;
     wire logits_ready, routed_valid;
     wire [POSITION_BITS-1:0] routed_payload;
-    wire logits_valid = logits_sent != logits_loaded;
-    wire routed_ready = (routed_seen - routed_read) < LOGIT_DEPTH;
+    wire logits_valid = (logits_sent != logits_loaded) && !(gap_rng[23:16] < gap_per_256);
+    wire routed_ready = (routed_seen - routed_read) < LOGIT_DEPTH && !(stall_rng[15:8] < stall_per_256);
 
     wire keys_valid = (keys_sent != keys_loaded) && !(gap_rng[7:0] < gap_per_256);
     wire [FIFO_BITS:0] outstanding = ask_tail - ask_head;   // as wide as the pointers, so it wraps with them
