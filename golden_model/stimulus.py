@@ -137,6 +137,9 @@ def adversarial_blocks(cfg: HPUConfig, rng: random.Random) -> list[list[int]]:
     ]
 
 
+ROUTING_SOURCES = ("random", "adversarial")
+
+
 def blocks_from(source: str, cfg: HPUConfig, count: int, seed: int) -> list[list[int]]:
     """`count` blocks of router logits: 'random', or 'adversarial' (its set repeated with fresh draws)."""
     rng = random.Random(seed)
@@ -147,7 +150,7 @@ def blocks_from(source: str, cfg: HPUConfig, count: int, seed: int) -> list[list
         while len(blocks) < count:
             blocks += adversarial_blocks(cfg, rng)
         return blocks[:count]
-    raise InputError(f"unknown source of router logits {source!r}: choose random or adversarial")
+    raise InputError(f"unknown source of router logits {source!r}: choose one of {', '.join(ROUTING_SOURCES)}")
 
 
 def results_of(result: ContractResult) -> list[RowResult]:

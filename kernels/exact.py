@@ -1,4 +1,5 @@
-"""Bit-exact Triton emulator of the HPU: the integer contract for a batch of rows, one program per row.
+"""Bit-exact Triton emulator of the HPU: the integer contract for a batch of rows, one program per row,
+and the routing step for a batch of blocks of router logits, one program per block.
 
 The kernel computes what golden_model.contract.run_contract computes (e, Z, the
 kept set with ties by index, acc, z_kept, out, kept count), with the EXP_LUT
@@ -129,3 +130,37 @@ def run_contract_triton(cfg: HPUConfig, scores: torch.Tensor, values: torch.Tens
         GATE_ROUND=GATE_SCALE - 1, GATE_SHIFT=GATE_SHIFT,
         BLOCK_N=block_n, BLOCK_K=min(block_k, block_n), D=cfg.head_dim, INT=int_type)
     return {"acc": acc, "out": out, "z_kept": z_kept, "kept": kept}
+
+
+@triton.jit
+def _routing_kernel(logits_ptr, lengths_ptr, routed_ptr, stride_b, LOW: tl.constexpr, ROUTE_Q: tl.constexpr,
+                    GATE_ROUND: tl.constexpr, GATE_SHIFT: tl.constexpr, BLOCK_T: tl.constexpr):
+    block = tl.program_id(0)
+    n = tl.load(lengths_ptr + block).to(tl.int64)
+    t = tl.arange(0, BLOCK_T)
+    valid = t < n
+    r = tl.load(logits_ptr + block * stride_b + t, mask=valid, other=LOW).to(tl.int64)
+    # (r - LOW) is non-negative, so every valid order key is >= 0 and above every invalid one (-1).
+    order_key = tl.where(valid, (r - LOW) * BLOCK_T + (BLOCK_T - 1 - t), -1)
+    ranked = tl.sort(order_key, 0, descending=True)
+    cap = tl.maximum((n * ROUTE_Q + GATE_ROUND) >> GATE_SHIFT, 1)
+    threshold = tl.sum(tl.where(t == cap - 1, ranked, 0), axis=0)
+    tl.store(routed_ptr + block * BLOCK_T + t, (valid & (order_key >= threshold)).to(tl.int8))
+
+
+def route_contract_triton(cfg: HPUConfig, logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The routing step for B blocks on ``logits.device``, one program per block.
+
+    logits: (B, T) integers in route_bits; lengths: (B,) in 1..T. Returns a (B, T) bool mask of the
+    routed tokens: the first max(1, ceil(n * route_q / 256)) of the order (r desc, t asc), found with
+    the unique order key ``(r - low) * BLOCK_T + (BLOCK_T - 1 - t)`` as the contract's topk is.
+    """
+    blocks, tokens = logits.shape
+    if tokens > cfg.route_block:
+        raise InputError(f"blocks of {tokens} tokens exceed route_block = {cfg.route_block}")
+    block_t = triton.next_power_of_2(tokens)
+    routed = torch.empty(blocks, block_t, dtype=torch.int8, device=logits.device)
+    _routing_kernel[(blocks,)](logits.to(torch.int64).contiguous(), lengths.to(torch.int32).contiguous(), routed,
+                               tokens, LOW=signed_range(cfg.route_bits)[0], ROUTE_Q=cfg.route_q,
+                               GATE_ROUND=GATE_SCALE - 1, GATE_SHIFT=GATE_SHIFT, BLOCK_T=block_t)
+    return routed[:, :tokens].bool()

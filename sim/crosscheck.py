@@ -1,8 +1,10 @@
 """Three-way cross-check: the golden model, the generated Verilog under cocotb, the Triton exact kernel.
 
 The same rows go through all three; a row agrees when acc, out, z_kept and kept are identical in
-all three. For a row that does not, a reproducer file names the configuration, the row, the three
-results and which of the three is the odd one out (or that all three differ).
+all three. With a router (route_block > 0) blocks of router logits do too, as cells of mode
+``routing``; a block agrees when its routed positions are. For a row or block that does not, a
+reproducer file names the configuration, the input, the three results and which of the three is
+the odd one out (or that all three differ).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 
 from golden_model.sources import rows_from
-from golden_model.stimulus import RowResult, batch, expected
+from golden_model.stimulus import ROUTING_SOURCES, RowResult, batch, blocks_from, expected, expected_routed
 from hpu.config import HPUConfig
 from sim.job import Options
 from hpu.files import write_json, write_text
@@ -31,7 +34,7 @@ class Cell:
     disagreements: list[Path]
 
 
-def odd_one_out(results: dict[str, RowResult]) -> str:
+def odd_one_out(results: dict) -> str:
     g, v, k = (results[p] for p in PATHS)
     if g == v != k:
         return "kernel"
@@ -76,11 +79,40 @@ def crosscheck(cfg: HPUConfig, sources: list[str], modes: list[str], rows: int, 
                     "results": {p: r.__dict__ for p, r in results.items()}}, indent=1))
                 bad.append(path)
             cells.append(Cell(source, mode, len(chosen), len(chosen) - len(bad), bad))
+        if cfg.route_block and source in ROUTING_SOURCES:
+            cells.append(_routing_cell(cfg, source, rows, seed, out_dir, sim, build_root, device))
     return cells, device
 
 
+def _routing_cell(cfg: HPUConfig, source: str, count: int, seed: int, out_dir: Path, sim: str,
+                  build_root: Path, device: str) -> Cell:
+    from kernels.exact import route_contract_triton
+
+    blocks = blocks_from(source, cfg, count, seed)
+    golden = expected_routed(cfg, blocks)
+    job = make_job(cfg, [], source, Options(seed=seed), blocks=blocks)
+    outcome = run(job, sim, build_root=build_root, work_dir=out_dir / f"run-{source}-routing", check=False)
+    if len(outcome.routed) != len(blocks):
+        raise SimulationError(f"{sim} routed {len(outcome.routed)} of {len(blocks)} blocks")
+    logits = torch.zeros(len(blocks), max(map(len, blocks)), dtype=torch.int64)
+    for i, block in enumerate(blocks):
+        logits[i, :len(block)] = torch.tensor(block)
+    mask = route_contract_triton(cfg, logits.to(device), torch.tensor([len(b) for b in blocks]).to(device)).cpu()
+    kernel = [torch.nonzero(row).flatten().tolist() for row in mask]
+    bad = []
+    for i, block in enumerate(blocks):
+        results = {"golden": golden[i], "verilog": outcome.routed[i], "kernel": kernel[i]}
+        if golden[i] == outcome.routed[i] == kernel[i]:
+            continue
+        path = out_dir / f"disagreement-{source}-routing-block{i}.json"
+        write_text(path, json.dumps({"disagrees": odd_one_out(results), "config": cfg.to_dict(), "source": source,
+                                     "seed": seed, "block_index": i, "logits": block, "routed": results}, indent=1))
+        bad.append(path)
+    return Cell(source, "routing", len(blocks), len(blocks) - len(bad), bad)
+
+
 def table(cells: list[Cell]) -> str:
-    lines = ["| source | mode | rows | all three agree | disagreements |", "|---|---|---|---|---|"]
+    lines = ["| source | mode | rows (blocks for routing) | all three agree | disagreements |", "|---|---|---|---|---|"]
     for c in cells:
         lines.append(f"| {c.source} | {c.mode} | {c.rows} | {c.agree} | {len(c.disagreements)} |")
     return "\n".join(lines)

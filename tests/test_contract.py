@@ -178,3 +178,27 @@ def test_contract_rules_hold_for_all_rows(case):
     assert r.out[0].tolist() == want
     alo, ahi = signed_range(cfg.acc_bits)
     assert all(alo <= a <= ahi for a in acc)
+
+
+@given(st.lists(st.integers(-8, 8), min_size=1, max_size=40), st.integers(1, 256))
+def test_routing_is_the_float_routers_order_on_integer_logits(logits, route_q):
+    """The integer routing step and the float reference's router pick the same tokens (same order rule,
+    ties by position), with the fraction taken as route_q / 256."""
+    from golden_model.contract import run_routing
+    from golden_model.routing import route_topk
+
+    cfg = HPUConfig(route_block=64, route_fraction=route_q / 256)
+    routed = run_routing(cfg, torch.tensor([logits]))
+    assert routed.positions() == route_topk(torch.tensor([logits], dtype=torch.float32), route_q / 256).tolist()
+    assert routed.count.item() == cfg.route_capacity(len(logits))
+
+
+def test_routing_refusals():
+    from golden_model.contract import run_routing
+
+    with pytest.raises(InputError, match="routing needs a router: set route_block"):
+        run_routing(HPUConfig(), torch.tensor([[1, 2]]))
+    with pytest.raises(InputError, match=r"router logits must fit route_bits = 4 signed bits \(-8..7\); got 1..8"):
+        run_routing(HPUConfig(route_block=4, route_bits=4), torch.tensor([[1, 8]]))
+    with pytest.raises(InputError, match="block lengths must lie in 1..2"):
+        run_routing(HPUConfig(route_block=4), torch.tensor([[1, 2]]), torch.tensor([3]))

@@ -15,11 +15,30 @@ from conftest import REPO
 SMALL = HPUConfig.load(f"{REPO}/configs/small.toml")
 
 
-def test_three_way_agreement(seed, tmp_path):
-    cells, _ = crosscheck(SMALL, ["random", "adversarial", "minilm"], ["mass"], 6, seed, tmp_path / "out",
+def test_three_way_agreement_on_rows_and_routing(seed, tmp_path):
+    cfg = SMALL.replace(route_block=24, route_fraction=0.3)
+    cells, _ = crosscheck(cfg, ["random", "adversarial", "minilm"], ["mass"], 9, seed, tmp_path / "out",
                           build_root=tmp_path / "build")
-    assert [(c.source, c.rows, c.agree, c.disagreements) for c in cells] == [
-        ("random", 6, 6, []), ("adversarial", 6, 6, []), ("minilm", 6, 6, [])]
+    assert [(c.source, c.mode, c.rows, c.agree, c.disagreements) for c in cells] == [
+        ("random", "mass", 9, 9, []), ("random", "routing", 9, 9, []),
+        ("adversarial", "mass", 9, 9, []), ("adversarial", "routing", 9, 9, []), ("minilm", "mass", 9, 9, [])]
+
+
+def test_routing_disagreement_names_the_kernel(seed, tmp_path, monkeypatch):
+    real = kernels.exact.route_contract_triton
+
+    def first_token_always(cfg, logits, lengths):
+        routed = real(cfg, logits, lengths)
+        routed[1, 0] = ~routed[1, 0]
+        return routed
+
+    monkeypatch.setattr(kernels.exact, "route_contract_triton", first_token_always)
+    cfg = SMALL.replace(route_block=24, route_fraction=0.3)
+    cells, _ = crosscheck(cfg, ["random"], ["topk"], 3, seed, tmp_path / "out", build_root=tmp_path / "build")
+    routing = cells[-1]
+    assert (routing.mode, routing.agree, len(routing.disagreements)) == ("routing", 2, 1)
+    record = json.loads(routing.disagreements[0].read_text())
+    assert (record["disagrees"], record["block_index"]) == ("kernel", 1)
 
 
 def test_disagreement_names_the_odd_one_out(seed, tmp_path, monkeypatch, capsys):

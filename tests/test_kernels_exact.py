@@ -5,13 +5,13 @@ import random
 import pytest
 import torch
 
-from golden_model.contract import run_contract
+from golden_model.contract import run_contract, run_routing
 from golden_model.quantize import attention_scores, quantize_scores, quantize_values
 from golden_model.sources import rows_from
-from golden_model.stimulus import batch
+from golden_model.stimulus import adversarial_blocks, batch, random_blocks
 from hpu.config import HPUConfig
 from kernels import DEVICE
-from kernels.exact import run_contract_triton
+from kernels.exact import route_contract_triton, run_contract_triton
 
 from conftest import REPO
 
@@ -72,3 +72,19 @@ def test_identical_when_64_bit_integers_are_needed(mode, seed):
     """31-bit scores overflow the kernel's 32-bit path, so it must take the 64-bit one."""
     cfg = SMALL.replace(mode=mode, score_bits=31)
     assert_identical(cfg, *batch(cfg, rows_from("random", cfg, 30, seed) + rows_from("adversarial", cfg, 10, seed)))
+
+
+@pytest.mark.parametrize("route_bits", [8, 16, 32])
+@pytest.mark.parametrize("fraction", [0.2, 0.5])
+def test_routing_identical_to_golden_model(route_bits, fraction, seed):
+    cfg = HPUConfig(route_block=40, route_bits=route_bits, route_fraction=fraction)
+    rng = random.Random(seed)
+    blocks = adversarial_blocks(cfg, rng) + random_blocks(cfg, 24, rng)
+    logits = torch.zeros(len(blocks), cfg.route_block, dtype=torch.int64)
+    for i, block in enumerate(blocks):
+        logits[i, :len(block)] = torch.tensor(block)
+    lengths = torch.tensor([len(b) for b in blocks])
+    golden = run_routing(cfg, logits, lengths)
+    routed = route_contract_triton(cfg, logits.to(DEVICE), lengths.to(DEVICE)).cpu()
+    assert torch.equal(routed, golden.routed)
+    assert torch.equal(routed.sum(-1), golden.count)
