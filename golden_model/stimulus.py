@@ -104,17 +104,18 @@ def expected_routed(cfg: HPUConfig, blocks: list[list[int]]) -> list[list[int]]:
     return run_routing(cfg, logits, torch.tensor([len(b) for b in blocks])).positions()
 
 
-def random_blocks(cfg: HPUConfig, count: int, rng: random.Random) -> list[list[int]]:
-    """Blocks of router logits: lengths 1..route_block, uniform over the range or over a few levels
-    (ties), a tenth of them the range's ends."""
+def random_blocks(cfg: HPUConfig, count: int, rng: random.Random,
+                  lengths: list[int] | None = None) -> list[list[int]]:
+    """Blocks of router logits: lengths 1..route_block (or `lengths`), uniform over the range or over a
+    few levels (ties), a tenth of them the range's ends."""
     low, high = signed_range(cfg.route_bits)
     blocks = []
-    for _ in range(count):
+    for i in range(count):
         levels = rng.choice([None, 3, 16])
         draw = (lambda: rng.randint(low, high)) if levels is None else \
             (lambda pool=[rng.randint(low, high) for _ in range(levels)]: rng.choice(pool))
         blocks.append([rng.choice((low, high)) if rng.random() < 0.1 else draw()
-                       for _ in range(rng.randint(1, cfg.route_block))])
+                       for _ in range(lengths[i] if lengths else rng.randint(1, cfg.route_block))])
     return blocks
 
 

@@ -25,6 +25,11 @@ PATHS = {"score": ("", "ingest", "exp_gate"), "value": ("fetch", "mac"), "normal
          "router": ("router",)}
 
 
+def paths(cfg: HPUConfig) -> dict[str, tuple[str, ...]]:
+    """The paths of this instance: the router's only where it has one."""
+    return {name: units for name, units in PATHS.items() if name != "router" or cfg.route_block}
+
+
 def slowest_stage_cycles(cfg: HPUConfig) -> int:
     """Upper bound on the cycles any one stage spends on a row of max_keys keys (docs/ARCHITECTURE.md,
     Throughput): the MAC array's slots, the exp/gate pass and walk, the normalizer's reciprocal and one cycle per element."""

@@ -87,14 +87,16 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
                 log(f"hpu: warning: {note}", file=sys.stderr)
             run = runs.get(name, {})
             measured.append(report.Run(name, a, estimate(a, table), run.get("kept_fraction"),
-                                       run.get("value_bytes_fetched")))
+                                       run.get("value_bytes_fetched"), run.get("tokens")))
             log(f"{name}: {vcd}: {a.cycles} cycles, {a.counts.bytes_read / 1e6:.1f} MB", flush=True)
         if len(measured) == 2:
             rows = [run.activity.rows_delivered for run in measured]
-            if rows[0] != rows[1]:
-                raise InputError(f"the dumps are not of the same rows: the HPU delivered {rows[0]} rows in "
-                                 f"{req.vcd} and {rows[1]} in {req.baseline}; make both with one "
-                                 "`hpu sim --dense-baseline`")
+            # A routed run computes only its routed tokens' rows: its summary says how many.
+            want = [runs[name]["rows"] for name in dumps] if runs else [rows[1], rows[1]]
+            if rows != want:
+                raise InputError(f"the dumps are not of the runs' rows: the HPU delivered {rows[0]} rows in {req.vcd} "
+                                 f"and {rows[1]} in {req.baseline}, where {want[0]} and {want[1]} were expected; make "
+                                 "both with one `hpu sim --dense-baseline` (and pass its --summary for routed runs)")
         for run in measured:
             # Toggles per bit, as any dump gets them; per instance and window they are in power.csv
             # and signals.csv.

@@ -27,10 +27,14 @@ DEFINITIONS = [
     "each physical bit is charged once, to the instance that drives it.",
     "dark-silicon saving = 1 - E(gated) / E(dense), same inputs and configuration with the gate held open.",
     "paths: score (the top level's row buffers and status, ingest, exp_gate), value (the fetch sequencer: "
-    "e reads, request and slot FIFOs; the MAC array: issue logic and lanes), normalizer; each instance's "
+    "e reads, request and slot FIFOs; the MAC array: issue logic and lanes), normalizer, and router where "
+    "the HPU has one; each instance's "
     "energy with its sub-instances'.",
     "off-chip value traffic: the value-vector bytes the HPU fetched, counted by the simulation's host "
     "(`hpu sim` summary), times the table's DRAM energy per byte; reported apart from on-chip energy.",
+    "row-level dark silicon (token routing): the rows of unrouted tokens never enter the chip, so the attention "
+    "datapath (the score, value and normalizer paths) spends nothing on them; the router's own energy is "
+    "charged to the routed run, and the kept fraction counts kept keys over every token's keys.",
     "energy proportionality = saving / (1 - kept fraction): 1.0 means every joule the dropped keys "
     "would have cost was saved.",
     "This is an activity-based estimate from a functional simulation, not sign-off power: no wire "
@@ -45,6 +49,7 @@ class Run:
     energy: Energy
     kept_fraction: float | None = None
     value_bytes: int | None = None   # value-vector bytes fetched, counted by the simulation's host
+    tokens: int | None = None        # tokens whose rows the run stands for (routed or not), from the summary
 
 
 def summarize(run: Run, table: EnergyTable) -> dict:
@@ -70,7 +75,7 @@ def summarize(run: Run, table: EnergyTable) -> dict:
     return {
         "vcd": str(d.vcd), "bytes": counts.bytes_read, "top_scope": ".".join(d.top_scope),
         "cycles": a.cycles, "compute_cycles": a.phase_cycles, "window_cycles": a.window,
-        "rows_delivered": a.rows_delivered,
+        "rows_delivered": a.rows_delivered, "tokens": run.tokens,
         "clock_period": a.clock_period * a.timescale, "kept_fraction": run.kept_fraction,
         "toggles": int((counts.rise + counts.fall).sum()), "xz_changes": int(counts.xz.sum()),
         "energy_fJ": float(e.total.sum()),
@@ -207,6 +212,8 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
                                           runs[1].name: dn["lanes_mean_silent_ratio_compute"]},
             "same_cycles": g["cycles"] == dn["cycles"],
         }
+        if g["tokens"] and g["rows_delivered"] is not None and g["rows_delivered"] < g["tokens"]:
+            result["comparison"]["routing"] = _routing(g, dn, runs[0].name, runs[1].name)
     paths = {"json": out_dir / "power.json", "csv": out_dir / "power.csv", "signals": out_dir / "signals.csv",
              "markdown": out_dir / "power.md", "html": out_dir / "power.html"}
     with staged(paths["csv"]) as temp, open(temp, "w", newline="") as f:
@@ -228,6 +235,28 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
         saif.write(run.activity.counts, out_dir / f"{run.name}.saif", design=run.activity.design.manifest["top"])
     write_json(paths["json"], result)
     return paths
+
+
+DATAPATH = ("score", "value", "normalizer")
+
+
+def _routing(g: dict, dn: dict, gated: str, dense: str) -> dict:
+    """Row-level dark silicon: rows computed of the tokens, and what the attention datapath spent per
+    computed row, against the dense run that computed every token's row."""
+    def datapath(s):
+        return sum(s["energy_fJ_by_path"][p] for p in DATAPATH)
+
+    return {
+        "tokens": g["tokens"],
+        "rows_computed": {gated: g["rows_delivered"], dense: dn["rows_delivered"]},
+        "unrouted_fraction": 1 - g["rows_delivered"] / g["tokens"],
+        "datapath_energy_fJ": {gated: datapath(g), dense: datapath(dn)},
+        "datapath_energy_fJ_per_row": {gated: datapath(g) / g["rows_delivered"],
+                                       dense: datapath(dn) / dn["rows_delivered"]},
+        "datapath_saving": 1 - datapath(g) / datapath(dn),
+        "router_energy_fJ": g["energy_fJ_by_path"].get("router", 0.0),
+        "router_share_of_hpu": g["energy_fJ_by_path"].get("router", 0.0) / g["energy_fJ"],
+    }
 
 
 def _signals_csv(runs: list[Run], path: Path) -> None:
@@ -315,6 +344,19 @@ def _markdown(result: dict, runs: list[Run]) -> str:
                   "- MAC lanes, mean silent ratio over the compute phase: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in c["lane_silent_ratio_compute"].items()),
                   f"- same number of cycles in both runs: {c['same_cycles']}"]
+        if "routing" in c:
+            r = c["routing"]
+            names = list(r["rows_computed"])
+            lines += ["", "## Token routing: row-level dark silicon", "",
+                      f"{r['tokens']} tokens; rows computed: " + ", ".join(f"{k} {v}" for k, v in r["rows_computed"].items())
+                      + f". Unrouted: {r['unrouted_fraction']:.4f} of the tokens, whose rows never entered the chip.", "",
+                      "| | " + " | ".join(names) + " |", "|---|---|---|",
+                      "| attention datapath (score, value, normalizer paths), nJ | "
+                      + " | ".join(f"{r['datapath_energy_fJ'][k] / 1e6:.4f}" for k in names) + " |",
+                      "| per computed row, pJ | " + " | ".join(f"{r['datapath_energy_fJ_per_row'][k] / 1e3:.2f}" for k in names) + " |",
+                      "", f"- attention-datapath saving: **{r['datapath_saving']:.4f}**; the router spent "
+                      f"{r['router_energy_fJ'] / 1e6:.4f} nJ, {r['router_share_of_hpu']:.4f} of the routed run's on-chip energy "
+                      "(counted in the whole-HPU saving above)."]
     lines += ["", "## Energy by path (nJ)", "", "| path | " + " | ".join(result["runs"]) + " |",
               "|---|" + "---|" * len(result["runs"])]
     first = next(iter(result["runs"].values()))

@@ -19,7 +19,7 @@ from amaranth.lib import wiring
 from golden_model.lut import exp_lut
 from hpu.config import HPUConfig
 from hpu.files import output_folder, write_json
-from hpu.top import HPU, PATHS
+from hpu.top import HPU, paths
 from rtl_gen.manifest import MANIFEST, MANIFEST_VERSION, NETS, load_manifest
 from rtl_gen.nets import write_nets
 from rtl_gen.processes import group_registers
@@ -112,7 +112,7 @@ def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
             "mac_lanes": [f"{TOP_NAME}.mac.lane{i}" for i in range(cfg.lanes)],
             # Each path's units; a unit's sub-instances go with it, the top's own nets with "".
             "paths": {name: [".".join(filter(None, (TOP_NAME, unit))) for unit in units]
-                      for name, units in PATHS.items()},
+                      for name, units in paths(cfg).items()},
             "exp_lut_sha256": lut_hash(cfg),
             "verilog_sha256": hashlib.sha256(text.encode()).hexdigest(),
             "cleanup": CLEANUP_SCRIPT.format(name=verilog_path.name, top=TOP_NAME, netlist=NETLIST),

@@ -52,6 +52,7 @@ class Job:
     source: str = "random"
     blocks: list[list[int]] = field(default_factory=list)   # blocks of router logits, routed first
     routed: list[list[int]] = field(default_factory=list)   # each block's expected routed positions
+    token_keys: int | None = None   # routing: the keys of every token's row, the routed rows' and the rest
 
     def check(self) -> "Job":
         """Refuse rows and blocks the configured HPU cannot take, and expected results that do not pair
@@ -72,7 +73,7 @@ class Job:
             "config": self.cfg.to_dict(), "source": self.source, "options": asdict(self.options),
             "rows": [{"scores": list(r.scores), "values": [list(v) for v in r.values]} for r in self.rows],
             "expected": [asdict(e) for e in self.expected],
-            "blocks": self.blocks, "routed": self.routed,
+            "blocks": self.blocks, "routed": self.routed, "token_keys": self.token_keys,
         }))
 
     @classmethod
@@ -92,7 +93,7 @@ class Job:
                           for e in raw["expected"]],
                 options=Options(**options), source=str(raw.get("source", "random")),
                 blocks=[[int(r) for r in b] for b in raw.get("blocks", [])],
-                routed=[[int(t) for t in b] for b in raw.get("routed", [])])
+                routed=[[int(t) for t in b] for b in raw.get("routed", [])], token_keys=raw.get("token_keys"))
             return job.check() if check else job
         except InputError as exc:
             raise InputError(f"replay file {path}: {exc}") from None

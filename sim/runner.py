@@ -12,7 +12,7 @@ from pathlib import Path
 
 from golden_model.stimulus import Row, expected, expected_routed, validate_blocks, validate_rows
 from hpu.config import HPUConfig
-from hpu.errors import HPUError
+from hpu.errors import HPUError, InputError
 from hpu.files import shared_lock, staged
 from rtl_gen.generate import generate
 from rtl_gen.manifest import MANIFEST, config_difference, load_manifest, manifest_config
@@ -192,6 +192,19 @@ def write_replay(job: Job, outcome: Outcome, work_dir: Path) -> Path:
     path = work_dir / "replay_row.json"
     replay.save(path)
     return path
+
+
+def make_routed_job(cfg: HPUConfig, tokens: list[Row], source: str, options: Options, blocks: list[list[int]]) -> Job:
+    """A job for token routing: the blocks of router logits, then only the rows of the tokens the golden
+    model routes (the host sends rows for routed queries only); ``tokens`` holds every token's row,
+    block after block."""
+    if sum(map(len, blocks)) != len(tokens):
+        raise InputError(f"{len(tokens)} token rows for blocks of {sum(map(len, blocks))} tokens: one row per token")
+    starts = [sum(map(len, blocks[:i])) for i in range(len(blocks))]
+    routed = [tokens[start + t] for start, positions in zip(starts, expected_routed(cfg, blocks)) for t in positions]
+    job = make_job(cfg, routed, source, options, blocks=blocks)
+    job.token_keys = sum(row.n for row in tokens)
+    return job
 
 
 def make_job(cfg: HPUConfig, rows: list[Row], source: str, options: Options | None = None,

@@ -8,15 +8,17 @@ summary beside new dumps), each dump appears only when its run is whole, and the
 from __future__ import annotations
 
 import contextlib
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from golden_model.sources import rows_from
+from golden_model.stimulus import random_blocks
 from hpu.config import HPUConfig
 from hpu.files import claim, output_file
 from sim import summary as sim_summary
 from sim.job import Job, Options
-from sim.runner import make_job, run
+from sim.runner import make_job, make_routed_job, run
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,22 @@ class Outputs:
 def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: Outputs,
              dense_baseline: bool, sim: str, build: Path, progress: bool = True, log=print) -> dict:
     """Simulate `rows` rows of `source` (drawn with options.seed) gated (and dense); returns the
-    summary, written if asked."""
+    summary, written if asked.
+
+    With a router (route_block > 0) the rows are tokens' rows, in blocks of route_block tokens with
+    random router logits: the gated run routes each block and sends only the routed tokens' rows; the
+    dense baseline sends every token's row with the gate held open (dense queries and dense keys)."""
     outputs.check()
     chosen = rows_from(source, cfg, rows, options.seed)
+    blocks = routing_blocks(cfg, rows, options.seed) if cfg.route_block else []
     with contextlib.ExitStack() as stack:
         for folder in sorted({p.parent.resolve() for p in outputs.files(dense_baseline)}):
             stack.enter_context(claim(folder))
         for path in outputs.files(dense_baseline):
             path.unlink(missing_ok=True)
-        runs = [("gated", make_job(cfg, chosen, source, replace(options, vcd=_str(outputs.vcd))))]
+        gated = replace(options, vcd=_str(outputs.vcd))
+        runs = [("gated", make_routed_job(cfg, chosen, source, gated, blocks) if blocks
+                 else make_job(cfg, chosen, source, gated))]
         if dense_baseline:
             runs.append(("dense", make_job(cfg, chosen, source,
                                            replace(options, gate_open=True, vcd=_str(outputs.dense_vcd)))))
@@ -74,6 +83,12 @@ def _run_one(name: str, job: Job, sim: str, build: Path, progress: bool, log) ->
         f"{outcome.hpu_cycles}, {outcome.cycles_per_s:,.0f} simulated cycles/s"
         + (f", VCD {job.options.vcd}" if job.options.vcd else ""))
     return sim_summary.record(job, outcome)
+
+
+def routing_blocks(cfg: HPUConfig, tokens: int, seed: int) -> list[list[int]]:
+    """`tokens` tokens' random router logits in blocks of route_block (the last one shorter)."""
+    lengths = [cfg.route_block] * (tokens // cfg.route_block) + ([tokens % cfg.route_block] if tokens % cfg.route_block else [])
+    return random_blocks(cfg, len(lengths), random.Random(seed), lengths)
 
 
 def _str(path: Path | None) -> str | None:

@@ -16,15 +16,21 @@ from sim.job import Job, Outcome
 VERSION = 1
 HINT = "pass the summary JSON that `hpu sim -o` wrote with these dumps"
 # Fields two runs must share for one to be the other's dense baseline.
-SAME_WORK = ("rows", "keys", "source", "seed", "gaps", "backpressure")
+# With routing the gated run computes only the routed tokens' rows: the work is the tokens.
+SAME_WORK = ("tokens", "token_keys", "source", "seed", "gaps", "backpressure")
 
 
 def record(job: Job, outcome: Outcome) -> dict:
     """One run: what was simulated, what was checked, and the identity of its dump."""
     keys = sum(row.n for row in job.rows)
     kept = sum(e.kept for e in job.expected)
+    token_keys = job.token_keys or keys
     entry = {
-        "rows": len(job.rows), "keys": keys, "kept_keys": kept, "kept_fraction": kept / keys,
+        "rows": len(job.rows), "keys": keys, "kept_keys": kept,
+        # The share of the whole dense work (every token's row, every key) that the run computed.
+        "kept_fraction": kept / token_keys,
+        "tokens": sum(map(len, job.blocks)) if job.blocks else len(job.rows), "token_keys": token_keys,
+        "blocks": len(job.blocks), "routing_mismatches": outcome.routing_mismatches,
         "rows_checked": outcome.rows_checked, "mismatches": outcome.mismatches,
         "hpu_cycles": outcome.hpu_cycles, "wall_s": outcome.wall_s, "sim_cycles_per_s": outcome.cycles_per_s,
         # Counted by the harness (the host), not derived from the kept fraction.

@@ -593,7 +593,7 @@ def test_mismatched_companions_are_refused(small_runs, tmp_path, capsys):
     _refused(capsys, ["power", str(four / "g.vcd"), "--manifest", manifest, "--summary", str(three / "s.json"),
                       "-o", out], "is not a dump that summary")
     _refused(capsys, ["power", str(four / "g.vcd"), "--baseline", str(three / "g_dense.vcd"), "--manifest", manifest,
-                      "-o", out], "the dumps are not of the same rows: the HPU delivered 4 rows")
+                      "-o", out], "the dumps are not of the runs' rows: the HPU delivered 4 rows")
     _refused(capsys, ["power", str(four / "g_dense.vcd"), "--baseline", str(four / "g.vcd"), "--manifest", manifest,
                       "--summary", str(four / "s.json"), "-o", out], "the baseline must be the run with the gate held open")
     # A dump cut short at a token boundary: refused against its summary, flagged without one.
@@ -653,3 +653,30 @@ def test_interrupted_report_leaves_no_power_json(small_runs, tmp_path, monkeypat
 def test_absurd_dumps_are_refused_without_exhausting_memory(tmp_path, body, defs, message):
     with pytest.raises(VcdError, match=message):
         scan(write_vcd(tmp_path, body, defs))
+
+
+def test_routed_run_reports_row_level_dark_silicon(tmp_path):
+    """A routed run computes only its routed tokens' rows: the report counts them against every token's,
+    and charges the router to the routed run."""
+    small, build = f"{REPO}/configs/small.toml", str(tmp_path / "build")
+    settings = ["--config", small, "--set", "route_block=16", "--set", "route_fraction=0.25"]
+    assert main(["gen", *settings, "-o", str(tmp_path / "rtl")]) == 0
+    assert main(["sim", *settings, "--rows", "40", "--dense-baseline", "--vcd", str(tmp_path / "v" / "g.vcd"),
+                 "--build", build, "-o", str(tmp_path / "v" / "s.json"), "--quiet"]) == 0
+    assert main(["power", str(tmp_path / "v" / "g.vcd"), "--baseline", str(tmp_path / "v" / "g_dense.vcd"),
+                 "--manifest", str(tmp_path / "rtl" / "manifest.json"), "--summary", str(tmp_path / "v" / "s.json"),
+                 "-o", str(tmp_path / "p")]) == 0
+    summary = json.loads((tmp_path / "v" / "s.json").read_text())["runs"]
+    result = json.loads((tmp_path / "p" / "power.json").read_text())
+    g, d = result["runs"]["gated"], result["runs"]["dense"]
+    # Blocks of 16, 16 and 8 tokens route 4, 4 and 2.
+    assert (summary["gated"]["tokens"], summary["gated"]["rows"], summary["dense"]["rows"]) == (40, 10, 40)
+    assert summary["gated"]["kept_fraction"] == summary["gated"]["kept_keys"] / summary["dense"]["keys"]
+    r = result["comparison"]["routing"]
+    assert r["rows_computed"] == {"gated": 10, "dense": 40} and r["unrouted_fraction"] == 0.75
+    datapath = {n: sum(s["energy_fJ_by_path"][p] for p in ("score", "value", "normalizer")) for n, s in (("gated", g), ("dense", d))}
+    assert r["datapath_energy_fJ"] == pytest.approx(datapath)
+    assert r["datapath_saving"] == pytest.approx(1 - datapath["gated"] / datapath["dense"])
+    assert r["router_energy_fJ"] == g["energy_fJ_by_path"]["router"] > 10 * d["energy_fJ_by_path"]["router"]
+    assert g["energy_fJ"] == pytest.approx(datapath["gated"] + r["router_energy_fJ"])
+    assert "## Token routing: row-level dark silicon" in (tmp_path / "p" / "power.md").read_text()
