@@ -35,12 +35,6 @@ def block_mask(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float,
                causal: bool) -> torch.Tensor:
     """Kept key blocks: bool (batch, heads, query blocks, key blocks)."""
     check_gate(mass_target, permeability)
-    return block_mask_unchecked(q, k, block, mass_target, permeability, causal)
-
-
-def block_mask_unchecked(q, k, block: int, mass_target, permeability, causal: bool) -> torch.Tensor:
-    """`block_mask` without the argument checks; mass_target and permeability may be 0-d tensors
-    (so that a compiled copy serves every value)."""
     b, h, n, d = q.shape
     blocks = n // block
     qp = q.float().reshape(b, h, blocks, block, d).mean(3)

@@ -1,14 +1,20 @@
 """Fast mass-gated attention: the block gate on the GPU, then a block-sparse flash-attention forward.
 
 Selection is `golden_model.block_gate.block_mask` (pooling, block softmax, mass/permeability
-rule), run with torch on the tensors' device, turned into per-query-block lists of kept key blocks.
-The attention kernel (one program per query block and head, in the manner of Triton's fused-
-attention tutorial: online softmax in exp2, fp32 accumulators) walks only its list, so skipped
-key blocks are never loaded. fp16 and bf16, head_dim 64 and 128, causal or not.
+rule) as two Triton kernels: one pools q and k per block, one per group of query blocks and head
+scores them against every key block, takes the softmax, orders the blocks by one distinct integer
+key (mass bits, index counted down) and keeps the prefix, writing each query block's kept list. The
+kept lists equal the reference's bit for bit on the tests' inputs, ties by index included. The
+attention kernel (one program per query block and head, in the manner of Triton's fused-attention
+tutorial: online softmax in exp2, fp32 accumulators) walks only its list, so skipped key blocks are
+never loaded; under a causal mask only the diagonal block is masked, and the latest query blocks,
+which see the most, run first. Dense mode walks every visible block without a list. fp16 and bf16,
+head_dim 64 and 128, causal or not.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -17,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from golden_model.block_gate import block_mask_unchecked, check_gate, check_shapes
+from golden_model.block_gate import check_gate, check_shapes
 from hpu.errors import InputError
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -26,10 +32,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 def _configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    # The configurations that won on an H100 at 16K tokens, head_dim 128, bf16 (a sweep of tile
-    # 32/64/128 x 4/8 warps x 1-4 stages: these four within 5% of the best, the rest up to 2x slower);
-    # fewer candidates also keep the autotuner's choice stable.
-    return [triton.Config({"BLOCK_N": n}, num_warps=8, num_stages=s) for n in (128, 64) for s in (3, 2)]
+    # Key tiles of 64 or 128 tokens, 4 or 8 warps, 2 to 4 pipeline stages: the space searched per
+    # (N, head_dim, causal, gate block, dense) on the GPU.
+    return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
+            for n in (128, 64) for w in (8, 4) for s in (2, 3, 4)]
 
 
 def _fits_the_gate(configs, named_args, **kwargs):
@@ -37,14 +43,37 @@ def _fits_the_gate(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["BLOCK_N"] <= gate]
 
 
-@triton.autotune(configs=_configs(), key=["N", "HEAD_DIM", "CAUSAL", "GATE"],
+@triton.jit
+def _key_block(acc, l_i, m_i, q, rows, key_block, K, V, base, stride_n, qk_scale,
+               MASKED: tl.constexpr, GATE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax over one gate block of keys; MASKED: the diagonal block of a causal mask."""
+    dims = tl.arange(0, HEAD_DIM)
+    for part in tl.static_range(GATE // BLOCK_N):
+        cols = key_block * GATE + part * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = tl.load(K + base + cols[None, :] * stride_n + dims[:, None])
+        qk = tl.dot(q, k) * qk_scale
+        if MASKED:
+            qk = tl.where(rows[:, None] >= cols[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + base + cols[:, None] * stride_n + dims[None, :])
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_configs(), key=["N", "HEAD_DIM", "CAUSAL", "GATE", "DENSE"],
                  prune_configs_by={"early_config_prune": _fits_the_gate})
 @triton.jit
 def _block_attention_kernel(Q, K, V, O, kv_index, kv_count, qk_scale,
                             stride_b, stride_h, stride_n, H, N, max_blocks,
                             GATE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                            CAUSAL: tl.constexpr):
-    query_block = tl.program_id(0)
+                            CAUSAL: tl.constexpr, DENSE: tl.constexpr):
+    blocks = N // GATE
+    # Causal: later query blocks see more key blocks, so they are scheduled first.
+    query_block = blocks - 1 - tl.program_id(0) if CAUSAL else tl.program_id(0)
     bh = tl.program_id(1)
     base = (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h
     rows = query_block * GATE + tl.arange(0, GATE)
@@ -53,23 +82,20 @@ def _block_attention_kernel(Q, K, V, O, kv_index, kv_count, qk_scale,
     m_i = tl.full([GATE], float("-inf"), tl.float32)
     l_i = tl.zeros([GATE], tl.float32)
     acc = tl.zeros([GATE, HEAD_DIM], tl.float32)
-    list_at = (bh * (N // GATE) + query_block).to(tl.int64)
-    count = tl.load(kv_count + list_at)
-    for j in range(count):
-        key_block = tl.load(kv_index + list_at * max_blocks + j)
-        for part in tl.static_range(GATE // BLOCK_N):
-            cols = key_block * GATE + part * BLOCK_N + tl.arange(0, BLOCK_N)
-            k = tl.load(K + base + cols[None, :] * stride_n + dims[:, None])
-            qk = tl.dot(q, k) * qk_scale
-            if CAUSAL:
-                qk = tl.where(rows[:, None] >= cols[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            p = tl.math.exp2(qk - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + base + cols[:, None] * stride_n + dims[None, :])
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+    list_at = (bh * blocks + query_block).to(tl.int64)
+    if DENSE:
+        count = query_block + 1 if CAUSAL else blocks
+    else:
+        count = tl.load(kv_count + list_at)
+    # A causal list ends with the diagonal block (kept always, the highest visible): only it is masked.
+    unmasked = count - 1 if CAUSAL else count
+    for j in range(unmasked):
+        key_block = j if DENSE else tl.load(kv_index + list_at * max_blocks + j)
+        acc, l_i, m_i = _key_block(acc, l_i, m_i, q, rows, key_block, K, V, base, stride_n, qk_scale,
+                                   False, GATE, HEAD_DIM, BLOCK_N)
+    if CAUSAL:
+        acc, l_i, m_i = _key_block(acc, l_i, m_i, q, rows, query_block, K, V, base, stride_n, qk_scale,
+                                   True, GATE, HEAD_DIM, BLOCK_N)
     acc = acc / l_i[:, None]
     tl.store(O + base + rows[:, None] * stride_n + dims[None, :], acc.to(O.dtype.element_ty))
 
@@ -85,32 +111,112 @@ class Selection:
         return float(self.kv_count.sum()) / self.keep.numel()
 
 
-def _select(q, k, block: int, mass_target, permeability, causal: bool):
-    keep = block_mask_unchecked(q, k, block, mass_target, permeability, causal)
-    blocks = keep.shape[-1]
-    flat = keep.reshape(-1, blocks)
-    # Kept blocks first in ascending order: sort by (not kept, index).
-    order = torch.argsort((~flat).to(torch.int32) * blocks + torch.arange(blocks, device=keep.device), dim=-1)
-    return keep, order.to(torch.int32).contiguous(), flat.sum(-1).to(torch.int32).contiguous()
+@triton.jit
+def _pool_kernel(Q, K, QP, KP, stride_b, stride_h, stride_n, H, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Mean of each block of BLOCK tokens of q and of k, in float32: (batch * heads, blocks, head_dim)."""
+    block = tl.program_id(0)
+    bh = tl.program_id(1)
+    blocks = tl.num_programs(0)
+    base = (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h
+    rows = block * BLOCK + tl.arange(0, BLOCK)
+    dims = tl.arange(0, HEAD_DIM)
+    at = base + rows[:, None] * stride_n + dims[None, :]
+    out = (bh.to(tl.int64) * blocks + block) * HEAD_DIM + dims
+    tl.store(QP + out, tl.sum(tl.load(Q + at).to(tl.float32), 0) / BLOCK)
+    tl.store(KP + out, tl.sum(tl.load(K + at).to(tl.float32), 0) / BLOCK)
 
 
-# On a GPU the selection is compiled into a few fused kernels (about 4x faster than eager torch at
-# 16K tokens on an H100); mass_target and permeability travel as tensors so one compile serves all.
-_select_compiled = torch.compile(_select, dynamic=False)
+@triton.jit
+def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, blocks,
+                   ROWS: tl.constexpr, BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_STEP: tl.constexpr,
+                   CAUSAL: tl.constexpr):
+    """ROWS query blocks of one head: block scores, softmax over the visible key blocks, the mass /
+    permeability prefix of (mass desc, index asc), the diagonal when causal; writes the keep mask and
+    each query block's kept list (kept blocks ascending, then the rest ascending) and count."""
+    bh = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCKS)
+    live = rows < blocks
+    scores = tl.zeros([ROWS, BLOCKS], tl.float32)
+    for start in tl.static_range(0, HEAD_DIM, DIM_STEP):
+        dims = start + tl.arange(0, DIM_STEP)
+        qp = tl.load(QP + (bh * blocks + rows[:, None]) * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0)
+        kp = tl.load(KP + (bh * blocks + cols[None, :]) * HEAD_DIM + dims[:, None], mask=cols[None, :] < blocks,
+                     other=0.0)
+        scores += tl.dot(qp, kp, input_precision="ieee")
+    scores = scores / scale
+    visible = cols[None, :] < blocks
+    if CAUSAL:
+        visible = visible & (cols[None, :] <= rows[:, None])
+    scores = tl.where(visible, scores, float("-inf"))
+    weights = tl.exp(scores - tl.max(scores, 1)[:, None])
+    mass = weights / tl.sum(weights, 1)[:, None]
+    # One distinct integer per block orders by (mass desc, index asc): a non-negative float's bits
+    # order as the float does, and the index counted down breaks ties. Blocks past the end sort last.
+    order_key = tl.where(visible, (mass.to(tl.int32, bitcast=True).to(tl.int64) << 32) + (BLOCKS - 1 - cols[None, :]), -1)
+    ranked = tl.sort(order_key, 1, descending=True)
+    ranked_mass = (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    ranked_mass = tl.where(ranked >= 0, ranked_mass, 0.0)
+    before = tl.cumsum(ranked_mass, 1) - ranked_mass
+    count = tl.sum(visible.to(tl.int32), 1)
+    limit = tl.load(LIMIT + count, mask=live, other=1)
+    rank = cols[None, :]
+    kept = tl.sum(((before < mass_target) & (rank < limit[:, None]) & (rank < count[:, None])).to(tl.int32), 1)
+    threshold = tl.sum(tl.where(rank == kept[:, None] - 1, ranked, 0), 1)
+    keep = visible & (order_key >= threshold[:, None])
+    if CAUSAL:
+        keep = keep | (cols[None, :] == rows[:, None])
+    keep_count = tl.sum(keep.to(tl.int32), 1)
+    in_row = cols[None, :] < blocks
+    skip = in_row & ~keep
+    position = tl.where(keep, tl.cumsum(keep.to(tl.int32), 1) - 1, keep_count[:, None] + tl.cumsum(skip.to(tl.int32), 1) - 1)
+    row_at = bh * blocks + rows
+    ok = live[:, None] & in_row
+    tl.store(KEEP + row_at[:, None] * blocks + cols[None, :], keep.to(tl.int8), mask=ok)
+    tl.store(KV_INDEX + row_at[:, None] * blocks + position, cols[None, :] + tl.zeros([ROWS, BLOCKS], tl.int32), mask=ok)
+    tl.store(KV_COUNT + row_at, keep_count, mask=live)
+
+
+@functools.lru_cache(maxsize=64)
+def _limits(permeability: float, blocks: int, device: str) -> torch.Tensor:
+    """max(1, ceil(permeability x visible - 1e-9)) for every count of visible blocks, in float64 as
+    the reference computes it."""
+    count = torch.arange(blocks + 1, dtype=torch.float64)
+    return torch.clamp(torch.ceil(permeability * count - 1e-9).long(), min=1).to(torch.int32).to(device)
+
+
+def _select_triton(q, k, block: int, mass_target: float, permeability: float, causal: bool) -> Selection:
+    b, h, n, d = q.shape
+    blocks = n // block
+    q, k = q.contiguous(), k.contiguous()
+    pooled = torch.empty(2, b * h, blocks, d, dtype=torch.float32, device=q.device)
+    _pool_kernel[(blocks, b * h)](q, k, pooled[0], pooled[1], q.stride(0), q.stride(1), q.stride(2), h,
+                                  BLOCK=block, HEAD_DIM=d)
+    keep = torch.empty(b, h, blocks, blocks, dtype=torch.bool, device=q.device)
+    kv_index = torch.empty(b * h * blocks, blocks, dtype=torch.int32, device=q.device)
+    kv_count = torch.empty(b * h * blocks, dtype=torch.int32, device=q.device)
+    width = max(16, triton.next_power_of_2(blocks))
+    rows = 16
+    _select_kernel[(triton.cdiv(blocks, rows), b * h)](
+        pooled[0], pooled[1], _limits(permeability, blocks, str(q.device)), keep.view(torch.int8), kv_index, kv_count,
+        mass_target, math.sqrt(d), blocks, ROWS=rows, BLOCKS=width, HEAD_DIM=d, DIM_STEP=min(d, 32),
+        CAUSAL=causal)
+    return Selection(keep, kv_index, kv_count)
 
 
 def select(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float, permeability: float,
            causal: bool) -> Selection:
+    """The block gate's selection (golden_model.block_gate.block_mask), as two Triton kernels: pooling,
+    then scores, softmax and the mass/permeability prefix per query block, writing the kept lists."""
     check_shapes(q, k, k, block)
     check_gate(mass_target, permeability)
-    if q.is_cuda:
-        scalars = torch.tensor([mass_target, permeability], device=q.device, dtype=torch.float64)
-        return Selection(*_select_compiled(q, k, block, scalars[0], scalars[1], causal))
-    return Selection(*_select(q, k, block, mass_target, permeability, causal))
+    return _select_triton(q, k, block, mass_target, permeability, causal)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selection, block: int,
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selection | None, block: int,
            causal: bool) -> torch.Tensor:
+    """Attention over the selection's kept key blocks; ``selection=None`` is dense mode: every visible
+    key block, walked without a list."""
     check_shapes(q, k, v, block)
     if q.dtype not in (torch.float16, torch.bfloat16):
         raise InputError(f"the block-sparse kernel takes fp16 or bf16, got {q.dtype}")
@@ -121,11 +227,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selecti
     q, k, v = (t.contiguous() for t in (q, k, v))
     b, h, n, d = q.shape
     out = torch.empty_like(q)
+    dense = selection is None
+    kv_index, kv_count = (out, out) if dense else (selection.kv_index, selection.kv_count)
     grid = (n // block, b * h)
-    _block_attention_kernel[grid](q, k, v, out, selection.kv_index, selection.kv_count,
-                                  1.0 / math.sqrt(d) * 1.4426950408889634,
-                                  q.stride(0), q.stride(1), q.stride(2), h, n, selection.kv_index.shape[-1],
-                                  GATE=block, HEAD_DIM=d, CAUSAL=causal)
+    _block_attention_kernel[grid](q, k, v, out, kv_index, kv_count, 1.0 / math.sqrt(d) * 1.4426950408889634,
+                                  q.stride(0), q.stride(1), q.stride(2), h, n, n // block,
+                                  GATE=block, HEAD_DIM=d, CAUSAL=causal, DENSE=dense)
     return out
 
 

@@ -92,6 +92,56 @@ def test_kernel_dense_and_skipped_blocks(seed):
     assert (out.float() - reference).abs().max().item() <= TOLERANCE[torch.float16]
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_mode_is_exact_attention(causal, seed):
+    q, k, v = (t.to(DEVICE) for t in qkv(seed % 2**31, 256, 64, torch.float16))
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+    assert (attend(q, k, v, None, 64, causal).float() - sdpa).abs().max().item() <= TOLERANCE[torch.float16]
+
+
+def kept_lists(keep):
+    """The reference's keep mask as the kernel's lists: kept blocks ascending, then the rest ascending."""
+    flat = keep.reshape(-1, keep.shape[-1])
+    order = torch.argsort((~flat).int() * flat.shape[-1] + torch.arange(flat.shape[-1], device=flat.device), dim=-1)
+    return order.int(), flat.sum(-1).int()
+
+
+def assert_selection_is_the_reference(q, k, block, mass_target, permeability, causal):
+    selection = select(q, k, block, mass_target, permeability, causal)
+    keep = block_mask(q, k, block, mass_target, permeability, causal)
+    index, count = kept_lists(keep)
+    assert torch.equal(selection.keep, keep)
+    assert torch.equal(selection.kv_count, count) and torch.equal(selection.kv_index, index)
+    return selection
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("permeability, mass_target", [(0.5, 0.9), (0.25, 1.0), (1.0, 1.0), (0.3, 0.5), (0.1, 0.99)])
+def test_selection_kernel_equals_the_reference(causal, permeability, mass_target, seed):
+    """Kept lists, counts and masks bit for bit, over more query blocks than one program takes (20 of 64
+    tokens: a partial second program) and a block count that is not a power of two."""
+    q, k, _ = (t.to(DEVICE) for t in qkv(seed % 2**31, 20 * 64, 64, torch.float16))
+    assert_selection_is_the_reference(q, k, 64, mass_target, permeability, causal)
+    q, k, _ = (t.to(DEVICE) for t in qkv(seed % 2**31 + 1, 5 * 128, 128, torch.float16, heads=3))
+    assert_selection_is_the_reference(q, k, 128, mass_target, permeability, causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_selection_kernel_breaks_ties_by_index(causal, seed):
+    """Key blocks that are copies of one another pool to the same key, so their masses tie exactly; a
+    cap or a mass target inside the tie keeps the lowest indices, as the reference does."""
+    q, k, _ = (t.to(DEVICE) for t in qkv(seed % 2**31, 12 * 64, 64, torch.float16))
+    k = k.clone()
+    for copy in (3, 5, 6, 9, 11):
+        k[..., copy * 64:(copy + 1) * 64, :] = k[..., 64:128, :]
+    for permeability, mass_target in ((0.25, 1.0), (0.5, 0.6), (1.0, 0.3)):
+        assert_selection_is_the_reference(q, k, 64, mass_target, permeability, causal)
+    # Every key block the same: all masses tie, and the cap keeps the first blocks by index.
+    k[...] = k[..., :64, :].repeat(1, 1, 12, 1)
+    selection = assert_selection_is_the_reference(q, k, 64, 1.0, 0.25, False)
+    assert selection.keep[0, 0, 0].tolist() == [True] * 3 + [False] * 9
+
+
 def test_bad_shapes_and_types_are_refused():
     q, k, v = qkv(1, 200, 64, torch.float16)
     with pytest.raises(InputError, match="200 is not a multiple of the block size 64"):
