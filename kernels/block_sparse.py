@@ -1,9 +1,9 @@
 """Fast mass-gated attention: the block gate on the GPU, then a block-sparse flash-attention forward.
 
 Selection is `golden_model.block_gate.block_mask` (pooling, block softmax, mass/permeability
-rule) as two Triton kernels: one pools q and k per block, one per group of query blocks and head
-scores them against every key block, takes the softmax, orders the blocks by one distinct integer
-key (mass bits, index counted down) and keeps the prefix, writing each query block's kept list. The
+rule) as two Triton kernels in float32: one pools q and k per block; one, per query block and head,
+scores the block against every key block, takes the softmax, orders the blocks by one distinct
+integer key (mass bits, index counted down) and keeps the prefix, writing the kept list. The
 kept lists equal the reference's bit for bit on the tests' inputs, ties by index included. The
 attention kernel (one program per query block and head, in the manner of Triton's fused-attention
 tutorial: online softmax in exp2, fp32 accumulators) walks only its list, so skipped key blocks are
@@ -51,11 +51,12 @@ def _key_block(acc, l_i, m_i, q, rows, key_block, K, V, base, stride_n, qk_scale
     for part in tl.static_range(GATE // BLOCK_N):
         cols = key_block * GATE + part * BLOCK_N + tl.arange(0, BLOCK_N)
         k = tl.load(K + base + cols[None, :] * stride_n + dims[:, None])
-        qk = tl.dot(q, k) * qk_scale
+        qk = tl.dot(q, k)
         if MASKED:
             qk = tl.where(rows[:, None] >= cols[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
+        # The scale is applied inside the exponent (one fused multiply-add per score).
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + base + cols[:, None] * stride_n + dims[None, :])
@@ -128,53 +129,45 @@ def _pool_kernel(Q, K, QP, KP, stride_b, stride_h, stride_n, H, BLOCK: tl.conste
 
 @triton.jit
 def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, blocks,
-                   ROWS: tl.constexpr, BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_STEP: tl.constexpr,
-                   CAUSAL: tl.constexpr):
-    """ROWS query blocks of one head: block scores, softmax over the visible key blocks, the mass /
+                   BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_STEP: tl.constexpr, CAUSAL: tl.constexpr):
+    """One query block of one head: block scores, softmax over the visible key blocks, the mass /
     permeability prefix of (mass desc, index asc), the diagonal when causal; writes the keep mask and
-    each query block's kept list (kept blocks ascending, then the rest ascending) and count."""
+    the kept list (kept blocks ascending, then the rest ascending) and count."""
+    row = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCKS)
-    live = rows < blocks
-    scores = tl.zeros([ROWS, BLOCKS], tl.float32)
+    in_row = cols < blocks
+    scores = tl.zeros([BLOCKS], tl.float32)
     for start in tl.static_range(0, HEAD_DIM, DIM_STEP):
         dims = start + tl.arange(0, DIM_STEP)
-        qp = tl.load(QP + (bh * blocks + rows[:, None]) * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0)
-        kp = tl.load(KP + (bh * blocks + cols[None, :]) * HEAD_DIM + dims[:, None], mask=cols[None, :] < blocks,
-                     other=0.0)
-        scores += tl.dot(qp, kp, input_precision="ieee")
+        qp = tl.load(QP + (bh * blocks + row) * HEAD_DIM + dims)
+        kp = tl.load(KP + (bh * blocks + cols[:, None]) * HEAD_DIM + dims[None, :], mask=in_row[:, None], other=0.0)
+        scores += tl.sum(qp[None, :] * kp, 1)
     scores = scores / scale
-    visible = cols[None, :] < blocks
-    if CAUSAL:
-        visible = visible & (cols[None, :] <= rows[:, None])
+    visible = in_row & (cols <= row) if CAUSAL else in_row
     scores = tl.where(visible, scores, float("-inf"))
-    weights = tl.exp(scores - tl.max(scores, 1)[:, None])
-    mass = weights / tl.sum(weights, 1)[:, None]
+    weights = tl.exp(scores - tl.max(scores, 0))
+    mass = weights / tl.sum(weights, 0)
     # One distinct integer per block orders by (mass desc, index asc): a non-negative float's bits
-    # order as the float does, and the index counted down breaks ties. Blocks past the end sort last.
-    order_key = tl.where(visible, (mass.to(tl.int32, bitcast=True).to(tl.int64) << 32) + (BLOCKS - 1 - cols[None, :]), -1)
-    ranked = tl.sort(order_key, 1, descending=True)
-    ranked_mass = (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True)
-    ranked_mass = tl.where(ranked >= 0, ranked_mass, 0.0)
-    before = tl.cumsum(ranked_mass, 1) - ranked_mass
-    count = tl.sum(visible.to(tl.int32), 1)
-    limit = tl.load(LIMIT + count, mask=live, other=1)
-    rank = cols[None, :]
-    kept = tl.sum(((before < mass_target) & (rank < limit[:, None]) & (rank < count[:, None])).to(tl.int32), 1)
-    threshold = tl.sum(tl.where(rank == kept[:, None] - 1, ranked, 0), 1)
-    keep = visible & (order_key >= threshold[:, None])
+    # order as the float does, and the index counted down breaks ties. Invisible blocks sort last.
+    order_key = tl.where(visible, (mass.to(tl.int32, bitcast=True).to(tl.int64) << 32) + (BLOCKS - 1 - cols), -1)
+    ranked = tl.sort(order_key, 0, descending=True)
+    ranked_mass = tl.where(ranked >= 0, (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
+    before = tl.cumsum(ranked_mass, 0) - ranked_mass
+    count = tl.sum(visible.to(tl.int32), 0)
+    limit = tl.load(LIMIT + count)
+    kept = tl.sum(((before < mass_target) & (cols < limit) & (cols < count)).to(tl.int32), 0)
+    threshold = tl.sum(tl.where(cols == kept - 1, ranked, 0), 0)
+    keep = visible & (order_key >= threshold)
     if CAUSAL:
-        keep = keep | (cols[None, :] == rows[:, None])
-    keep_count = tl.sum(keep.to(tl.int32), 1)
-    in_row = cols[None, :] < blocks
+        keep = keep | (cols == row)
+    keep_count = tl.sum(keep.to(tl.int32), 0)
     skip = in_row & ~keep
-    position = tl.where(keep, tl.cumsum(keep.to(tl.int32), 1) - 1, keep_count[:, None] + tl.cumsum(skip.to(tl.int32), 1) - 1)
-    row_at = bh * blocks + rows
-    ok = live[:, None] & in_row
-    tl.store(KEEP + row_at[:, None] * blocks + cols[None, :], keep.to(tl.int8), mask=ok)
-    tl.store(KV_INDEX + row_at[:, None] * blocks + position, cols[None, :] + tl.zeros([ROWS, BLOCKS], tl.int32), mask=ok)
-    tl.store(KV_COUNT + row_at, keep_count, mask=live)
+    position = tl.where(keep, tl.cumsum(keep.to(tl.int32), 0) - 1, keep_count + tl.cumsum(skip.to(tl.int32), 0) - 1)
+    row_at = bh * blocks + row
+    tl.store(KEEP + row_at * blocks + cols, keep.to(tl.int8), mask=in_row)
+    tl.store(KV_INDEX + row_at * blocks + position, cols, mask=in_row)
+    tl.store(KV_COUNT + row_at, keep_count)
 
 
 @functools.lru_cache(maxsize=64)
@@ -195,11 +188,10 @@ def _select_triton(q, k, block: int, mass_target: float, permeability: float, ca
     keep = torch.empty(b, h, blocks, blocks, dtype=torch.bool, device=q.device)
     kv_index = torch.empty(b * h * blocks, blocks, dtype=torch.int32, device=q.device)
     kv_count = torch.empty(b * h * blocks, dtype=torch.int32, device=q.device)
-    width = max(16, triton.next_power_of_2(blocks))
-    rows = 16
-    _select_kernel[(triton.cdiv(blocks, rows), b * h)](
+    width = triton.next_power_of_2(blocks)
+    _select_kernel[(blocks, b * h)](
         pooled[0], pooled[1], _limits(permeability, blocks, str(q.device)), keep.view(torch.int8), kv_index, kv_count,
-        mass_target, math.sqrt(d), blocks, ROWS=rows, BLOCKS=width, HEAD_DIM=d, DIM_STEP=min(d, 32),
+        mass_target, math.sqrt(d), blocks, BLOCKS=width, HEAD_DIM=d, DIM_STEP=max(1, min(d, 4096 // width)),
         CAUSAL=causal)
     return Selection(keep, kv_index, kv_count)
 

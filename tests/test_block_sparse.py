@@ -146,7 +146,7 @@ def test_bad_shapes_and_types_are_refused():
     q, k, v = qkv(1, 200, 64, torch.float16)
     with pytest.raises(InputError, match="200 is not a multiple of the block size 64"):
         mass_gated_attention(q, k, v, block=64)
-    q, k, v = qkv(1, 128, 64)
+    q, k, v = (t.to(DEVICE) for t in qkv(1, 128, 64))
     with pytest.raises(InputError, match="fp16 or bf16, got torch.float32"):
         attend(q, k, v, select(q, k, 64, 0.9, 0.5, False), 64, False)
     with pytest.raises(InputError, match="permeability 0 "):
