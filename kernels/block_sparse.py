@@ -113,18 +113,25 @@ class Selection:
 
 
 @triton.jit
-def _pool_kernel(Q, K, QP, KP, stride_b, stride_h, stride_n, H, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Mean of each block of BLOCK tokens of q and of k, in float32: (batch * heads, blocks, head_dim)."""
+def _pool_kernel(Q, K, QP, KP, stride_b, stride_h, stride_n, H, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 ROW_STEP: tl.constexpr):
+    """Mean of each block of BLOCK tokens of q and of k, in float32: (batch * heads, blocks, head_dim).
+    The block is summed ROW_STEP tokens at a time, so that a whole tile never sits in registers."""
     block = tl.program_id(0)
     bh = tl.program_id(1)
     blocks = tl.num_programs(0)
     base = (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h
-    rows = block * BLOCK + tl.arange(0, BLOCK)
     dims = tl.arange(0, HEAD_DIM)
-    at = base + rows[:, None] * stride_n + dims[None, :]
+    q_sum = tl.zeros([ROW_STEP, HEAD_DIM], tl.float32)
+    k_sum = tl.zeros([ROW_STEP, HEAD_DIM], tl.float32)
+    for first in tl.static_range(0, BLOCK, ROW_STEP):
+        rows = block * BLOCK + first + tl.arange(0, ROW_STEP)
+        at = base + rows[:, None] * stride_n + dims[None, :]
+        q_sum += tl.load(Q + at).to(tl.float32)
+        k_sum += tl.load(K + at).to(tl.float32)
     out = (bh.to(tl.int64) * blocks + block) * HEAD_DIM + dims
-    tl.store(QP + out, tl.sum(tl.load(Q + at).to(tl.float32), 0) / BLOCK)
-    tl.store(KP + out, tl.sum(tl.load(K + at).to(tl.float32), 0) / BLOCK)
+    tl.store(QP + out, tl.sum(q_sum, 0) / BLOCK)
+    tl.store(KP + out, tl.sum(k_sum, 0) / BLOCK)
 
 
 @triton.jit
@@ -170,6 +177,13 @@ def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, 
     tl.store(KV_COUNT + row_at, keep_count)
 
 
+# Warps per program of the pooling and selection kernels, and tokens the pooling adds per step
+# (benchmarks/select_tuning.py sweeps them).
+POOL_WARPS = 2
+POOL_ROWS = 16
+SELECT_WARPS = 2
+
+
 @functools.lru_cache(maxsize=64)
 def _limits(permeability: float, blocks: int, device: str) -> torch.Tensor:
     """max(1, ceil(permeability x visible - 1e-9)) for every count of visible blocks, in float64 as
@@ -184,7 +198,7 @@ def _select_triton(q, k, block: int, mass_target: float, permeability: float, ca
     q, k = q.contiguous(), k.contiguous()
     pooled = torch.empty(2, b * h, blocks, d, dtype=torch.float32, device=q.device)
     _pool_kernel[(blocks, b * h)](q, k, pooled[0], pooled[1], q.stride(0), q.stride(1), q.stride(2), h,
-                                  BLOCK=block, HEAD_DIM=d)
+                                  BLOCK=block, HEAD_DIM=d, ROW_STEP=POOL_ROWS, num_warps=POOL_WARPS)
     keep = torch.empty(b, h, blocks, blocks, dtype=torch.bool, device=q.device)
     kv_index = torch.empty(b * h * blocks, blocks, dtype=torch.int32, device=q.device)
     kv_count = torch.empty(b * h * blocks, dtype=torch.int32, device=q.device)
@@ -192,7 +206,7 @@ def _select_triton(q, k, block: int, mass_target: float, permeability: float, ca
     _select_kernel[(blocks, b * h)](
         pooled[0], pooled[1], _limits(permeability, blocks, str(q.device)), keep.view(torch.int8), kv_index, kv_count,
         mass_target, math.sqrt(d), blocks, BLOCKS=width, HEAD_DIM=d, DIM_STEP=max(1, min(d, 4096 // width)),
-        CAUSAL=causal)
+        CAUSAL=causal, num_warps=SELECT_WARPS)
     return Selection(keep, kv_index, kv_count)
 
 
