@@ -179,7 +179,7 @@ def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, 
 
 # Warps per program of the pooling and selection kernels, and tokens the pooling adds per step
 # (benchmarks/select_tuning.py sweeps them).
-POOL_WARPS = 2
+POOL_WARPS = 1
 POOL_ROWS = 16
 SELECT_WARPS = 2
 
