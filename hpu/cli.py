@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", nargs="+", default=["random", "adversarial", "minilm"], metavar="SOURCE",
                    help=f"stimulus sources: {', '.join(SOURCES)} or attention files")
     p.add_argument("--modes", nargs="+", default=["dense", "topk", "mass"], choices=MODES)
-    p.add_argument("--rows", type=_positive, default=8, help="rows per source and mode")
+    p.add_argument("--rows", type=_positive, default=8, help="rows per source and mode (and blocks of router logits per source, with a router)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sim", choices=SIMULATORS, default="icarus")
     p.add_argument("--build", default="build/sim", help="build folder")

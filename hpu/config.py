@@ -225,7 +225,7 @@ class HPUConfig:
             value = getattr(self, name)
             if q / GATE_SCALE != value:
                 notes.append(f"{name} {value} takes effect as {q}/{GATE_SCALE} = {q / GATE_SCALE:.6g} "
-                             f"(the gate works in steps of 1/{GATE_SCALE})")
+                             f"({'the router' if name == 'route_fraction' else 'the gate'} works in steps of 1/{GATE_SCALE})")
         return notes
 
     def with_overrides(self, assignments: list[str]) -> "HPUConfig":

@@ -40,6 +40,11 @@ def test_every_config_generates_parses_and_lints(name, tmp_path):
                                         "width": cfg.head_dim * cfg.value_bits}
     assert ports["results__payload"]["width"] == result_bits
     assert ports["results__ready"]["direction"] == "input"
+    # The routing ports exist with or without a router (tied off without one); the router and its
+    # energy path only with one.
+    assert ports["logits__payload"] == {"name": "logits__payload", "direction": "input", "width": cfg.route_bits + 1}
+    assert ports["routed__payload"]["width"] == ((cfg.route_block - 1).bit_length() + 1 if cfg.route_block else 1)
+    assert ("hpu.router" in manifest["instances"]) == ("router" in manifest["paths"]) == (cfg.route_block > 0)
     assert manifest["exp_lut_sha256"] == lut_hash(cfg)
     # The ROM in the Verilog holds exactly the shared EXP_LUT.
     text = out.verilog.read_text()
