@@ -4,7 +4,8 @@
 
 bf16, batch 1, 16 heads, head_dim 128, gate blocks of 128 tokens, mass target 1.0, permeability 0.2.
 Times the whole selection's GPU work (launch cost hidden, benchmarks.attention_gpu.gpu_ms) for
-every pooling step, pooling warps and selection warps, causal and not, and the pooling alone. Needs CUDA; CI never runs it.
+every number of query blocks per selection program and selection warps, causal and not, with the
+pooling at its chosen step and warps, and the pooling alone. Needs CUDA; CI never runs it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from benchmarks.attention_gpu import BLOCK, HEAD_DIM, HEADS, gpu_ms
 from benchmarks.common import write
 
 WARPS = (1, 2, 4)
-POOL_ROWS = (8, 16, 32)
+ROWS = (1, 2, 4, 8)
 
 
 def main() -> None:
@@ -35,16 +36,17 @@ def main() -> None:
         g = torch.Generator(device="cuda").manual_seed(n)
         q, k = (torch.randn(1, HEADS, n, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
         pooled = torch.empty(2, HEADS, n // BLOCK, HEAD_DIM, device="cuda")
-        for step, pool, select in itertools.product(POOL_ROWS, WARPS, WARPS):
-            block_sparse.POOL_ROWS, block_sparse.POOL_WARPS, block_sparse.SELECT_WARPS = step, pool, select
+        pool_ms = gpu_ms(lambda: block_sparse._pool_kernel[(n // BLOCK, HEADS)](
+            q, k, pooled[0], pooled[1], q.stride(0), q.stride(1), q.stride(2), HEADS, BLOCK=BLOCK,
+            HEAD_DIM=HEAD_DIM, ROW_STEP=block_sparse.POOL_ROWS, num_warps=block_sparse.POOL_WARPS))
+        for per_program, warps in itertools.product(ROWS, WARPS):
+            block_sparse.SELECT_ROWS, block_sparse.SELECT_WARPS = per_program, warps
             ms = gpu_ms(lambda: block_sparse.select(q, k, BLOCK, 1.0, 0.2, causal))
-            pool_ms = gpu_ms(lambda: block_sparse._pool_kernel[(n // BLOCK, HEADS)](
-                q, k, pooled[0], pooled[1], q.stride(0), q.stride(1), q.stride(2), HEADS, BLOCK=BLOCK,
-                HEAD_DIM=HEAD_DIM, ROW_STEP=step, num_warps=pool))
-            rows.append({"seq": n, "causal": causal, "pool_rows": step, "pool_warps": pool, "select_warps": select,
+            rows.append({"seq": n, "causal": causal, "pool_rows": block_sparse.POOL_ROWS,
+                         "pool_warps": block_sparse.POOL_WARPS, "select_rows": per_program, "select_warps": warps,
                          "gpu_ms": ms, "pool_gpu_ms": pool_ms})
-            print(f"N={n} causal={causal!s:5} pool rows {step} warps {pool}, select warps {select}: {ms:.4f} ms "
-                  f"(pooling {pool_ms:.4f})", flush=True)
+            print(f"N={n} causal={causal!s:5} select: {per_program} query blocks per program, {warps} warps: "
+                  f"{ms:.4f} ms (pooling {pool_ms:.4f})", flush=True)
     write(args.output, {"benchmark": "select_tuning", "device": torch.cuda.get_device_name(),
                         "triton": triton.__version__, "torch": torch.__version__, "results": rows})
 

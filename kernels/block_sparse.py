@@ -136,52 +136,62 @@ def _pool_kernel(Q, K, QP, KP, stride_b, stride_h, stride_n, H, BLOCK: tl.conste
 
 @triton.jit
 def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, blocks,
-                   BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_STEP: tl.constexpr, CAUSAL: tl.constexpr):
-    """One query block of one head: block scores, softmax over the visible key blocks, the mass /
-    permeability prefix of (mass desc, index asc), the diagonal when causal; writes the keep mask and
-    the kept list (kept blocks ascending, then the rest ascending) and count."""
-    row = tl.program_id(0)
+                   ROWS: tl.constexpr, BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_STEP: tl.constexpr,
+                   CAUSAL: tl.constexpr):
+    """ROWS query blocks of one head (sharing the pooled keys' loads): block scores, softmax over the
+    visible key blocks, the mass / permeability prefix of (mass desc, index asc), the diagonal when
+    causal; writes the keep mask, each kept list (kept blocks ascending, then the rest ascending) and
+    count."""
     bh = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = rows < blocks
     cols = tl.arange(0, BLOCKS)
-    in_row = cols < blocks
-    scores = tl.zeros([BLOCKS], tl.float32)
+    in_row = cols[None, :] < blocks
+    scores = tl.zeros([ROWS, BLOCKS], tl.float32)
     for start in tl.static_range(0, HEAD_DIM, DIM_STEP):
         dims = start + tl.arange(0, DIM_STEP)
-        qp = tl.load(QP + (bh * blocks + row) * HEAD_DIM + dims)
-        kp = tl.load(KP + (bh * blocks + cols[:, None]) * HEAD_DIM + dims[None, :], mask=in_row[:, None], other=0.0)
-        scores += tl.sum(qp[None, :] * kp, 1)
+        qp = tl.load(QP + (bh * blocks + rows[:, None]) * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0)
+        kp = tl.load(KP + (bh * blocks + cols[:, None]) * HEAD_DIM + dims[None, :], mask=cols[:, None] < blocks,
+                     other=0.0)
+        scores += tl.sum(qp[:, None, :] * kp[None, :, :], 2)
     scores = scores / scale
-    visible = in_row & (cols <= row) if CAUSAL else in_row
+    # Rows past the last query block (masked out when stored) see every block, so nothing divides by 0.
+    visible = in_row & (cols[None, :] <= rows[:, None]) if CAUSAL else in_row & (rows[:, None] >= 0)
     scores = tl.where(visible, scores, float("-inf"))
-    weights = tl.exp(scores - tl.max(scores, 0))
-    mass = weights / tl.sum(weights, 0)
+    weights = tl.exp(scores - tl.max(scores, 1)[:, None])
+    mass = weights / tl.sum(weights, 1)[:, None]
     # One distinct integer per block orders by (mass desc, index asc): a non-negative float's bits
     # order as the float does, and the index counted down breaks ties. Invisible blocks sort last.
-    order_key = tl.where(visible, (mass.to(tl.int32, bitcast=True).to(tl.int64) << 32) + (BLOCKS - 1 - cols), -1)
-    ranked = tl.sort(order_key, 0, descending=True)
+    order_key = tl.where(visible, (mass.to(tl.int32, bitcast=True).to(tl.int64) << 32) + (BLOCKS - 1 - cols[None, :]), -1)
+    ranked = tl.sort(order_key, 1, descending=True)
     ranked_mass = tl.where(ranked >= 0, (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
-    before = tl.cumsum(ranked_mass, 0) - ranked_mass
-    count = tl.sum(visible.to(tl.int32), 0)
-    limit = tl.load(LIMIT + count)
-    kept = tl.sum(((before < mass_target) & (cols < limit) & (cols < count)).to(tl.int32), 0)
-    threshold = tl.sum(tl.where(cols == kept - 1, ranked, 0), 0)
-    keep = visible & (order_key >= threshold)
+    before = tl.cumsum(ranked_mass, 1) - ranked_mass
+    count = tl.sum(visible.to(tl.int32), 1)
+    limit = tl.load(LIMIT + count, mask=live, other=1)
+    rank = cols[None, :]
+    kept = tl.sum(((before < mass_target) & (rank < limit[:, None]) & (rank < count[:, None])).to(tl.int32), 1)
+    threshold = tl.sum(tl.where(rank == kept[:, None] - 1, ranked, 0), 1)
+    keep = visible & (order_key >= threshold[:, None])
     if CAUSAL:
-        keep = keep | (cols == row)
-    keep_count = tl.sum(keep.to(tl.int32), 0)
+        keep = keep | (cols[None, :] == rows[:, None])
+    keep_count = tl.sum(keep.to(tl.int32), 1)
     skip = in_row & ~keep
-    position = tl.where(keep, tl.cumsum(keep.to(tl.int32), 0) - 1, keep_count + tl.cumsum(skip.to(tl.int32), 0) - 1)
-    row_at = bh * blocks + row
-    tl.store(KEEP + row_at * blocks + cols, keep.to(tl.int8), mask=in_row)
-    tl.store(KV_INDEX + row_at * blocks + position, cols, mask=in_row)
-    tl.store(KV_COUNT + row_at, keep_count)
+    position = tl.where(keep, tl.cumsum(keep.to(tl.int32), 1) - 1,
+                        keep_count[:, None] + tl.cumsum(skip.to(tl.int32), 1) - 1)
+    row_at = bh * blocks + rows
+    ok = live[:, None] & in_row
+    tl.store(KEEP + row_at[:, None] * blocks + cols[None, :], keep.to(tl.int8), mask=ok)
+    tl.store(KV_INDEX + row_at[:, None] * blocks + position, cols[None, :] + tl.zeros([ROWS, BLOCKS], tl.int32),
+             mask=ok)
+    tl.store(KV_COUNT + row_at, keep_count, mask=live)
 
 
-# Warps per program of the pooling and selection kernels, and tokens the pooling adds per step
-# (benchmarks/select_tuning.py sweeps them).
+# Warps per program of the pooling and selection kernels, tokens the pooling adds per step and query
+# blocks per selection program (benchmarks/select_tuning.py sweeps them).
 POOL_WARPS = 1
 POOL_ROWS = 16
 SELECT_WARPS = 2
+SELECT_ROWS = 1
 
 
 @functools.lru_cache(maxsize=64)
@@ -203,10 +213,10 @@ def _select_triton(q, k, block: int, mass_target: float, permeability: float, ca
     kv_index = torch.empty(b * h * blocks, blocks, dtype=torch.int32, device=q.device)
     kv_count = torch.empty(b * h * blocks, dtype=torch.int32, device=q.device)
     width = triton.next_power_of_2(blocks)
-    _select_kernel[(blocks, b * h)](
+    _select_kernel[(triton.cdiv(blocks, SELECT_ROWS), b * h)](
         pooled[0], pooled[1], _limits(permeability, blocks, str(q.device)), keep.view(torch.int8), kv_index, kv_count,
-        mass_target, math.sqrt(d), blocks, BLOCKS=width, HEAD_DIM=d, DIM_STEP=max(1, min(d, 4096 // width)),
-        CAUSAL=causal, num_warps=SELECT_WARPS)
+        mass_target, math.sqrt(d), blocks, ROWS=SELECT_ROWS, BLOCKS=width, HEAD_DIM=d,
+        DIM_STEP=max(1, min(d, 4096 // (width * SELECT_ROWS))), CAUSAL=causal, num_warps=SELECT_WARPS)
     return Selection(keep, kv_index, kv_count)
 
 
