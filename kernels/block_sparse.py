@@ -190,8 +190,8 @@ def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, 
 # blocks per selection program (benchmarks/select_tuning.py sweeps them).
 POOL_WARPS = 1
 POOL_ROWS = 16
-SELECT_WARPS = 2
-SELECT_ROWS = 1
+SELECT_WARPS = 4
+SELECT_ROWS = 4
 
 
 @functools.lru_cache(maxsize=64)
