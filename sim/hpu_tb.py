@@ -53,6 +53,44 @@ class Scoreboard:
                           "expected": expected.__dict__, "observed": observed.__dict__}
 
 
+class Feed:
+    """Words the testbench writes into harness arrays ahead of the HPU: word i at i mod depth of each
+    array, at most `ahead` words past where the harness's `consumed` counter says it has read."""
+
+    def __init__(self, arrays: list, words: list[list[int]], depth: int, ahead: int, consumed, loaded):
+        self.arrays, self.words, self.depth, self.ahead = arrays, words, depth, ahead
+        self.consumed, self.loaded_signal = consumed, loaded
+        self.loaded = 0
+
+    @property
+    def pending(self) -> bool:
+        return self.loaded < len(self.words[0])
+
+    def refill(self) -> None:
+        start = int(self.consumed.value)
+        while self.pending and self.loaded - start < self.ahead:
+            for array, words in zip(self.arrays, self.words):
+                array[self.loaded % self.depth].value = words[self.loaded]
+            self.loaded += 1
+        self.loaded_signal.value = self.loaded
+
+
+class Collect:
+    """Words the harness keeps in a ring for the testbench: each new one (and its slot) goes to `take`,
+    and the `read` counter tells the harness the slots are free again."""
+
+    def __init__(self, array, depth: int, seen, read, take):
+        self.array, self.depth, self.seen_signal, self.read_signal, self.take = array, depth, seen, read, take
+        self.read = 0
+
+    def drain(self) -> None:
+        seen = int(self.seen_signal.value)
+        while self.read < seen:
+            self.take(self.read % self.depth, int(self.array[self.read % self.depth].value))
+            self.read += 1
+        self.read_signal.value = self.read
+
+
 def cycle_bound(job: Job, rows: int) -> int:
     """Generous upper bound on cycles for `rows` more rows (4x the slowest stage, plus the pipeline)."""
     slow = 1.0 / ((1 - job.options.gaps) * (1 - job.options.backpressure))
@@ -80,55 +118,28 @@ async def run_job(dut):
     dut.rst.value = 0
 
     scores = [bits for row in job.rows for bits in pack_scores(job.cfg, row)]
-    values = [bits for row in job.rows for bits in pack_values(job.cfg, row)]
     logits = [bits for block in job.blocks for bits in pack_logits(job.cfg, block)]
+    # Keys go at most half a ring ahead of the row being requested: the other half still holds the
+    # values of requests taken but not yet answered.
     depth = key_ring_depth(job.cfg)
+    keys = Feed([dut.keys, dut.values], [scores, [bits for row in job.rows for bits in pack_values(job.cfg, row)]],
+                depth, depth // 2, dut.row_base, dut.keys_loaded)
     logit_depth = logit_ring_depth(job.cfg)
-    loaded = 0
-    read = 0
-    logits_loaded = 0
-    routed_read = 0
+    blocks = Feed([dut.logits], [logits], logit_depth, logit_depth, dut.logits_sent, dut.logits_loaded)
     routed: list[list[int]] = [[]]
 
-    def refill():
-        """Load keys up to half a ring ahead of the row being requested: the other half still holds
-        the values of requests taken but not yet answered."""
-        nonlocal loaded
-        base = int(dut.row_base.value)
-        while loaded < len(scores) and loaded - base < depth // 2:
-            dut.keys[loaded % depth].value = scores[loaded]
-            dut.values[loaded % depth].value = values[loaded]
-            loaded += 1
-        dut.keys_loaded.value = loaded
+    def result(slot: int, bits: int) -> None:
+        board.check(len(result_cycles), unpack_result(job.cfg, bits))
+        result_cycles.append(int(dut.result_cycle[slot].value))
 
-    def refill_logits():
-        nonlocal logits_loaded
-        sent = int(dut.logits_sent.value)
-        while logits_loaded < len(logits) and logits_loaded - sent < logit_depth:
-            dut.logits[logits_loaded % logit_depth].value = logits[logits_loaded]
-            logits_loaded += 1
-        dut.logits_loaded.value = logits_loaded
+    def position(slot: int, bits: int) -> None:
+        at, last = unpack_routed(job.cfg, bits)
+        routed[-1].append(at)
+        if last:
+            routed.append([])
 
-    def drain_routed():
-        nonlocal routed_read
-        seen = int(dut.routed_seen.value)
-        while routed_read < seen:
-            position, last = unpack_routed(job.cfg, int(dut.routed[routed_read % logit_depth].value))
-            routed[-1].append(position)
-            if last:
-                routed.append([])
-            routed_read += 1
-        dut.routed_read.value = routed_read
-
-    def drain():
-        nonlocal read
-        seen = int(dut.rows_seen.value)
-        while read < seen:
-            slot = read % ROW_DEPTH
-            board.check(read, unpack_result(job.cfg, int(dut.results[slot].value)))
-            result_cycles.append(int(dut.result_cycle[slot].value))
-            read += 1
-        dut.rows_read.value = read
+    results = Collect(dut.results, ROW_DEPTH, dut.rows_seen, dut.rows_read, result)
+    positions = Collect(dut.routed, logit_depth, dut.routed_seen, dut.routed_read, position)
 
     start_wall = time.perf_counter()
     start_cycle = None
@@ -136,39 +147,40 @@ async def run_job(dut):
     dut.blocks_expected.value = len(job.blocks)
     if opts.vcd:
         dut.dump.value = 1
-    refill()
-    refill_logits()
+    keys.refill()
+    blocks.refill()
     stalled = None
     last_report = 0
-    while read < len(job.expected) or len(routed) <= len(job.blocks):
+    while results.read < len(job.expected) or len(routed) <= len(job.blocks):
         await ReadOnly()
         if start_cycle is None:
             start_cycle = int(dut.cycles.value)
         waiting = [RisingEdge(dut.results_waiting), RisingEdge(dut.done)]
-        if loaded < len(scores):
-            waiting.append(RisingEdge(dut.need_keys))
-        if logits_loaded < len(logits):
-            waiting.append(RisingEdge(dut.need_logits))
+        for feed, need in ((keys, dut.need_keys), (blocks, dut.need_logits)):
+            if feed.pending:
+                waiting.append(RisingEdge(need))
         busy_levels = (int(dut.results_waiting.value) or int(dut.done.value)
-                       or (loaded < len(scores) and int(dut.need_keys.value))
-                       or (logits_loaded < len(logits) and int(dut.need_logits.value)))
+                       or (keys.pending and int(dut.need_keys.value))
+                       or (blocks.pending and int(dut.need_logits.value)))
         if not busy_levels:
             try:
-                await with_timeout(First(*waiting), cycle_bound(job, len(job.expected) - read) * CLOCK_NS, "ns")
+                await with_timeout(First(*waiting), cycle_bound(job, len(job.expected) - results.read) * CLOCK_NS, "ns")
             except SimTimeoutError:
-                drain()
-                drain_routed()
-                stalled = (f"no result within {cycle_bound(job, len(job.expected) - read)} cycles: "
-                           f"{read} of {len(job.expected)} rows done, {int(dut.keys_sent.value)} of {len(scores)} keys taken")
+                results.drain()
+                positions.drain()
+                stalled = (f"no result within {cycle_bound(job, len(job.expected) - results.read)} cycles: "
+                           f"{results.read} of {len(job.expected)} rows done, {int(dut.keys_sent.value)} of "
+                           f"{len(scores)} keys taken, {len(routed) - 1} of {len(job.blocks)} blocks routed")
                 break
         await RisingEdge(dut.clk)
-        drain()
-        drain_routed()
-        refill()
-        refill_logits()
-        if show_progress and read - last_report >= max(1, len(job.expected) // 20):
-            last_report = read
-            print(f"\r  rows {read}/{len(job.expected)}  mismatches {board.mismatches}", end="", file=sys.stderr, flush=True)
+        results.drain()
+        positions.drain()
+        keys.refill()
+        blocks.refill()
+        if show_progress and results.read - last_report >= max(1, len(job.expected) // 20):
+            last_report = results.read
+            print(f"\r  rows {results.read}/{len(job.expected)}  mismatches {board.mismatches}", end="",
+                  file=sys.stderr, flush=True)
     dut.dump.value = 0
     await RisingEdge(dut.clk)
     end_cycle = int(dut.cycles.value)
