@@ -191,12 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sim", help="simulate the generated Verilog under cocotb, checked against the golden model")
     _add_config_options(p)
-    p.add_argument("--rows", type=_positive, help=f"rows to simulate (default: {SIM_DEFAULTS['rows']})")
+    p.add_argument("--rows", type=_positive, help=f"rows to simulate; with a router (route_block > 0), tokens, in blocks of "
+                   f"route_block with random router logits (default: {SIM_DEFAULTS['rows']})")
     p.add_argument("--source", metavar="SOURCE", help=f"stimulus: {', '.join(SOURCES)}, or an attention file "
                    f"({' or '.join(FILE_SUFFIXES)}, see golden_model.capture) (default: {SIM_DEFAULTS['source']})")
     p.add_argument("--mode", choices=MODES, help="gate mode (shorthand for --set mode=...)")
     p.add_argument("--schedule", choices=SCHEDULES, help="schedule (shorthand for --set schedule=...)")
-    p.add_argument("--dense-baseline", action="store_true", help="run the same rows again with the gate held open")
+    p.add_argument("--dense-baseline", action="store_true", help="run the same rows again with the gate held open "
+                   "(with a router: every token's row, none routed away)")
     p.add_argument("--vcd", metavar="PATH.vcd",
                    help="write a VCD of the HPU while rows are in flight (the dense run's: PATH_dense.vcd)")
     p.add_argument("--sim", choices=SIMULATORS, default="icarus", help="simulator (default: icarus)")
