@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from golden_model.contract import ContractResult, run_contract, signed_range
+from golden_model.contract import ContractResult, run_contract, run_routing, signed_range
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 
@@ -92,16 +92,17 @@ def expected(cfg: HPUConfig, rows: list[Row]) -> list[RowResult]:
     return results_of(run_contract(cfg, scores[:, None, :], values, lengths[:, None]))
 
 
-def expected_routed(cfg: HPUConfig, blocks: list[list[int]]) -> list[list[int]]:
-    """The golden model's routed positions for each block (blocks of any lengths, batched)."""
-    from golden_model.contract import run_routing
-
-    if not blocks:
-        return []
-    logits = torch.zeros(len(blocks), max(len(b) for b in blocks), dtype=torch.int64)
+def batch_blocks(blocks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks of router logits of any lengths as zero-padded tensors: logits (B, T), lengths (B,)."""
+    logits = torch.zeros(len(blocks), max(map(len, blocks)), dtype=torch.int64)
     for i, block in enumerate(blocks):
         logits[i, :len(block)] = torch.tensor(block)
-    return run_routing(cfg, logits, torch.tensor([len(b) for b in blocks])).positions()
+    return logits, torch.tensor([len(b) for b in blocks])
+
+
+def expected_routed(cfg: HPUConfig, blocks: list[list[int]]) -> list[list[int]]:
+    """The golden model's routed positions for each block (blocks of any lengths, batched)."""
+    return run_routing(cfg, *batch_blocks(blocks)).positions() if blocks else []
 
 
 def random_blocks(cfg: HPUConfig, count: int, rng: random.Random,

@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from golden_model.sources import rows_from
-from golden_model.stimulus import ROUTING_SOURCES, RowResult, batch, blocks_from, expected, expected_routed
+from golden_model.stimulus import ROUTING_SOURCES, RowResult, batch, batch_blocks, blocks_from, expected, \
+    expected_routed
 from hpu.config import HPUConfig
 from sim.job import Options
 from hpu.files import write_json, write_text
@@ -94,11 +94,9 @@ def _routing_cell(cfg: HPUConfig, source: str, count: int, seed: int, out_dir: P
     outcome = run(job, sim, build_root=build_root, work_dir=out_dir / f"run-{source}-routing", check=False)
     if len(outcome.routed) != len(blocks):
         raise SimulationError(f"{sim} routed {len(outcome.routed)} of {len(blocks)} blocks")
-    logits = torch.zeros(len(blocks), max(map(len, blocks)), dtype=torch.int64)
-    for i, block in enumerate(blocks):
-        logits[i, :len(block)] = torch.tensor(block)
-    mask = route_contract_triton(cfg, logits.to(device), torch.tensor([len(b) for b in blocks]).to(device)).cpu()
-    kernel = [torch.nonzero(row).flatten().tolist() for row in mask]
+    logits, lengths = batch_blocks(blocks)
+    mask = route_contract_triton(cfg, logits.to(device), lengths.to(device)).cpu()
+    kernel = [row.nonzero().flatten().tolist() for row in mask]
     bad = []
     for i, block in enumerate(blocks):
         results = {"golden": golden[i], "verilog": outcome.routed[i], "kernel": kernel[i]}

@@ -200,9 +200,11 @@ def make_routed_job(cfg: HPUConfig, tokens: list[Row], source: str, options: Opt
     block after block."""
     if sum(map(len, blocks)) != len(tokens):
         raise InputError(f"{len(tokens)} token rows for blocks of {sum(map(len, blocks))} tokens: one row per token")
+    validate_blocks(cfg, blocks)
+    routed = expected_routed(cfg, blocks)
     starts = [sum(map(len, blocks[:i])) for i in range(len(blocks))]
-    routed = [tokens[start + t] for start, positions in zip(starts, expected_routed(cfg, blocks)) for t in positions]
-    job = make_job(cfg, routed, source, options, blocks=blocks)
+    rows = [tokens[start + t] for start, positions in zip(starts, routed) for t in positions]
+    job = _job(cfg, rows, source, options, blocks, routed)
     job.token_keys = sum(row.n for row in tokens)
     return job
 
@@ -211,13 +213,15 @@ def make_job(cfg: HPUConfig, rows: list[Row], source: str, options: Options | No
              blocks: list[list[int]] = ()) -> Job:
     """A job whose expected results come from the golden model (with the gate held open if asked),
     and, with blocks of router logits, whose expected routed positions do too."""
-    options = options or Options()
-    validate_rows(cfg, rows)
     blocks = [list(b) for b in blocks]
     if blocks:
         validate_blocks(cfg, blocks)
+    return _job(cfg, rows, source, options or Options(), blocks, expected_routed(cfg, blocks))
+
+
+def _job(cfg: HPUConfig, rows: list[Row], source: str, options: Options, blocks: list[list[int]],
+         routed: list[list[int]]) -> Job:
+    validate_rows(cfg, rows)
     reference = cfg.replace(mode="dense") if options.gate_open else cfg
     return Job(cfg=cfg, rows=rows, expected=expected(reference, rows), options=options, source=source,
-               blocks=blocks, routed=expected_routed(cfg, blocks))
-
-
+               blocks=blocks, routed=routed)
