@@ -71,7 +71,7 @@ def _key_block(acc, l_i, m_i, q, rows, key_block, K, V, base, stride_n, qk_scale
 def _block_attention_kernel(Q, K, V, O, kv_index, kv_count, qk_scale,
                             stride_b, stride_h, stride_n, H, N, max_blocks,
                             GATE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                            CAUSAL: tl.constexpr, DENSE: tl.constexpr):
+                            CAUSAL: tl.constexpr, DENSE: tl.constexpr, LIST: tl.constexpr):
     blocks = N // GATE
     # Causal: later query blocks see more key blocks, so they are scheduled first.
     query_block = blocks - 1 - tl.program_id(0) if CAUSAL else tl.program_id(0)
@@ -88,10 +88,14 @@ def _block_attention_kernel(Q, K, V, O, kv_index, kv_count, qk_scale,
         count = query_block + 1 if CAUSAL else blocks
     else:
         count = tl.load(kv_count + list_at)
+        # The whole list in registers: a key block's address then depends on no load inside the loop,
+        # so the loop's loads pipeline as in dense mode.
+        slots = tl.arange(0, LIST)
+        kept = tl.load(kv_index + list_at * max_blocks + slots, mask=slots < count, other=0)
     # A causal list ends with the diagonal block (kept always, the highest visible): only it is masked.
     unmasked = count - 1 if CAUSAL else count
     for j in range(unmasked):
-        key_block = j if DENSE else tl.load(kv_index + list_at * max_blocks + j)
+        key_block = j if DENSE else tl.sum(tl.where(slots == j, kept, 0), 0)
         acc, l_i, m_i = _key_block(acc, l_i, m_i, q, rows, key_block, K, V, base, stride_n, qk_scale,
                                    False, GATE, HEAD_DIM, BLOCK_N)
     if CAUSAL:
@@ -248,7 +252,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selecti
     grid = (n // block, b * h)
     _block_attention_kernel[grid](q, k, v, out, kv_index, kv_count, 1.0 / math.sqrt(d) * 1.4426950408889634,
                                   q.stride(0), q.stride(1), q.stride(2), h, n, n // block,
-                                  GATE=block, HEAD_DIM=d, CAUSAL=causal, DENSE=dense)
+                                  GATE=block, HEAD_DIM=d, CAUSAL=causal, DENSE=dense,
+                                  LIST=triton.next_power_of_2(n // block))
     return out
 
 
