@@ -191,7 +191,9 @@ def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, 
 
 
 # Warps per program of the pooling and selection kernels, tokens the pooling adds per step and query
-# blocks per selection program (benchmarks/select_tuning.py sweeps them).
+# blocks per selection program, as sweeps on the H200 chose them: benchmarks/select_tuning.py sweeps
+# the selection's (results/select_tuning_rows.txt); its earlier revision swept the pooling's
+# (results/select_tuning.json).
 POOL_WARPS = 1
 POOL_ROWS = 16
 SELECT_WARPS = 4
@@ -206,7 +208,12 @@ def _limits(permeability: float, blocks: int, device: str) -> torch.Tensor:
     return torch.clamp(torch.ceil(permeability * count - 1e-9).long(), min=1).to(torch.int32).to(device)
 
 
-def _select_triton(q, k, block: int, mass_target: float, permeability: float, causal: bool) -> Selection:
+def select(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float, permeability: float,
+           causal: bool) -> Selection:
+    """The block gate's selection (golden_model.block_gate.block_mask), as two Triton kernels: pooling,
+    then scores, softmax and the mass/permeability prefix per query block, writing the kept lists."""
+    check_shapes(q, k, k, block)
+    check_gate(mass_target, permeability)
     b, h, n, d = q.shape
     blocks = n // block
     q, k = q.contiguous(), k.contiguous()
@@ -222,15 +229,6 @@ def _select_triton(q, k, block: int, mass_target: float, permeability: float, ca
         mass_target, math.sqrt(d), blocks, ROWS=SELECT_ROWS, BLOCKS=width, HEAD_DIM=d,
         DIM_STEP=max(1, min(d, 4096 // (width * SELECT_ROWS))), CAUSAL=causal, num_warps=SELECT_WARPS)
     return Selection(keep, kv_index, kv_count)
-
-
-def select(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float, permeability: float,
-           causal: bool) -> Selection:
-    """The block gate's selection (golden_model.block_gate.block_mask), as two Triton kernels: pooling,
-    then scores, softmax and the mass/permeability prefix per query block, writing the kept lists."""
-    check_shapes(q, k, k, block)
-    check_gate(mass_target, permeability)
-    return _select_triton(q, k, block, mass_target, permeability, causal)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selection | None, block: int,
