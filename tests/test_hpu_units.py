@@ -4,6 +4,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
@@ -469,3 +471,33 @@ def test_router_ends_an_overlong_block_and_flags_it():
 
     run(dut, tb)
     assert got == [(1, 0), (3, 1)]
+
+
+@given(st.lists(st.lists(st.integers(-8, 7), min_size=1, max_size=12), min_size=1, max_size=3),
+       st.integers(1, 256))
+def test_router_routes_any_blocks_like_the_contract(blocks, route_q):
+    """Any blocks of 4-bit logits (so ties are everywhere) at any routed fraction, back to back."""
+    from golden_model.stimulus import expected_routed
+    from hpu.router import Router
+
+    cfg = SMALL.replace(route_block=12, route_bits=4, route_fraction=route_q / 256)
+    dut = Router(cfg)
+    got = []
+
+    async def source(ctx):
+        for block in blocks:
+            for t, r in enumerate(block):
+                await put(ctx, dut.logits, {"logit": r, "last": t == len(block) - 1})
+
+    async def sink(ctx):
+        for _ in blocks:
+            positions = []
+            while True:
+                payload = await get(ctx, dut.routed)
+                positions.append(payload.position)
+                if payload.last:
+                    break
+            got.append(positions)
+
+    run(dut, source, sink)
+    assert got == expected_routed(cfg, blocks)
