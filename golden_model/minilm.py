@@ -3,7 +3,8 @@
 One attention function is registered with transformers; `MiniLM.run` sets what
 it does for one forward pass: exact softmax attention, the float gate, or the
 HPU's integer contract, on every query or, with token routing, only on the
-routed ones; and it records each layer's q, k, v and output so the same real
+routed ones (on the fixed path routed by the HPU's integer routing step on quantized
+logits); and it records each layer's q, k, v and output so the same real
 attention rows can be fed to the RTL and the kernels.
 
 Routing is untrained: a layer's router logit for a token is the L2 norm of the
@@ -22,6 +23,8 @@ from typing import Callable, Literal
 
 import torch
 
+from golden_model.contract import run_routing
+from golden_model.quantize import quantize_logits
 from golden_model.reference import fixed_point_attention, mass_gated_attention
 from golden_model.routing import route_topk, routed_mask
 from hpu.config import HPUConfig
@@ -68,7 +71,7 @@ class MiniLM:
         self.head_dim = self.model.config.hidden_size // self.heads
         self._gate: Callable | None = None
         self._trace: list[LayerTrace] | None = None
-        self._route_fraction: float | None = None
+        self._router: Callable | None = None
         self._hidden: dict[object, torch.Tensor] = {}
         for layer in self.model.encoder.layer:
             layer.attention.self.register_forward_pre_hook(self._keep_hidden, with_kwargs=True)
@@ -89,11 +92,10 @@ class MiniLM:
         else:
             gated = self._gate(query, key, value)
             out, kept, admissible = gated.out.to(query.dtype), gated.kept, gated.admissible
-        if self._route_fraction is not None:
+        if self._router is not None:
             # An encoder's keys are all admissible to every query, so sparse-query attention is the
             # attention above with the unrouted rows zeroed (golden_model.routing.sqdk_attention).
-            logits = self._hidden[module].float().norm(dim=-1)
-            rows = routed_mask(route_topk(logits, self._route_fraction), query.shape[2])[:, None, :]
+            rows = self._router(self._hidden[module].float().norm(dim=-1))[:, None, :]
             if kept is None:
                 kept = admissible = torch.full(rows.shape[:1] + query.shape[1:3], key.shape[2])
             out = torch.where(rows[..., None], out, torch.zeros((), dtype=out.dtype))
@@ -124,13 +126,26 @@ class MiniLM:
             "fixed": lambda q, k, v: fixed_point_attention(q, k, v, cfg),
         }
         self._gate = gates[path]
-        self._route_fraction = route_fraction
+        self._router = None if route_fraction is None else _router(path, cfg, route_fraction)
         self._trace = [] if trace else None
         try:
             hidden = self.model(**inputs).last_hidden_state[0]
         finally:
-            self._gate, self._route_fraction = None, None
+            self._gate, self._router = None, None
             self._hidden.clear()
         embedding = torch.nn.functional.normalize(hidden.mean(0), dim=0)
         layers, self._trace = self._trace or [], None
         return Forward(embedding=embedding, layers=layers)
+
+
+def _router(path: Path, cfg: HPUConfig | None, fraction: float) -> Callable:
+    """(B, T) float logits -> (B, T) routed mask: the float router, or on the fixed path the HPU's
+    (logits quantized to route_bits, the integer routing step at route_fraction in 1/256 steps)."""
+    if path != "fixed":
+        return lambda logits: routed_mask(route_topk(logits, fraction), logits.shape[-1])
+
+    def fixed(logits):
+        block = cfg.replace(route_block=max(cfg.route_block, logits.shape[-1]), route_fraction=fraction)
+        return run_routing(block, quantize_logits(logits, block)).routed
+
+    return fixed

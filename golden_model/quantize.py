@@ -36,6 +36,15 @@ def dequantize_out(out: torch.Tensor, scale: torch.Tensor, cfg: HPUConfig) -> to
     return out.double() * (scale[..., None, None] / (1 << cfg.out_frac))
 
 
+def quantize_logits(logits: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
+    """Float router logits (..., T) -> signed route_bits integers, symmetric per sequence: the largest
+    |logit| maps to the top code (the order, all the router needs, survives up to rounding ties)."""
+    top = (1 << (cfg.route_bits - 1)) - 1
+    peak = logits.detach().abs().amax(dim=-1, keepdim=True).double()
+    scale = torch.where(peak > 0, peak / top, torch.ones_like(peak))
+    return torch.clamp(torch.round(logits.double() / scale), -top, top).to(torch.int64)
+
+
 def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """q.k / sqrt(d): the scores the host hands the HPU (before quantization)."""
     return torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1])

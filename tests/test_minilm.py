@@ -107,3 +107,18 @@ def test_routing_every_token_is_the_dense_model(model):
     dense = model.run(TEXTS[0])
     routed = model.run(TEXTS[0], route_fraction=1.0)
     assert torch.allclose(routed.embedding, dense.embedding, atol=1e-6)
+
+
+def test_fixed_path_routes_by_the_hpus_integer_step():
+    """The fixed path's router quantizes the logits to route_bits and applies the contract's routing step:
+    on well-separated logits it picks what the float router picks; where quantization merges logits, ties
+    go to the earlier token, as the HPU's router decides them."""
+    from golden_model.minilm import _router
+
+    cfg = HPUConfig.load(f"{REPO}/configs/minilm.toml")
+    logits = torch.tensor([[3.0, 9.0, 1.0, 7.0, 5.0, 8.0, 2.0, 6.0]])
+    fixed, floating = _router("fixed", cfg, 0.5)(logits), _router("float", cfg, 0.5)(logits)
+    assert torch.equal(fixed, floating) and fixed[0].tolist() == [False, True, False, True, False, True, False, True]
+    close = torch.tensor([[1.0, 1.0 + 1e-6, 0.5, 0.25]])   # apart in float32, one code of 16 bits apart they are not
+    assert _router("fixed", cfg, 0.25)(close)[0].tolist() == [True, False, False, False]
+    assert _router("float", cfg, 0.25)(close)[0].tolist() == [False, True, False, False]
