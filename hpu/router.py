@@ -7,7 +7,7 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hpu import layouts
-from hpu.config import GATE_SCALE, GATE_SHIFT, HPUConfig
+from hpu.config import GATE_SCALE, GATE_SHIFT, ConfigError, HPUConfig
 
 # Bits of the logit ordered per pass. The histogram holds 2**DIGIT_BITS counters and a pass walks at
 # most that many bins, so 4 bits keep both small (16 counters, 16 walk cycles) while a 16-bit logit
@@ -55,6 +55,11 @@ class Router(wiring.Component):
     overflow : Out(1)
     busy : Out(1)
 
+    Raises
+    ------
+    ConfigError
+        If ``route_block`` is 0: that configuration has no router.
+
     Cycle behaviour per block of n tokens: n cycles to take the logits (histogramming the first
     digit as they arrive), then per pass at most 2**DIGIT_BITS walk cycles plus one, each pass
     after the first n cycles to histogram, and at most n cycles to emit (one per token up to the
@@ -64,7 +69,8 @@ class Router(wiring.Component):
 
     def __init__(self, cfg: HPUConfig):
         if cfg.route_block < 1:
-            raise ValueError(f"a Router needs route_block >= 1, not {cfg.route_block}")
+            raise ConfigError(f"illegal configuration: route_block = {cfg.route_block}: a Router needs at least 1 "
+                              "(0 builds an HPU without one)")
         self.cfg = cfg
         super().__init__({
             "logits": In(stream.Signature(layouts.logit(cfg))),
@@ -83,6 +89,8 @@ class Router(wiring.Component):
 
         m.submodules.keys = keys = memory.Memory(shape=unsigned(key_bits), depth=cfg.route_block, init=[])
         key_write = keys.write_port()
+        # A combinational read lets every pass take one key per cycle with no pipeline to drain before
+        # its walk; the buffer is small and becomes flip-flops at gate level either way.
         key_read = keys.read_port(domain="comb")
 
         count = Signal(range(cfg.route_block + 1))    # tokens in the block
