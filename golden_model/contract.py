@@ -14,7 +14,7 @@ import torch
 
 from golden_model.gate import keep_prefix, ranking, select
 from golden_model.lut import exp_lut
-from hpu.config import GATE_SCALE, HPUConfig
+from hpu.config import HPUConfig
 from hpu.errors import InputError
 
 
@@ -135,6 +135,6 @@ def run_routing(cfg: HPUConfig, logits: torch.Tensor, lengths: torch.Tensor | No
                          f"got {int(lengths.min())}..{int(lengths.max())}")
     _check_range("router logits", logits, cfg.route_bits, "route_bits")
     valid = torch.arange(tokens, device=logits.device) < lengths.unsqueeze(-1)
-    count = torch.clamp((lengths * cfg.route_q + GATE_SCALE - 1) // GATE_SCALE, min=1)
+    count = cfg.route_capacity(lengths)
     routed = keep_prefix(ranking(logits, valid), count, valid)
     return RouteResult(routed=routed, count=count, lengths=lengths)

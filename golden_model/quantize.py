@@ -16,11 +16,15 @@ def quantize_scores(scores: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
     return torch.clamp(torch.round(scores.double() * (1 << cfg.score_frac)), low, high).to(torch.int64)
 
 
+def symmetric_scale(x: torch.Tensor, bits: int, dim) -> torch.Tensor:
+    """One scale per slice of `x` over `dim` (kept): the largest |x| maps to the top code of `bits`."""
+    peak = x.detach().abs().amax(dim=dim, keepdim=True).double()
+    return torch.where(peak > 0, peak / ((1 << (bits - 1)) - 1), torch.ones_like(peak))
+
+
 def value_scale(values: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
     """One scale per value set (..., N, D) -> (...): the largest |v| maps to the top code."""
-    top = (1 << (cfg.value_bits - 1)) - 1
-    peak = values.detach().abs().amax(dim=(-2, -1)).double()
-    return torch.where(peak > 0, peak / top, torch.ones_like(peak))
+    return symmetric_scale(values, cfg.value_bits, (-2, -1))[..., 0, 0]
 
 
 def quantize_values(values: torch.Tensor, cfg: HPUConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,10 +43,9 @@ def dequantize_out(out: torch.Tensor, scale: torch.Tensor, cfg: HPUConfig) -> to
 def quantize_logits(logits: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
     """Float router logits (..., T) -> signed route_bits integers, symmetric per sequence: the largest
     |logit| maps to the top code (the order, all the router needs, survives up to rounding ties)."""
-    top = (1 << (cfg.route_bits - 1)) - 1
-    peak = logits.detach().abs().amax(dim=-1, keepdim=True).double()
-    scale = torch.where(peak > 0, peak / top, torch.ones_like(peak))
-    return torch.clamp(torch.round(logits.double() / scale), -top, top).to(torch.int64)
+    low, high = signed_range(cfg.route_bits)
+    scaled = torch.round(logits.double() / symmetric_scale(logits, cfg.route_bits, -1))
+    return torch.clamp(scaled, low, high).to(torch.int64)
 
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

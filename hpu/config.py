@@ -145,9 +145,10 @@ class HPUConfig:
         """Routed fraction in units of 1/256, in 1..256."""
         return min(GATE_SCALE, max(1, round(self.route_fraction * GATE_SCALE)))
 
-    def route_capacity(self, tokens: int) -> int:
-        """Routed tokens of a block of `tokens`: max(1, ceil(tokens * route_q / 256))."""
-        return max(1, (tokens * self.route_q + GATE_SCALE - 1) >> GATE_SHIFT)
+    def route_capacity(self, tokens):
+        """Routed tokens of a block of `tokens` (an int or an integer tensor): ceil(tokens * route_q / 256),
+        which is max(1, ...) of it by itself, as a block has a token and route_q is at least 1."""
+        return (tokens * self.route_q + GATE_SCALE - 1) >> GATE_SHIFT
 
     # -- derived widths ---------------------------------------------------------------
 

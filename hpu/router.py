@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Signal, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hpu import layouts
-from hpu.config import GATE_SCALE, GATE_SHIFT, ConfigError, HPUConfig
+from hpu.config import ConfigError, HPUConfig
 
 # Bits of the logit ordered per pass. The histogram holds 2**DIGIT_BITS counters and a pass walks at
 # most that many bins, so 4 bits keep both small (16 counters, 16 walk cycles) while a 16-bit logit
@@ -130,8 +130,8 @@ class Router(wiring.Component):
                     top_digit = incoming[key_bits - DIGIT_BITS:]
                     m.d.sync += [count.eq(count + 1), hist[top_digit].eq(hist[top_digit] + 1)]
                     with m.If(ends):
-                        routed = ((count + 1) * cfg.route_q + GATE_SCALE - 1) >> GATE_SHIFT
-                        m.d.sync += [cap.eq(Mux(routed == 0, 1, routed)), need.eq(Mux(routed == 0, 1, routed)),
+                        routed = cfg.route_capacity(count + 1)
+                        m.d.sync += [cap.eq(routed), need.eq(routed),
                                      pass_.eq(0), prefix.eq(0), walk_bin.eq(bins - 1), above.eq(0)]
                         with m.If(~logit.last):
                             m.d.sync += self.overflow.eq(1)

@@ -143,7 +143,7 @@ def _routing_kernel(logits_ptr, lengths_ptr, routed_ptr, stride_b, LOW: tl.const
     # (r - LOW) is non-negative, so every valid order key is >= 0 and above every invalid one (-1).
     order_key = tl.where(valid, (r - LOW) * BLOCK_T + (BLOCK_T - 1 - t), -1)
     ranked = tl.sort(order_key, 0, descending=True)
-    cap = tl.maximum((n * ROUTE_Q + GATE_ROUND) >> GATE_SHIFT, 1)
+    cap = (n * ROUTE_Q + GATE_ROUND) >> GATE_SHIFT   # at least 1: n >= 1 and ROUTE_Q >= 1
     threshold = tl.sum(tl.where(t == cap - 1, ranked, 0), axis=0)
     tl.store(routed_ptr + block * BLOCK_T + t, (valid & (order_key >= threshold)).to(tl.int8))
 

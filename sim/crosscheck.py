@@ -15,8 +15,7 @@ from pathlib import Path
 
 
 from golden_model.sources import rows_from
-from golden_model.stimulus import ROUTING_SOURCES, RowResult, batch, batch_blocks, blocks_from, expected, \
-    expected_routed
+from golden_model.stimulus import ROUTING_SOURCES, RowResult, batch, batch_blocks, blocks_from, expected
 from hpu.config import HPUConfig
 from sim.job import Options
 from hpu.files import write_json, write_text
@@ -89,8 +88,8 @@ def _routing_cell(cfg: HPUConfig, source: str, count: int, seed: int, out_dir: P
     from kernels.exact import route_contract_triton
 
     blocks = blocks_from(source, cfg, count, seed)
-    golden = expected_routed(cfg, blocks)
     job = make_job(cfg, [], source, Options(seed=seed), blocks=blocks)
+    golden = job.routed
     outcome = run(job, sim, build_root=build_root, work_dir=out_dir / f"run-{source}-routing", check=False)
     if len(outcome.routed) != len(blocks):
         raise SimulationError(f"{sim} routed {len(outcome.routed)} of {len(blocks)} blocks")

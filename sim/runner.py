@@ -204,9 +204,7 @@ def make_routed_job(cfg: HPUConfig, tokens: list[Row], source: str, options: Opt
     routed = expected_routed(cfg, blocks)
     starts = [sum(map(len, blocks[:i])) for i in range(len(blocks))]
     rows = [tokens[start + t] for start, positions in zip(starts, routed) for t in positions]
-    job = _job(cfg, rows, source, options, blocks, routed)
-    job.token_keys = sum(row.n for row in tokens)
-    return job
+    return _job(cfg, rows, source, options, blocks, routed, token_keys=sum(row.n for row in tokens))
 
 
 def make_job(cfg: HPUConfig, rows: list[Row], source: str, options: Options | None = None,
@@ -220,8 +218,8 @@ def make_job(cfg: HPUConfig, rows: list[Row], source: str, options: Options | No
 
 
 def _job(cfg: HPUConfig, rows: list[Row], source: str, options: Options, blocks: list[list[int]],
-         routed: list[list[int]]) -> Job:
+         routed: list[list[int]], token_keys: int | None = None) -> Job:
     validate_rows(cfg, rows)
     reference = cfg.replace(mode="dense") if options.gate_open else cfg
     return Job(cfg=cfg, rows=rows, expected=expected(reference, rows), options=options, source=source,
-               blocks=blocks, routed=routed)
+               blocks=blocks, routed=routed, token_keys=token_keys)

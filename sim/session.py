@@ -87,7 +87,7 @@ def _run_one(name: str, job: Job, sim: str, build: Path, progress: bool, log) ->
 
 def routing_blocks(cfg: HPUConfig, tokens: int, seed: int) -> list[list[int]]:
     """`tokens` tokens' random router logits in blocks of route_block (the last one shorter)."""
-    lengths = [cfg.route_block] * (tokens // cfg.route_block) + ([tokens % cfg.route_block] if tokens % cfg.route_block else [])
+    lengths = [min(cfg.route_block, tokens - start) for start in range(0, tokens, cfg.route_block)]
     return random_blocks(cfg, len(lengths), random.Random(seed), lengths)
 
 
