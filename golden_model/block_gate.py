@@ -31,6 +31,12 @@ def check_gate(mass_target: float, permeability: float) -> None:
         raise InputError(f"permeability {permeability} and mass_target {mass_target} must lie in (0, 1]")
 
 
+def block_cap(permeability: float, visible: torch.Tensor) -> torch.Tensor:
+    """Most key blocks a query block may keep of `visible` ones: max(1, ceil(permeability x visible)),
+    in float64 (less 1e-9, so that a product a rounding above a whole number does not round up)."""
+    return torch.clamp(torch.ceil(permeability * visible.double() - 1e-9).long(), min=1)
+
+
 def block_mask(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float, permeability: float,
                causal: bool) -> torch.Tensor:
     """Kept key blocks: bool (batch, heads, query blocks, key blocks)."""
@@ -49,7 +55,7 @@ def block_mask(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float,
     sorted_mass = torch.gather(mass, -1, order)
     before = torch.cumsum(sorted_mass, dim=-1) - sorted_mass
     count = visible.sum(-1)
-    limit = torch.clamp(torch.ceil(permeability * count.double() - 1e-9).long(), min=1)
+    limit = block_cap(permeability, count)
     rank = torch.arange(blocks, device=q.device)
     keep_sorted = (before < mass_target) & (rank < limit[:, None]) & (rank < count[:, None])
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)

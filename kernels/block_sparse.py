@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from golden_model.block_gate import check_gate, check_shapes
+from golden_model.block_gate import block_cap, check_gate, check_shapes
 from hpu.errors import InputError
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -202,10 +202,8 @@ SELECT_ROWS = 4
 
 @functools.lru_cache(maxsize=64)
 def _limits(permeability: float, blocks: int, device: str) -> torch.Tensor:
-    """max(1, ceil(permeability x visible - 1e-9)) for every count of visible blocks, in float64 as
-    the reference computes it."""
-    count = torch.arange(blocks + 1, dtype=torch.float64)
-    return torch.clamp(torch.ceil(permeability * count - 1e-9).long(), min=1).to(torch.int32).to(device)
+    """The reference's cap for every count of visible blocks, 0..blocks, for the selection kernel to look up."""
+    return block_cap(permeability, torch.arange(blocks + 1)).to(torch.int32).to(device)
 
 
 def select(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float, permeability: float,
