@@ -29,8 +29,7 @@ HEAD_DIM = 128
 def flops(selection, causal: bool) -> float:
     pairs = float(selection.kv_count.sum()) * BLOCK * BLOCK
     if causal:
-        diagonal = selection.keep.shape[0] * selection.keep.shape[1] * selection.keep.shape[2]
-        pairs -= diagonal * BLOCK * BLOCK / 2
+        pairs -= selection.kv_count.numel() * BLOCK * BLOCK / 2  # one diagonal block per query block
     return 4.0 * HEAD_DIM * pairs
 
 

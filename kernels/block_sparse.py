@@ -1,9 +1,9 @@
 """Fast mass-gated attention: the block gate on the GPU, then a block-sparse flash-attention forward.
 
 Selection is `golden_model.block_gate.block_mask` (pooling, block softmax, mass/permeability
-rule) as two Triton kernels in float32: one pools q and k per block; one, per query block and head,
-scores the block against every key block, takes the softmax, orders the blocks by one distinct
-integer key (mass bits, index counted down) and keeps the prefix, writing the kept list. The
+rule) as two Triton kernels in float32: one pools q and k per block; one, per 16 query blocks of a
+head, scores them against every key block (one tl.dot), takes the softmax, orders the blocks by one
+distinct integer key (mass bits, index counted down) and keeps the prefix, writing the kept lists. The
 kept lists equal the reference's bit for bit on the tests' inputs, ties by index included. The
 attention kernel (one program per query block and head, in the manner of Triton's fused-attention
 tutorial: online softmax in exp2, fp32 accumulators) walks only its list, so skipped key blocks are
@@ -107,46 +107,57 @@ def _block_attention_kernel(Q, K, V, O, kv_index, kv_count, qk_scale,
 
 @dataclass
 class Selection:
-    keep: torch.Tensor      # bool (batch, heads, query blocks, key blocks)
     kv_index: torch.Tensor  # int32 (batch * heads * query blocks, key blocks): kept blocks first, ascending
     kv_count: torch.Tensor  # int32 (batch * heads * query blocks,)
+    heads: tuple[int, int]  # (batch, heads)
+
+    @property
+    def keep(self) -> torch.Tensor:
+        """The kept blocks as a mask, bool (batch, heads, query blocks, key blocks), built on demand from
+        the lists: the kernels write only the lists, which are all the attention reads."""
+        rows, blocks = self.kv_index.shape
+        listed = torch.arange(blocks, device=self.kv_index.device) < self.kv_count[:, None]
+        mask = torch.zeros(rows, blocks, dtype=torch.bool, device=listed.device)
+        return mask.scatter_(1, self.kv_index.long(), listed).view(*self.heads, blocks, blocks)
 
     @property
     def density(self) -> float:
-        return float(self.kv_count.sum()) / self.keep.numel()
+        return float(self.kv_count.sum()) / self.kv_index.numel()
 
 
 @triton.jit
-def _pool_kernel(Q, K, QP, KP, stride_b, stride_h, stride_n, H, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 ROW_STEP: tl.constexpr):
-    """Mean of each block of BLOCK tokens of q and of k, in float32: (batch * heads, blocks, head_dim).
-    The block is summed ROW_STEP tokens at a time, so that a whole tile never sits in registers."""
+def _pool_kernel(Q, K, POOLED, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, ROW_STEP: tl.constexpr):
+    """Mean of each block of BLOCK tokens of contiguous q and k, in float32, into POOLED (2, batch x
+    heads, blocks, head_dim): q's means, then k's. The block is summed ROW_STEP tokens at a time, so
+    that a whole tile never sits in registers."""
     block = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)
     blocks = tl.num_programs(0)
-    base = (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h
+    # The head's offset in int64, the token's within the head in int32: fewer 64-bit operations per element.
+    head = bh * blocks * BLOCK * HEAD_DIM
     dims = tl.arange(0, HEAD_DIM)
     q_sum = tl.zeros([ROW_STEP, HEAD_DIM], tl.float32)
     k_sum = tl.zeros([ROW_STEP, HEAD_DIM], tl.float32)
     for first in tl.static_range(0, BLOCK, ROW_STEP):
         rows = block * BLOCK + first + tl.arange(0, ROW_STEP)
-        at = base + rows[:, None] * stride_n + dims[None, :]
-        q_sum += tl.load(Q + at).to(tl.float32)
-        k_sum += tl.load(K + at).to(tl.float32)
-    out = (bh.to(tl.int64) * blocks + block) * HEAD_DIM + dims
-    tl.store(QP + out, tl.sum(q_sum, 0) / BLOCK)
-    tl.store(KP + out, tl.sum(k_sum, 0) / BLOCK)
+        at = rows[:, None] * HEAD_DIM + dims[None, :]
+        q_sum += tl.load(Q + head + at).to(tl.float32)
+        k_sum += tl.load(K + head + at).to(tl.float32)
+    out = (bh * blocks + block) * HEAD_DIM + dims
+    tl.store(POOLED + out, tl.sum(q_sum, 0) / BLOCK)
+    tl.store(POOLED + tl.num_programs(1) * blocks * HEAD_DIM + out, tl.sum(k_sum, 0) / BLOCK)
 
 
 @triton.jit
-def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, blocks,
+def _select_kernel(POOLED, LIMIT, KV_INDEX, KV_COUNT, mass_target, scale, blocks,
                    ROWS: tl.constexpr, BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_STEP: tl.constexpr,
                    CAUSAL: tl.constexpr):
     """ROWS query blocks of one head (sharing the pooled keys' loads): block scores, softmax over the
     visible key blocks, the mass / permeability prefix of (mass desc, index asc), the diagonal when
-    causal; writes the keep mask, each kept list (kept blocks ascending, then the rest ascending) and
-    count."""
+    causal; writes each kept list (kept blocks ascending, then the rest ascending) and its count."""
     bh = tl.program_id(1).to(tl.int64)
+    QP = POOLED + bh * blocks * HEAD_DIM
+    KP = QP + tl.num_programs(1) * blocks * HEAD_DIM
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = rows < blocks
     cols = tl.arange(0, BLOCKS)
@@ -154,10 +165,10 @@ def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, 
     scores = tl.zeros([ROWS, BLOCKS], tl.float32)
     for start in tl.static_range(0, HEAD_DIM, DIM_STEP):
         dims = start + tl.arange(0, DIM_STEP)
-        qp = tl.load(QP + (bh * blocks + rows[:, None]) * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0)
-        kp = tl.load(KP + (bh * blocks + cols[:, None]) * HEAD_DIM + dims[None, :], mask=cols[:, None] < blocks,
-                     other=0.0)
-        scores += tl.sum(qp[:, None, :] * kp[None, :, :], 2)
+        qp = tl.load(QP + rows[:, None] * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0)
+        kp = tl.load(KP + cols[None, :] * HEAD_DIM + dims[:, None], mask=in_row, other=0.0)
+        # Float32 products and sums ("ieee": no TF32 rounding of the inputs), as the reference's matmul.
+        scores += tl.dot(qp, kp, input_precision="ieee")
     scores = scores / scale
     # Rows past the last query block (masked out when stored) see every block, so nothing divides by 0.
     visible = in_row & (cols[None, :] <= rows[:, None]) if CAUSAL else in_row & (rows[:, None] >= 0)
@@ -183,25 +194,24 @@ def _select_kernel(QP, KP, LIMIT, KEEP, KV_INDEX, KV_COUNT, mass_target, scale, 
     position = tl.where(keep, tl.cumsum(keep.to(tl.int32), 1) - 1,
                         keep_count[:, None] + tl.cumsum(skip.to(tl.int32), 1) - 1)
     row_at = bh * blocks + rows
-    ok = live[:, None] & in_row
-    tl.store(KEEP + row_at[:, None] * blocks + cols[None, :], keep.to(tl.int8), mask=ok)
     tl.store(KV_INDEX + row_at[:, None] * blocks + position, cols[None, :] + tl.zeros([ROWS, BLOCKS], tl.int32),
-             mask=ok)
+             mask=live[:, None] & in_row)
     tl.store(KV_COUNT + row_at, keep_count, mask=live)
 
 
 # Warps per program of the pooling and selection kernels, tokens the pooling adds per step and query
-# blocks per selection program, as sweeps on the H200 chose them: benchmarks/select_tuning.py sweeps
-# the selection's (results/select_tuning_rows.txt); its earlier revision swept the pooling's
-# (results/select_tuning.json).
+# blocks per selection program, as sweeps on the H200 chose them (benchmarks/select_tuning.py;
+# results/select_tuning.json). The selection's scores are one tl.dot per DIM_STEP dimensions, whose
+# operands need at least 16 rows, columns and dimensions.
 POOL_WARPS = 1
 POOL_ROWS = 16
-SELECT_WARPS = 4
-SELECT_ROWS = 4
+SELECT_WARPS = 8
+SELECT_ROWS = 16
+DIM_STEP = 32
 
 
 @functools.lru_cache(maxsize=64)
-def _limits(permeability: float, blocks: int, device: str) -> torch.Tensor:
+def _limits(permeability: float, blocks: int, device: torch.device) -> torch.Tensor:
     """The reference's cap for every count of visible blocks, 0..blocks, for the selection kernel to look up."""
     return block_cap(permeability, torch.arange(blocks + 1)).to(torch.int32).to(device)
 
@@ -209,24 +219,23 @@ def _limits(permeability: float, blocks: int, device: str) -> torch.Tensor:
 def select(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float, permeability: float,
            causal: bool) -> Selection:
     """The block gate's selection (golden_model.block_gate.block_mask), as two Triton kernels: pooling,
-    then scores, softmax and the mass/permeability prefix per query block, writing the kept lists."""
+    then scores, softmax and the mass/permeability prefix per query block, writing the kept lists.
+    Three allocations and two launches, with few arguments: at 4K tokens the host's work per call
+    outlasts the GPU's."""
     check_shapes(q, k, k, block)
     check_gate(mass_target, permeability)
     b, h, n, d = q.shape
     blocks = n // block
-    q, k = q.contiguous(), k.contiguous()
     pooled = torch.empty(2, b * h, blocks, d, dtype=torch.float32, device=q.device)
-    _pool_kernel[(blocks, b * h)](q, k, pooled[0], pooled[1], q.stride(0), q.stride(1), q.stride(2), h,
-                                  BLOCK=block, HEAD_DIM=d, ROW_STEP=POOL_ROWS, num_warps=POOL_WARPS)
-    keep = torch.empty(b, h, blocks, blocks, dtype=torch.bool, device=q.device)
+    _pool_kernel[(blocks, b * h)](q.contiguous(), k.contiguous(), pooled, BLOCK=block, HEAD_DIM=d,
+                                  ROW_STEP=POOL_ROWS, num_warps=POOL_WARPS)
     kv_index = torch.empty(b * h * blocks, blocks, dtype=torch.int32, device=q.device)
     kv_count = torch.empty(b * h * blocks, dtype=torch.int32, device=q.device)
-    width = triton.next_power_of_2(blocks)
     _select_kernel[(triton.cdiv(blocks, SELECT_ROWS), b * h)](
-        pooled[0], pooled[1], _limits(permeability, blocks, str(q.device)), keep.view(torch.int8), kv_index, kv_count,
-        mass_target, math.sqrt(d), blocks, ROWS=SELECT_ROWS, BLOCKS=width, HEAD_DIM=d,
-        DIM_STEP=max(1, min(d, 4096 // (width * SELECT_ROWS))), CAUSAL=causal, num_warps=SELECT_WARPS)
-    return Selection(keep, kv_index, kv_count)
+        pooled, _limits(permeability, blocks, q.device), kv_index, kv_count, mass_target, math.sqrt(d), blocks,
+        ROWS=SELECT_ROWS, BLOCKS=max(16, triton.next_power_of_2(blocks)), HEAD_DIM=d, DIM_STEP=min(d, DIM_STEP),
+        CAUSAL=causal, num_warps=SELECT_WARPS)
+    return Selection(kv_index, kv_count, (b, h))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selection | None, block: int,
