@@ -32,6 +32,14 @@ class SimRun:
         return (done[-1] - done[0]) / (len(done) - 1)
 
 
+async def _until(ctx, signal) -> None:
+    """``await ctx.tick().until(signal)`` without an inner async generator. A run that ends while a
+    background testbench waits (a stall's TimeoutError, or the sink done first) leaves the wait
+    pending; Amaranth 0.5's ``until`` then raises from its clean-up when the coroutine is collected."""
+    while not (await ctx.tick().sample(signal))[-1]:
+        pass
+
+
 def simulate_rows(cfg: HPUConfig, rows: list[Row], *, gate_open: bool = False, gaps: float = 0.0,
                   backpressure: float = 0.0, seed: int = 0, vcd: str | None = None,
                   timeout_cycles: int | None = None) -> SimRun:
@@ -63,7 +71,7 @@ def simulate_rows(cfg: HPUConfig, rows: list[Row], *, gate_open: bool = False, g
                     await ctx.tick()
                 ctx.set(dut.scores.payload, {"score": score, "last": j == row.n - 1})
                 ctx.set(dut.scores.valid, 1)
-                await ctx.tick().until(dut.scores.ready)
+                await _until(ctx, dut.scores.ready)
                 if j == 0:
                     run.first_key_cycle.append(cycle)
             ctx.set(dut.scores.valid, 0)
@@ -88,7 +96,7 @@ def simulate_rows(cfg: HPUConfig, rows: list[Row], *, gate_open: bool = False, g
             row, index = asked.popleft()
             ctx.set(dut.values.payload, list(rows[row].values[index]))
             ctx.set(dut.values.valid, 1)
-            await ctx.tick().until(dut.values.ready)
+            await _until(ctx, dut.values.ready)
 
     async def sink(ctx):
         while len(run.results) < len(rows):
