@@ -22,9 +22,6 @@ from golden_model.lut import exp_lut
 from hpu.config import GATE_SCALE, GATE_SHIFT, HPUConfig
 from hpu.errors import InputError
 
-MODES = {"dense": 0, "topk": 1, "mass": 2}
-
-
 @triton.jit
 def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
                      acc_ptr, out_ptr, z_kept_ptr, kept_ptr,
@@ -45,7 +42,7 @@ def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
     e = tl.load(lut_ptr + index, mask=valid, other=0).to(INT)
     z = tl.sum(e, axis=0)
 
-    if MODE == 0:
+    if MODE == "dense":
         # Dense keeps every valid key: no ranking needed (every order key is >= 0).
         kept = n
         threshold = 0
@@ -53,7 +50,7 @@ def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
         order_key = tl.where(valid, e * BLOCK_N + (BLOCK_N - 1 - j), -1).to(INT)
         ranked = tl.sort(order_key, 0, descending=True)
         cap = tl.minimum(tl.maximum((n * RHO_Q + GATE_ROUND) >> GATE_SHIFT, K_MIN), n)
-        if MODE == 1:
+        if MODE == "topk":
             kept = cap
         else:
             prefix = tl.cumsum(tl.where(ranked >= 0, ranked // BLOCK_N, 0), axis=0)
@@ -126,7 +123,7 @@ def run_contract_triton(cfg: HPUConfig, scores: torch.Tensor, values: torch.Tens
         acc, out, z_kept, kept,
         scores.stride(0), values.stride(0), values.stride(1),
         EXP_SHIFT=cfg.exp_shift, LUT_SIZE=cfg.lut_size, RHO_Q=cfg.rho_q, TAU_Q=cfg.tau_q, K_MIN=cfg.k_min,
-        OUT_FRAC=cfg.out_frac, OUT_LOW=low, OUT_HIGH=high, MODE=MODES[cfg.mode],
+        OUT_FRAC=cfg.out_frac, OUT_LOW=low, OUT_HIGH=high, MODE=cfg.mode,
         GATE_ROUND=GATE_SCALE - 1, GATE_SHIFT=GATE_SHIFT,
         BLOCK_N=block_n, BLOCK_K=min(block_k, block_n), D=cfg.head_dim, INT=int_type)
     return {"acc": acc, "out": out, "z_kept": z_kept, "kept": kept}
