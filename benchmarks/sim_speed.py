@@ -16,6 +16,7 @@ import random
 from benchmarks.common import write
 from golden_model.stimulus import random_rows
 from hpu.config import HPUConfig
+from rtl_gen.tools import SIMULATORS
 from sim.job import Options
 from sim.runner import make_job, run
 
@@ -30,7 +31,7 @@ def main() -> None:
     cfg = HPUConfig.load(args.config)
     rows = random_rows(cfg, args.rows, random.Random(7), n=cfg.max_keys, spread=4.0)
     results = {}
-    for sim in ("icarus", "verilator"):
+    for sim in SIMULATORS:
         outcome = run(make_job(cfg, rows, "random", Options()), sim, build_root=args.build,
                       work_dir=f"{args.build}/run-{sim}")
         results[sim] = {"rows": outcome.rows_checked, "mismatches": outcome.mismatches,

@@ -246,10 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.add_argument("--source", nargs="+", default=["random", "adversarial", "minilm"], metavar="SOURCE",
                    help=f"stimulus sources: {', '.join(SOURCES)} or attention files")
-    p.add_argument("--modes", nargs="+", default=["dense", "topk", "mass"], choices=MODES)
+    p.add_argument("--modes", nargs="+", default=["dense", "topk", "mass"], choices=MODES, help="gate modes to check")
     p.add_argument("--rows", type=_positive, default=8, help="rows per source and mode (and blocks of router logits per source, with a router)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--sim", choices=SIMULATORS, default="icarus")
+    p.add_argument("--seed", type=int, default=1, help="stimulus seed (default: 1)")
+    p.add_argument("--sim", choices=SIMULATORS, default="icarus", help="simulator (default: icarus)")
     p.add_argument("--build", default="build/sim", help="build folder")
     p.add_argument("-o", "--output", default="out/crosscheck", help="report folder")
     p.set_defaults(func=cmd_crosscheck)

@@ -1,8 +1,9 @@
+import argparse
 import dataclasses
 
 import pytest
 
-from hpu.cli import main
+from hpu.cli import build_parser, main
 from hpu.config import ConfigError, HPUConfig, parse_overrides
 
 from conftest import REPO
@@ -109,3 +110,19 @@ def test_cli_prints_and_saves(tmp_path, capsys):
     assert main(["config", "--set", "mode=topk", "-o", str(tmp_path / "c.toml")]) == 0
     assert "mode          = 'topk'" in capsys.readouterr().out
     assert HPUConfig.load(tmp_path / "c.toml").mode == "topk"
+
+
+def test_every_cli_option_has_help():
+    """`hpu CMD --help` is the tool's manual: an option without help is a hole in it."""
+    missing = []
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command, sub in action.choices.items():
+                    walk(sub, f"{name} {command}")
+            elif action.help is None:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "hpu")
+    assert missing == []
