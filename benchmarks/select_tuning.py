@@ -36,10 +36,7 @@ def main() -> None:
     for n, causal in itertools.product(args.seqs, (False, True)):
         g = torch.Generator(device="cuda").manual_seed(n)
         q, k = (torch.randn(1, HEADS, n, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
-        pooled = torch.empty(2, HEADS, n // BLOCK, HEAD_DIM, device="cuda")
-        pool_ms = gpu_ms(lambda: block_sparse._pool_kernel[(n // BLOCK, HEADS)](
-            q, k, pooled, BLOCK=BLOCK, HEAD_DIM=HEAD_DIM, ROW_STEP=block_sparse.POOL_ROWS,
-            num_warps=block_sparse.POOL_WARPS))
+        pool_ms = gpu_ms(lambda: block_sparse.pool(q, k, BLOCK))
         for per_program, warps in itertools.product(ROWS, WARPS):
             block_sparse.SELECT_ROWS, block_sparse.SELECT_WARPS = per_program, warps
             ms = gpu_ms(lambda: block_sparse.select(q, k, BLOCK, 1.0, 0.2, causal))

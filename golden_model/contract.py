@@ -109,8 +109,12 @@ class RouteResult:
 
     def positions(self) -> list[list[int]]:
         """Each block's routed positions, ascending: what the HPU emits."""
-        flat = self.routed.reshape(-1, self.routed.shape[-1])
-        return [torch.nonzero(row).flatten().tolist() for row in flat.cpu()]
+        return routed_positions(self.routed)
+
+
+def routed_positions(routed: torch.Tensor) -> list[list[int]]:
+    """A (..., T) routed mask as each block's routed positions, ascending."""
+    return [torch.nonzero(row).flatten().tolist() for row in routed.reshape(-1, routed.shape[-1]).cpu()]
 
 
 def run_routing(cfg: HPUConfig, logits: torch.Tensor, lengths: torch.Tensor | None = None) -> RouteResult:

@@ -19,11 +19,16 @@ from hpu.files import read_toml, write_text
 MODES = ("mass", "topk", "dense")
 SCHEDULES = ("lockstep", "compact")
 
-# Permeability and mass target are carried to the hardware as integers in
-# 1..GATE_SCALE (units of 1/256), so the float rule and the integer rule use
-# exactly the same thresholds.
+# Permeability, mass target and routed fraction are carried to the hardware as
+# integers in 1..GATE_SCALE (units of 1/256), so the float rule and the integer
+# rule use exactly the same thresholds.
 GATE_SHIFT = 8
 GATE_SCALE = 1 << GATE_SHIFT
+
+
+def _steps(fraction: float) -> int:
+    """A fraction in (0, 1] in units of 1/GATE_SCALE, in 1..GATE_SCALE."""
+    return min(GATE_SCALE, max(1, round(fraction * GATE_SCALE)))
 
 
 class ConfigError(HPUError, ValueError):
@@ -133,17 +138,17 @@ class HPUConfig:
     @property
     def rho_q(self) -> int:
         """Permeability in units of 1/256, in 1..256."""
-        return min(GATE_SCALE, max(1, round(self.permeability * GATE_SCALE)))
+        return _steps(self.permeability)
 
     @property
     def tau_q(self) -> int:
         """Mass target in units of 1/256, in 1..256."""
-        return min(GATE_SCALE, max(1, round(self.mass_target * GATE_SCALE)))
+        return _steps(self.mass_target)
 
     @property
     def route_q(self) -> int:
         """Routed fraction in units of 1/256, in 1..256."""
-        return min(GATE_SCALE, max(1, round(self.route_fraction * GATE_SCALE)))
+        return _steps(self.route_fraction)
 
     def route_capacity(self, tokens):
         """Routed tokens of a block of `tokens` (an int or an integer tensor): ceil(tokens * route_q / 256),
@@ -221,12 +226,12 @@ class HPUConfig:
     def notes(self) -> list[str]:
         """What takes effect differently from what was written: the gate's 1/256 quantization."""
         notes = []
-        for name, q in (("permeability", self.rho_q), ("mass_target", self.tau_q),
-                        ("route_fraction", self.route_q)):
+        for name, q, unit in (("permeability", self.rho_q, "the gate"), ("mass_target", self.tau_q, "the gate"),
+                              ("route_fraction", self.route_q, "the router")):
             value = getattr(self, name)
             if q / GATE_SCALE != value:
                 notes.append(f"{name} {value} takes effect as {q}/{GATE_SCALE} = {q / GATE_SCALE:.6g} "
-                             f"({'the router' if name == 'route_fraction' else 'the gate'} works in steps of 1/{GATE_SCALE})")
+                             f"({unit} works in steps of 1/{GATE_SCALE})")
         return notes
 
     def with_overrides(self, assignments: list[str]) -> "HPUConfig":

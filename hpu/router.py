@@ -86,6 +86,8 @@ class Router(wiring.Component):
         key_bits = n_passes * DIGIT_BITS
         pad = key_bits - cfg.route_bits
         bins = 1 << DIGIT_BITS
+        # Pass p orders the key's bits digit_low[p] .. digit_low[p] + DIGIT_BITS - 1, most significant first.
+        digit_low = [key_bits - (p + 1) * DIGIT_BITS for p in range(n_passes)]
 
         m.submodules.keys = keys = memory.Memory(shape=unsigned(key_bits), depth=cfg.route_block, init=[])
         key_write = keys.write_port()
@@ -110,8 +112,7 @@ class Router(wiring.Component):
         digit = Signal(DIGIT_BITS)
         candidate = Signal()   # key's digits above pass_'s equal the prefix's
         with m.Switch(pass_):
-            for p in range(n_passes):
-                low = key_bits - (p + 1) * DIGIT_BITS
+            for p, low in enumerate(digit_low):
                 with m.Case(p):
                     m.d.comb += [digit.eq(key[low:low + DIGIT_BITS]),
                                  candidate.eq(key[low + DIGIT_BITS:] == prefix[low + DIGIT_BITS:])]
@@ -148,8 +149,7 @@ class Router(wiring.Component):
                 with m.If(reached):
                     m.d.sync += [need.eq(need - above), index.eq(0), *clear]
                     with m.Switch(pass_):
-                        for p in range(n_passes):
-                            low = key_bits - (p + 1) * DIGIT_BITS
+                        for p, low in enumerate(digit_low):
                             with m.Case(p):
                                 m.d.sync += prefix[low:low + DIGIT_BITS].eq(walk_bin)
                     with m.If(pass_ == n_passes - 1):

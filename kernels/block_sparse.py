@@ -69,7 +69,7 @@ def _key_block(acc, l_i, m_i, q, rows, key_block, K, V, base, stride_n, qk_scale
                  prune_configs_by={"early_config_prune": _fits_the_gate})
 @triton.jit
 def _block_attention_kernel(Q, K, V, O, kv_index, kv_count, qk_scale,
-                            stride_b, stride_h, stride_n, H, N, max_blocks,
+                            stride_b, stride_h, stride_n, H, N,
                             GATE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                             CAUSAL: tl.constexpr, DENSE: tl.constexpr, LIST: tl.constexpr):
     blocks = N // GATE
@@ -91,7 +91,7 @@ def _block_attention_kernel(Q, K, V, O, kv_index, kv_count, qk_scale,
         # The whole list in registers: a key block's address then depends on no load inside the loop,
         # so the loop's loads pipeline as in dense mode.
         slots = tl.arange(0, LIST)
-        kept = tl.load(kv_index + list_at * max_blocks + slots, mask=slots < count, other=0)
+        kept = tl.load(kv_index + list_at * blocks + slots, mask=slots < count, other=0)
     # A causal list ends with the diagonal block (kept always, the highest visible): only it is masked.
     unmasked = count - 1 if CAUSAL else count
     for j in range(unmasked):
@@ -216,6 +216,16 @@ def _limits(permeability: float, blocks: int, device: torch.device) -> torch.Ten
     return block_cap(permeability, torch.arange(blocks + 1)).to(torch.int32).to(device)
 
 
+def pool(q: torch.Tensor, k: torch.Tensor, block: int) -> torch.Tensor:
+    """The selection's first kernel: float32 means of every block of q and of k, (2, batch x heads,
+    blocks, head_dim)."""
+    b, h, n, d = q.shape
+    pooled = torch.empty(2, b * h, n // block, d, dtype=torch.float32, device=q.device)
+    _pool_kernel[(n // block, b * h)](q.contiguous(), k.contiguous(), pooled, BLOCK=block, HEAD_DIM=d,
+                                      ROW_STEP=POOL_ROWS, num_warps=POOL_WARPS)
+    return pooled
+
+
 def select(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float, permeability: float,
            causal: bool) -> Selection:
     """The block gate's selection (golden_model.block_gate.block_mask), as two Triton kernels: pooling,
@@ -226,9 +236,7 @@ def select(q: torch.Tensor, k: torch.Tensor, block: int, mass_target: float, per
     check_gate(mass_target, permeability)
     b, h, n, d = q.shape
     blocks = n // block
-    pooled = torch.empty(2, b * h, blocks, d, dtype=torch.float32, device=q.device)
-    _pool_kernel[(blocks, b * h)](q.contiguous(), k.contiguous(), pooled, BLOCK=block, HEAD_DIM=d,
-                                  ROW_STEP=POOL_ROWS, num_warps=POOL_WARPS)
+    pooled = pool(q, k, block)
     kv_index = torch.empty(b * h * blocks, blocks, dtype=torch.int32, device=q.device)
     kv_count = torch.empty(b * h * blocks, dtype=torch.int32, device=q.device)
     _select_kernel[(triton.cdiv(blocks, SELECT_ROWS), b * h)](
@@ -251,14 +259,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selecti
         raise InputError(f"block must be 64 or 128 tokens, got {block}")
     q, k, v = (t.contiguous() for t in (q, k, v))
     b, h, n, d = q.shape
+    blocks = n // block
     out = torch.empty_like(q)
     dense = selection is None
     kv_index, kv_count = (out, out) if dense else (selection.kv_index, selection.kv_count)
-    grid = (n // block, b * h)
-    _block_attention_kernel[grid](q, k, v, out, kv_index, kv_count, 1.0 / math.sqrt(d) * 1.4426950408889634,
-                                  q.stride(0), q.stride(1), q.stride(2), h, n, n // block,
-                                  GATE=block, HEAD_DIM=d, CAUSAL=causal, DENSE=dense,
-                                  LIST=triton.next_power_of_2(n // block))
+    _block_attention_kernel[(blocks, b * h)](q, k, v, out, kv_index, kv_count, 1.0 / math.sqrt(d) * 1.4426950408889634,
+                                             q.stride(0), q.stride(1), q.stride(2), h, n,
+                                             GATE=block, HEAD_DIM=d, CAUSAL=causal, DENSE=dense,
+                                             LIST=triton.next_power_of_2(blocks))
     return out
 
 

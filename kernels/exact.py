@@ -130,17 +130,17 @@ def run_contract_triton(cfg: HPUConfig, scores: torch.Tensor, values: torch.Tens
 
 
 @triton.jit
-def _routing_kernel(logits_ptr, lengths_ptr, routed_ptr, stride_b, LOW: tl.constexpr, ROUTE_Q: tl.constexpr,
-                    GATE_ROUND: tl.constexpr, GATE_SHIFT: tl.constexpr, BLOCK_T: tl.constexpr):
+def _routing_kernel(logits_ptr, lengths_ptr, caps_ptr, routed_ptr, stride_b, LOW: tl.constexpr,
+                    BLOCK_T: tl.constexpr):
     block = tl.program_id(0)
     n = tl.load(lengths_ptr + block).to(tl.int64)
+    cap = tl.load(caps_ptr + block)
     t = tl.arange(0, BLOCK_T)
     valid = t < n
     r = tl.load(logits_ptr + block * stride_b + t, mask=valid, other=LOW).to(tl.int64)
     # (r - LOW) is non-negative, so every valid order key is >= 0 and above every invalid one (-1).
     order_key = tl.where(valid, (r - LOW) * BLOCK_T + (BLOCK_T - 1 - t), -1)
     ranked = tl.sort(order_key, 0, descending=True)
-    cap = (n * ROUTE_Q + GATE_ROUND) >> GATE_SHIFT   # at least 1: n >= 1 and ROUTE_Q >= 1
     threshold = tl.sum(tl.where(t == cap - 1, ranked, 0), axis=0)
     tl.store(routed_ptr + block * BLOCK_T + t, (valid & (order_key >= threshold)).to(tl.int8))
 
@@ -157,7 +157,7 @@ def route_contract_triton(cfg: HPUConfig, logits: torch.Tensor, lengths: torch.T
         raise InputError(f"blocks of {tokens} tokens exceed route_block = {cfg.route_block}")
     block_t = triton.next_power_of_2(tokens)
     routed = torch.empty(blocks, block_t, dtype=torch.int8, device=logits.device)
-    _routing_kernel[(blocks,)](logits.to(torch.int64).contiguous(), lengths.to(torch.int32).contiguous(), routed,
-                               tokens, LOW=signed_range(cfg.route_bits)[0], ROUTE_Q=cfg.route_q,
-                               GATE_ROUND=GATE_SCALE - 1, GATE_SHIFT=GATE_SHIFT, BLOCK_T=block_t)
+    lengths = lengths.to(torch.int32).contiguous()
+    _routing_kernel[(blocks,)](logits.to(torch.int64).contiguous(), lengths, cfg.route_capacity(lengths), routed,
+                               tokens, LOW=signed_range(cfg.route_bits)[0], BLOCK_T=block_t)
     return routed[:, :tokens].bool()

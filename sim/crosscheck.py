@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from golden_model.contract import routed_positions
 from golden_model.sources import rows_from
 from golden_model.stimulus import ROUTING_SOURCES, RowResult, batch, batch_blocks, blocks_from, expected
 from hpu.config import HPUConfig
@@ -94,8 +95,7 @@ def _routing_cell(cfg: HPUConfig, source: str, count: int, seed: int, out_dir: P
     if len(outcome.routed) != len(blocks):
         raise SimulationError(f"{sim} routed {len(outcome.routed)} of {len(blocks)} blocks")
     logits, lengths = batch_blocks(blocks)
-    mask = route_contract_triton(cfg, logits.to(device), lengths.to(device)).cpu()
-    kernel = [row.nonzero().flatten().tolist() for row in mask]
+    kernel = routed_positions(route_contract_triton(cfg, logits.to(device), lengths.to(device)))
     bad = []
     for i, block in enumerate(blocks):
         results = {"golden": golden[i], "verilog": outcome.routed[i], "kernel": kernel[i]}

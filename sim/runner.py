@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -202,7 +203,7 @@ def make_routed_job(cfg: HPUConfig, tokens: list[Row], source: str, options: Opt
         raise InputError(f"{len(tokens)} token rows for blocks of {sum(map(len, blocks))} tokens: one row per token")
     validate_blocks(cfg, blocks)
     routed = expected_routed(cfg, blocks)
-    starts = [sum(map(len, blocks[:i])) for i in range(len(blocks))]
+    starts = itertools.accumulate((len(b) for b in blocks[:-1]), initial=0)
     rows = [tokens[start + t] for start, positions in zip(starts, routed) for t in positions]
     return _job(cfg, rows, source, options, blocks, routed, token_keys=sum(row.n for row in tokens))
 
