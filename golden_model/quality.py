@@ -22,6 +22,11 @@ from hpu.config import HPUConfig
 from hpu.errors import InputError
 from hpu.files import output_folder, staged, write_json, write_text
 
+# The report's files; quality.json, written last, is the record that the report is whole.
+REPORT = {"txt": "quality.txt", "png": "quality.png", "json": "quality.json"}
+OUTPUTS = tuple(REPORT.values())
+
+
 @dataclass(frozen=True)
 class QualityRow:
     path: str                  # "float" or "fixed"
@@ -42,16 +47,19 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def settings(cfg: HPUConfig, permeabilities, mass_targets, route_fractions=()) -> list[tuple[HPUConfig, float]]:
     """(gate setting, route fraction) pairs: dense, the gate sweep, then each route fraction alone and
-    with the configuration's own gate."""
+    with the configuration's own gate. Each value is checked as the configuration field it sets, so a
+    bad one is refused before any model loads."""
     dense = cfg.replace(mode="dense", permeability=1.0, mass_target=1.0)
     swept = [(dense, 1.0)]
     swept += [(cfg.replace(permeability=p, mass_target=t), 1.0) for p in permeabilities for t in mass_targets]
-    swept += [(setting, r) for r in route_fractions for setting in (dense, cfg)]
+    routes = [cfg.replace(route_fraction=r).route_fraction for r in route_fractions]
+    swept += [(setting, r) for r in routes for setting in (dense, cfg)]
     return swept
 
 
-def evaluate(cfg: HPUConfig, permeabilities, mass_targets, route_fractions=(), texts=TEXTS,
+def evaluate(cfg: HPUConfig, swept: list[tuple[HPUConfig, float]], texts=TEXTS,
              progress: bool = True) -> list[QualityRow]:
+    """Every text through each of `settings`' (gate setting, route fraction) pairs, float and fixed."""
     model = MiniLM()
     too_long = [model.token_count(t) for t in texts if model.token_count(t) > cfg.max_keys]
     if too_long:
@@ -59,7 +67,6 @@ def evaluate(cfg: HPUConfig, permeabilities, mass_targets, route_fractions=(), t
                          f"(longest {max(too_long)}); use a configuration with a larger max_keys "
                          "(configs/minilm.toml)")
     dense = [model.run(t, trace=True) for t in texts]
-    swept = settings(cfg, permeabilities, mass_targets, route_fractions)
     rows = []
     bar = tqdm(total=len(swept) * 2 * len(texts), desc="quality", unit="text", disable=not progress)
     for setting, route in swept:
@@ -123,8 +130,7 @@ def plot(rows: list[QualityRow], path: Path) -> None:
 def write_report(rows: list[QualityRow], cfg: HPUConfig, out_dir: Path) -> dict[str, Path]:
     """quality.txt and the plot, then quality.json last (the record that the report is whole)."""
     out_dir = output_folder(out_dir, "report folder")
-    paths = {"json": out_dir / "quality.json", "png": out_dir / "quality.png", "txt": out_dir / "quality.txt"}
-    paths["json"].unlink(missing_ok=True)
+    paths = {key: out_dir / name for key, name in REPORT.items()}
     write_text(paths["txt"], format_table(rows) + "\n")
     with staged(paths["png"]) as temp:
         plot(rows, temp)

@@ -44,25 +44,22 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_gen(args: argparse.Namespace) -> int:
-    from rtl_gen.generate import TOP_NAME, add_to_manifest, generate
+    from rtl_gen.generate import OUTPUTS, TOP_NAME, generate
     from rtl_gen.lint import check_icarus, check_verilator
+    from rtl_gen.synth import AREA, format_area
 
     cfg = load_config(args)
-    with claim(args.output):
-        out = generate(cfg, args.output)
+    with claim(args.output, outputs=OUTPUTS):
+        out = generate(cfg, args.output, synth=args.synth)
+        if out.area:
+            print(format_area(out.area))
+            print(f"area:     {Path(args.output) / AREA}")
         print(f"verilog:  {out.verilog}")
         print(f"manifest: {out.manifest}")
         if args.lint:
             check_icarus(out.verilog, TOP_NAME)
             warnings = check_verilator(out.verilog, TOP_NAME)
             print(f"lint: Icarus parses it; verilator --lint-only -Wall: 0 errors, {warnings} warnings")
-        if args.synth:
-            from rtl_gen.synth import format_area, synthesize
-
-            area_path = Path(args.output) / "area.json"
-            print(format_area(synthesize(out.verilog, TOP_NAME, area_path)))
-            print(f"area: {area_path}")
-            add_to_manifest(out.manifest, area=area_path.name)
     return 0
 
 
@@ -108,12 +105,11 @@ def cmd_power(args: argparse.Namespace) -> int:
 
 
 def cmd_crosscheck(args: argparse.Namespace) -> int:
-    from sim.crosscheck import crosscheck, table, write_report
+    from sim.crosscheck import OUTPUTS, crosscheck, table, write_report
 
     cfg = load_config(args)
     out = Path(args.output)
-    with claim(out, "report folder"):
-        (out / "crosscheck.json").unlink(missing_ok=True)
+    with claim(out, "report folder", OUTPUTS):
         cells, device = crosscheck(cfg, args.source, args.modes, args.rows, args.seed, out, sim=args.sim,
                                    build_root=Path(args.build))
         kernel = "GPU" if device == "cuda" else "Triton CPU interpreter"
@@ -131,8 +127,9 @@ def cmd_quality(args: argparse.Namespace) -> int:
     from golden_model import quality
 
     cfg = load_config(args)
-    with claim(args.output, "report folder"):
-        rows = quality.evaluate(cfg, args.permeability, args.mass_target, args.route_fraction, progress=not args.quiet)
+    swept = quality.settings(cfg, args.permeability, args.mass_target, args.route_fraction)
+    with claim(args.output, "report folder", quality.OUTPUTS):
+        rows = quality.evaluate(cfg, swept, progress=not args.quiet)
         paths = quality.write_report(rows, cfg, Path(args.output))
     print(quality.format_table(rows))
     print(f"report: {paths['json']} {paths['png']}")
@@ -164,6 +161,17 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Distinct(argparse.Action):
+    """A list of values each given once: a repeated one would be silently collapsed or run twice."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        repeated = [str(v) for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise argparse.ArgumentError(self, f"{', '.join(dict.fromkeys(repeated))} given more than once: "
+                                               "name each value once")
+        setattr(namespace, self.dest, values)
+
+
 def _add_config_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument("--config", default=default, metavar="FILE.toml",
                         help=f"HPU configuration (default: {default or 'the built-in defaults'})")
@@ -180,14 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.add_argument("--describe", action="store_true", help="list every field with its meaning")
     p.add_argument("-o", "--output", help="save the resulting configuration as TOML")
-    p.set_defaults(func=cmd_config)
+    p.set_defaults(func=cmd_config, memory_hint="ask for a smaller configuration")
 
     p = sub.add_parser("gen", help="generate Verilog and a manifest for a configuration")
     _add_config_options(p)
     p.add_argument("-o", "--output", default="out/rtl", help="output folder (default: out/rtl)")
     p.add_argument("--lint", action="store_true", help="check with Icarus Verilog and verilator --lint-only")
     p.add_argument("--synth", action="store_true", help="generic-gate synthesis with Yosys: cells and area per module")
-    p.set_defaults(func=cmd_gen)
+    p.set_defaults(func=cmd_gen, memory_hint="ask for a smaller configuration (fewer lanes, a smaller max_keys)")
 
     p = sub.add_parser("sim", help="simulate the generated Verilog under cocotb, checked against the golden model")
     _add_config_options(p)
@@ -209,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", default="build/sim", help="build folder, shared by runs (default: build/sim)")
     p.add_argument("-o", "--output", default="out/sim/summary.json", help="summary JSON (default: out/sim/summary.json)")
     p.add_argument("--quiet", action="store_true", help="no progress")
-    p.set_defaults(func=cmd_sim)
+    p.set_defaults(func=cmd_sim, memory_hint="ask for fewer --rows or a smaller configuration")
 
     p = sub.add_parser("power", help="toggle activity, silent ratio and energy from VCDs (of the HPU, or any design)")
     p.add_argument("vcd", metavar="GATED.vcd", help="dump of the gated run (or of any design)")
@@ -224,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-scope", help="dotted VCD scope of the HPU (found from the manifest by default)")
     p.add_argument("--window", type=_positive, default=64, help="cycles per activity window")
     p.add_argument("-o", "--output", default="out/power", help="report folder")
-    p.set_defaults(func=cmd_power)
+    p.set_defaults(func=cmd_power, memory_hint="analyze a shorter dump (fewer rows in `hpu sim`) or pass a "
+                                                "larger --window")
 
     from power.calibrate import UNITS, WORKLOADS
 
@@ -232,40 +241,43 @@ def build_parser() -> argparse.ArgumentParser:
                                          "SDF delays): an energy table for `hpu power --energy`")
     _add_config_options(p, default="configs/small.toml")
     p.add_argument("--units", nargs="+", default=["lane", "gate", "normalizer", "fetch", "ingest"], choices=list(UNITS),
+                   action=_Distinct,
                    help="units to calibrate: " + ", ".join(f"{k} ({v[0]})" for k, v in UNITS.items()))
-    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS),
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), action=_Distinct,
                    help="workload classes, at least 3, each held out in turn (default: every class whose rows "
                         "the configuration holds)")
     p.add_argument("--rows", type=_positive, default=8, help="rows per workload class (default: 8)")
     p.add_argument("--work", default="build/calibrate", help="folder for the RTL runs, netlists and replays")
     p.add_argument("-o", "--output", default="out/calibrate",
                    help="folder for energy.toml, calibration.json, .png and .md (default: out/calibrate)")
-    p.set_defaults(func=cmd_calibrate)
+    p.set_defaults(func=cmd_calibrate, memory_hint="ask for fewer --rows, --units or --workloads")
 
     p = sub.add_parser("crosscheck", help="golden model vs the Verilog under cocotb vs the Triton exact kernel")
     _add_config_options(p)
-    p.add_argument("--source", nargs="+", default=["random", "adversarial", "minilm"], metavar="SOURCE",
+    p.add_argument("--source", nargs="+", default=["random", "adversarial", "minilm"], metavar="SOURCE", action=_Distinct,
                    help=f"stimulus sources: {', '.join(SOURCES)} or attention files")
-    p.add_argument("--modes", nargs="+", default=["dense", "topk", "mass"], choices=MODES, help="gate modes to check")
+    p.add_argument("--modes", nargs="+", default=["dense", "topk", "mass"], choices=MODES, action=_Distinct,
+                   help="gate modes to check")
     p.add_argument("--rows", type=_positive, default=8, help="rows per source and mode (and blocks of router logits per source, with a router)")
     p.add_argument("--seed", type=int, default=1, help="stimulus seed (default: 1)")
     p.add_argument("--sim", choices=SIMULATORS, default="icarus", help="simulator (default: icarus)")
     p.add_argument("--build", default="build/sim", help="build folder")
     p.add_argument("-o", "--output", default="out/crosscheck", help="report folder")
-    p.set_defaults(func=cmd_crosscheck)
+    p.set_defaults(func=cmd_crosscheck, memory_hint="ask for fewer --rows or sources, or a smaller configuration")
 
     p = sub.add_parser("quality", help="gate quality on all-MiniLM-L6-v2 (float and fixed point)")
     _add_config_options(p, default="configs/minilm.toml")
-    p.add_argument("--permeability", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
+    p.add_argument("--permeability", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0], action=_Distinct,
                    help="permeabilities to sweep")
-    p.add_argument("--mass-target", type=float, nargs="+", default=[0.8, 0.9, 0.95],
+    p.add_argument("--mass-target", type=float, nargs="+", default=[0.8, 0.9, 0.95], action=_Distinct,
                    help="mass targets to sweep")
-    p.add_argument("--route-fraction", type=float, nargs="*", default=[0.2, 0.5, 0.8],
+    p.add_argument("--route-fraction", type=float, nargs="*", default=[0.2, 0.5, 0.8], action=_Distinct,
                    help="token routing: fractions of queries routed, each alone and with the configuration's gate "
                         "(none: no routing)")
     p.add_argument("-o", "--output", default="out/quality", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_quality)
+    p.set_defaults(func=cmd_quality, memory_hint="free memory for the MiniLM model and its traces of the "
+                                                  "built-in texts")
     return parser
 
 
@@ -282,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print("hpu: interrupted; this run's outputs were not written (earlier ones were removed)", file=sys.stderr)
         return 130
     except MemoryError:
-        print("hpu: out of memory: ask for fewer rows or a smaller configuration (hpu -E shows where)",
-              file=sys.stderr)
+        print(f"hpu: out of memory: {args.memory_hint} (hpu -E shows where)", file=sys.stderr)
         return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

@@ -3,7 +3,9 @@
 Every output is written under a temporary name in its own folder and renamed when complete, so an
 interrupted run never leaves a file that could pass for a whole one. An output folder belongs to one
 run at a time (`claim`): a second run that names the same folder is refused instead of mixing its
-files with the first run's. Inputs are parsed as JSON or TOML only (never pickle, never eval), and a
+files with the first run's, and every output the run may write (the names its writers declare) is
+removed when it starts, so a failed or interrupted run leaves none of an earlier run's outputs beside
+its own. Inputs are parsed as JSON or TOML only (never pickle, never eval), and a
 file that is missing, unreadable, not text or of the wrong shape is refused with one line naming it.
 """
 
@@ -15,10 +17,11 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from hpu.errors import HPUError, InputError
 
@@ -64,12 +67,14 @@ def output_file(path: str | Path, what: str = "output file", suffix: str | None 
 def staged(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path`; renamed to `path` when the block completes, removed otherwise."""
     path = Path(path)
+    # mkstemp creates a fresh name (O_EXCL) that nobody can have planted a link at; its mode is set
+    # through the descriptor, not by name.
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.fchmod(fd, 0o644)
     os.close(fd)
     temp = Path(name)
     try:
         yield temp
-        os.chmod(temp, 0o644)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
@@ -88,44 +93,73 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_json(path: str | Path, value) -> Path:
-    return write_text(path, json.dumps(value, indent=2) + "\n")
+    """Strict JSON: a NaN or infinity is a bug, refused here rather than written as a token no JSON reader accepts."""
+    return write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+
+
+def _open_lock(folder: Path) -> int:
+    """The folder's lock file, created if need be, never through a link: a link planted at its name
+    would have the run truncate and write whatever it points to."""
+    path = folder / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(f"{path} is a symbolic link, not an hpu lock file: remove it, or choose another "
+                              "folder") from None
+        raise OutputError(f"cannot open the lock file {path}: {_reason(exc)}; choose another folder") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise OutputError(f"{path} is not an hpu lock file of yours (a regular file you own, with no other "
+                          "links): remove it, or choose another folder")
+    return fd
+
+
+def _clear(folder: Path, outputs: Iterable[str]) -> None:
+    """Remove what an earlier run left under the names (glob patterns) this run may write; a link is
+    removed, never followed."""
+    for pattern in outputs:
+        for path in folder.glob(pattern):
+            if path.is_symlink() or not path.is_dir():
+                path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def claim(folder: str | Path, what: str = "output folder") -> Iterator[Path]:
-    """Hold `folder` for this run: another run claiming it meanwhile is refused, not interleaved."""
+def claim(folder: str | Path, what: str = "output folder", outputs: Iterable[str] = ()) -> Iterator[Path]:
+    """Hold `folder` for this run: another run claiming it meanwhile is refused, not interleaved.
+
+    `outputs` are the names (glob patterns) of every file the run may write there, from the same
+    constants its writers use: what an earlier run left under them is removed before the run starts."""
     folder = output_folder(folder, what)
-    lock_path = folder / LOCK_NAME
-    with open(lock_path, "a+") as lock:
+    fd = _open_lock(folder)
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise OutputError(f"{what} {folder} is in use by another hpu run (pid {holder}): "
                               "wait for it to finish or choose another folder") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        try:
-            yield folder
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _clear(folder, outputs)
+        yield folder
+    finally:
+        os.close(fd)   # closing releases the lock
 
 
 @contextlib.contextmanager
 def shared_lock(folder: str | Path) -> Iterator[None]:
     """Wait for, then hold, `folder`'s lock: for caches that concurrent runs share (build folders)."""
     folder = output_folder(folder, "build folder")
-    with open(folder / LOCK_NAME, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    fd = _open_lock(folder)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path, what: str, hint: str) -> str:

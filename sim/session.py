@@ -8,6 +8,7 @@ summary beside new dumps), each dump appears only when its run is whole, and the
 from __future__ import annotations
 
 import contextlib
+import glob
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,11 +53,12 @@ def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: 
     outputs.check()
     chosen = rows_from(source, cfg, rows, options.seed)
     blocks = routing_blocks(cfg, rows, options.seed) if cfg.route_block else []
+    files = outputs.files(dense_baseline)
     with contextlib.ExitStack() as stack:
-        for folder in sorted({p.parent.resolve() for p in outputs.files(dense_baseline)}):
-            stack.enter_context(claim(folder))
-        for path in outputs.files(dense_baseline):
-            path.unlink(missing_ok=True)
+        for folder in sorted({p.parent.resolve() for p in files}):
+            # The user names these files: their names are matched literally, never as patterns.
+            stack.enter_context(claim(folder, outputs=[glob.escape(p.name) for p in files
+                                                       if p.parent.resolve() == folder]))
         gated = replace(options, vcd=_str(outputs.vcd))
         runs = [("gated", make_routed_job(cfg, chosen, source, gated, blocks) if blocks
                  else make_job(cfg, chosen, source, gated))]
