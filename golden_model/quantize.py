@@ -8,6 +8,7 @@ import torch
 
 from golden_model.contract import signed_range
 from hpu.config import HPUConfig
+from hpu.errors import InputError
 
 
 def quantize_scores(scores: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
@@ -16,10 +17,18 @@ def quantize_scores(scores: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
     return torch.clamp(torch.round(scores.double() * (1 << cfg.score_frac)), low, high).to(torch.int64)
 
 
-def symmetric_scale(x: torch.Tensor, bits: int, dim) -> torch.Tensor:
+def symmetric_scale(x: torch.Tensor, bits: int, dim, what: str = "values") -> torch.Tensor:
     """One scale per slice of `x` over `dim` (kept): the largest |x| maps to the top code of `bits`."""
+    top = (1 << (bits - 1)) - 1
     peak = x.detach().abs().amax(dim=dim, keepdim=True).double()
-    return torch.where(peak > 0, peak / ((1 << (bits - 1)) - 1), torch.ones_like(peak))
+    # Below float64's smallest normal number a scale loses its precision, and underflows to 0 (x / 0
+    # would then make NaN codes): such tiny slices are refused, not quantized wrong.
+    tiny = (peak > 0) & (peak < top * torch.finfo(torch.float64).tiny)
+    if tiny.any():
+        raise InputError(f"{what} too small to quantize: a set's largest magnitude is {float(peak[tiny].max()):.3g}, "
+                         f"below the {top * torch.finfo(torch.float64).tiny:.3g} its scale needs ({top} x float64's "
+                         f"smallest normal number); multiply the {what} by a power of two (e.g. 2**600) first")
+    return torch.where(peak > 0, peak / top, torch.ones_like(peak))
 
 
 def value_scale(values: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
@@ -44,7 +53,7 @@ def quantize_logits(logits: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
     """Float router logits (..., T) -> signed route_bits integers, symmetric per sequence: the largest
     |logit| maps to the top code (the order, all the router needs, survives up to rounding ties)."""
     low, high = signed_range(cfg.route_bits)
-    scaled = torch.round(logits.double() / symmetric_scale(logits, cfg.route_bits, -1))
+    scaled = torch.round(logits.double() / symmetric_scale(logits, cfg.route_bits, -1, "router logits"))
     return torch.clamp(scaled, low, high).to(torch.int64)
 
 

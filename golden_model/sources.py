@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import pickle
 import random
+import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -100,51 +104,201 @@ def _passages(model, texts: list[str], cfg: HPUConfig, rng: random.Random) -> li
     return passages
 
 
+# Attention files are read whole into memory and their scores and values converted to float64: this
+# bounds the elements a file may hold (2 GiB as float64), checked before any data is read, so a small
+# compressed archive cannot ask for more memory than a workstation has.
+MAX_FILE_ELEMENTS = 1 << 28
+ARRAY_KINDS = {"scores": "float", "values": "float", "lengths": "int"}
+
+
 def file_rows(path: Path, cfg: HPUConfig, count: int, rng: random.Random) -> list[Row]:
     """Rows from attention a user exported (docs/ARCHITECTURE.md, "Workloads"): an .npz (numpy,
-    no pickle) or .pt (torch, weights only) holding float ``scores`` (..., Q, N) = q.k / sqrt(d),
-    ``values`` (..., N, D) and optionally ``lengths`` (..., Q), leading axes (layers, heads) alike."""
+    no pickle) or .pt (torch's zip format, weights only) holding float ``scores`` (..., Q, N) =
+    q.k / sqrt(d), ``values`` (..., N, D) and optionally integer ``lengths`` (..., Q), leading axes
+    (layers, heads) alike.
+
+    Every array's kind, layout and shape is checked, and the elements counted against
+    MAX_FILE_ELEMENTS, before any of its data is read or used."""
     what = f"attention file {path}"
     try:
-        if path.suffix == ".npz":
-            import numpy as np
+        arrays = _npz_arrays(path, what) if path.suffix == ".npz" else _pt_arrays(path, what)
+        return _file_rows(arrays, what, cfg, count, rng)
+    except (MemoryError, RuntimeError) as exc:
+        # torch reports a failed allocation as a RuntimeError; anything else is a bug to see whole.
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc) and "memory" not in str(exc):
+            raise
+        raise InputError(f"{what}: out of memory while reading it: free memory, or export fewer layers, "
+                         "heads or tokens") from None
 
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: torch.from_numpy(data[k]) for k in data.files}
-        else:
-            arrays = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{what} does not exist") from None
-    except Exception as exc:   # a corrupt archive: name it, never run it
-        raise InputError(f"{what} cannot be read as {path.suffix}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(arrays, dict) or not {"scores", "values"} <= set(arrays):
-        raise InputError(f"{what} must hold arrays `scores` and `values` (and optionally `lengths`)")
+
+def _file_rows(arrays: dict[str, torch.Tensor], what: str, cfg: HPUConfig, count: int,
+               rng: random.Random) -> list[Row]:
     scores, values = arrays["scores"], arrays["values"]
-    if not (torch.is_tensor(scores) and torch.is_tensor(values)) or scores.dim() < 2 or values.dim() < 2 \
-            or scores.shape[:-2] != values.shape[:-2] or scores.shape[-1] != values.shape[-2]:
-        raise InputError(f"{what}: scores {tuple(getattr(scores, 'shape', ()))} and values "
-                         f"{tuple(getattr(values, 'shape', ()))} must be (..., Q, N) and (..., N, D) with the same "
-                         "leading axes and N")
-    if not (scores.is_floating_point() and values.is_floating_point()):
-        raise InputError(f"{what}: scores and values must be floating point (they are quantized here)")
     lead = scores.shape[:-2]
     scores = scores.reshape(-1, *scores.shape[-2:]).double()
     values = values.reshape(-1, *values.shape[-2:]).double()
     lengths = arrays.get("lengths")
     if lengths is None:
         lengths = torch.full(scores.shape[:2], scores.shape[-1])
-    elif tuple(lengths.shape) != tuple(lead) + (scores.shape[1],) or lengths.is_floating_point() \
-            or int(lengths.min()) < 1 or int(lengths.max()) > scores.shape[-1]:
-        raise InputError(f"{what}: lengths must be integers in 1..N of shape (..., Q) = "
-                         f"{tuple(lead) + (scores.shape[1],)}")
     else:
-        lengths = lengths.reshape(scores.shape[:2])
+        # Unsigned lengths of 2**63 or more wrap to negative here, and are refused with the others.
+        lengths = lengths.to(torch.int64).reshape(scores.shape[:2])
+        if int(lengths.min()) < 1 or int(lengths.max()) > scores.shape[-1]:
+            raise InputError(f"{what}: lengths must be integers in 1..N = 1..{scores.shape[-1]} of shape "
+                             f"(..., Q) = {tuple(lead) + (scores.shape[1],)}")
     if not torch.isfinite(values).all():
         raise InputError(f"{what}: values hold NaN or infinity")
     admissible = torch.arange(scores.shape[-1]) < lengths[..., None]
-    if not torch.isfinite(scores[admissible]).all():
+    if not (torch.isfinite(scores) | ~admissible).all():
         raise InputError(f"{what}: scores of admissible keys hold NaN or infinity")
-    return head_rows(scores, values, lengths, cfg, count, rng)
+    try:
+        return head_rows(scores, values, lengths, cfg, count, rng)
+    except InputError as exc:   # values the quantizer cannot take: name the file
+        raise InputError(f"{what}: {exc}") from None
+
+
+def _check_kinds(what: str, kinds: dict[str, str]) -> None:
+    """Which arrays there are and what they hold ("float", "int" or a phrase naming what else)."""
+    if not {"scores", "values"} <= kinds.keys():
+        raise InputError(f"{what} must hold arrays `scores` and `values` (and optionally `lengths`)")
+    for name, kind in kinds.items():
+        if kind != ARRAY_KINDS[name]:
+            rule = ("scores and values must be floating point (they are quantized here)"
+                    if ARRAY_KINDS[name] == "float" else "lengths must be integers")
+            raise InputError(f"{what}: `{name}` is {kind}; {rule}")
+
+
+def _check_shapes(what: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every axis of every array, and the elements in all, before any data is read or used."""
+    scores, values = shapes["scores"], shapes["values"]
+    if len(scores) < 2 or len(values) < 2 or scores[:-2] != values[:-2] or scores[-1] != values[-2]:
+        raise InputError(f"{what}: scores {scores} and values {values} must be (..., Q, N) and (..., N, D) with "
+                         "the same leading axes and N")
+    if "lengths" in shapes and shapes["lengths"] != scores[:-1]:
+        raise InputError(f"{what}: lengths {shapes['lengths']} must have the shape (..., Q) = {scores[:-1]}")
+    for name, shape in shapes.items():
+        if 0 in shape:
+            raise InputError(f"{what}: {name} {shape} has an empty axis: every axis must hold at least one element")
+    elements = sum(math.prod(shape) for shape in shapes.values())
+    if elements > MAX_FILE_ELEMENTS:
+        raise InputError(f"{what} holds {elements:,} array elements, beyond the {MAX_FILE_ELEMENTS:,} read at once "
+                         "(2 GiB as float64): export fewer layers, heads or tokens")
+
+
+def _file_kind(path: Path, what: str) -> str:
+    """What the file really is, from its first bytes: "npz", "pt", or a phrase naming something else."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except FileNotFoundError:
+        raise InputError(f"{what} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} is a folder, not a file") from None
+    except OSError as exc:
+        raise InputError(f"{what} cannot be read: {exc.strerror}") from None
+    if magic.startswith(b"\x93NUMPY"):
+        return "a single numpy array (.npy), not an archive of named arrays: save it with numpy.savez"
+    if magic.startswith(b"\x80"):
+        return ("a pickle of Python objects (plain pickle, or torch.save before PyTorch 1.6), which is never "
+                "loaded: save the tensors with torch.save (PyTorch 1.6 or newer) or the arrays with numpy.savez")
+    if magic.startswith(b"\x1f\x8b"):
+        return "gzip-compressed: gunzip it first"
+    if not magic.startswith(b"PK"):
+        return "neither a numpy .npz nor a torch .pt file (no zip archive)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"a damaged zip archive ({exc}): export it again"
+    if any(name.endswith("/data.pkl") for name in names):
+        return "pt"
+    if any(name.endswith(".npy") for name in names):
+        return "npz"
+    return "a zip archive of neither numpy arrays nor torch tensors"
+
+
+def _npz_arrays(path: Path, what: str) -> dict[str, torch.Tensor]:
+    import numpy as np
+    from numpy.lib import format as npy
+
+    kind = _file_kind(path, what)
+    if kind != "npz":
+        raise InputError(f"{what} is {'a torch .pt file: name it .pt' if kind == 'pt' else kind}")
+    kinds, shapes, arrays = {}, {}, {}
+    headers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [name for name in ARRAY_KINDS if f"{name}.npy" in archive.namelist()]
+            for name in members:
+                with archive.open(f"{name}.npy") as f:
+                    version = npy.read_magic(f)
+                    if version not in headers:
+                        raise InputError(f"{what}: `{name}` is a .npy of format {version}: save it with numpy.savez")
+                    shapes[name], _, dtype = headers[version](f)
+                if dtype.hasobject:
+                    raise InputError(f"{what} cannot be read as .npz: `{name}` holds Python objects (a pickle), "
+                                     "which are never loaded: save numeric arrays")
+                kinds[name] = ("float" if dtype.kind == "f" and dtype.itemsize <= 8 else
+                               "int" if dtype.kind in "iu" else f"of dtype {dtype}")
+            _check_kinds(what, kinds)
+            _check_shapes(what, shapes)
+            for name in members:
+                with archive.open(f"{name}.npy") as f:
+                    data = npy.read_array(f, allow_pickle=False)
+                # Big-endian arrays (written on another machine) are converted, not refused.
+                arrays[name] = torch.from_numpy(data.astype(data.dtype.newbyteorder("="), copy=False))
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error, OSError) as exc:
+        raise InputError(f"{what} cannot be read as .npz (damaged: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}): export it again") from None
+    return arrays
+
+
+def _torch_kind(x) -> str:
+    if not torch.is_tensor(x):
+        return f"a Python {type(x).__name__}, not a tensor"
+    if x.dtype.is_floating_point:
+        return "float"
+    return "int" if not (x.dtype.is_complex or x.is_quantized or x.dtype == torch.bool) else f"of dtype {x.dtype}"
+
+
+def _storage_problem(x) -> str | None:
+    """Why a tensor's data cannot be read as a plain array (sparse, nested, meta ...), or None."""
+    if not torch.is_tensor(x):
+        return None
+    if x.is_nested or x.layout != torch.strided:
+        return f"a {'nested' if x.is_nested else str(x.layout).removeprefix('torch.')} tensor: save it dense"
+    if x.device.type != "cpu":
+        return f"a tensor on device {x.device.type}, which holds no data here: save it from .cpu()"
+    return None
+
+
+def _pt_arrays(path: Path, what: str) -> dict[str, torch.Tensor]:
+    kind = _file_kind(path, what)
+    if kind != "pt":
+        raise InputError(f"{what} is {'a numpy .npz file: name it .npz' if kind == 'npz' else kind}")
+    try:
+        # Mapped, not read: only the arrays used are ever paged in, after their sizes are checked.
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the file's code: never.
+        raise InputError(f"{what} holds pickled Python objects beside its tensors, which are never loaded: "
+                         "save a dict of tensors only (torch.save({'scores': ..., 'values': ...}), or "
+                         "numpy.savez)") from None
+    except Exception as exc:   # a damaged archive: name it, never run it
+        raise InputError(f"{what} cannot be read as .pt (damaged: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}): export it again") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"{what} must hold arrays `scores` and `values` (and optionally `lengths`) in a dict; "
+                         f"it holds a {type(loaded).__name__}")
+    arrays = {name: loaded[name] for name in ARRAY_KINDS if name in loaded}
+    for name, x in arrays.items():
+        if problem := _storage_problem(x):
+            raise InputError(f"{what}: `{name}` is {problem}")
+    _check_kinds(what, {name: _torch_kind(x) for name, x in arrays.items()})
+    _check_shapes(what, {name: tuple(x.shape) for name, x in arrays.items()})
+    return arrays
 
 
 def rows_from(source: str, cfg: HPUConfig, count: int, seed: int) -> list[Row]:
