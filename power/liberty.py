@@ -15,6 +15,7 @@ indices, as STA tools do.
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,11 @@ def parse(text: str, path: Path | str = "<liberty>") -> Group:
         pos += 1
         return word
 
+    def peek() -> str:
+        if pos >= len(tokens):
+            fail("the file ends inside a statement: truncated?")
+        return tokens[pos][0]
+
     def value(word: str) -> str:
         return word[1:-1] if word.startswith('"') else word
 
@@ -80,18 +86,18 @@ def parse(text: str, path: Path | str = "<liberty>") -> Group:
                 take("}")
                 return group
             name, line = take(), tokens[pos - 1][1]
-            if tokens[pos][0] == ":":
+            if peek() == ":":
                 take(":")
                 words = []
-                while tokens[pos][0] not in (";", "}") and tokens[pos][1] == line:
+                while peek() not in (";", "}") and tokens[pos][1] == line:
                     words.append(value(take()))
-                if tokens[pos][0] == ";":
+                if peek() == ";":
                     take(";")
                 group.attrs[name] = " ".join(words)
-            elif tokens[pos][0] == "(":
+            elif peek() == "(":
                 take("(")
                 args = []
-                while tokens[pos][0] != ")":
+                while peek() != ")":
                     word = take()
                     if word != ",":
                         args.append(value(word))
@@ -113,7 +119,7 @@ def parse(text: str, path: Path | str = "<liberty>") -> Group:
         fail(f"expected `library`, found {name[:40]!r}")
     take("(")
     args = []
-    while tokens[pos][0] != ")":
+    while peek() != ")":
         args.append(value(take()))
     take(")")
     take("{")
@@ -196,18 +202,38 @@ _VARIABLE_UNIT = {"total_output_net_capacitance": "cap", "input_net_transition":
                   "constrained_pin_transition": "time"}
 
 
+def _number(path, group: Group, what: str, raw) -> float:
+    """One finite number of the library, or a LibertyError naming where and what."""
+    try:
+        number = float(raw)
+    except (TypeError, ValueError):
+        raise LibertyError(path, group.line, f"{what} {raw!r} is not a number") from None
+    if not math.isfinite(number):
+        raise LibertyError(path, group.line, f"{what} {raw!r} is not a finite number")
+    return number
+
+
+def _numbers(path, group: Group, what: str, raw) -> list[float]:
+    """The numbers of a complex attribute: ("0.1, 0.2", "0.3") -> [0.1, 0.2, 0.3]."""
+    if not isinstance(raw, list):
+        raise LibertyError(path, group.line, f"{what} must be a list (\"n, n, ...\")")
+    return [_number(path, group, what, x) for x in ",".join(raw).split(",") if x.strip()]
+
+
 def _unit(path, group: Group, name: str, default: str) -> float:
     raw = group.attrs.get(name, default)
     if isinstance(raw, list):   # capacitive_load_unit (1, pf)
-        number, unit = float(raw[0]), raw[1]
+        if len(raw) != 2:
+            raise LibertyError(path, group.line, f"{name} {raw!r} is not (number, unit)")
+        number, unit = _number(path, group, name, raw[0]), raw[1]
     else:
         m = _UNIT.fullmatch(str(raw))
         if not m:
             raise LibertyError(path, group.line, f"{name} {raw!r} is not a number and a unit")
-        number, unit = float(m.group(1) or 1), m.group(2)
+        number, unit = _number(path, group, name, m.group(1) or 1), m.group(2)
     unit = unit.lower()
     # A prefix and one of the base units: s(econd), f(arad), w(att), v(olt), a(mpere).
-    if unit[-1] not in "sfwva" or unit[:-1] not in _SCALE:
+    if not unit or unit[-1] not in "sfwva" or unit[:-1] not in _SCALE:
         raise LibertyError(path, group.line, f"{name} {raw!r}: unknown unit {unit!r}")
     return number * _SCALE[unit[:-1]]
 
@@ -222,7 +248,7 @@ def load(path: Path | str) -> Library:
     lib = parse(text, path)
     units = {"time": _unit(path, lib, "time_unit", "1ns"), "cap": _unit(path, lib, "capacitive_load_unit", "1pf"),
              "leakage": _unit(path, lib, "leakage_power_unit", "1nW")}
-    voltage = float(lib.attrs.get("nom_voltage", 0) or 0)
+    voltage = _number(path, lib, "nom_voltage", lib.attrs.get("nom_voltage") or 0)
     if voltage <= 0:
         raise LibertyError(path, lib.line, "no nom_voltage: the switching energy 1/2 C V^2 needs the supply voltage")
     # Internal power tables hold energy in capacitance x voltage^2 units (pF x V^2 = pJ).
@@ -240,26 +266,41 @@ def load(path: Path | str) -> Library:
             raw = g.attrs.get(f"index_{k}") or (template.attrs.get(f"index_{k}") if template is not None else None)
             if not raw or var not in _VARIABLE_UNIT:
                 raise LibertyError(path, g.line, f"table {g.kind} has no index_{k} or an unknown variable {var!r}")
-            indices.append(np.array([float(x) for x in ",".join(raw).split(",") if x.strip()]) * units[_VARIABLE_UNIT[var]])
-        rows = [[float(x) for x in row.split(",") if x.strip()] for row in g.attrs.get("values", [])]
-        values = np.array(rows, float) * scale
+            index = np.array(_numbers(path, g, f"index_{k}", raw))
+            if not (np.diff(index) > 0).all():
+                raise LibertyError(path, g.line, f"table {g.kind}: index_{k} must increase")
+            indices.append(index * units[_VARIABLE_UNIT[var]])
+        values = g.attrs.get("values", [])
+        if not isinstance(values, list):
+            raise LibertyError(path, g.line, f"table {g.kind}: values must be a list (\"n, n, ...\", ...)")
+        rows = [_numbers(path, g, "values", [row]) for row in values]
         shape = tuple(len(i) for i in indices)
-        if values.size != int(np.prod(shape)) or not names:
-            raise LibertyError(path, g.line, f"table {g.kind} has {values.size} values for indices of sizes {shape}")
-        return Table(tuple(names), tuple(indices), values.reshape(shape))
+        size = sum(len(row) for row in rows)
+        if size != math.prod(shape) or not names or (len(shape) == 2 and {len(row) for row in rows} != {shape[1]}):
+            raise LibertyError(path, g.line, f"table {g.kind} has values in rows of {[len(row) for row in rows]} "
+                                             f"for indices of sizes {shape}")
+        return Table(tuple(names), tuple(indices), np.array([x for row in rows for x in row]).reshape(shape) * scale)
 
     def first(g: Group, kind: str) -> Group | None:
         found = g.all(kind)
         return found[0] if found else None
 
+    def number(g: Group, name: str, default: float = 0.0) -> float:
+        return _number(path, g, f"{g.kind} {name}", g.attrs.get(name, default) or default)
+
+    def named(g: Group) -> str:
+        if not g.args:
+            raise LibertyError(path, g.line, f"a {g.kind} group without a name")
+        return g.args[0]
+
     cells = {}
     for c in lib.all("cell"):
         pins = {}
         for p in c.all("pin"):
-            cap = float(p.attrs.get("capacitance", 0) or 0)
-            pin = Pin(p.args[0], str(p.attrs.get("direction", "")),
-                      float(p.attrs.get("rise_capacitance", cap)) * units["cap"],
-                      float(p.attrs.get("fall_capacitance", cap)) * units["cap"],
+            cap = number(p, "capacitance")
+            pin = Pin(named(p), str(p.attrs.get("direction", "")),
+                      number(p, "rise_capacitance", cap) * units["cap"],
+                      number(p, "fall_capacitance", cap) * units["cap"],
                       p.attrs.get("function"), str(p.attrs.get("clock", "false")) == "true")
             for t in p.all("timing"):
                 pin.transitions.append(Arc(str(t.attrs.get("related_pin", "")),
@@ -270,9 +311,8 @@ def load(path: Path | str) -> Library:
                                      table(first(w, "rise_power"), units["energy"]),
                                      table(first(w, "fall_power"), units["energy"])))
             pins[pin.name] = pin
-        cells[c.args[0]] = Cell(c.args[0], float(c.attrs.get("area", 0) or 0),
-                                float(c.attrs.get("cell_leakage_power", 0) or 0) * units["leakage"], pins,
-                                bool(c.all("ff") or c.all("latch")))
+        cells[named(c)] = Cell(named(c), number(c, "area"), number(c, "cell_leakage_power") * units["leakage"], pins,
+                               bool(c.all("ff") or c.all("latch")))
     if not cells:
         raise LibertyError(path, lib.line, "no cells")
     return Library(lib.args[0] if lib.args else path.stem, voltage, cells, str(path))
