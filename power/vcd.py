@@ -177,11 +177,31 @@ def _header_tokens(data: bytes) -> Iterator[tuple[bytes, int, int]]:
         yield m.group(), m.start(), m.end()
 
 
+# GTKWave's FST (fstapi.h) opens with a header block: type FST_BL_HDR (0), then its section length,
+# FST_HDRSIZE (329), as a big-endian 64-bit integer.
+_FST_HEADER = b"\x00" + (329).to_bytes(8, "big")
+
+
+def _not_vcd(head: bytes) -> str | None:
+    """What a file is, from its first bytes, when it is certainly not VCD text; None otherwise."""
+    if head.startswith(b"\x1f\x8b"):
+        return "the file is gzip-compressed: gunzip it first"
+    if head.startswith(_FST_HEADER):
+        return ("the file is an FST file, not VCD: name it .fst and convert it with GTKWave's fst2vcd "
+                "(fst2vcd X.fst -o X.vcd), or have the simulator dump VCD")
+    if b"\x00" in head:
+        return "the file is binary, not VCD text"
+    return None
+
+
 def read_header(path: Path | str) -> Header:
     """Parse the definitions up to `$enddefinitions $end`."""
     path = Path(path)
     data = b""
     with open(path, "rb") as f:
+        if problem := _not_vcd(f.read(64)):
+            raise VcdError(path, None, problem)
+        f.seek(0)
         while b"$enddefinitions" not in data:
             more = f.read(CHUNK_BYTES)
             if not more:
