@@ -249,10 +249,10 @@ class HPUConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "HPUConfig":
-        """A configuration file: an ``[hpu]`` table of fields (or the fields at the top level)."""
-        path = Path(path)
+        """A configuration file (`resolve`): an ``[hpu]`` table of fields (or the fields at the top level)."""
+        path = resolve(path)
         try:
-            data = read_toml(path, "configuration file", "pass a TOML file such as configs/default.toml")
+            data = read_toml(path, "configuration file")
         except InputError as exc:
             raise ConfigError(str(exc)) from None
         if not data:
@@ -284,6 +284,29 @@ class HPUConfig:
     @classmethod
     def describe(cls) -> str:
         return "\n".join(f"{f.name:13} {f.metadata['doc']}" for f in fields(cls))
+
+
+# The configurations the toolkit ships: `configs/` in the repository, installed as package data
+# through the link hpu/configs, so that a name finds them from any working folder.
+SHIPPED = Path(__file__).parent / "configs"
+
+
+def shipped_names() -> list[str]:
+    """Every shipped configuration's name: its path under configs/ without `.toml` (e.g. `train/...`)."""
+    return sorted(p.relative_to(SHIPPED).with_suffix("").as_posix() for p in SHIPPED.rglob("*.toml"))
+
+
+def resolve(path: str | Path) -> Path:
+    """The file a ``--config`` names: the path itself when it exists, else the shipped configuration it
+    names (`default`, `default.toml` and `configs/default.toml` all name configs/default.toml)."""
+    path = Path(path)
+    if path.exists():
+        return path
+    name = path.as_posix().removeprefix("configs/").removesuffix(".toml")
+    if name in shipped_names():
+        return SHIPPED / f"{name}.toml"
+    raise ConfigError(f"configuration file {path} does not exist: pass a TOML file or the name of a shipped "
+                      f"configuration ({', '.join(shipped_names())})")
 
 
 def parse_overrides(assignments: list[str]) -> dict:
