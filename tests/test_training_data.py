@@ -1,5 +1,6 @@
 """The training data pipeline on a small folder of text the test writes itself (no Debian sources)."""
 
+import io
 import json
 import random
 import tarfile
@@ -161,6 +162,28 @@ def test_no_half_written_cache_is_used(folder, tmp_path):
 def test_bad_values_are_refused_in_one_line(field, value, rule):
     with pytest.raises(ConfigError, match=rf"^illegal data configuration: {field} = {value!r}: {rule}"):
         DataConfig(**{field: value})
+
+
+def test_unknown_field_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^illegal data configuration: unknown field\(s\) vocab; known fields are "
+                                          r"cache, max_file_bytes, source, "):
+        DataConfig.from_dict({"vocab": 1000})
+    assert DataConfig.from_dict({"vocab_size": 1000}).vocab_size == 1000
+
+
+def test_damaged_pack_is_refused_in_one_line(folder, tmp_path):
+    cfg = small(folder, tmp_path / "here")
+    good = pack(cfg, tmp_path / "good.tar.xz", progress=False)
+    bad = tmp_path / "bad.tar.xz"
+    with tarfile.open(good) as src, tarfile.open(bad, "w:xz") as out:
+        for member in src:
+            data = src.extractfile(member).read()
+            if member.name == "train.txt":
+                data = data.replace(b"acc", b"ACC", 1)
+            out.addfile(member, io.BytesIO(data))
+    with pytest.raises(InputError, match=r"^data pack .*bad.tar.xz is damaged: .* does not match its hash; copy it again$"):
+        prepare(DataConfig(**(vars(cfg) | {"source": str(bad), "cache": str(tmp_path / "there")})), progress=False)
+    assert not list((tmp_path / "there").glob("*-*"))
 
 
 def test_bad_sources_are_refused_in_one_line(tmp_path):

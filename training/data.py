@@ -76,7 +76,7 @@ TEXT_SUFFIXES = frozenset(
     ".y .l .lds .cocci .dts .dtsi .yaml .yml .toml .cfg .conf .ini .mk .cmake .tc .bpf "
     ".rst .txt .md .tex".split())
 PROSE_SUFFIXES = frozenset(".rst .txt .md .tex".split())
-BATCH_BYTES = 16 << 20  # text handed to one parallel encode_batch call: bounds memory
+BATCH_BYTES = 16 << 20  # text handed to one parallel encode_batch_fast call (no offsets): bounds memory
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,16 @@ class DataConfig:
                 refuse(name, "must be >= 1")
         if not self.source:
             refuse("source", f"must be {BUILTIN!r}, a folder of text files or a pack ({PACK_SUFFIX})")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataConfig":
+        """The ``[data]`` table of a training TOML; refuses an unknown field in one line."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"illegal data configuration: unknown field(s) {', '.join(unknown)}; "
+                              f"known fields are {', '.join(sorted(known))}")
+        return cls(**data)
 
     def settings(self) -> dict:
         """The fields that decide the token streams, whatever the source is and wherever the cache lives."""
@@ -299,6 +309,7 @@ def _staged_folder(path: Path) -> Iterator[Path]:
     temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield temp
+        os.chmod(temp, 0o755)
         os.replace(temp, path)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -310,11 +321,9 @@ def _progress(progress: bool, total: int, desc: str):
 
 def _collect(cfg: DataConfig, folder: Path, progress: bool) -> dict:
     """Write each split's documents in hash order to <split>.txt; returns {split: [[name, bytes, sha1]]}."""
-    arrivals = {split: open(folder / f".{split}.arrival", "wb") for split in SPLITS}
     found = {split: [] for split in SPLITS}
     with contextlib.ExitStack() as stack, _progress(progress, 0, "reading sources") as bar:
-        for f in arrivals.values():
-            stack.enter_context(f)
+        arrivals = {split: stack.enter_context(open(folder / f".{split}.arrival", "wb")) for split in SPLITS}
         for name, data in _documents(cfg):
             split = split_of(name, cfg.val_fraction)
             found[split].append((hashlib.sha1(name.encode()).digest(), name, arrivals[split].tell(), len(data),
@@ -322,19 +331,18 @@ def _collect(cfg: DataConfig, folder: Path, progress: bool) -> dict:
             arrivals[split].write(data)
             bar.update(len(data))
     if not any(found.values()):
-        raise InputError(f"data source {cfg.source} holds no text files (suffixes such as .txt .md .rst .py .c): "
-                         "point source at a folder of text files")
+        raise InputError(f"data source {cfg.source} holds no text files (suffixes such as .txt .md .rst .py .c, "
+                         f"at most max_file_bytes = {cfg.max_file_bytes}): point source at a folder of text files")
     documents = {}
     for split in SPLITS:
-        arrival = folder / f".{split}.arrival"
-        with open(arrival, "rb") as src, open(folder / f"{split}.txt", "wb") as out:
-            view = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) if found[split] else b""
-            for _, _, offset, length, _ in sorted(found[split]):
-                out.write(view[offset:offset + length])
-            if found[split]:
-                view.close()
+        arrival, order = folder / f".{split}.arrival", sorted(found[split])
+        with open(folder / f"{split}.txt", "wb") as out:
+            if order:
+                with open(arrival, "rb") as src, mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                    for _, _, offset, length, _ in order:
+                        out.write(view[offset:offset + length])
         arrival.unlink()
-        documents[split] = [[name, length, digest] for _, name, _, length, digest in sorted(found[split])]
+        documents[split] = [[name, length, digest] for _, name, _, length, digest in order]
     return documents
 
 
@@ -384,7 +392,7 @@ def _tokenize(folder: Path, split: str, documents: list, limit: int, progress: b
     total = sum(length for _, length, _ in documents)
     with open(folder / f"{split}.u16", "wb") as out, _progress(progress, total, f"tokenizing {split}") as bar:
         for batch in _batches(_texts(folder / f"{split}.txt", documents)):
-            for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
+            for encoding in tokenizer.encode_batch_fast(batch, add_special_tokens=False):
                 ids = np.concatenate([np.asarray(encoding.ids, dtype=np.uint16), eos]).tobytes()
                 out.write(ids)
                 digest.update(ids)
@@ -412,7 +420,6 @@ def _fingerprint(cfg: DataConfig, documents: dict, tokenizer_sha: str, splits: d
 
 def _unpack(path: Path, folder: Path, progress: bool) -> dict:
     """Copy a pack's members into `folder` (by their fixed names only); returns its manifest."""
-    manifest = None
     with tarfile.open(path, "r|xz") as tar, _progress(progress, 0, "unpacking") as bar:
         for member in tar:
             if member.name not in PACK_MEMBERS or not member.isfile():
