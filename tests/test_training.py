@@ -1,0 +1,277 @@
+"""`training`: the gate as a Hugging Face attention implementation, and the A/B training loop.
+
+The golden model is the specification: the attention's kept sets and outputs are checked against
+`golden_model.reference.mass_gated_attention`, the Triton selection against `golden_model.gate.select`.
+Training runs a tiny Llama on text the test writes itself, on the CPU in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import kernels  # noqa: F401  (chooses Triton's interpreter on a machine without a GPU)
+from golden_model.gate import select as reference_select
+from golden_model.reference import mass_gated_attention
+from hpu.config import ConfigError, HPUConfig
+from training import attention
+from training.config import TrainConfig
+from training.data import DataConfig, prepare
+from training.loop import Ranks, build_model, step_sequences, train
+
+GATES = [HPUConfig(permeability=0.5, mass_target=0.9), HPUConfig(permeability=0.2, mass_target=0.9, k_min=3),
+         HPUConfig(mode="topk", permeability=0.3), HPUConfig(permeability=1.0, mass_target=0.5)]
+
+
+def fake_attention_module(gate: HPUConfig, causal=True):
+    config = types.SimpleNamespace(hpu_gate={name: getattr(gate, name) for name in attention.GATE_FIELDS})
+    return types.SimpleNamespace(config=config, is_causal=causal, training=False)
+
+
+@pytest.mark.parametrize("gate", GATES, ids=lambda g: f"{g.mode}-{g.permeability}-{g.mass_target}-{g.k_min}")
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_equals_float_reference(gate, causal, seed):
+    """Grouped-query heads, causal or not: kept sets equal the reference's, outputs to float64 rounding."""
+    g = torch.Generator().manual_seed(seed)
+    b, heads, kv_heads, n, d = 2, 4, 2, 24, 8
+    q = torch.randn(b, heads, n, d, generator=g, dtype=torch.float64) * 2
+    k = torch.randn(b, kv_heads, n, d, generator=g, dtype=torch.float64) * 2
+    v = torch.randn(b, kv_heads, n, d, generator=g, dtype=torch.float64)
+    k[..., 5, :] = k[..., 3, :]  # exact ties between keys 3 and 5 in every row
+    out, keep = attention.mass_gate_forward(fake_attention_module(gate, causal), q, k, v, None,
+                                            scaling=d ** -0.5, output_attentions=True)
+    rep = lambda x: x.repeat_interleave(heads // kv_heads, dim=1)
+    expected = mass_gated_attention(q.float(), rep(k).float(), rep(v), gate, causal=causal)
+    assert torch.equal(keep, expected.keep)
+    reference = mass_gated_attention(q, rep(k), rep(v), gate, causal=causal)
+    assert torch.allclose(out.transpose(1, 2), reference.out, atol=1e-10, rtol=0)
+
+
+def test_attention_gradients_flow_through_the_kept_softmax(seed):
+    """d out / d (q, k, v) equals dense attention's under the kept set as an additive mask."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 2, 12, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    gate = HPUConfig(permeability=0.25, mass_target=0.8)
+    out, keep = attention.mass_gate_forward(fake_attention_module(gate), q, k, v, None, output_attentions=True)
+    weights = torch.ones_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    scores = (q @ k.transpose(-1, -2)) / 2.0
+    manual = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1) @ v
+    expected = torch.autograd.grad((manual.transpose(1, 2) * weights).sum(), (q, k, v))
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, atol=1e-10)
+    assert keep.sum() < keep.numel() // 2  # the gate really dropped keys
+
+
+def _probs(seed, rows=6, n=40, ties=False, causal=True):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(1, 2, rows, n, generator=g) * 3
+    if ties:
+        scores = torch.round(scores)
+    valid = torch.ones(rows, n, dtype=torch.bool).tril(n - rows) if causal else torch.ones(rows, n, dtype=torch.bool)
+    valid = valid.expand(scores.shape)
+    return torch.softmax(scores.masked_fill(~valid, float("-inf")), -1), valid
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_triton_selection_equals_select(ties, seed):
+    """The sort-free kernel keeps exactly the rule's set: ties by index, k_min, the cap, topk."""
+    from kernels.row_gate import select
+
+    probs, valid = _probs(seed, ties=ties)
+    for gate in GATES:
+        keep, kept = select(probs, valid, gate)
+        want, want_kept = reference_select(probs, valid, gate)
+        assert torch.equal(keep, want), gate
+        assert torch.equal(kept, want_kept)
+
+
+def test_triton_selection_at_full_mass_differs_only_below_rounding(seed):
+    """At mass target 1 the rule keeps keys until the float sum stops growing; the kernel's tree sum
+    and the reference's ordered sum may stop on different negligible keys, never on others."""
+    from kernels.row_gate import select
+
+    probs, valid = _probs(seed, ties=True)
+    gate = HPUConfig(permeability=1.0, mass_target=1.0)
+    keep, _ = select(probs, valid, gate)
+    want, _ = reference_select(probs, valid, gate)
+    n = valid.sum(-1, keepdim=True)
+    negligible = probs <= n * torch.finfo(torch.float32).eps
+    assert torch.equal(keep & ~negligible, want & ~negligible)
+
+
+# -- Hugging Face models --------------------------------------------------------------------------
+
+def tiny_llama(implementation: str, gate: HPUConfig | None = None, kv_heads=2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    attention.register()
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64,
+                         attn_implementation=implementation)
+    if gate is not None:
+        config.hpu_gate = {name: getattr(gate, name) for name in attention.GATE_FIELDS}
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_dense_gate_in_a_llama_equals_sdpa():
+    ids = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(3))
+    dense = tiny_llama("sdpa")(ids).logits
+    gated = tiny_llama(attention.NAME, HPUConfig(mode="dense"))(ids).logits
+    assert torch.allclose(gated, dense, atol=1e-5)
+
+
+def test_gated_llama_generates_with_a_cache():
+    """Decoding one token at a time sees every cached key, as the rule's causal rows do."""
+    model = tiny_llama(attention.NAME, HPUConfig(permeability=0.3))
+    ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(4))
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 11)
+    # Greedy decoding with the cache gives the tokens a full forward pass gives.
+    logits = model(out[:, :-1]).logits
+    assert torch.equal(logits[0, 5:].argmax(-1), out[0, 6:])
+
+
+# -- the training loop ----------------------------------------------------------------------------
+
+TEXT = """The scheduler picks the next task to run on each processor. A task that sleeps gives the
+processor back; a task that wakes is placed on the run queue of the processor it last ran on,
+unless that processor is busy and another is idle. Interrupts are handled first, then softirqs,
+then the task with the earliest deadline. Memory is allocated in pages of four kilobytes.
+"""
+
+
+@pytest.fixture(scope="module")
+def data_config(tmp_path_factory) -> DataConfig:
+    root = tmp_path_factory.mktemp("text")
+    for i in range(40):
+        words = TEXT.split()
+        rng = np.random.default_rng(i)
+        body = " ".join(words[j] for j in rng.permutation(len(words)))
+        (root / ("Documentation" if i % 3 == 0 else "kernel")).mkdir(exist_ok=True)
+        suffix = ".rst" if i % 3 == 0 else ".c"
+        (root / ("Documentation" if i % 3 == 0 else "kernel") / f"f{i}{suffix}").write_text(body * 4)
+    return DataConfig(source=str(root), vocab_size=300, val_fraction=0.3, val_tokens=0,
+                      cache=str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def corpus(data_config):
+    return prepare(data_config, progress=False)
+
+
+def tiny_experiment(data_config, **run) -> TrainConfig:
+    table = {
+        "model": {"hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate_size": 64},
+        "run": {"context": 32, "batch": 4, "micro_batch": 2, "tokens": 4 * 32 * 12, "lr": 3e-3, "min_lr": 3e-4,
+                "warmup_steps": 2, "anneal_steps": 4, "eval_every": 6, "eval_tokens": 256, "log_every": 1,
+                "checkpoint_every": 5, "compile": False, "seeds": [1], **run},
+        "data": dataclasses.asdict(data_config),
+        "arms": {"dense": {"attention": "sdpa"},
+                 "mass50": {"attention": attention.NAME, "permeability": 0.5, "mass_target": 0.9}},
+    }
+    return TrainConfig.from_dict(table)
+
+
+def test_loss_decreases_and_the_run_is_deterministic(data_config, corpus, tmp_path):
+    cfg = tiny_experiment(data_config)
+    arm = cfg.arm("mass50")
+    first = train(cfg, arm, 1, corpus, tmp_path / "a", progress=False, ranks=Ranks())
+    again = train(cfg, arm, 1, corpus, tmp_path / "b", progress=False, ranks=Ranks())
+    losses = [loss for _, _, loss in first["history"]["train"]]
+    assert losses[-1] < losses[0] - 0.5
+    assert first["history"] == again["history"]
+    assert first["final"]["kept_fraction"] < 0.9  # the gate kept a part of the keys
+    # A finished run is read back, not trained again; its checkpoint loads with transformers.
+    assert train(cfg, arm, 1, corpus, tmp_path / "a", progress=False, ranks=Ranks())["history"] == first["history"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "mass50-seed1" / "model",
+                                                 attn_implementation=attention.NAME)
+    assert model.config.hpu_gate["permeability"] == 0.5
+    assert AutoTokenizer.from_pretrained(tmp_path / "a" / "mass50-seed1" / "model")("the task").input_ids
+
+
+def test_arms_differ_only_in_attention(data_config, corpus):
+    cfg = tiny_experiment(data_config)
+    dense, gated = (build_model(cfg, cfg.arm(name), corpus, seed=7) for name in ("dense", "mass50"))
+    assert dense.config._attn_implementation == "sdpa" and gated.config._attn_implementation == attention.NAME
+    a, b = dense.state_dict(), gated.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert np.array_equal(step_sequences(corpus.train, 3, 4, 32), step_sequences(corpus.train, 3, 4, 32))
+
+
+def test_a_run_cut_short_resumes_to_the_same_result(data_config, corpus, tmp_path, monkeypatch):
+    cfg = tiny_experiment(data_config)
+    arm = cfg.arm("mass50")
+    whole = train(cfg, arm, 1, corpus, tmp_path / "whole", progress=False, ranks=Ranks())
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def crash_after_seven(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", crash_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, arm, 1, corpus, tmp_path / "cut", progress=False, ranks=Ranks())
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert (tmp_path / "cut" / "mass50-seed1" / "state.pt").exists()
+    resumed = train(cfg, arm, 1, corpus, tmp_path / "cut", progress=False, ranks=Ranks())
+    assert resumed["history"]["train"] == whole["history"]["train"]
+    assert resumed["final"] == whole["final"]
+
+
+def _rank_main(rank, world, port, cfg_table, out, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from training.loop import start_ranks
+
+    cfg = TrainConfig.from_dict(cfg_table)
+    corpus = prepare(cfg.data, progress=False)
+    result = train(cfg, cfg.arm("mass50"), 1, corpus, out, progress=False, ranks=start_ranks())
+    if rank == 0:
+        queue.put(result["history"]["train"])
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one(data_config, corpus, tmp_path):
+    """The same global batch split over two ranks gives the same losses as one rank, to float tolerance."""
+    import torch.multiprocessing as mp
+
+    cfg = tiny_experiment(data_config, tokens=4 * 32 * 6)
+    one = train(cfg, cfg.arm("mass50"), 1, corpus, tmp_path / "one", progress=False, ranks=Ranks())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    mp.spawn(_rank_main, args=(2, port, cfg.to_dict(), str(tmp_path / "two"), queue), nprocs=2, join=True)
+    two = queue.get(timeout=60)
+    assert [s for s, _, _ in two] == [s for s, _, _ in one["history"]["train"]]
+    assert np.allclose([l for *_, l in two], [l for *_, l in one["history"]["train"]], atol=1e-5, rtol=0)
+
+
+def test_bad_experiments_are_refused_in_one_line(data_config):
+    base = tiny_experiment(data_config).to_dict()
+    for table, words in [
+        ({**base, "run": {**base["run"], "micro_batch": 3}}, "micro_batch = 3"),
+        ({**base, "model": {**base["model"], "kv_heads": 3}}, "kv_heads = 3"),
+        ({**base, "arms": {"x": {"attention": "flash"}}}, "[arms.x] attention = 'flash'"),
+        ({**base, "arms": {"x": {"attention": attention.NAME, "permeability": 1.5}}}, "permeability = 1.5"),
+        ({**base, "arms": {"x": {"attention": "sdpa", "permeability": 0.5}}}, "gate fields need"),
+        ({**base, "run": {**base["run"], "seeds": [1, 1]}}, "must not repeat"),
+        ({**base, "extra": {}}, "unknown table [extra]"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            TrainConfig.from_dict(table)
+        assert words in str(error.value) and "\n" not in str(error.value)

@@ -1,0 +1,145 @@
+"""The mass gate as a Hugging Face attention implementation: ``attn_implementation="hpu_mass"``.
+
+`register()` adds it to transformers' `AttentionInterface` (and its mask builder to
+`AttentionMaskInterface`, the one `sdpa` uses), so any decoder whose attention dispatches through the
+interface (Llama, Mistral, Qwen, ...) trains or evaluates with the gate unchanged. The gate's
+parameters live in the model's config as ``hpu_gate``, a table of `HPUConfig` fields (mode,
+permeability, mass_target, k_min); they are saved with the checkpoint and read on every call, so a
+training loop anneals the permeability by writing ``model.config.hpu_gate``.
+
+Per query row the gate keeps the keys of `golden_model.gate.select`'s float rule on the row's
+softmax probabilities: the most probable keys until their mass reaches the target, at most
+``ceil(permeability x admissible keys)``, at least ``k_min``, ties by index. Renormalizing over the
+kept set is a softmax with the dropped keys masked out, so the output is scaled-dot-product
+attention under the keep mask. The selection is a step function and carries no gradient: gradients
+flow through the renormalized softmax of the kept keys (to q, k and v), exactly as through dense
+attention restricted to that set.
+
+The probabilities the gate ranks are float32, from q and k as the model hands them (bf16 under
+autocast), computed as `golden_model.quantize.attention_scores` does. On a GPU the selection is the
+Triton kernel `kernels.row_gate` (no sort); elsewhere it is the golden model's `select` itself. The
+function runs eagerly inside a compiled model (`torch.compiler.disable`); the rest of the model compiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from golden_model.gate import select as reference_select
+from golden_model.quantize import attention_scores
+from hpu.config import HPUConfig
+
+NAME = "hpu_mass"
+GATE_FIELDS = ("mode", "permeability", "mass_target", "k_min")
+
+
+@functools.lru_cache(maxsize=256)
+def gate_config(mode: str, permeability: float, mass_target: float, k_min: int) -> HPUConfig:
+    """The validated gate of one call (cached: the loop changes it at most once a step)."""
+    return HPUConfig(mode=mode, permeability=permeability, mass_target=mass_target, k_min=k_min)
+
+
+def gate_of(config) -> HPUConfig:
+    """The gate a Hugging Face config carries in ``hpu_gate``; the HPU's defaults where a field is absent."""
+    table = dict(getattr(config, "hpu_gate", None) or {})
+    defaults = HPUConfig()
+    return gate_config(*(table.get(name, getattr(defaults, name)) for name in GATE_FIELDS))
+
+
+class KeptCount:
+    """Kept and admissible (query, key) pairs summed over every gated call inside `counting()`."""
+
+    def __init__(self):
+        self.kept = self.admissible = 0
+
+    @property
+    def fraction(self) -> float:
+        return float(self.kept) / float(self.admissible) if self.admissible else 1.0
+
+
+_counting: KeptCount | None = None
+
+
+@contextlib.contextmanager
+def counting():
+    """Count kept keys in the gated calls of the block (the sums stay on the device until read)."""
+    global _counting
+    _counting, previous = KeptCount(), _counting
+    try:
+        yield _counting
+    finally:
+        _counting = previous
+
+
+def keep_mask(probs: torch.Tensor, valid: torch.Tensor, gate: HPUConfig) -> torch.Tensor:
+    """(..., Q, K) bool: the keys each row keeps (the Triton kernel on CUDA, the golden model elsewhere)."""
+    if probs.is_cuda:
+        from kernels.row_gate import select
+
+        return select(probs, valid, gate)[0]
+    return reference_select(probs, valid.expand(probs.shape), gate)[0]
+
+
+def admissible(attention_mask: torch.Tensor | None, n_q: int, n_k: int, causal: bool, device) -> torch.Tensor:
+    """(B or 1, 1, Q, K) bool: the keys each query may see, from HF's mask (None, bool, or additive float)."""
+    if attention_mask is None:
+        rows = torch.ones(n_q, n_k, dtype=torch.bool, device=device)
+        # The last query sees the last key: queries are the newest n_q of n_k positions.
+        return (rows.tril(n_k - n_q) if causal else rows)[None, None]
+    mask = attention_mask[..., :n_k]
+    return mask if mask.dtype == torch.bool else mask == 0
+
+
+def repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Key-value heads shared by `groups` query heads each (grouped-query attention), repeated."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+# Kept out of torch.compile's graphs: the gate is read from the config on every call (the loop anneals
+# the permeability), which compiled code would guard on and recompile for at each new value.
+@torch.compiler.disable
+def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                      is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An `AttentionInterface` function: q (B, H, Q, D), k and v (B, Hkv, K, D) -> ((B, Q, H, D), None).
+
+    Returns the keep mask as the attention weights' stand-in only when the caller asks for
+    ``output_attentions`` (a (B, H, Q, K) bool tensor), else None.
+    """
+    gate = gate_of(module.config)
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_heads(key, groups), repeat_heads(value, groups)
+    n_q, n_k, dim = query.shape[2], key.shape[2], query.shape[3]
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    valid = admissible(attention_mask, n_q, n_k, causal, query.device)
+    scale = dim ** -0.5 if scaling is None else scaling
+    with torch.no_grad(), torch.autocast(query.device.type, enabled=False):
+        # attention_scores divides by sqrt(d); a model with another scale folds the ratio into q.
+        q = query.float() if scale == dim ** -0.5 else query.float() * (scale * math.sqrt(dim))
+        scores = attention_scores(q, key.float())
+        probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
+        # A row with no admissible key (a padded query) attends to nothing and outputs zero.
+        empty = ~valid.any(-1, keepdim=True)
+        keep = keep_mask(torch.nan_to_num(probs), valid | empty, gate) & ~empty
+        if _counting is not None:
+            _counting.kept = _counting.kept + keep.sum()
+            _counting.admissible = _counting.admissible + valid.expand(keep.shape).sum()
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=keep | empty, scale=scale,
+                                         dropout_p=dropout if module.training else 0.0)
+    out = out.masked_fill(empty, 0.0) if attention_mask is not None else out
+    return out.transpose(1, 2).contiguous(), keep if kwargs.get("output_attentions") else None
+
+
+def register() -> str:
+    """Register the gate with transformers (idempotent); returns its ``attn_implementation`` name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, mass_gate_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME

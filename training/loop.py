@@ -1,0 +1,321 @@
+"""One training run: an arm of an experiment at one seed, on one or many GPUs (torchrun and DDP).
+
+The token stream is fixed: optimizer step ``s`` trains on the ``batch`` sequences that start at token
+``s * batch * context`` of the training split (wrapping round at its end), for every arm, seed and
+number of ranks. Rank ``r`` of ``W`` takes the sequences ``r * batch / W`` up to the next rank's, in
+micro-batches; each rank's loss is the mean over its tokens and DDP averages the gradients, so a step
+is the same on one rank as on many, to float tolerance. The seed sets the initial weights, the same
+for every arm: the arms differ only in attention.
+
+A run writes into its own folder: ``result.json`` (every hyperparameter, the device, the versions, the
+curves, the final validation losses and tokens/s), ``model/`` (safetensors in the Hugging Face layout,
+with the tokenizer) and, while it runs, ``state.pt`` (weights and optimizer every
+``checkpoint_every`` steps) from which a run cut short resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hpu.errors import InputError
+from hpu.files import output_folder, read_json, staged, write_json
+from training import attention
+from training.config import Arm, TrainConfig
+from training.data import EOS, Corpus
+
+RESULT = "result.json"
+STATE = "state.pt"
+MODEL = "model"
+
+
+# -- ranks ------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_ranks() -> Ranks:
+    """This process's rank from torchrun's environment (one rank without it); NCCL on GPUs, else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(rank=rank, world=world, device=device)
+
+
+# -- the token stream -------------------------------------------------------------------------------
+
+def step_sequences(stream: np.ndarray, step: int, batch: int, context: int) -> np.ndarray:
+    """(batch, context + 1) tokens of optimizer step `step`: inputs and their next-token targets."""
+    start = step * batch * context
+    index = (start + np.arange(batch)[:, None] * context + np.arange(context + 1)[None, :]) % len(stream)
+    return stream[index].astype(np.int64)
+
+
+def rank_micro_batches(sequences: np.ndarray, ranks: Ranks, micro_batch: int) -> list[np.ndarray]:
+    mine = np.array_split(sequences, ranks.world)[ranks.rank]
+    return [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr at the last step."""
+    run = cfg.run
+    if step < run.warmup_steps:
+        return run.lr * (step + 1) / run.warmup_steps
+    progress = (step - run.warmup_steps) / max(1, run.steps - run.warmup_steps)
+    return run.min_lr + 0.5 * (run.lr - run.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def permeability(step: int, cfg: TrainConfig, arm: Arm) -> float:
+    """The gate opens fully at step 0 and closes linearly to the arm's permeability over anneal_steps."""
+    target = arm.hpu.permeability
+    if step >= cfg.run.anneal_steps:
+        return target
+    return 1.0 - (1.0 - target) * step / cfg.run.anneal_steps
+
+
+# -- the model ----------------------------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig, arm: Arm, corpus: Corpus, seed: int):
+    """A Llama-style decoder from scratch; the same weights for every arm at one seed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    attention.register()
+    m = cfg.model
+    config = LlamaConfig(vocab_size=corpus.vocab_size, hidden_size=m.hidden_size,
+                         intermediate_size=m.intermediate_size, num_hidden_layers=m.layers,
+                         num_attention_heads=m.heads, num_key_value_heads=m.kv_heads,
+                         max_position_embeddings=cfg.run.context,
+                         rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta},
+                         bos_token_id=None, eos_token_id=corpus.eos_id, pad_token_id=None,
+                         tie_word_embeddings=True, attn_implementation=arm.attention)
+    if arm.attention == attention.NAME:
+        config.hpu_gate = {name: getattr(arm.hpu, name) for name in attention.GATE_FIELDS}
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def set_permeability(model, value: float) -> None:
+    gate = getattr(model.config, "hpu_gate", None)
+    if gate is not None:
+        model.config.hpu_gate = {**gate, "permeability": value}
+
+
+def autocast(device: torch.device):
+    # bf16 on GPUs (the issue's protocol); the CPU trains in float32 so tests compare exactly.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def sequence_loss(model, tokens: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=tokens[:, :-1]).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
+    """Mean next-token loss on the first eval_tokens of each held-out split, and the kept fraction."""
+    model.eval()
+    context, losses = cfg.run.context, {}
+    total = count = 0.0
+    with attention.counting() as kept:
+        for name, stream in sorted(corpus.val.items()):
+            if len(stream) <= context:
+                continue
+            n_seq = max(1, min(cfg.run.eval_tokens, len(stream) - 1) // context)
+            seqs = np.stack([np.asarray(stream[i * context:i * context + context + 1], dtype=np.int64)
+                             for i in range(n_seq) if (i + 1) * context < len(stream)])
+            mine = np.array_split(seqs, ranks.world)[ranks.rank]
+            loss_sum = torch.zeros((), dtype=torch.float64, device=ranks.device)
+            for i in range(0, len(mine), cfg.run.micro_batch):
+                batch = torch.from_numpy(mine[i:i + cfg.run.micro_batch]).to(ranks.device)
+                with autocast(ranks.device):
+                    loss_sum += sequence_loss(model, batch).double() * len(batch)
+            if ranks.world > 1:
+                dist.all_reduce(loss_sum)
+            losses[name] = float(loss_sum) / len(seqs)
+            total += float(loss_sum) * context
+            count += len(seqs) * context
+        fraction = kept.fraction
+    model.train()
+    return {"loss": total / count, **{f"loss_{name}": value for name, value in losses.items()},
+            "kept_fraction": fraction}
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+def run_folder(root: str | Path, arm: Arm, seed: int) -> Path:
+    return Path(root) / f"{arm.name}-seed{seed}"
+
+
+def versions() -> dict:
+    import transformers
+    import triton
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+            "transformers": transformers.__version__,
+            "cuda": torch.version.cuda, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
+            f"cpu ({platform.processor() or platform.machine()})"}
+
+
+def train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, root: str | Path, progress: bool = True,
+          ranks: Ranks | None = None) -> dict:
+    """Train one arm at one seed into ``root/ARM-seedSEED``; returns its result (also written as JSON).
+
+    A finished run is not trained again (its result is returned); a run cut short resumes from its
+    last state if that state was written by the same configuration.
+    """
+    ranks = ranks or start_ranks()
+    if cfg.run.batch % ranks.world:
+        raise InputError(f"batch = {cfg.run.batch} sequences cannot be shared by {ranks.world} ranks: "
+                         "choose a batch that the number of ranks divides")
+    folder = run_folder(root, arm, seed)
+    fingerprint = cfg.fingerprint(arm)
+    if (folder / RESULT).exists():
+        done = read_json(folder / RESULT, "run result")
+        if done.get("fingerprint") == fingerprint and done.get("data") == corpus.fingerprint:
+            return done
+        raise InputError(f"{folder} holds a run of another configuration or token stream: "
+                         "choose another results folder or remove that run")
+    if ranks.main:
+        output_folder(folder, "run folder")
+    model = build_model(cfg, arm, corpus, seed).to(ranks.device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.run.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=cfg.run.lr, betas=(0.9, 0.95),
+                                  fused=ranks.device.type == "cuda")
+    history = {"train": [], "val": []}
+    start, tokens_seen, train_seconds = 0, 0, 0.0
+    state_path = folder / STATE
+    if state_path.exists():
+        state = torch.load(state_path, map_location=ranks.device, weights_only=True)
+        if state["fingerprint"] == fingerprint and state["data"] == corpus.fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, tokens_seen, train_seconds = state["step"], state["tokens"], state["seconds"]
+            history = state["history"]
+    wrapped = model
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
+    runner = torch.compile(wrapped) if cfg.run.compile and ranks.device.type == "cuda" else wrapped
+    steps, run = cfg.run.steps, cfg.run
+    bar = None
+    if progress and ranks.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc=f"{arm.name} seed {seed}", unit="step", dynamic_ncols=True)
+    last_eval = {"kept_fraction": 1.0}
+    timed_from = None
+    for step in range(start, steps):
+        if step % run.eval_every == 0:
+            set_permeability(model, permeability(step, cfg, arm))
+            last_eval = {"step": step, "tokens": tokens_seen, **evaluate(model, corpus, cfg, ranks)}
+            history["val"].append(last_eval)
+        set_permeability(model, permeability(step, cfg, arm) if arm.attention == attention.NAME else 1.0)
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if ranks.device.type == "cuda":
+            torch.cuda.synchronize()
+        tick = time.perf_counter()
+        micro = rank_micro_batches(step_sequences(corpus.train, step, run.batch, run.context), ranks, run.micro_batch)
+        loss_sum = torch.zeros((), device=ranks.device)
+        for i, part in enumerate(micro):
+            tokens = torch.from_numpy(part).to(ranks.device, non_blocking=True)
+            sync = ranks.world == 1 or i == len(micro) - 1
+            context = contextlib.nullcontext() if sync else wrapped.no_sync()
+            with context, autocast(ranks.device):
+                loss = sequence_loss(runner, tokens) * (len(part) / (run.batch / ranks.world))
+            loss.backward()
+            loss_sum += loss.detach()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ranks.world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum /= ranks.world
+        tokens_seen += run.batch * run.context
+        if step % run.log_every == 0 or step == steps - 1:
+            value = float(loss_sum)  # one host sync per log interval
+            history["train"].append([step, tokens_seen, value])
+        if ranks.device.type == "cuda":
+            torch.cuda.synchronize()
+        # The first steps compile and warm up: tokens/s counts from the third step on.
+        if step >= start + 2:
+            train_seconds += time.perf_counter() - tick
+            timed_from = timed_from if timed_from is not None else step
+        if bar is not None:
+            bar.update(1)
+            if history["train"]:
+                bar.set_postfix(loss=f"{history['train'][-1][2]:.3f}",
+                                tok_s=f"{_rate(run, step, timed_from, train_seconds):,.0f}",
+                                kept=f"{last_eval['kept_fraction']:.3f}", refresh=False)
+        if (step + 1) % run.checkpoint_every == 0 and step + 1 < steps and ranks.main:
+            _save_state(state_path, model, optimizer, step + 1, tokens_seen, train_seconds, history,
+                        fingerprint, corpus.fingerprint)
+    if bar is not None:
+        bar.close()
+    set_permeability(model, arm.hpu.permeability if arm.attention == attention.NAME else 1.0)
+    final = {"step": steps, "tokens": tokens_seen, **evaluate(model, corpus, cfg, ranks)}
+    history["val"].append(final)
+    result = {
+        "arm": arm.name, "seed": seed, "attention": arm.attention,
+        "gate": {name: getattr(arm.hpu, name) for name in attention.GATE_FIELDS} if arm.attention == attention.NAME else None,
+        "fingerprint": fingerprint, "data": corpus.fingerprint, "config": cfg.to_dict(), "ranks": ranks.world,
+        "parameters": sum(p.numel() for p in model.parameters()), "versions": versions(),
+        "steps": steps, "tokens": tokens_seen, "epochs": tokens_seen / len(corpus.train),
+        "tokens_per_s": _rate(run, steps - 1, timed_from, train_seconds), "train_seconds": train_seconds,
+        "final": final, "history": history,
+    }
+    if ranks.main:
+        model.save_pretrained(folder / MODEL, safe_serialization=True)
+        _save_tokenizer(corpus, folder / MODEL)
+        write_json(folder / RESULT, result)
+        state_path.unlink(missing_ok=True)
+    return result
+
+
+def _rate(run, step: int, timed_from: int | None, seconds: float) -> float:
+    if timed_from is None or seconds <= 0:
+        return 0.0
+    return (step - timed_from + 1) * run.batch * run.context / seconds
+
+
+def _save_state(path: Path, model, optimizer, step, tokens, seconds, history, fingerprint, data) -> None:
+    with staged(path) as temp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "tokens": tokens, "seconds": seconds, "history": history,
+                    "fingerprint": fingerprint, "data": data}, temp)
+
+
+def _save_tokenizer(corpus: Corpus, folder: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_file=str(corpus.tokenizer_path), eos_token=EOS).save_pretrained(folder)
