@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import kernels  # noqa: F401  (chooses Triton's interpreter on a machine without a GPU)
+import kernels  # chooses Triton's interpreter on a machine without a GPU
 from golden_model.gate import select as reference_select
 from golden_model.reference import mass_gated_attention
 from hpu.config import ConfigError, HPUConfig
@@ -76,7 +76,8 @@ def _probs(seed, rows=6, n=40, ties=False, causal=True):
         scores = torch.round(scores)
     valid = torch.ones(rows, n, dtype=torch.bool).tril(n - rows) if causal else torch.ones(rows, n, dtype=torch.bool)
     valid = valid.expand(scores.shape)
-    return torch.softmax(scores.masked_fill(~valid, float("-inf")), -1), valid
+    probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), -1)
+    return probs.to(kernels.DEVICE), valid.to(kernels.DEVICE)
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -319,3 +319,15 @@ def _save_tokenizer(corpus: Corpus, folder: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     PreTrainedTokenizerFast(tokenizer_file=str(corpus.tokenizer_path), eos_token=EOS).save_pretrained(folder)
+
+
+def run_experiment(cfg: TrainConfig, root: str | Path, arms: list[str] | None = None, seeds: list[int] | None = None,
+                   progress: bool = True) -> list[dict]:
+    """Every (arm, seed) asked for, one after another into `root`; finished runs are read back, not retrained."""
+    from training.data import prepare
+
+    chosen = [cfg.arm(name) for name in arms] if arms else list(cfg.arms)
+    ranks = start_ranks()
+    corpus = prepare(cfg.data, progress=progress and ranks.main)
+    return [train(cfg, arm, seed, corpus, root, progress=progress, ranks=ranks)
+            for seed in (seeds or cfg.run.seeds) for arm in chosen]

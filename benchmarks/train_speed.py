@@ -1,0 +1,117 @@
+"""Training throughput of each arm of an experiment, in one run, and the gate's selection alone.
+
+    python -m benchmarks.train_speed --config configs/train/ab.toml --arms dense mass50 mass05 -o OUT.json
+
+Each arm builds the experiment's model (same weights) and trains `--steps` optimizer steps of the
+experiment's batch on random tokens of its vocabulary after `--warmup` steps (compilation); tokens/s
+counts the timed steps only, with the device synchronized, and peak memory is the allocator's.
+Ratios are against the first arm (dense) of the same run. The selection is timed apart on the
+probabilities of one layer: the sort-free Triton kernel against the golden model's sort-based `select`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.common import write
+from training.config import TrainConfig
+from training.loop import autocast, build_model, sequence_loss
+
+
+class _Vocabulary:
+    def __init__(self, size: int):
+        self.vocab_size, self.eos_id = size, 0
+
+
+def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torch.device) -> dict:
+    arm = cfg.arm(name)
+    run = cfg.run
+    model = build_model(cfg, arm, _Vocabulary(cfg.data.vocab_size), seed=0).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    runner = torch.compile(model) if run.compile and device.type == "cuda" else model
+    tokens = torch.randint(0, cfg.data.vocab_size, (run.batch, run.context + 1), device=device,
+                           generator=torch.Generator(device).manual_seed(0))
+    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    elapsed = 0.0
+    for step in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tick = time.perf_counter()
+        for part in tokens.split(run.micro_batch):
+            with autocast(device):
+                loss = sequence_loss(runner, part) * (len(part) / run.batch)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            elapsed += time.perf_counter() - tick
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    del model, optimizer, runner
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"arm": name, "attention": arm.attention, "steps": steps,
+            "tokens_per_s": steps * run.batch * run.context / elapsed, "step_ms": 1e3 * elapsed / steps,
+            "peak_memory_gib": peak}
+
+
+def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: int = 10) -> dict:
+    """One layer's selection, (batch, heads, context, context) causal rows: kernel against sort."""
+    from golden_model.gate import select as sort_select
+    from kernels.row_gate import select as kernel_select
+
+    run, heads = cfg.run, cfg.model.heads
+    gate = cfg.arm(name).hpu
+    g = torch.Generator(device).manual_seed(1)
+    scores = torch.randn(run.batch, heads, run.context, run.context, device=device, generator=g) * 2
+    valid = torch.ones(run.context, run.context, dtype=torch.bool, device=device).tril()
+    probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), -1)
+    times = {}
+    for label, fn in (("triton", kernel_select), ("sort", sort_select)):
+        fn(probs, valid.expand(probs.shape), gate)
+        torch.cuda.synchronize()
+        tick = time.perf_counter()
+        for _ in range(repeats):
+            keep, _ = fn(probs, valid.expand(probs.shape), gate)
+        torch.cuda.synchronize()
+        times[label] = 1e3 * (time.perf_counter() - tick) / repeats
+        times[f"{label}_kept"] = float(keep.sum() / valid.expand(probs.shape).sum())
+    same = torch.equal(kernel_select(probs, valid.expand(probs.shape), gate)[0],
+                       sort_select(probs, valid.expand(probs.shape), gate)[0])
+    return {"arm": name, "shape": list(probs.shape), "kernel_ms": times["triton"], "sort_ms": times["sort"],
+            "speedup": times["sort"] / times["triton"], "kept_fraction": times["triton_kept"], "identical": same}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/train/ab.toml", help="the experiment's TOML")
+    parser.add_argument("--arms", nargs="+", default=["dense", "mass50", "mass05"], help="arms, the baseline first")
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per arm")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
+    parser.add_argument("-o", "--output", default="benchmarks/results/train_speed.json", help="JSON to write")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig.load(args.config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    arms = []
+    for name in args.arms:
+        arms.append(arm_speed(cfg, name, args.steps, args.warmup, device))
+        arms[-1]["vs_first"] = arms[-1]["tokens_per_s"] / arms[0]["tokens_per_s"]
+        print(f"{name}: {arms[-1]['tokens_per_s']:,.0f} tokens/s ({arms[-1]['vs_first']:.2f}x {args.arms[0]}), "
+              f"peak {arms[-1]['peak_memory_gib']} GiB", flush=True)
+    selection = [selection_speed(cfg, name, device) for name in args.arms
+                 if cfg.arm(name).attention != "sdpa"] if device.type == "cuda" else []
+    for s in selection:
+        print(f"selection {s['arm']}: kernel {s['kernel_ms']:.2f} ms, sort {s['sort_ms']:.2f} ms, "
+              f"identical {s['identical']}", flush=True)
+    write(args.output, {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                        "config": args.config, "batch": cfg.run.batch, "context": cfg.run.context,
+                        "arms": arms, "selection": selection})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""The A/B report: every finished run in a results folder, per arm, against the dense arm.
+
+Per arm: the final validation loss (all held-out text, code, prose) as mean and sample standard
+deviation over seeds, the gap of the mean to the dense arm's with Welch's t-test (unequal variances;
+two-sided p), the kept fraction at the end and over training, and tokens/s. Runs join one report only
+when they share the experiment (model, schedule and token stream); anything else is refused. A run
+still training (no result.json) is listed as missing, not guessed. Outputs: ``ab.json`` (every figure,
+with each run's device and versions), ``ab.md`` (the table) and ``ab.png`` (every arm's training and
+validation curves), written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from hpu.errors import InputError
+from hpu.files import read_json, staged, write_json, write_text
+from training.loop import RESULT
+
+JSON, TABLE, PLOT = "ab.json", "ab.md", "ab.png"
+
+
+def collect(root: str | Path) -> list[dict]:
+    """The results of every finished run directly under `root`, in a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"results folder {root} does not exist: train with `hpu train` first")
+    runs = [read_json(path, "run result") for path in sorted(root.glob(f"*/{RESULT}"))]
+    if not runs:
+        raise InputError(f"results folder {root} holds no finished run (no */{RESULT})")
+    return runs
+
+
+def _experiment(run: dict) -> dict:
+    config = dict(run["config"])
+    config["run"] = {k: v for k, v in config["run"].items() if k != "seeds"}
+    return {"model": config["model"], "run": config["run"], "data": run["data"]}
+
+
+def _stats(values: list[float]) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+            "n": len(values), "values": values.tolist()}
+
+
+def welch(a: list[float], b: list[float]) -> dict:
+    """Welch's t-test of mean(a) - mean(b); p is None with fewer than two values on a side."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return {"t": None, "p": None}
+    t, p = stats.ttest_ind(a, b, equal_var=False)
+    return {"t": float(t), "p": float(p) if math.isfinite(p) else None}
+
+
+def summarize(runs: list[dict]) -> dict:
+    experiment = _experiment(runs[0])
+    for run in runs[1:]:
+        if _experiment(run) != experiment:
+            raise InputError(f"run {run['arm']} seed {run['seed']} belongs to another experiment (model, schedule "
+                             "or token stream differ): report each experiment's folder apart")
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], []).append(run)
+    dense = [name for name, rs in arms.items() if rs[0]["attention"] == "sdpa"]
+    baseline = "dense" if "dense" in dense else (dense[0] if dense else None)
+    seeds = sorted({run["seed"] for run in runs})
+    table = {}
+    for name, rs in arms.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        row = {"attention": rs[0]["attention"], "gate": rs[0]["gate"], "seeds": [r["seed"] for r in rs],
+               "missing_seeds": [s for s in seeds if s not in {r["seed"] for r in rs}],
+               "kept_fraction": _stats([r["final"]["kept_fraction"] for r in rs]),
+               "tokens_per_s": _stats([r["tokens_per_s"] for r in rs]),
+               "tokens": rs[0]["tokens"], "devices": sorted({r["versions"]["device"] for r in rs})}
+        for split in ("loss", *sorted(k for k in rs[0]["final"] if k.startswith("loss_"))):
+            row[split] = _stats([r["final"][split] for r in rs])
+            if baseline and name != baseline:
+                base = [r["final"][split] for r in arms[baseline]]
+                mine = [r["final"][split] for r in rs]
+                row[f"{split}_gap"] = {"mean": float(np.mean(mine) - np.mean(base)), **welch(mine, base)}
+        if baseline:
+            row["tokens_per_s_vs_dense"] = row["tokens_per_s"]["mean"] / np.mean(
+                [r["tokens_per_s"] for r in arms[baseline]])
+        table[name] = row
+    return {"baseline": baseline, "experiment": experiment, "arms": table,
+            "runs": [{k: r[k] for k in ("arm", "seed", "tokens_per_s", "final", "versions", "steps", "tokens",
+                                        "parameters", "epochs")} for r in runs]}
+
+
+def markdown(summary: dict) -> str:
+    def fmt(x, digits=4):
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    lines = [f"Baseline: {summary['baseline']}. Final validation loss over seeds (mean ± sample std); gap = "
+             "arm − baseline, Welch t-test p (two-sided).", "",
+             "| arm | permeability | seeds | val loss | gap | p | prose gap | code gap | kept fraction | tokens/s | vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in summary["arms"].items():
+        gap = row.get("loss_gap", {})
+        lines.append("| " + " | ".join([
+            name, "-" if row["gate"] is None else fmt(row["gate"]["permeability"], 2), str(len(row["seeds"])),
+            f"{fmt(row['loss']['mean'])} ± {fmt(row['loss']['std'])}", fmt(gap.get("mean")), fmt(gap.get("p"), 3),
+            fmt(row.get("loss_prose_gap", {}).get("mean")), fmt(row.get("loss_code_gap", {}).get("mean")),
+            fmt(row["kept_fraction"]["mean"], 3), f"{row['tokens_per_s']['mean']:,.0f}",
+            fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = sorted({r["arm"] for r in runs})
+    colors = {arm: plt.cm.viridis(i / max(1, len(arms) - 1)) for i, arm in enumerate(arms)}
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(13, 5))
+    for run in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
+        label = run["arm"] if run["seed"] == min(r["seed"] for r in runs if r["arm"] == run["arm"]) else None
+        steps = np.asarray(run["history"]["train"], dtype=np.float64)
+        if len(steps):
+            # A moving mean over 20 logged steps: single batches are noisy.
+            width = min(20, len(steps))
+            smooth = np.convolve(steps[:, 2], np.ones(width) / width, mode="valid")
+            train_ax.plot(steps[width - 1:, 1] / 1e6, smooth, color=colors[run["arm"]], lw=0.8, label=label)
+        val = run["history"]["val"]
+        val_ax.plot([v["tokens"] / 1e6 for v in val], [v["loss"] for v in val], color=colors[run["arm"]],
+                    marker=".", lw=0.8, label=label)
+    for ax, title in ((train_ax, "training loss (moving mean of 20 logs)"), (val_ax, "validation loss (held-out files)")):
+        ax.set_xlabel("tokens (M)")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    lows = [v["loss"] for r in runs for v in r["history"]["val"][1:]] or [0]
+    val_ax.set_ylim(min(lows) - 0.05, np.percentile(lows, 90) + 0.1)
+    fig.tight_layout()
+    with staged(path) as temp:
+        fig.savefig(temp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def report(root: str | Path, out: str | Path) -> dict:
+    """Write the A/B report of `root`'s runs into the folder `out`; returns the summary."""
+    runs = collect(root)
+    summary = summarize(runs)
+    out = Path(out)
+    plot(runs, out / PLOT)
+    write_text(out / TABLE, markdown(summary))
+    write_json(out / JSON, summary)
+    return summary
