@@ -90,6 +90,13 @@ def test_streams_are_documents_each_followed_by_eos(corpus, folder):
     assert text == (folder / docs["train"][0][0]).read_text()
 
 
+def test_describe_names_every_split(corpus):
+    lines = corpus.describe().splitlines()
+    assert [line.split()[0] for line in lines] == ["train", "val_code", "val_prose", "vocab", "fingerprint", "cache"]
+    assert lines[0].split()[5] == f"{len(corpus.train):,}"
+    assert lines[4] == f"fingerprint {corpus.fingerprint}"
+
+
 def test_transformers_reads_the_tokenizer(corpus):
     from transformers import PreTrainedTokenizerFast
 

@@ -182,6 +182,13 @@ class Corpus:
     folder: Path
     manifest: dict
 
+    def describe(self) -> str:
+        """A few lines for people: each split's files, megabytes and tokens, the fingerprint and the cache."""
+        lines = [f"{split:<11} {s['documents']:>7} files {s['bytes'] / 1e6:>9.1f} MB {s['tokens']:>12,} tokens"
+                 for split, s in self.manifest["splits"].items()]
+        return "\n".join(lines + [f"{'vocab':<11} {self.vocab_size} (EOS id {self.eos_id})",
+                                   f"fingerprint {self.fingerprint}", f"{'cache':<11} {self.folder}"])
+
 
 # -- which files, which split ---------------------------------------------------------------------
 
