@@ -41,7 +41,7 @@ def capture(model_path: str, text: str, out: Path, causal: bool = False, max_tok
     output_file(out, "attention file", suffix=".npz")
     if max_tokens is not None and max_tokens < 1:
         raise InputError(f"--max-tokens {max_tokens}: must be at least 1")
-    folder = Path(model_path).expanduser()
+    folder = Path(model_path)
     if folder.is_file():
         raise InputError(f"model {model_path} is a file: pass the model's folder (config.json, weights, tokenizer)")
     if not folder.exists() and not _HUB_ID.fullmatch(model_path):

@@ -218,7 +218,6 @@ def _file_kind(path: Path, what: str) -> str:
 
 
 def _npz_arrays(path: Path, what: str) -> dict[str, torch.Tensor]:
-    import numpy as np
     from numpy.lib import format as npy
 
     kind = _file_kind(path, what)

@@ -144,7 +144,8 @@ def test_big_endian_arrays_are_converted(tmp_path):
 def test_a_small_file_that_expands_beyond_the_bound_is_refused_before_reading(tmp_path):
     # A 60-byte array header asking for 8 TB: nothing is allocated, the shape alone is refused.
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1, 1 << 20, 1 << 20)})
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": (1, 1 << 20, 1 << 20)})
     with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("scores.npy", header.getvalue())
         archive.writestr("values.npy", header.getvalue())
@@ -282,7 +283,8 @@ def test_malformed_liberty_numbers_and_groups_are_one_line(tmp_path, old, new, m
 # -- VCD: files that are not VCD text, named .vcd --------------------------------------------------------------
 
 @pytest.mark.parametrize("content, message", [
-    (gzip.compress(b"$timescale 1ns $end\n$enddefinitions $end\n", mtime=0), "the file is gzip-compressed: gunzip it first"),
+    (gzip.compress(b"$timescale 1ns $end\n$enddefinitions $end\n", mtime=0),
+     "the file is gzip-compressed: gunzip it first"),
     # GTKWave's FST: block FST_BL_HDR (0), its length FST_HDRSIZE (329) big-endian, then the header.
     (b"\x00" + (329).to_bytes(8, "big") + bytes(329), "the file is an FST file, not VCD: name it .fst and convert it"),
     (bytes(range(256)), "the file is binary, not VCD text"),
