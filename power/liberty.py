@@ -242,10 +242,14 @@ def load(path: Path | str) -> Library:
     """Reads a Liberty file (see the module docstring)."""
     path = Path(path)
     try:
-        text = path.read_text(errors="replace")
+        data = path.read_bytes()
     except OSError as error:
         raise LibertyError(path, None, f"cannot read it: {error.strerror}") from None
-    lib = parse(text, path)
+    if data.startswith(b"\x1f\x8b"):
+        raise LibertyError(path, None, "the file is gzip-compressed: gunzip it first")
+    if b"\x00" in data[:64]:
+        raise LibertyError(path, None, "the file is binary, not Liberty text")
+    lib = parse(data.decode(errors="replace"), path)
     units = {"time": _unit(path, lib, "time_unit", "1ns"), "cap": _unit(path, lib, "capacitive_load_unit", "1pf"),
              "leakage": _unit(path, lib, "leakage_power_unit", "1nW")}
     voltage = _number(path, lib, "nom_voltage", lib.attrs.get("nom_voltage") or 0)

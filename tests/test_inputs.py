@@ -280,6 +280,15 @@ def test_malformed_liberty_numbers_and_groups_are_one_line(tmp_path, old, new, m
     assert str(info.value).startswith(f"{path}:") and message in str(info.value), str(info.value)
 
 
+def test_a_compressed_or_binary_liberty_file_is_named(tmp_path):
+    (tmp_path / "cells.lib").write_bytes(gzip.compress(TINY_LIB.encode(), mtime=0))
+    with pytest.raises(liberty.LibertyError, match="cells.lib: the file is gzip-compressed: gunzip it first"):
+        liberty.load(tmp_path / "cells.lib")
+    (tmp_path / "cells.lib").write_bytes(bytes(range(256)))
+    with pytest.raises(liberty.LibertyError, match="cells.lib: the file is binary, not Liberty text"):
+        liberty.load(tmp_path / "cells.lib")
+
+
 # -- VCD: files that are not VCD text, named .vcd --------------------------------------------------------------
 
 @pytest.mark.parametrize("content, message", [
