@@ -121,17 +121,19 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     with torch.no_grad(), torch.autocast(query.device.type, enabled=False):
         # attention_scores divides by sqrt(d); a model with another scale folds the ratio into q.
         q = query.float() if scale == dim ** -0.5 else query.float() * (scale * math.sqrt(dim))
-        scores = attention_scores(q, key.float())
-        probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
-        # A row with no admissible key (a padded query) attends to nothing and outputs zero.
-        empty = ~valid.any(-1, keepdim=True)
-        keep = keep_mask(torch.nan_to_num(probs), valid | empty, gate) & ~empty
+        probs = torch.softmax(attention_scores(q, key.float()).masked_fill_(~valid, float("-inf")), dim=-1)
+        # Without a mask every row sees at least one key (its own, when causal). With one, a row may
+        # see none (a padded query): it attends to nothing and outputs zero.
+        empty = None if attention_mask is None else ~valid.any(-1, keepdim=True)
+        keep = keep_mask(probs, valid, gate) if empty is None else \
+            keep_mask(probs.nan_to_num_(), valid | empty, gate) & ~empty
+        del probs
         if _counting is not None:
             _counting.kept = _counting.kept + keep.sum()
             _counting.admissible = _counting.admissible + valid.expand(keep.shape).sum()
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=keep | empty, scale=scale,
-                                         dropout_p=dropout if module.training else 0.0)
-    out = out.masked_fill(empty, 0.0) if attention_mask is not None else out
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=keep if empty is None else keep | empty,
+                                         scale=scale, dropout_p=dropout if module.training else 0.0)
+    out = out if empty is None else out.masked_fill(empty, 0.0)
     return out.transpose(1, 2).contiguous(), keep if kwargs.get("output_attentions") else None
 
 

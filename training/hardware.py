@@ -1,0 +1,123 @@
+"""A trained model back through the HPU's view: its own attention in the HPU's fixed point.
+
+`fixed_point_quality` evaluates a trained checkpoint on held-out text three ways, in one pass each:
+dense attention, the float gate it was trained with (``hpu_mass``), and the HPU's bit-accurate
+integer contract (``hpu_fixed``: every layer's attention computed by
+`golden_model.reference.fixed_point_attention`, scores quantized to score_bits, values to value_bits,
+probabilities from the EXP_LUT, the integer gate, the normalizer). It reports the next-token loss of
+each, the cosine of every layer's fixed-point attention output against the float gate's, and both kept
+fractions. The HPU configuration is the user's (`HPUConfig`: widths, max_keys), with its gate fields
+taken from the checkpoint's trained gate, so the hardware gates as the model was trained to be gated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from golden_model.reference import fixed_point_attention
+from hpu.config import HPUConfig
+from hpu.errors import InputError
+from training import attention
+
+FIXED = "hpu_fixed"
+
+
+class _Recorder:
+    """Per layer call: the cosines of fixed-point against float-gate outputs, and the kept counts."""
+
+    def __init__(self):
+        self.cosines: list[torch.Tensor] = []
+        self.kept = self.admissible = 0
+
+
+_recording: _Recorder | None = None
+
+
+def fixed_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """An `AttentionInterface` function computing attention through the HPU's integer contract.
+
+    While recording, the float gate runs on the same q, k and v, so each layer's agreement is measured
+    on identical inputs rather than after earlier layers' differences have compounded."""
+    if attention_mask is not None:
+        raise InputError("the fixed-point attention takes unpadded causal sequences (no attention mask)")
+    cfg = HPUConfig(**module.config.hpu_hardware)
+    groups = query.shape[1] // key.shape[1]
+    dim = query.shape[-1]
+    scale = dim ** -0.5 if scaling is None else scaling
+    q = query.double() * (scale * dim ** 0.5)
+    k, v = (attention.repeat_heads(x, groups).double() for x in (key, value))
+    result = fixed_point_attention(q, k, v, cfg, causal=True)
+    if _recording is not None:
+        gated, _ = attention.mass_gate_forward(module, query, key, value, None, scaling=scaling)
+        _recording.cosines.append(F.cosine_similarity(result.out.transpose(1, 2).double(), gated.double(), dim=-1))
+        _recording.kept += int(result.kept.sum())
+        _recording.admissible += int(result.admissible.sum())
+    return result.out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    attention.register()
+    AttentionInterface.register(FIXED, fixed_forward)
+    AttentionMaskInterface.register(FIXED, sdpa_mask)
+
+
+def _pass(model, implementation: str, sequences: torch.Tensor) -> tuple[float, _Recorder, float]:
+    """Mean next-token loss of one attention implementation; its recorder; the float gate's kept fraction."""
+    global _recording
+    model.set_attn_implementation(implementation)
+    recorder, total = _Recorder(), 0.0
+    _recording = recorder
+    try:
+        with torch.no_grad(), attention.counting() as kept:
+            for seq in sequences:
+                logits = model(input_ids=seq[None, :-1]).logits[0]
+                total += float(F.cross_entropy(logits.double(), seq[1:]))
+    finally:
+        _recording = None
+    return total / len(sequences), recorder, kept.fraction
+
+
+def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarray, sequences: int,
+                        length: int) -> dict:
+    """Loss and attention agreement of a trained checkpoint: dense, float gate and the HPU's fixed point."""
+    from transformers import AutoModelForCausalLM
+
+    register()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa",
+                                                 dtype=torch.float64).eval()
+    trained = getattr(model.config, "hpu_gate", None)
+    if not trained:
+        raise InputError(f"{model_dir} was trained without the gate (no hpu_gate in its config): "
+                         "take a run of a gated arm")
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    if hpu.head_dim != head_dim or hpu.max_keys < length:
+        raise InputError(f"the HPU configuration has head_dim {hpu.head_dim} and max_keys {hpu.max_keys}; this model "
+                         f"needs head_dim {head_dim} and max_keys >= {length}: pass --set head_dim={head_dim} "
+                         f"--set max_keys={length} or a shorter --length")
+    hpu = dataclasses.replace(hpu, **{name: trained[name] for name in attention.GATE_FIELDS}, acc_bits=0)
+    model.config.hpu_hardware = hpu.to_dict()
+    if len(stream) < sequences * length + 1:
+        raise InputError(f"the held-out text has {len(stream)} tokens, fewer than {sequences} x {length}")
+    seqs = torch.from_numpy(np.stack([stream[i * length:(i + 1) * length + 1] for i in range(sequences)])
+                            .astype(np.int64))
+    dense_loss, _, _ = _pass(model, "sdpa", seqs)
+    float_loss, _, float_kept = _pass(model, attention.NAME, seqs)
+    fixed_loss, fixed, _ = _pass(model, FIXED, seqs)
+    layers = model.config.num_hidden_layers
+    per_layer = [torch.cat([c.flatten() for c in fixed.cosines[layer::layers]]) for layer in range(layers)]
+    every = torch.cat(per_layer)
+    return {"model": str(model_dir), "hpu": hpu.to_dict(), "sequences": sequences, "length": length,
+            "loss": {"dense": dense_loss, "float_gate": float_loss, "fixed_point": fixed_loss},
+            "fixed_minus_float": fixed_loss - float_loss,
+            "kept_fraction": {"float_gate": float_kept, "fixed_point": fixed.kept / fixed.admissible},
+            "attention_cosine_mean": float(every.mean()), "attention_cosine_min": float(every.min()),
+            "per_layer": [{"layer": i, "cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
+                          for i, c in enumerate(per_layer)]}
