@@ -4,7 +4,8 @@ level, with the error stated on workloads the fit did not see.
 For a configuration, every workload class is simulated at RTL gated and dense (`run_workload`), and
 each unit asked for is mapped to the cells (Yosys), its delays written (OpenSTA SDF) and its netlist
 replayed under Icarus on the inputs it saw in each RTL run, without delays and with them (glitches);
-the replay must reproduce the unit's outputs cycle for cycle. A replay with its inputs held measures
+the replay starts from the RTL's initial values, must hold no x or z after its reset, and must
+reproduce the unit's outputs cycle for cycle, x included. A replay with its inputs held measures
 on its own what the unit costs per cycle doing nothing: at gate level every flip-flop's clock pin
 draws energy every cycle unless a clock-gating cell stops it, which the RTL model cannot see. Then
 
@@ -33,6 +34,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import scipy.optimize
@@ -44,6 +46,7 @@ from hpu.files import claim, staged, write_json, write_text
 from power import gatesim, liberty
 from power.energy import DEFAULT_TABLE, FITTED_CLASSES, matches
 from power.flow import run_workload
+from power.vcd import scan
 from rtl_gen.generate import TOP_NAME, generate
 from rtl_gen.manifest import load_manifest, load_nets
 from sim.job import Options
@@ -79,6 +82,8 @@ WORKLOADS = {
     "minilm-idle": ("minilm", Options(seed=1, gaps=0.5)),
 }
 RUNS = {"gated": "gated.vcd", "dense": "gated_dense.vcd"}
+# What a calibration writes into its output folder.
+OUTPUTS = {"table": "energy.toml", "json": "calibration.json", "plot": "calibration.png", "summary": "calibration.md"}
 IDLE_CYCLES = 500
 HARNESS = ("hpu_harness", "dut")
 
@@ -164,11 +169,27 @@ def simulate(cfg: HPUConfig, workloads: dict, rows: int, work: Path, log=print) 
     return Bench(work, generated.verilog, reports, dumps, load_nets(generated.manifest, load_manifest(generated.manifest)))
 
 
-def _pool(jobs: int) -> concurrent.futures.ProcessPoolExecutor:
+@contextlib.contextmanager
+def _pool(jobs: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
     """Workers, one per CPU, started from a fresh server process: a worker forked from this one would
-    inherit locks its other threads hold (a test runner's, torch's) and could wait on them forever."""
-    return concurrent.futures.ProcessPoolExecutor(min(jobs, os.cpu_count() or 1),
+    inherit locks its other threads hold (a test runner's, torch's) and could wait on them forever.
+
+    A block that ends in an exception (Ctrl-C, a unit that fails) drops the queued work and ends the
+    running work instead of waiting for it: a worker survives its own task's KeyboardInterrupt and
+    takes the next one, and a pool's shutdown waits for every queued task, so that a second Ctrl-C
+    there would leave the exit waiting on them."""
+    pool = concurrent.futures.ProcessPoolExecutor(min(jobs, os.cpu_count() or 1),
                                                   mp_context=multiprocessing.get_context("forkserver"))
+    workers = set(multiprocessing.active_children())
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        # This process's children started since the pool was made are its workers.
+        for worker in set(multiprocessing.active_children()) - workers:
+            worker.terminate()
+        raise
+    pool.shutdown()
 
 
 def _rtl_runs(cfg: HPUConfig, name: str, source: str, rows: int, options: Options, work: Path, rtl: Path) -> dict:
@@ -194,21 +215,20 @@ def memories_of(nets: dict, instance: str) -> set[str]:
 
 
 def _differing_outputs(rtl: gatesim.Stimulus, gate: gatesim.Stimulus) -> list[str]:
-    """The outputs whose replay (settled values, one cycle fewer) differs from the RTL in any cycle."""
-    bad, column = [], 0
-    for name, width in rtl.widths.items():
-        columns = slice(column, column + gatesim.limbs(width))
-        column = columns.stop
-        if not np.array_equal(rtl.values[:len(gate.values), columns], gate.values[:, columns]):
-            bad.append(name)
-    return bad
+    """The outputs whose replay (settled values, one cycle fewer) differs from the RTL in any cycle: an
+    x or z bit equals only an x or z bit."""
+    cycles = len(gate.values)
+    differs = ((rtl.values[:cycles] != gate.values) | (rtl.unknown[:cycles] != gate.unknown)).any(axis=0)
+    return list(dict.fromkeys(name for name, bad in zip(gatesim.column_signals(rtl.widths), differs) if bad))
 
 
 def _gate_run(mapped: gatesim.Mapped, stim: gatesim.Stimulus, name: str, sdf: Path | None,
               left_out: set[str], outs: dict[str, int]) -> tuple[float, gatesim.Stimulus]:
     """One replay: its energy without the memory cells (fJ), and its outputs, settled, per cycle."""
     dump = gatesim.replay(mapped, gatesim.CELLS_VERILOG, stim, name=name, sdf=sdf)
-    energy, _ = gatesim.energy(mapped, _library(), dump)
+    counts = scan(dump)
+    gatesim.check_known(mapped, counts, name)
+    energy = gatesim.energy(mapped, _library(), counts, stim.period_ps)
     counted = np.array([cell not in left_out for cell in energy.instances])
     return float(energy.total[counted].sum()) * 1e15, gatesim.stimulus(dump, ("replay", "dut"), outs, settled=True)
 
@@ -230,7 +250,8 @@ def calibrate_unit(bench: Bench, unit: str, log=print) -> dict:
     timing = gatesim.write_sdf(mapped, first.period_ps)
     delays = {"sdf": timing.sdf, "zero_delay": None}
     outs = gatesim.outputs(mapped)
-    held = gatesim.Stimulus(np.zeros((IDLE_CYCLES, first.values.shape[1]), np.int64), first.period_ps, first.widths)
+    still = np.zeros((IDLE_CYCLES, first.values.shape[1]), np.int64)
+    held = gatesim.Stimulus(still, still, first.period_ps, first.widths)
     # Every replay at the period the worst path needs: the gate level's energy per cycle does not
     # depend on it (but for leakage), and a shorter one would replay other states. Replays run side
     # by side, one per CPU.
@@ -360,7 +381,7 @@ def calibrate(cfg: HPUConfig, cfg_name: str, units: list[str], rows: int, work: 
     if len(workloads) < 3:
         raise InputError(f"{len(workloads)} workload classes: leave-one-workload-out needs at least 3")
     if not gatesim.CELLS_LIBERTY.exists():
-        raise InputError(f"no cell library at {gatesim.CELLS_LIBERTY}: run `make cells` (it fetches the OSU 0.18 um "
+        raise InputError(f"no cell library at {gatesim.CELLS_LIBERTY}: run `make setup` (it fetches the OSU 0.18 um "
                          "cells from Debian's qflow-tech-osu018)")
     lib = _library()
     date = datetime.date.today().isoformat()
@@ -369,14 +390,19 @@ def calibrate(cfg: HPUConfig, cfg_name: str, units: list[str], rows: int, work: 
     def timed(*args, **kwargs):
         log(f"[{time.perf_counter() - start:6.1f} s]", *args, **kwargs)
 
-    with claim(out, "calibration folder"):
+    # The whole work folder is this run's from the start: a second calibration there is refused at
+    # once, not minutes in at its first shared subfolder.
+    with contextlib.ExitStack() as held:
+        shared = out.resolve() == work.resolve()
+        held.enter_context(claim(work, "calibration work folder", OUTPUTS.values() if shared else ()))
+        if not shared:
+            held.enter_context(claim(out, "calibration folder", OUTPUTS.values()))
         bench = simulate(cfg, workloads, rows, work, timed)
         results = [calibrate_unit(bench, unit, timed) for unit in units]
         result = {"config": cfg.to_dict(), "config_name": cfg_name, "rows_per_workload": rows,
                   "library": f"{lib.name} ({lib.voltage} V)", "date": date, "features": FEATURES,
                   "workloads": {k: v[0] for k, v in workloads.items()}, "units": results}
-        paths = {"table": out / "energy.toml", "json": out / "calibration.json", "plot": out / "calibration.png",
-                 "summary": out / "calibration.md"}
+        paths = {key: out / name for key, name in OUTPUTS.items()}
         write_text(paths["table"], table_text(results, list(next(iter(bench.reports.values()))), cfg_name, lib, date))
         write_json(paths["json"], result)
         plot(results, paths["plot"])

@@ -3,8 +3,11 @@ it saw in an RTL simulation, and its energy computed from the gate-level dump (p
 
 The replay takes the unit's input ports, cycle by cycle, from an RTL dump of the whole HPU (the
 values each input held in each clock cycle), so the gate-level run sees exactly the stimulus the
-RTL activity model was charged for. The cell models run without delays (zero-delay: no glitches,
-the lower bound of the gate-level energy) or with OpenSTA's SDF delays (`write_sdf`: glitches).
+RTL activity model was charged for. Its flip-flops start where the RTL's registers and memories
+start, at their initial values, and a replay that carries x or z after its reset is refused, so that
+the gate level is charged only for states the RTL has. The cell models run without delays
+(zero-delay: no glitches, the lower bound of the gate-level energy) or with OpenSTA's SDF delays
+(`write_sdf`: glitches).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Mapped:
     netlist: dict
     inputs: dict[str, int]      # input port -> width
     area: float                 # library area units (um^2 for OSU 0.18 um)
+    initial: dict[str, int]     # flip-flop instance -> the value it holds at time 0
 
 
 def map_to_cells(verilog: Path, top: str, lib_path: Path, work: Path) -> Mapped:
@@ -58,16 +62,48 @@ def map_to_cells(verilog: Path, top: str, lib_path: Path, work: Path) -> Mapped:
     for line in (work / "area.txt").read_text().splitlines():
         if "Chip area for module" in line:
             area = float(line.rsplit(":", 1)[1])
-    return Mapped(top, work / "mapped.v", netlist, inputs, area)
+    return Mapped(top, work / "mapped.v", netlist, inputs, area, _initial_values(module, liberty.load(lib_path)))
+
+
+# The pin the library's flip-flops and latch take their next state from (their ff groups' next_state
+# and the latch's data_in).
+NEXT_STATE = "D"
+
+
+def _initial_values(module: dict, lib: liberty.Library) -> dict[str, int]:
+    """Each flip-flop's value at time 0: the `init` attribute Yosys keeps on the net a flip-flop drives,
+    from the RTL's register and memory initial values (MSB first, one character per bit)."""
+    init = {}
+    for info in module["netnames"].values():
+        value = info.get("attributes", {}).get("init")
+        if isinstance(value, str) and len(value) == len(info["bits"]):
+            init.update({bit: int(v) for bit, v in zip(info["bits"], reversed(value))
+                         if isinstance(bit, int) and v in "01"})
+    initial = {}
+    for name, cell in module["cells"].items():
+        lib_cell = lib.cells.get(cell["type"])
+        if lib_cell is None or not lib_cell.sequential:
+            continue
+        outs = [bits[0] for pin, bits in cell["connections"].items()
+                if pin in lib_cell.pins and lib_cell.pins[pin].direction == "output" and bits]
+        if outs and outs[0] in init:
+            if NEXT_STATE not in lib_cell.pins:
+                raise InputError(f"{name} is a {lib_cell.name}, which has no {NEXT_STATE} pin to set its initial "
+                                 f"value through: map the design to flip-flops that take their state on {NEXT_STATE}")
+            initial[name] = init[outs[0]]
+    return initial
 
 
 def _escape(name: str) -> str:
-    return name if name.replace("_", "a").isalnum() else "\\" + name
+    """A Verilog identifier for `name`: escaped ones end at the white space that follows them."""
+    return name if name.replace("_", "a").isalnum() else "\\" + name + " "
 
 
 def _unescaped(name: str) -> str:
-    """A dump's name for a Verilog escaped identifier (`\\r_en$32`) as Yosys names it (`r_en$32`)."""
-    return name.removeprefix("\\")
+    """A dump's name for a Verilog escaped identifier as Yosys's JSON names it: without its backslash
+    (`\\r_en$32` is `r_en$32`), but for a name that begins with `$`, which Yosys keeps escaped
+    (`\\$272`) to tell it from its own internal names."""
+    return name if name.startswith("\\$") else name.removeprefix("\\")
 
 
 def data_inputs(mapped: Mapped, clock: str = "clk") -> dict[str, int]:
@@ -88,12 +124,18 @@ LIMB = 62
 @dataclass
 class Stimulus:
     values: np.ndarray          # (cycles, columns): each signal as held in each clock cycle, in limbs
+    unknown: np.ndarray         # the same layout: the bits that were x or z (their `values` bits are 0)
     period_ps: int              # the clock period: the dump's, or the one a replay runs at
     widths: dict[str, int]      # the signals, in column order
 
 
 def limbs(width: int) -> int:
     return -(-width // LIMB)
+
+
+def column_signals(widths: dict[str, int]) -> list[str]:
+    """The signal each column of a Stimulus holds."""
+    return [name for name, width in widths.items() for _ in range(limbs(width))]
 
 
 def stimulus(vcd: Path, scope: tuple[str, ...], signals: dict[str, int], clock: str = "clk",
@@ -117,28 +159,38 @@ def stimulus(vcd: Path, scope: tuple[str, ...], signals: dict[str, int], clock: 
         for code, (times, states) in batch.watched.items():
             changes[code].append((times, states))
 
-    scan(vcd, keep, watch=watch)
+    counts = scan(vcd, keep, watch=watch)
     times, states = (np.concatenate(x) for x in zip(*changes[codes[clock]]))
     edges = times[rising(states[:, 0], X)]
+    if counts.closed:
+        # The `$dumpoff` that closes an `hpu sim` dump sets every variable to x: an edge at that time
+        # shows the dump's end, not the design.
+        edges = edges[edges < counts.end_time]
     if len(edges) < 2:
         raise InputError(f"{vcd}: the clock {'.'.join(scope + (clock,))} has {len(edges)} rising edges: no cycles")
     period_ps = int(round(float(np.median(np.diff(edges))) * header.timescale * 1e12))
-    columns = []
+    cycles = len(edges) - settled
+    columns, unknown = [], []
     for name, width in signals.items():
         if not changes[codes[name]]:
-            columns += [np.zeros(len(edges) - settled, np.int64)] * limbs(width)
+            # Never set in the dump: x throughout.
+            columns += [np.zeros(cycles, np.int64)] * limbs(width)
+            unknown += [np.full(cycles, (1 << min(LIMB, width - lo)) - 1, np.int64) for lo in range(0, width, LIMB)]
             continue
         times, states = (np.concatenate(x) for x in zip(*changes[codes[name]]))
         # The value a change sets holds from its time on; at an edge, changes at that very time count.
         last = (np.searchsorted(times, edges[1:], side="left") if settled
                 else np.searchsorted(times, edges, side="right")) - 1
-        bits = np.where(states <= ONE, states, 0).astype(np.int64)   # x and z replayed as 0
-        for lo in range(0, width, LIMB):
-            part = bits[:, lo:lo + LIMB]
-            values = part @ (np.int64(1) << np.arange(part.shape[1], dtype=np.int64))   # column i is bit lo + i
-            columns.append(np.where(last >= 0, values[np.maximum(last, 0)], 0))
-    values = np.stack(columns, axis=1) if columns else np.zeros((len(edges) - settled, 0), np.int64)
-    return Stimulus(values, period_ps, dict(signals))
+        for column, bits in ((columns, np.where(states <= ONE, states, 0)), (unknown, states > ONE)):
+            for lo in range(0, width, LIMB):
+                part = bits[:, lo:lo + LIMB].astype(np.int64)
+                packed = part @ (np.int64(1) << np.arange(part.shape[1], dtype=np.int64))   # column i is bit lo + i
+                # Before its first change a signal is x.
+                column.append(np.where(last >= 0, packed[np.maximum(last, 0)],
+                                       0 if column is columns else (1 << part.shape[1]) - 1))
+    shape = (cycles, 0)
+    return Stimulus(np.stack(columns, axis=1) if columns else np.zeros(shape, np.int64),
+                    np.stack(unknown, axis=1) if unknown else np.zeros(shape, np.int64), period_ps, dict(signals))
 
 
 @dataclass
@@ -189,14 +241,22 @@ def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "rep
            reset: str = "rst", reset_cycles: int = 2, sdf: Path | None = None) -> Path:
     """Runs the mapped netlist under Icarus on `stim` (one row per cycle, a column per input of
     `data_inputs(mapped)`, at its clock period), in the mapping's folder, and returns `name`.vcd: the
-    dump of the unit's own nets (its flip-flops cleared by `reset_cycles` cycles of `reset` first, not
-    dumped). Row k is applied just after edge k, so edge k sees row k - 1; edge 0 sees the reset still
+    dump of the unit's own nets. Before it, not dumped: every flip-flop takes its initial value at the
+    first edge (`mapped.initial`, through its forced data pin), as the RTL's registers and memories
+    hold theirs from time 0 (a reset does not clear memories), then `reset_cycles` - 1 more cycles of
+    `reset`. Row k is applied just after edge k, so edge k sees row k - 1; edge 0 sees the reset still
     held, as an `hpu sim` dump begins at the edge that releases it. With `sdf`, the cells' delays are
     annotated and simulated (inertial), so glitches appear."""
     work = mapped.verilog.parent
     names = list(data_inputs(mapped))
     if list(stim.widths) != names:
         raise InputError(f"the stimulus holds {list(stim.widths)}, the netlist's inputs are {names}")
+    if stim.unknown.any():
+        cycles, columns = np.nonzero(stim.unknown)
+        signals = dict.fromkeys(column_signals(stim.widths)[c] for c in columns)
+        raise InputError(f"{mapped.top}: the RTL drove x or z into {', '.join(signals)} ({len(set(cycles))} cycles, "
+                         f"the first {cycles[0]}): a replay drives 0 or 1 and would run states the RTL does not "
+                         "have; give what drives them a reset or an initial value")
     widths = [mapped.inputs[n] for n in names]
     total = sum(widths)
     with open(work / f"{name}.hex", "w") as f:
@@ -215,6 +275,9 @@ def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "rep
         hi -= w
     ports = ", ".join([".clk(clk)"] + slices)
     half = stim.period_ps // 2
+    data = [f"dut.{_escape(cell)}.{NEXT_STATE}" for cell in mapped.initial]
+    force = "\n".join(f"    force {pin} = 1'b{value};" for pin, value in zip(data, mapped.initial.values()))
+    release = "\n".join(f"    release {pin};" for pin in data)
     bench = f"""`timescale 1ps/1ps
 module replay;
   reg clk = 0;
@@ -226,7 +289,10 @@ module replay;
   initial begin
     {f'$sdf_annotate("{sdf.name}", dut);' if sdf is not None else ''}
     $readmemh("{name}.hex", stim);
-    repeat ({reset_cycles}) begin #{half} clk = 1; #{half} clk = 0; end
+{force}
+    #{half} clk = 1; #{half} clk = 0;
+{release}
+    repeat ({reset_cycles - 1}) begin #{half} clk = 1; #{half} clk = 0; end
     $dumpfile("{name}.vcd");
     $dumpvars(1, dut);
     for (k = 0; k < {len(stim.values)}; k = k + 1) begin
@@ -249,21 +315,51 @@ endmodule
     return work / f"{name}.vcd"
 
 
-def energy(mapped: Mapped, lib: liberty.Library, vcd: Path) -> tuple[gatelevel.Energy, Counts]:
-    """Gate-level energy of the replayed unit: its nets' rises and falls from the dump."""
-    counts = scan(vcd)
-    header = counts.header
+def _dumped_bits(mapped: Mapped, header) -> dict[int, int]:
+    """{netlist bit: its index in the dump's counts} for every net of the unit the dump holds."""
     netnames = mapped.netlist["modules"][mapped.top]["netnames"]
     offsets = header.bit_offsets
-    activity = {}
+    found = {}
     for var in header.vars:
         info = netnames.get(_unescaped(var.name))
-        if info is None or len(info["bits"]) != header.widths[var.code]:
-            continue
+        if info is not None and len(info["bits"]) == header.widths[var.code]:
+            found.update({bit: int(offsets[var.code]) + i for i, bit in enumerate(info["bits"]) if isinstance(bit, int)})
+    return found
+
+
+def check_known(mapped: Mapped, counts: Counts, replay_name: str) -> None:
+    """Refuses a replay in which a net of the unit's logic (one that a cell pin or a port is on) is x or
+    z at any time after the reset: its energy would be of states the RTL never has."""
+    module = mapped.netlist["modules"][mapped.top]
+    logic = {b for cell in module["cells"].values() for bits in cell["connections"].values() for b in bits}
+    logic |= {b for port in module["ports"].values() for b in port["bits"]}
+    names = {}
+    for info_name, info in module["netnames"].items():
         for i, bit in enumerate(info["bits"]):
-            if isinstance(bit, int):
-                k = int(offsets[var.code]) + i
-                activity[bit] = (int(counts.rise[k]), int(counts.fall[k]))
-    duration = (counts.end_time - counts.begin_time) * header.timescale
+            names.setdefault(bit, info_name if len(info["bits"]) == 1 else f"{info_name}[{i}]")
+    # A bit's first value is counted as a change from x: any further x/z change, or time at x or z, is x.
+    unknown = [names[bit] for bit, k in _dumped_bits(mapped, counts.header).items()
+               if bit in logic and (counts.tx[k] > 0 or counts.xz[k] > 1)]
+    if unknown:
+        raise InputError(f"{mapped.top}: replay {replay_name} carries x or z after its reset on {len(unknown)} "
+                         f"net{'s' if len(unknown) > 1 else ''} "
+                         f"({', '.join(sorted(unknown)[:6])}{', ...' if len(unknown) > 6 else ''}): it would be "
+                         "charged for states the RTL never has; give the flip-flops behind them an initial value or "
+                         "a reset in the RTL")
+
+
+def energy(mapped: Mapped, lib: liberty.Library, counts: Counts, period_ps: int,
+           clock: str = "clk") -> gatelevel.Energy:
+    """Gate-level energy of a replay of the unit from its dump's counts (power.gatelevel): each net's
+    transitions, a change to or from x or z as half of one (OpenSTA's rule; a bit's first value, which
+    the reader counts as a change from x, is none, so one that starts at x loses half a transition),
+    and its duty; the clock's pins are charged from the replay's clock period."""
+    header = counts.header
+    span = counts.end_time - counts.begin_time
+    activity = {bit: (float(counts.rise[k] + counts.fall[k]) + max(int(counts.xz[k]) - 1, 0) / 2,
+                      float(counts.t1[k]) / span)
+                for bit, k in _dumped_bits(mapped, header).items()}
+    ports = mapped.netlist["modules"][mapped.top]["ports"]
     netlist = gatelevel.Netlist.from_yosys(mapped.netlist, lib, mapped.top)
-    return gatelevel.estimate(netlist, lib, activity, duration), counts
+    return gatelevel.estimate(netlist, lib, activity, span * header.timescale,
+                              clock=ports[clock]["bits"][0] if clock in ports else None, period=period_ps * 1e-12)

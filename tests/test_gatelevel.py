@@ -2,14 +2,22 @@
 energies are computed by hand below, and on the OSU 0.18 um library that `make` fetches."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from hpu.cli import main
 from hpu.config import HPUConfig
+from hpu.files import claim
 from power import calibrate, gatelevel, gatesim, liberty
 from power.energy import EnergyTable
+from power.vcd import scan
 from rtl_gen.tools import opensta, run_tool
 
 from conftest import REPO
@@ -34,7 +42,7 @@ library (tiny) {
       timing () { related_pin : "A";
         rise_transition (t2) { values ("0.1, 0.3", \\
                                         "0.5, 0.7"); }
-        fall_transition (t2) { values ("0.1, 0.3", "0.5, 0.7"); } }
+        fall_transition (t2) { values ("0.2, 0.4", "0.6, 0.8"); } }
       internal_power () { related_pin : "A";
         rise_power (p2) { values ("0.02, 0.04", "0.06, 0.08"); }
         fall_power (p2) { values ("0.01, 0.03", "0.05, 0.07"); } } }
@@ -66,7 +74,7 @@ library (tiny) {
 """
 
 # a -> u1 (INV) -> n4 -> u2 (INV) -> n5 -> ff.D; clk -> ff.CLK; ff.Q -> n6 -> u3 (INV) -> n7 (no load);
-# u4 (AND2) takes a and clk and drives n8 (no load).
+# u4 (AND2) takes a and clk and drives n8 (no load); u5 (AND2) takes a and the constant 1 and drives n9.
 NETLIST = {"modules": {"top": {
     "attributes": {"top": "00000000000000000000000000000001"},
     "ports": {"a": {"direction": "input", "bits": [2]}, "clk": {"direction": "input", "bits": [3]},
@@ -75,10 +83,14 @@ NETLIST = {"modules": {"top": {
               "u2": {"type": "INV", "connections": {"A": [4], "Y": [5]}},
               "ff": {"type": "DFF", "connections": {"CLK": [3], "D": [5], "Q": [6]}},
               "u3": {"type": "INV", "connections": {"A": [6], "Y": [7]}},
-              "u4": {"type": "AND2", "connections": {"A": [2], "B": [3], "Y": [8]}}},
+              "u4": {"type": "AND2", "connections": {"A": [2], "B": [3], "Y": [8]}},
+              "u5": {"type": "AND2", "connections": {"A": [2], "B": ["1"], "Y": [9]}}},
     "netnames": {"a": {"bits": [2]}, "clk": {"bits": [3]}, "n4": {"bits": [4], "hide_name": 1},
-                 "z": {"bits": [5]}, "q": {"bits": [6]}, "n7": {"bits": [7]}, "n8": {"bits": [8]}}}}}
-ACTIVITY = {2: (3, 3), 3: (10, 10), 4: (3, 3), 5: (3, 3), 6: (2, 1), 7: (1, 2), 8: (1, 1)}
+                 "z": {"bits": [5]}, "q": {"bits": [6]}, "n7": {"bits": [7]}, "n8": {"bits": [8]},
+                 "n9": {"bits": [9]}}}}}
+# (transitions, duty) per net; the clock's 18 transitions in the dump give way to its period's 20.
+ACTIVITY = {2: (6, 0.25), 3: (18, 0.4), 4: (6, 0.75), 5: (6, 0.25), 6: (3, 0.5), 7: (3, 0.5), 8: (2, 0.1),
+            9: (4, 0.25)}
 PJ = 1e-12
 
 
@@ -104,32 +116,59 @@ def test_liberty_units_tables_and_interpolation(tiny):
 
 
 def test_energy_of_a_hand_made_netlist(tiny):
+    """Every rule of the engine (OpenSTA's) on numbers worked by hand; the tiny INV's fall transitions
+    are 0.1 ns slower than its rises, so that each edge's own transition time shows."""
     netlist = gatelevel.Netlist.from_yosys(NETLIST, tiny)
-    e = gatelevel.estimate(netlist, tiny, ACTIVITY, duration=100e-9)
+    e = gatelevel.estimate(netlist, tiny, ACTIVITY, duration=100e-9, clock=3, period=10e-9)
     by = {name: k for k, name in enumerate(e.instances)}
     ns = 1e-9
-    # Transition times: u1.Y at 10 fF and input slew 0: 0.1 + 0.1 x (0.5 - 0.1) = 0.14 ns; u2.Y at
-    # 10 fF and 0.14 ns: 0.128 + 0.1 x 0.4 = 0.168 ns; ff.Q: 0.22 ns; u3.Y (no load) at 0.22 ns: 0.144 ns.
-    assert e.slews[4] == pytest.approx((0.14 * ns, 0.14 * ns))
-    assert e.slews[5] == pytest.approx((0.168 * ns, 0.168 * ns))
+    # Transition times: u1.Y at 10 fF from input slew 0: rise 0.1 + 0.1 x (0.5 - 0.1) = 0.14 ns, fall
+    # 0.2 + 0.1 x 0.4 = 0.24 ns. u2 inverts: its rise comes from n4's fall (0.24 ns): 0.148 + 0.04 =
+    # 0.188 ns, its fall from n4's rise (0.14 ns): 0.228 + 0.04 = 0.268 ns. ff.Q: 0.22 ns both; u3.Y
+    # (no load) from 0.22 ns: rise 0.1 + 0.2 x 0.22 = 0.144, fall 0.2 + 0.2 x 0.22 = 0.244 ns.
+    assert e.slews[4] == pytest.approx((0.14 * ns, 0.24 * ns))
+    assert e.slews[5] == pytest.approx((0.188 * ns, 0.268 * ns))
     assert e.slews[6] == pytest.approx((0.22 * ns, 0.22 * ns))
-    assert e.slews[7] == pytest.approx((0.144 * ns, 0.144 * ns))
+    assert e.slews[7] == pytest.approx((0.144 * ns, 0.244 * ns))
     # switching: 1/2 x 10 fF x (2 V)^2 per transition
     assert e.switching[by["u1"]] == pytest.approx(6 * 0.5 * 1e-14 * 4)
     assert e.switching[by["ff"]] == pytest.approx(3 * 0.5 * 1e-14 * 4)
     assert e.switching[by["u3"]] == 0 and e.switching[by["u4"]] == 0
-    # internal: u1 at 10 fF, slew 0: rise 0.024, fall 0.014 pJ; u2 at 0.14 ns: rise 0.0268, fall 0.0168 pJ
-    assert e.internal[by["u1"]] == pytest.approx((3 * 0.024 + 3 * 0.014) * PJ)
-    assert e.internal[by["u2"]] == pytest.approx((3 * 0.0268 + 3 * 0.0168) * PJ)
-    # ff: Q 3 x 0.32 pJ; its clock pin 10 rises x 0.1 + 10 falls x 0.05 pJ (the D pin has no table)
-    assert e.internal[by["ff"]] == pytest.approx((3 * 0.32 + 10 * 0.1 + 10 * 0.05) * PJ)
-    assert e.clock_pins[by["ff"]] == pytest.approx((10 * 0.1 + 10 * 0.05) * PJ) and e.clock_pins[by["u1"]] == 0
-    # u3 at no load and 0.22 ns: rise 0.0244, fall 0.0144 pJ
-    assert e.internal[by["u3"]] == pytest.approx((0.0244 + 2 * 0.0144) * PJ)
-    # u4: two groups weighted by their inputs' transitions, a 6 and clk 20
-    assert e.internal[by["u4"]] == pytest.approx(2 * (6 / 26 * 0.1 + 20 / 26 * 0.6) * PJ)
+    # internal: the mean of the rise and fall energies per transition, each at the transition time of
+    # the input edge that causes it. u1 at 10 fF, slew 0: rise 0.024, fall 0.014 pJ. u2 at 10 fF: its
+    # rise at n4's fall (0.24 ns) 0.024 + 0.02 x 0.24 = 0.0288 pJ, its fall at n4's rise (0.14 ns)
+    # 0.014 + 0.02 x 0.14 = 0.0168 pJ (at the larger transition time for both it would be 0.0188).
+    assert e.internal[by["u1"]] == pytest.approx(6 * (0.024 + 0.014) / 2 * PJ)
+    assert e.internal[by["u2"]] == pytest.approx(6 * (0.0288 + 0.0168) / 2 * PJ)
+    # ff: Q 3 x 0.32 pJ; its clock pin takes the clock's 2 transitions per 10 ns period over 100 ns,
+    # 20 (not the dump's 18), at (0.1 + 0.05) / 2 pJ (the D pin has no table)
+    assert e.internal[by["ff"]] == pytest.approx((3 * 0.32 + 20 * 0.075) * PJ)
+    assert e.clock_pins[by["ff"]] == pytest.approx(20 * 0.075 * PJ) and e.clock_pins[by["u1"]] == 0
+    # u3 at no load: rise at 0.22 ns 0.0244, fall 0.0144 pJ
+    assert e.internal[by["u3"]] == pytest.approx(3 * (0.0244 + 0.0144) / 2 * PJ)
+    # u4 = A B: group A weighs a's 6 transitions x the duty of dY/dA = B (the clock: 1/2), group B
+    # the clock's 20 x the duty of dY/dB = A (0.25): 3 against 5 (by transitions alone: 6 against 20).
+    assert e.internal[by["u4"]] == pytest.approx(2 * (3 / 8 * 0.1 + 5 / 8 * 0.6) * PJ)
+    # u5 = A 1: B tied high makes Y follow A (tied low, Y could not move and A would weigh nothing).
+    assert e.internal[by["u5"]] == pytest.approx(4 * 0.1 * PJ)
     assert e.leakage[by["ff"]] == pytest.approx(5e-9 * 100e-9)
     assert e.total.sum() == pytest.approx(e.internal.sum() + e.switching.sum() + e.leakage.sum())
+
+
+def test_liberty_functions_give_truth_tables_and_unateness():
+    """Liberty's Boolean syntax (precedence: + and |, then & * and juxtaposition, then ^, then ! and ')
+    as truth tables over the inputs (row r sets input k to bit k of r), and each input's unateness."""
+    table, senses = gatelevel._logic("(!((S A) + (!S B)))", ("A", "B", "S"))
+    assert table.tolist() == [True, True, False, False, True, False, True, False]
+    assert senses == {"A": "negative", "B": "negative", "S": "non"}
+    assert gatelevel._logic("A' B+C", ("A", "B", "C"))[0].tolist() == [False, False, True, False] + [True] * 4
+    assert gatelevel._logic("A+B^C", ("A", "B", "C"))[0].tolist() == [False, True, True, True, True, True, False, True]
+    assert gatelevel._logic("A*1", ("A",))[1] == {"A": "positive"}
+    assert gatelevel._logic("IQ", ("CLK", "D")) is None
+    with pytest.raises(gatelevel.InputError, match="parenthesis does not close"):
+        gatelevel._logic("(A B", ("A", "B"))
+    # dY/dA of A B is B: A matters exactly while B is 1
+    assert gatelevel._sensitivity(gatelevel._logic("(A B)", ("A", "B"))[0], 0, np.array([0.3, 0.8])) == pytest.approx(0.8)
 
 
 def test_a_quiet_netlist_costs_only_leakage(tiny):
@@ -196,15 +235,124 @@ def test_a_lane_replayed_at_gate_level_accumulates_as_its_rtl(tmp_path):
     gate = gatesim.stimulus(dump, ("replay", "dut"), accs, settled=True).values
     assert len(gate) == len(stim.values) - 1 and len(np.unique(gate, axis=0)) > 6
     assert np.array_equal(rtl[:len(gate)], gate)
-    energy, counts = gatesim.energy(mapped, lib, dump)
+    counts = scan(dump)
+    gatesim.check_known(mapped, counts, "gated")
+    energy = gatesim.energy(mapped, lib, counts, stim.period_ps)
     assert energy.switching.sum() > 0 and energy.internal.sum() > 10 * energy.leakage.sum() > 0
     # With OpenSTA's delays annotated: the same states, and glitches on top of the zero-delay toggles.
     delayed = gatesim.replay(mapped, gatesim.CELLS_VERILOG, stim, name="gated_sdf",
                              sdf=gatesim.write_sdf(mapped, stim.period_ps).sdf)
     assert np.array_equal(rtl[:len(gate)], gatesim.stimulus(delayed, ("replay", "dut"), accs, settled=True).values)
-    glitchy, more = gatesim.energy(mapped, lib, delayed)
+    more = scan(delayed)
+    glitchy = gatesim.energy(mapped, lib, more, stim.period_ps)
     assert (more.rise + more.fall).sum() > (counts.rise + counts.fall).sum()
     assert glitchy.total.sum() > energy.total.sum()
+
+
+MEMORY_V = r"""module m(input clk, input a, input we, input [1:0] wa, input [1:0] ra, input [2:0] d,
+         output reg [2:0] q, output y, output w);
+  reg [2:0] mem [0:3];
+  reg never;
+  initial begin mem[0] = 3'd5; mem[1] = 3'd2; mem[2] = 3'd7; mem[3] = 3'd1; end
+  wire \$flip  = !a;
+  always @(posedge clk) begin if (we) mem[wa] <= d; q <= mem[ra]; never <= never ^ a; end
+  assign y = \$flip ;
+  assign w = never;
+endmodule
+"""
+
+
+def test_a_replay_starts_from_the_rtls_initial_values_and_refuses_x(tmp_path):
+    """A memory mapped to flip-flops holds its initial contents from time 0 in the replay, as in the
+    RTL (no reset clears it): reading its four words gives 5, 2, 7, 1. A register with neither an
+    initial value nor a reset stays x: the replay is refused, naming the unit and the net; an x in
+    the stimulus is refused before anything runs. A net whose name begins with `$` is matched to the
+    netlist like any other."""
+    (tmp_path / "m.v").write_text(MEMORY_V)
+    mapped = gatesim.map_to_cells(tmp_path / "m.v", "m", gatesim.CELLS_LIBERTY, tmp_path / "map")
+    lib = liberty.load(gatesim.CELLS_LIBERTY)
+    # the memory's 12 flip-flops start at 5, 2, 7, 1 (7 ones); q and `never` have no initial value
+    assert sorted(mapped.initial.values()).count(1) == 7 and len(mapped.initial) == 12
+    widths = gatesim.data_inputs(mapped)
+    assert list(widths) == ["a", "we", "wa", "ra", "d"]
+    rows = np.array([[0, 0, 0, ra, 0] for ra in (0, 1, 2, 3, 0)], np.int64)
+    stim = gatesim.Stimulus(rows, np.zeros_like(rows), 10000, widths)
+    dump = gatesim.replay(mapped, gatesim.CELLS_VERILOG, stim, name="reads")
+    # Edge k sees row k - 1 (edge 0 the zeros of the reset): q settles to words 0, 0, 1, 2.
+    q = gatesim.stimulus(dump, ("replay", "dut"), {"q": 3}, settled=True)
+    assert q.values[:, 0].tolist() == [5, 5, 2, 7] and not q.unknown.any()
+    counts = scan(dump)
+    assert {gatesim._unescaped(v.name) for v in counts.header.vars} <= set(mapped.netlist["modules"]["m"]["netnames"])
+    assert gatesim._unescaped("\\$flip") == "\\$flip" and gatesim._unescaped("\\r_en$32") == "r_en$32"
+    with pytest.raises(gatesim.InputError, match=r"^m: replay reads carries x or z after its reset on 2 nets \(_\d+_, never\)"):
+        gatesim.check_known(mapped, counts, "reads")
+    unknown = np.zeros_like(rows)
+    unknown[3, 3] = 2
+    with pytest.raises(gatesim.InputError, match=r"^m: the RTL drove x or z into ra \(1 cycles, the first 3\)"):
+        gatesim.replay(mapped, gatesim.CELLS_VERILOG, gatesim.Stimulus(rows, unknown, 10000, widths))
+
+
+VCD_WITH_X = """$timescale 1ns $end
+$scope module top $end
+$var wire 1 ! a $end
+$var wire 1 " n4 $end
+$var wire 1 # clk $end
+$var wire 2 $ q $end
+$upscope $end
+$enddefinitions $end
+#0
+$dumpvars
+0!
+1"
+0#
+b01 $
+$end
+#5
+1#
+#10
+1!
+0"
+0#
+#15
+1#
+bx1 $
+#20
+x!
+x"
+0#
+#25
+1#
+b11 $
+#30
+0!
+1"
+0#
+#35
+1#
+#40
+0#
+"""
+
+
+def test_x_changes_are_half_transitions_and_x_is_compared_as_x(tiny, tmp_path):
+    """From a dump: a change to or from x counts half a transition (the first value none), the duty is
+    the time at 1, and the clock's pins take the replay's period, not the dump's edges. Outputs read
+    from a dump keep x apart from 0, so a replay's 0 where the RTL had x is a difference."""
+    (tmp_path / "x.vcd").write_text(VCD_WITH_X)
+    mapped = gatesim.Mapped("top", tmp_path / "x.v", NETLIST, {"a": 1, "clk": 1}, 0.0, {})
+    e = gatesim.energy(mapped, tiny, scan(tmp_path / "x.vcd"), period_ps=5000)
+    by = {name: k for k, name in enumerate(e.instances)}
+    # n4: a fall, then 1 -> x -> 0... as x changes: 1 + 2 halves; 1/2 x 10 fF x (2 V)^2 each
+    assert e.switching[by["u1"]] == pytest.approx(2 * 0.5 * 1e-14 * 4)
+    # a (10 ns of 40 at 1: duty 1/4) moves 2 transitions; u1 draws its mean energy on n4's 2
+    assert e.internal[by["u1"]] == pytest.approx(2 * (0.024 + 0.014) / 2 * PJ)
+    # the clock: 2 transitions per 5 ns over 40 ns, 16, not the dump's 15
+    assert e.clock_pins[by["ff"]] == pytest.approx(16 * 0.075 * PJ)
+    rtl = gatesim.stimulus(tmp_path / "x.vcd", ("top",), {"q": 2})
+    assert rtl.values[:, 0].tolist() == [1, 1, 3, 3] and rtl.unknown[:, 0].tolist() == [0, 2, 0, 0]
+    replayed = gatesim.Stimulus(rtl.values[:3], np.zeros_like(rtl.values[:3]), 5000, {"q": 2})
+    assert calibrate._differing_outputs(rtl, replayed) == ["q"]
+    assert calibrate._differing_outputs(rtl, replace(replayed, unknown=rtl.unknown[:3])) == []
 
 
 def test_calibration_fit_recovers_known_coefficients_and_reports_held_out_error(seed):
@@ -329,8 +477,8 @@ def test_engine_against_debian_opensta_report_power_in_global_mode(tmp_path):
     lib = liberty.load(gatesim.CELLS_LIBERTY)
     netlist = gatelevel.Netlist.from_yosys(CHAIN_JSON, lib, "chain")
     cycles, period = 1000, 10e-9
-    moving = {2: (cycles, cycles), 7: (cycles // 20, cycles // 20), 4: (cycles // 20, cycles // 20)}
-    e = gatelevel.estimate(netlist, lib, moving, cycles * period)
+    moving = {7: (cycles // 10, 0.5), 4: (cycles // 10, 0.5)}
+    e = gatelevel.estimate(netlist, lib, moving, cycles * period, clock=2, period=period)
     ours = {name: {"internal": e.internal[i], "switching": e.switching[i], "leakage": e.leakage[i]}
             for i, name in enumerate(e.instances)}
     watts = {name: {k: v / (cycles * period) for k, v in d.items()} for name, d in ours.items()}
