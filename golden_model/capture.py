@@ -52,13 +52,14 @@ def capture(model_path: str, text: str, out: Path, causal: bool = False, max_tok
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     with _loading(model_path, folder):
-        config = AutoConfig.from_pretrained(model_path)
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=False)
     positions = getattr(config, "max_position_embeddings", None)
     if max_tokens is not None and positions is not None and max_tokens > positions:
         raise InputError(f"--max-tokens {max_tokens}: model {model_path} takes at most {positions} tokens")
     with _loading(model_path, folder):
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModel.from_pretrained(model_path, config=config, attn_implementation="eager").eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+        model = AutoModel.from_pretrained(model_path, config=config, attn_implementation="eager",
+                                          trust_remote_code=False).eval()
     projections = [(name, m) for name, m in model.named_modules() if name.split(".")[-1] in VALUE_MODULES]
     if not projections:
         raise InputError(f"model {model_path!r} has no value projection named {' or '.join(VALUE_MODULES)}: "
@@ -99,11 +100,16 @@ def _loading(model_path: str, folder: Path) -> Iterator[None]:
         raise InputError(f"model {model_path}: its weights file (pytorch_model.bin) holds pickled Python objects, "
                          "which are never loaded: save the weights as model.safetensors where they were "
                          "made") from None
-    except (OSError, ValueError) as exc:
+    except Exception as exc:   # whatever a damaged folder (weights, config values) makes the loaders raise
+        if "trust_remote_code" in str(exc):
+            # transformers' advice is to run the folder's Python code: never.
+            raise InputError(f"model {model_path} needs its own Python code to load, which is never run: export "
+                             "its attention yourself in the documented layout") from None
         if not folder.exists():
             raise InputError(f"model {model_path}: no such folder, nor a Hugging Face id in the local cache "
                              "(loading is offline): pass a model folder, or download the model first") from None
-        raise InputError(f"cannot load model {model_path} offline: {exc}".splitlines()[0]) from None
+        raise InputError(f"cannot load model {model_path} offline: {type(exc).__name__}: {exc}".splitlines()[0]) \
+            from None
 
 
 def _read_text(path: Path) -> str:

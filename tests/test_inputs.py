@@ -239,17 +239,40 @@ def test_capture_refuses_bad_arguments_before_the_model_loads(tmp_path, capsys, 
     assert not (tmp_path / "att.npz").exists()
 
 
-def test_capture_refuses_pickled_weights_without_the_advice_to_load_them(tmp_path, capsys, minilm_folder):
+def model_folder(tmp_path, minilm_folder, weights: str, content: bytes) -> Path:
+    """MiniLM's configuration and tokenizer beside the weights file `weights` holding `content`."""
     folder = tmp_path / "model"
     folder.mkdir()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         (folder / name).write_bytes((minilm_folder / name).read_bytes())
-    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": Planted()}))
+    (folder / weights).write_bytes(content)
+    return folder
+
+
+def test_capture_refuses_pickled_weights_without_the_advice_to_load_them(tmp_path, capsys, minilm_folder):
+    folder = model_folder(tmp_path, minilm_folder, "pytorch_model.bin", pickle.dumps({"weights": Planted()}))
     line = capture_refused(capsys, ["--model", str(folder), "--text", "hi", "-o", str(tmp_path / "att.npz")],
                            f"model {folder}: its weights file (pytorch_model.bin) holds pickled Python objects, "
                            "which are never loaded: save the weights as model.safetensors")
     assert "weights_only" not in line
     assert not (tmp_path / "att.npz").exists()
+
+
+def test_capture_refuses_damaged_weights_in_one_line(tmp_path, capsys, minilm_folder):
+    weights = (minilm_folder / "model.safetensors").read_bytes()[:1000]
+    folder = model_folder(tmp_path, minilm_folder, "model.safetensors", weights)
+    capture_refused(capsys, ["--model", str(folder), "--text", "hi", "-o", str(tmp_path / "att.npz")],
+                    f"cannot load model {folder} offline: SafetensorError: Error while deserializing header")
+
+
+def test_capture_never_runs_or_offers_to_run_a_models_own_code(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"model_type": "planted", "auto_map": {"AutoConfig": "planted.Config", '
+                                          '"AutoModel": "planted.Model"}}')
+    (tmp_path / "planted.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w')\n")
+    line = capture_refused(capsys, ["--model", str(tmp_path), "--text", "hi", "-o", str(tmp_path / "att.npz")],
+                           f"model {tmp_path} needs its own Python code to load, which is never run: export its "
+                           "attention yourself in the documented layout")
+    assert "trust_remote_code" not in line and not (tmp_path / "ran").exists()
 
 
 # -- Liberty ---------------------------------------------------------------------------------------------------
