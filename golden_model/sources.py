@@ -210,6 +210,9 @@ def _file_kind(path: Path, what: str) -> str:
             names = archive.namelist()
     except Exception as exc:   # whatever a corrupt archive raises: name it
         return f"a damaged zip archive ({type(exc).__name__}: {exc}): export it again"
+    if any(name.endswith("/constants.pkl") for name in names):
+        return ("a TorchScript program (torch.jit.save), which is never loaded: save the tensors themselves with "
+                "torch.save or numpy.savez")
     if any(name.endswith("/data.pkl") for name in names):
         return "pt"
     if any(name.endswith(".npy") for name in names):
@@ -249,9 +252,16 @@ def _npz_arrays(path: Path, what: str) -> dict[str, torch.Tensor]:
     except InputError:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, zlib.error, OSError) as exc:
-        raise InputError(f"{what} cannot be read as .npz (damaged: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}): export it again") from None
+        raise InputError(f"{what} cannot be read as .npz ({_damage(exc)}): export it again") from None
     return arrays
+
+
+def _damage(exc: Exception) -> str:
+    """A loader's error on a damaged file, in one line that never passes on its advice to load unsafely."""
+    line = str(exc).splitlines()[0] if str(exc) else "truncated"
+    if "weights_only" in line or "allow_pickle" in line:
+        line = "it could be loaded only unsafely, which is never done"
+    return f"damaged: {type(exc).__name__}: {line}"
 
 
 def _torch_kind(x) -> str:
@@ -288,8 +298,7 @@ def _pt_arrays(path: Path, what: str) -> dict[str, torch.Tensor]:
     except MemoryError:
         raise   # file_rows names it
     except Exception as exc:   # a damaged archive: name it, never run it
-        raise InputError(f"{what} cannot be read as .pt (damaged: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}): export it again") from None
+        raise InputError(f"{what} cannot be read as .pt ({_damage(exc)}): export it again") from None
     if not isinstance(loaded, dict):
         raise InputError(f"{what} must hold arrays `scores` and `values` (and optionally `lengths`) in a dict; "
                          f"it holds a {type(loaded).__name__}")

@@ -118,6 +118,19 @@ def test_pickles_are_refused_without_the_advice_to_load_them_unsafely(tmp_path):
         rows_of(legacy)
 
 
+class AddOne(torch.nn.Module):
+    def forward(self, x):
+        return x + 1
+
+
+def test_a_torchscript_program_is_refused_without_the_advice_to_load_it_unsafely(tmp_path):
+    torch.jit.save(torch.jit.script(AddOne()), tmp_path / "program.pt")
+    with pytest.raises(InputError) as info:
+        rows_of(tmp_path / "program.pt")
+    assert str(info.value) == (f"attention file {tmp_path / 'program.pt'} is a TorchScript program (torch.jit.save), "
+                               "which is never loaded: save the tensors themselves with torch.save or numpy.savez")
+
+
 def test_misnamed_files_are_named_for_what_they_are(tmp_path):
     np.save(tmp_path / "one.npy", SCORES)
     (tmp_path / "one.npy").rename(tmp_path / "one.npz")
