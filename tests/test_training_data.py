@@ -4,6 +4,7 @@ import io
 import json
 import random
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -144,6 +145,14 @@ def test_pack_round_trip_gives_the_same_tokens_and_fingerprint(folder, tmp_path)
     with pytest.raises(ConfigError, match=r"^illegal data configuration: train_tokens = 0: the pack .* was made "
                                           r"with 1500; set train_tokens = 1500 or pack again$"):
         prepare(DataConfig(**(vars(packed) | {"train_tokens": 0})), progress=False)
+
+
+def test_concurrent_prepares_build_once(folder, tmp_path):
+    cfg = small(folder, tmp_path)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: prepare(cfg, progress=False), range(2)))
+    assert results[0].fingerprint == results[1].fingerprint
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [results[0].folder.name]
 
 
 def test_no_half_written_cache_is_used(folder, tmp_path):

@@ -33,7 +33,7 @@ document ends with the `EOS` token.
 Cache: ``<cache>/<source kind>-<key>/`` holds the ordered documents (``<split>.txt`` and
 ``documents.json``), ``tokenizer.json``, the token streams (``<split>.u16``, uint16) and
 ``manifest.json``. It is built in a temporary folder and renamed when whole, so a half-written cache
-is never used; concurrent runs (DDP ranks) wait for one another on the cache root's lock.
+is never used; concurrent runs (DDP ranks) wait on the entry's lock while one of them builds it.
 """
 
 from __future__ import annotations
@@ -527,7 +527,8 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Corpus:
     key = hashlib.sha256(json.dumps({"format": FORMAT, "source": _source_identity(cfg, kind),
                                      "settings": cfg.settings()}, sort_keys=True).encode()).hexdigest()
     folder = Path(cfg.cache) / f"{kind}-{key[:16]}"
-    with shared_lock(cfg.cache):
+    # One lock per cache entry: ranks of one run wait for its build; other entries stay usable meanwhile.
+    with shared_lock(folder.parent / ".locks" / folder.name):
         if not (folder / "manifest.json").is_file():
             # Under the lock nobody else is building: leftovers of an interrupted run are garbage.
             for stale in [folder, *folder.parent.glob(f".{folder.name}.*.partial")]:
