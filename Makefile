@@ -9,9 +9,9 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 CELLS  := build/cells/osu018
 
-.PHONY: setup test test-all fuzz demo quality bench clean iverilog opensta
+.PHONY: setup test test-all fuzz demo demo-full quality bench clean iverilog opensta cells
 
-setup: $(STAMP) iverilog opensta $(CELLS)/osu018_stdcells.lib
+setup: $(STAMP) iverilog opensta cells
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,21 +46,29 @@ opensta:
 
 # The OSU 0.18 um standard cells (Liberty with power tables, Verilog models), for gate-level power:
 # Debian's qflow-tech-osu018, unpacked without its dependencies. GPL: fetched here, never committed.
-# (power/gatesim.py's CELLS names the same folder.)
+# (power/gatesim.py's CELLS names the same folder.) Unpacked in a scratch folder, checked, and renamed
+# into place last: an interrupted fetch leaves no partial library that make would take as built.
+cells: $(CELLS)/osu018_stdcells.lib
+
 $(CELLS)/osu018_stdcells.lib:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "fetching the OSU 0.18 um cells (apt-get download qflow-tech-osu018)"; \
-		rm -rf $(CELLS).fetch && mkdir -p $(CELLS).fetch && cd $(CELLS).fetch && \
-		{ apt-get download -qq qflow-tech-osu018 2>/dev/null || { apt-get update -qq && apt-get download -qq qflow-tech-osu018; }; } && \
-		dpkg-deb -x qflow-tech-osu018_*.deb unpacked && cd - >/dev/null && \
-		rm -rf $(CELLS) && cp -r $(CELLS).fetch/unpacked/usr/share/qflow/tech/osu018 $(CELLS) && rm -rf $(CELLS).fetch; \
-	else \
+	@if ! { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }; then \
 		echo "The OSU 0.18 um cell library is missing. On Debian or Ubuntu, as root:"; \
 		echo "  apt-get download qflow-tech-osu018 && dpkg-deb -x qflow-tech-osu018_*.deb x"; \
-		echo "  mkdir -p $(dir $(CELLS)) && cp -r x/usr/share/qflow/tech/osu018 $(CELLS)"; \
+		echo "  mkdir -p $(dir $(CELLS)) && mv x/usr/share/qflow/tech/osu018 $(CELLS)"; \
 		exit 1; \
 	fi
-	@test -f $@ || { echo "apt-get did not provide qflow-tech-osu018; fetch it by hand (see above)"; exit 1; }
+	@echo "fetching the OSU 0.18 um cells (apt-get download qflow-tech-osu018)"
+	@rm -rf $(CELLS).fetch && mkdir -p $(CELLS).fetch
+	@cd $(CELLS).fetch && \
+		{ apt-get download -qq qflow-tech-osu018 2>/dev/null || { apt-get update -qq && apt-get download -qq qflow-tech-osu018; }; } && \
+		dpkg-deb -x qflow-tech-osu018_*.deb unpacked
+	@fetched=$(CELLS).fetch/unpacked/usr/share/qflow/tech/osu018; lib=$$fetched/osu018_stdcells.lib; \
+	if [ ! -s $$fetched/osu018_stdcells.v ] || [ ! -s $$lib ] || \
+	   [ "$$(tr -cd '{' < $$lib | wc -c)" != "$$(tr -cd '}' < $$lib | wc -c)" ]; then \
+		echo "qflow-tech-osu018 did not unpack a whole cell library (left in $(CELLS).fetch); nothing was installed: run make cells again"; \
+		exit 1; \
+	fi; \
+	rm -rf $(CELLS) && mv $$fetched $(CELLS) && rm -rf $(CELLS).fetch
 
 test: setup
 	$(BIN)/python -m pytest -n 2 -q
@@ -82,18 +90,35 @@ fuzz: setup
 			--hypothesis-seed=$$hseed || { echo "fuzz round $$round failed: hypothesis seed $$hseed"; exit 1; }; \
 	done
 
+# make demo: the main job on the default configuration, about 3 minutes after set-up on a 2-core
+# machine: Verilog (linted), the MiniLM rows simulated gated and dense against the golden model, the
+# power report, a cross-check of the adversarial rows against the Triton kernel, and out/index.html.
+# make demo-full: the same with synthesis (area) and every cross-check, then long rows and the gate's
+# quality on MiniLM (tens of minutes).
+HPU          := $(BIN)/hpu
+SYNTH        :=
+CROSSCHECK   := --source adversarial --modes mass --rows 8
+DEMO_RECORDS := out/rtl/manifest.json out/sim/summary.json out/power/power.json out/crosscheck/crosscheck.json
+FULL_RECORDS := out/sim-long/summary.json out/power-long/power.json out/quality/quality.json
+
 demo: setup
-	$(BIN)/hpu config --config configs/default.toml
-	$(BIN)/hpu gen --config configs/default.toml -o out/rtl --lint --synth
-	$(BIN)/hpu sim --config configs/default.toml --rows 24 --source minilm --dense-baseline --vcd out/sim/gated.vcd -o out/sim/summary.json
-	$(BIN)/hpu power out/sim/gated.vcd --baseline out/sim/gated_dense.vcd --manifest out/rtl/manifest.json --summary out/sim/summary.json -o out/power
-	$(BIN)/hpu sim --config configs/default.toml --rows 16 --source minilm-long --dense-baseline --vcd out/sim-long/gated.vcd -o out/sim-long/summary.json
-	$(BIN)/hpu power out/sim-long/gated.vcd --baseline out/sim-long/gated_dense.vcd --manifest out/rtl/manifest.json --summary out/sim-long/summary.json -o out/power-long
-	$(BIN)/hpu crosscheck --config configs/default.toml --rows 8 -o out/crosscheck
-	$(BIN)/hpu quality --config configs/minilm.toml --permeability 0.25 0.5 1.0 --mass-target 0.9 -o out/quality
+	$(HPU) config --config default
+	$(HPU) gen --config default -o out/rtl --lint $(SYNTH)
+	$(HPU) sim --config default --rows 24 --source minilm --dense-baseline --vcd out/sim/gated.vcd -o out/sim/summary.json
+	$(HPU) power out/sim/gated.vcd --baseline out/sim/gated_dense.vcd --manifest out/rtl/manifest.json --summary out/sim/summary.json -o out/power
+	$(HPU) crosscheck --config default $(CROSSCHECK) -o out/crosscheck
+	$(BIN)/python -m hpu.report_index -o out $(DEMO_RECORDS)
+
+demo-full: SYNTH := --synth
+demo-full: CROSSCHECK := --rows 8
+demo-full: demo
+	$(HPU) sim --config default --rows 16 --source minilm-long --dense-baseline --vcd out/sim-long/gated.vcd -o out/sim-long/summary.json
+	$(HPU) power out/sim-long/gated.vcd --baseline out/sim-long/gated_dense.vcd --manifest out/rtl/manifest.json --summary out/sim-long/summary.json -o out/power-long
+	$(HPU) quality --config minilm --permeability 0.25 0.5 1.0 --mass-target 0.9 -o out/quality
+	$(BIN)/python -m hpu.report_index -o out $(DEMO_RECORDS) $(FULL_RECORDS)
 
 quality: setup
-	$(BIN)/hpu quality --config configs/minilm.toml -o out/quality
+	$(HPU) quality --config minilm -o out/quality
 
 bench: setup
 	$(BIN)/python -m benchmarks.golden_rows

@@ -54,6 +54,7 @@ def _power(record: dict, folder: Path) -> dict:
         return figures
     for name, ratio in comparison["mac_silent_ratio_compute"].items():
         figures[f"{name}: MAC array silent ratio (compute phase)"] = ratio
+        figures[f"{name}: MAC lane silent ratio, mean (compute phase)"] = comparison["lane_silent_ratio_compute"][name]
     figures.update({"kept fraction": comparison["kept_fraction"],
                     "energy saving, MAC array": comparison["energy_saving_mac_array"],
                     "energy saving, HPU on chip": comparison["energy_saving_hpu"],

@@ -27,8 +27,15 @@ def test_shipped_configurations_are_every_toml_under_configs():
 
 
 @pytest.mark.parametrize("given", ["routing", "routing.toml", "configs/routing.toml"])
-def test_installed_hpu_finds_a_shipped_configuration_from_another_folder(given, tmp_path):
-    done = subprocess.run([HPU, "config", "--config", given], cwd=tmp_path, capture_output=True, text=True)
+def test_a_shipped_configuration_is_found_by_name_from_another_folder(given, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve(given).resolve() == Path(REPO, "configs", "routing.toml").resolve()
+    assert HPUConfig.load(given) == HPUConfig.load(f"{REPO}/configs/routing.toml")
+
+
+def test_installed_hpu_runs_a_shipped_configuration_from_another_folder(tmp_path):
+    done = subprocess.run([HPU, "config", "--config", "configs/routing.toml"], cwd=tmp_path, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
     assert "route_block   = 256" in done.stdout
 
@@ -61,8 +68,9 @@ def test_the_wheel_ships_every_configuration_nested_folders_included(tmp_path):
                         ignore=shutil.ignore_patterns("__pycache__", ".hpu.lock"))
     (src / "configs" / "nested").mkdir(exist_ok=True)
     shutil.copy(src / "configs" / "small.toml", src / "configs" / "nested" / "tiny.toml")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", tmp_path / "wheel", src], check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                            "-w", tmp_path / "wheel", src], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
     wheel = zipfile.ZipFile(next((tmp_path / "wheel").glob("*.whl")))
     shipped = sorted(n for n in wheel.namelist() if n.startswith("hpu/configs/"))
     expected = sorted(f"hpu/configs/{p.relative_to(src / 'configs').as_posix()}"
@@ -91,7 +99,8 @@ def _records(out: Path) -> list[Path]:
             "gated": {"rows_checked": 24, "mismatches": 0, "kept_fraction": 0.3125, "hpu_cycles": 5000},
             "dense": {"rows_checked": 24, "mismatches": 0, "kept_fraction": 1.0, "hpu_cycles": 5000}}},
         "power/power.json": {"energy_table": {"source": "Horowitz ISSCC 2014"}, "runs": {}, "comparison": {
-            "mac_silent_ratio_compute": {"gated": 0.75, "dense": 0.0625}, "kept_fraction": 0.3125,
+            "mac_silent_ratio_compute": {"gated": 0.75, "dense": 0.0625},
+            "lane_silent_ratio_compute": {"gated": 0.8125, "dense": 0.125}, "kept_fraction": 0.3125,
             "energy_saving_mac_array": 0.5, "energy_saving_hpu": 0.25, "energy_saving_total": 0.625,
             "energy_proportionality": {"hpu": 0.36363636}}},
         "crosscheck/crosscheck.json": {"simulator": "icarus", "kernel_device": "cpu", "cells": [
@@ -123,7 +132,9 @@ def test_index_lists_every_report_with_its_headline_figures(tmp_path, capsys):
     assert sim["gated: rows checked bit-exact against the golden model"] == 24 and sim["gated: mismatches"] == 0
     assert power == {"energy table": "Horowitz ISSCC 2014",
                      "gated: MAC array silent ratio (compute phase)": 0.75,
-                     "dense: MAC array silent ratio (compute phase)": 0.0625, "kept fraction": 0.3125,
+                     "gated: MAC lane silent ratio, mean (compute phase)": 0.8125,
+                     "dense: MAC array silent ratio (compute phase)": 0.0625,
+                     "dense: MAC lane silent ratio, mean (compute phase)": 0.125, "kept fraction": 0.3125,
                      "energy saving, MAC array": 0.5, "energy saving, HPU on chip": 0.25,
                      "energy saving, on chip + value traffic": 0.625, "energy proportionality, HPU": 0.36363636}
     assert crosscheck == {"simulator": "icarus", "kernel device": "cpu",
