@@ -76,12 +76,14 @@ def counting():
         _counting = previous
 
 
-def keep_mask(probs: torch.Tensor, valid: torch.Tensor, gate: HPUConfig) -> torch.Tensor:
-    """(..., Q, K) bool: the keys each row keeps (the Triton kernel on CUDA, the golden model elsewhere)."""
+def keep_mask(probs: torch.Tensor, valid: torch.Tensor, gate: HPUConfig, causal: bool = False) -> torch.Tensor:
+    """(..., Q, K) bool: the keys each row keeps (the Triton kernel on CUDA, the golden model elsewhere).
+
+    ``causal``: `valid` is the causal mask itself, which the kernel derives instead of reading."""
     if probs.is_cuda:
         from kernels.row_gate import select
 
-        return select(probs, valid, gate)[0]
+        return select(probs, valid, gate, causal=causal)[0]
     return reference_select(probs, valid.expand(probs.shape), gate)[0]
 
 
@@ -125,7 +127,7 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         # Without a mask every row sees at least one key (its own, when causal). With one, a row may
         # see none (a padded query): it attends to nothing and outputs zero.
         empty = None if attention_mask is None else ~valid.any(-1, keepdim=True)
-        keep = keep_mask(probs, valid, gate) if empty is None else \
+        keep = keep_mask(probs, valid, gate, causal) if empty is None else \
             keep_mask(probs.nan_to_num_(), valid | empty, gate) & ~empty
         del probs
         if _counting is not None:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from hpu.errors import InputError
-from hpu.files import output_folder, read_json, staged, write_json
+from hpu.files import claim, read_json, staged, write_json
 from training import attention
 from training.config import Arm, TrainConfig
 from training.data import EOS, Corpus
@@ -201,8 +201,14 @@ def train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, root: str | Pat
             return done
         raise InputError(f"{folder} holds a run of another configuration or token stream: "
                          "choose another results folder or remove that run")
-    if ranks.main:
-        output_folder(folder, "run folder")
+    # The folder is this run's alone (a second process training the same arm and seed is refused);
+    # its resume state is kept, since resuming is the point of it.
+    with claim(folder, "run folder") if ranks.main else contextlib.nullcontext():
+        return _train(cfg, arm, seed, corpus, folder, fingerprint, progress, ranks)
+
+
+def _train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, folder: Path, fingerprint: str, progress: bool,
+           ranks: Ranks) -> dict:
     model = build_model(cfg, arm, corpus, seed).to(ranks.device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2]
