@@ -180,13 +180,6 @@ def test_bad_values_are_refused_in_one_line(field, value, rule):
         DataConfig(**{field: value})
 
 
-def test_unknown_field_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match=r"^illegal data configuration: unknown field\(s\) vocab; known fields are "
-                                          r"cache, max_file_bytes, source, "):
-        DataConfig.from_dict({"vocab": 1000})
-    assert DataConfig.from_dict({"vocab_size": 1000}).vocab_size == 1000
-
-
 def test_damaged_pack_is_refused_in_one_line(folder, tmp_path):
     cfg = small(folder, tmp_path / "here")
     good = pack(cfg, tmp_path / "good.tar.xz", progress=False)

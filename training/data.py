@@ -136,16 +136,6 @@ class DataConfig:
         if not self.source:
             refuse("source", f"must be {BUILTIN!r}, a folder of text files or a pack ({PACK_SUFFIX})")
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "DataConfig":
-        """The ``[data]`` table of a training TOML; refuses an unknown field in one line."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"illegal data configuration: unknown field(s) {', '.join(unknown)}; "
-                              f"known fields are {', '.join(sorted(known))}")
-        return cls(**data)
-
     def settings(self) -> dict:
         """The fields that decide the token streams, whatever the source is and wherever the cache lives."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("source", "cache")}
