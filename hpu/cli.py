@@ -149,6 +149,82 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace):
+    import dataclasses
+
+    from training.config import TrainConfig
+
+    cfg = TrainConfig.load(args.config)
+    if getattr(args, "data", None):
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=args.data))
+    return cfg
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from training import data
+
+    cfg = _experiment(args)
+    if args.pack:
+        output_file(args.pack, "data pack", suffix=data.PACK_SUFFIX)
+    corpus = data.prepare(cfg.data, progress=not args.quiet)
+    print(corpus.describe())
+    if args.pack:
+        print(f"pack: {data.pack(cfg.data, args.pack, progress=not args.quiet)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.loop import run_experiment
+
+    cfg = _experiment(args)
+    for name in args.arm or []:
+        cfg.arm(name)
+    try:
+        results = run_experiment(cfg, args.output, args.arm, args.seed, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("hpu: interrupted; finished runs are kept, and a run cut short resumes from its last state "
+              f"(saved every {cfg.run.checkpoint_every} steps) when trained again", file=sys.stderr)
+        return 130
+    for r in results:
+        final = r["final"]
+        print(f"{r['arm']} seed {r['seed']}: validation loss {final['loss']:.4f} (code "
+              f"{final.get('loss_code', float('nan')):.4f}, prose {final.get('loss_prose', float('nan')):.4f}), "
+              f"kept {final['kept_fraction']:.3f}, {r['tokens_per_s']:,.0f} tokens/s on {r['versions']['device']}")
+    return 0
+
+
+def cmd_train_report(args: argparse.Namespace) -> int:
+    from training import report
+
+    with claim(args.output, "report folder", (report.JSON, report.TABLE, report.PLOT)):
+        summary = report.report(args.runs, args.output)
+    print(report.markdown(summary))
+    print(f"report: {Path(args.output) / report.JSON} {Path(args.output) / report.PLOT}")
+    return 0
+
+
+def cmd_train_hardware(args: argparse.Namespace) -> int:
+    from hpu.files import read_json, write_json
+    from training import data, hardware
+    from training.config import TrainConfig
+    from training.loop import MODEL, RESULT
+
+    cfg = load_config(args)
+    run = read_json(Path(args.run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
+    corpus = data.prepare(TrainConfig.from_dict(run["config"]).data, progress=not args.quiet)
+    with claim(args.output, "report folder", ("hardware.json",)):
+        result = {split: hardware.fixed_point_quality(Path(args.run) / MODEL, cfg, stream, args.sequences,
+                                                      args.length)
+                  for split, stream in sorted(corpus.val.items()) if len(stream) > args.length}
+        write_json(Path(args.output) / "hardware.json", result)
+    for split, r in result.items():
+        print(f"{split}: loss dense {r['loss']['dense']:.4f}, float gate {r['loss']['float_gate']:.4f}, HPU fixed "
+              f"point {r['loss']['fixed_point']:.4f}; kept {r['kept_fraction']['float_gate']:.3f} / "
+              f"{r['kept_fraction']['fixed_point']:.3f}; attention cosine mean {r['attention_cosine_mean']:.4f}")
+    print(f"report: {Path(args.output) / 'hardware.json'}")
+    return 0
+
+
 # -- argument types: a bad value is refused by argparse with the option's name ------------------
 
 def _positive(text: str) -> int:
@@ -254,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crosscheck", help="golden model vs the Verilog under cocotb vs the Triton exact kernel")
     _add_config_options(p)
-    p.add_argument("--source", nargs="+", default=["random", "adversarial", "minilm"], metavar="SOURCE", action=_Distinct,
-                   help=f"stimulus sources: {', '.join(SOURCES)} or attention files")
+    p.add_argument("--source", nargs="+", default=["random", "adversarial", "minilm"], metavar="SOURCE",
+                   action=_Distinct, help=f"stimulus sources: {', '.join(SOURCES)} or attention files")
     p.add_argument("--modes", nargs="+", default=["dense", "topk", "mass"], choices=MODES, action=_Distinct,
                    help="gate modes to check")
     p.add_argument("--rows", type=_positive, default=8, help="rows per source and mode (and blocks of router logits per source, with a router)")
@@ -278,6 +354,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_quality, memory_hint="free memory for the MiniLM model and its traces of the "
                                                   "built-in texts")
+
+    def experiment_options(p):
+        p.add_argument("config", metavar="EXPERIMENT.toml", help="training experiment (e.g. configs/train/ab.toml)")
+        p.add_argument("--data", metavar="PATH", help="train on this folder of text files (or a data pack) "
+                                                      "instead of the experiment's [data] source")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("data", help="fetch and tokenize an experiment's training text into the cache (and pack it)")
+    experiment_options(p)
+    p.add_argument("--pack", metavar="FILE.tar.xz", help="also write the split text and tokenizer as one archive "
+                                                         "that rebuilds the same tokens on another machine")
+    p.set_defaults(func=cmd_data, memory_hint="ask for fewer train_tokens in the experiment's [data]")
+
+    p = sub.add_parser("train", help="train an experiment's arms (dense, mass gate) on real text; torchrun for GPUs")
+    experiment_options(p)
+    p.add_argument("--arm", nargs="+", action=_Distinct, help="arms to train (default: every arm)")
+    p.add_argument("--seed", nargs="+", type=int, action=_Distinct, help="seeds (default: the experiment's)")
+    p.add_argument("-o", "--output", default="out/train", help="results folder: one folder per arm and seed")
+    p.set_defaults(func=cmd_train, memory_hint="lower micro_batch in the experiment's [run]")
+
+    p = sub.add_parser("train-report", help="the A/B report of every finished run in a results folder")
+    p.add_argument("runs", metavar="RUNS", help="results folder of `hpu train`")
+    p.add_argument("-o", "--output", default="out/train-report", help="report folder")
+    p.set_defaults(func=cmd_train_report, memory_hint="report fewer runs")
+
+    p = sub.add_parser("train-hardware", help="a trained gated model's attention through the HPU's fixed point")
+    p.add_argument("run", metavar="RUN", help="folder of one finished run of a gated arm")
+    _add_config_options(p)
+    p.add_argument("--sequences", type=_positive, default=4, help="held-out sequences per split")
+    p.add_argument("--length", type=_positive, default=256, help="tokens per sequence (at most max_keys)")
+    p.add_argument("-o", "--output", default="out/train-hardware", help="report folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train_hardware, memory_hint="ask for fewer --sequences or a shorter --length")
     return parser
 
 
