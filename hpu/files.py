@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 import tomllib
@@ -117,11 +118,13 @@ def _open_lock(folder: Path) -> int:
 
 
 def _clear(folder: Path, outputs: Iterable[str]) -> None:
-    """Remove what an earlier run left under the names (glob patterns) this run may write; a link is
-    removed, never followed."""
+    """Remove what an earlier run left under the names (glob patterns) this run may write, files and
+    folders; a link is removed, never followed."""
     for pattern in outputs:
         for path in folder.glob(pattern):
-            if path.is_symlink() or not path.is_dir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
                 path.unlink(missing_ok=True)
 
 
@@ -129,8 +132,9 @@ def _clear(folder: Path, outputs: Iterable[str]) -> None:
 def claim(folder: str | Path, what: str = "output folder", outputs: Iterable[str] = ()) -> Iterator[Path]:
     """Hold `folder` for this run: another run claiming it meanwhile is refused, not interleaved.
 
-    `outputs` are the names (glob patterns) of every file the run may write there, from the same
-    constants its writers use: what an earlier run left under them is removed before the run starts."""
+    `outputs` are the names (glob patterns; glob.escape a name the user chose) of everything the run
+    may write there, from the same constants its writers use: what an earlier run left under them is
+    removed before the run starts."""
     folder = output_folder(folder, what)
     fd = _open_lock(folder)
     try:

@@ -68,8 +68,10 @@ CLEANUP_SCRIPT = ("read_verilog {name}; hierarchy -top {top}; proc; opt -full; w
                   "opt_clean -purge; rename -enumerate; write_verilog -noattr {name}; write_json {netlist}")
 NETLIST = "netlist.json"
 CLEANUP_LOG = "yosys_cleanup.log"
-# Every file `hpu gen` may write in its folder (the rest is made in a private folder and removed).
-OUTPUTS = (f"{TOP_NAME}.v", NETS, MANIFEST, CLEANUP_LOG, AREA, log_path(Path(AREA)).name)
+# Every file `hpu gen` may write in its folder (the rest is made in a private folder and removed),
+# rtl_gen.lint's logs of `--lint` included.
+OUTPUTS = (f"{TOP_NAME}.v", NETS, MANIFEST, CLEANUP_LOG, AREA, log_path(Path(AREA)).name, "lint_icarus.log",
+           "lint_verilator.log")
 
 
 def cleanup(verilog_path: Path, log: Path | None = None) -> None:

@@ -25,8 +25,9 @@ from sim.runner import SimulationError, make_job, run
 PATHS = ("golden", "verilog", "kernel")
 REPORT_MD, REPORT_JSON = "crosscheck.md", "crosscheck.json"
 DISAGREEMENT = "disagreement-{}.json"   # one reproducer per row or block that the three disagree on
-# Every file `hpu crosscheck` may write in its report folder.
-OUTPUTS = (REPORT_MD, REPORT_JSON, DISAGREEMENT.format("*"))
+RUN_FOLDER = "run-{}"                    # the simulator's files of one source and mode
+# Everything `hpu crosscheck` may write in its report folder.
+OUTPUTS = (REPORT_MD, REPORT_JSON, DISAGREEMENT.format("*"), RUN_FOLDER.format("*"))
 
 
 @dataclass
@@ -69,7 +70,8 @@ def crosscheck(cfg: HPUConfig, sources: list[str], modes: list[str], rows: int, 
             chosen = inputs[source, mode]
             golden = expected(mode_cfg, chosen)
             job = make_job(mode_cfg, chosen, source, Options(seed=seed))
-            outcome = run(job, sim, build_root=build_root, work_dir=out_dir / f"run-{_label(source)}-{mode}", check=False)
+            work_dir = out_dir / RUN_FOLDER.format(f"{_label(source)}-{mode}")
+            outcome = run(job, sim, build_root=build_root, work_dir=work_dir, check=False)
             verilog = [RowResult(tuple(o["acc"]), tuple(o["out"]), o["z_kept"], o["kept"]) for o in outcome.observed]
             scores, values, lengths = batch(mode_cfg, chosen)
             k = run_contract_triton(mode_cfg, scores.to(device), values.to(device), lengths.to(device))
@@ -103,7 +105,8 @@ def _routing_cell(cfg: HPUConfig, source: str, count: int, seed: int, out_dir: P
     blocks = blocks_from(source, cfg, count, seed)
     job = make_job(cfg, [], source, Options(seed=seed), blocks=blocks)
     golden = job.routed
-    outcome = run(job, sim, build_root=build_root, work_dir=out_dir / f"run-{_label(source)}-routing", check=False)
+    work_dir = out_dir / RUN_FOLDER.format(f"{_label(source)}-routing")
+    outcome = run(job, sim, build_root=build_root, work_dir=work_dir, check=False)
     if len(outcome.routed) != len(blocks):
         raise SimulationError(f"{sim} routed {len(outcome.routed)} of {len(blocks)} blocks")
     logits, lengths = batch_blocks(blocks)

@@ -60,9 +60,9 @@ def interrupted(capsys, argv) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """`hpu gen --synth` of the small configuration, and 2 rows simulated gated and dense."""
+    """`hpu gen --synth --lint` of the small configuration, and 2 rows simulated gated and dense."""
     root = tmp_path_factory.mktemp("runs")
-    assert main(["gen", "--config", SMALL_TOML, "--synth", "-o", str(root / "rtl")]) == 0
+    assert main(["gen", "--config", SMALL_TOML, "--synth", "--lint", "-o", str(root / "rtl")]) == 0
     assert main(["sim", "--config", SMALL_TOML, "--rows", "2", "--dense-baseline", "--vcd", str(root / "g.vcd"),
                  "--build", str(root / "build"), "-o", str(root / "s.json"), "--quiet"]) == 0
     return root
@@ -161,9 +161,12 @@ def test_crosscheck_report_writes_only_declared_outputs(tmp_path):
 
 def test_interrupted_crosscheck_leaves_no_earlier_report(tmp_path, monkeypatch, capsys):
     stale = plant(tmp_path / "x", crosscheck.OUTPUTS)
+    run_folder = tmp_path / "x" / crosscheck.RUN_FOLDER.format("random-mass")
+    run_folder.mkdir()
+    (run_folder / "sim.log").write_text(STALE)
     monkeypatch.setattr(crosscheck, "crosscheck", interrupt)
     interrupted(capsys, ["crosscheck", "--config", SMALL_TOML, "-o", str(tmp_path / "x")])
-    assert stale_left(stale) == []
+    assert stale_left(stale) == [] and not run_folder.exists()
 
 
 # -- hpu sim: the user names its files, so they are matched literally -------------------------------
