@@ -39,7 +39,7 @@ def plant(folder, outputs) -> list:
 
 
 def stale_left(paths) -> list[str]:
-    return [p.name for p in paths if p.exists() and p.read_text() == STALE]
+    return [p.name for p in paths if p.is_file() and p.read_bytes() == STALE.encode()]
 
 
 def undeclared(folder, outputs) -> list[str]:
