@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import pickle
 import platform
 import time
 from pathlib import Path
@@ -219,7 +220,11 @@ def _train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, folder: Path, 
     start, tokens_seen, train_seconds = 0, 0, 0.0
     state_path = folder / STATE
     if state_path.exists():
-        state = torch.load(state_path, map_location=ranks.device, weights_only=True)
+        try:
+            state = torch.load(state_path, map_location=ranks.device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise InputError(f"{state_path} is not a resume state this toolkit wrote ({type(exc).__name__}): "
+                             "remove it to train this run from the start") from None
         if state["fingerprint"] == fingerprint and state["data"] == corpus.fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
