@@ -90,8 +90,8 @@ fuzz: setup
 			--hypothesis-seed=$$hseed || { echo "fuzz round $$round failed: hypothesis seed $$hseed"; exit 1; }; \
 	done
 
-# make demo: the main job on the default configuration, about 3 minutes after set-up on a 2-core
-# machine: Verilog (linted), the MiniLM rows simulated gated and dense against the golden model, the
+# make demo: the main job on the default configuration, about 2 minutes of CPU after set-up on a
+# 2-core machine: Verilog (linted), the MiniLM rows simulated gated and dense against the golden model, the
 # power report, a cross-check of the adversarial rows against the Triton kernel, and out/index.html.
 # make demo-full: the same with synthesis (area) and every cross-check, then long rows and the gate's
 # quality on MiniLM (tens of minutes).
