@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
@@ -119,9 +120,11 @@ def _open_lock(folder: Path) -> int:
 
 def _clear(folder: Path, outputs: Iterable[str]) -> None:
     """Remove what an earlier run left under the names (glob patterns) this run may write, files and
-    folders; a link is removed, never followed."""
+    folders; a link, dangling or not, is removed, never followed."""
+    names = os.listdir(folder)
     for pattern in outputs:
-        for path in folder.glob(pattern):
+        for name in [n for n in names if fnmatch.fnmatchcase(n, pattern)]:
+            path = folder / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:

@@ -73,3 +73,17 @@ def test_an_earlier_runs_lock_file_is_reused(tmp_path):
         pass
     with claim(tmp_path):
         pass
+
+
+def test_a_link_planted_at_an_output_name_is_removed_not_followed(tmp_path):
+    """An output written in place (a tool's log) would follow a link left at its name, dangling or not."""
+    victim = tmp_path / "victim"
+    victim.write_text(VICTIM)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tool.log").symlink_to(victim)
+    (out / "new.log").symlink_to(tmp_path / "nowhere")
+    (out / "run-1").symlink_to(tmp_path)
+    with claim(out, outputs=["tool.log", "new.log", "run-*"]):
+        assert sorted(os.listdir(out)) == [LOCK_NAME]
+    assert victim.read_text() == VICTIM and tmp_path.is_dir()
