@@ -5,7 +5,8 @@ For a configuration, every workload class is simulated at RTL gated and dense (`
 each unit asked for is mapped to the cells (Yosys), its delays written (OpenSTA SDF) and its netlist
 replayed under Icarus on the inputs it saw in each RTL run, without delays and with them (glitches);
 the replay starts from the RTL's initial values, must hold no x or z after its reset, and must
-reproduce the unit's outputs cycle for cycle, x included. A replay with its inputs held measures
+reproduce the unit's outputs cycle for cycle (an input the RTL leaves x, such as a read port before
+its first read, is driven 0 and counted in the results). A replay with its inputs held measures
 on its own what the unit costs per cycle doing nothing: at gate level every flip-flop's clock pin
 draws energy every cycle unless a clock-gating cell stops it, which the RTL model cannot see. Then
 
@@ -215,10 +216,11 @@ def memories_of(nets: dict, instance: str) -> set[str]:
 
 
 def _differing_outputs(rtl: gatesim.Stimulus, gate: gatesim.Stimulus) -> list[str]:
-    """The outputs whose replay (settled values, one cycle fewer) differs from the RTL in any cycle: an
-    x or z bit equals only an x or z bit."""
+    """The outputs whose replay (settled values, one cycle fewer) differs from the RTL in any cycle. A
+    replayed x or z differs from everything; an RTL x or z (an unknown value, driven 0 where it enters
+    the unit) takes any replayed 0 or 1."""
     cycles = len(gate.values)
-    differs = ((rtl.values[:cycles] != gate.values) | (rtl.unknown[:cycles] != gate.unknown)).any(axis=0)
+    differs = (((rtl.values[:cycles] ^ gate.values) & ~rtl.unknown[:cycles]) | gate.unknown).any(axis=0)
     return list(dict.fromkeys(name for name, bad in zip(gatesim.column_signals(rtl.widths), differs) if bad))
 
 
@@ -267,6 +269,7 @@ def calibrate_unit(bench: Bench, unit: str, log=print) -> dict:
         rtl_outputs = gatesim.stimulus(bench.dumps[(workload, run)], scope, outs)
         entry = runs[f"{workload}/{run}"] = {
             "workload": workload, "run": run, "cycles": len(stims[(workload, run)].values),
+            "rtl_x_input_cycles": gatesim.unknown_cycles(stims[(workload, run)]),
             "rtl_features": features(reports, instance).tolist(),
             "rtl_cited_fJ": logic_energy(reports, instance)}
         for label in delays:

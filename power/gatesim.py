@@ -138,6 +138,15 @@ def column_signals(widths: dict[str, int]) -> list[str]:
     return [name for name, width in widths.items() for _ in range(limbs(width))]
 
 
+def unknown_cycles(stim: Stimulus) -> dict[str, int]:
+    """Per signal that is ever x or z in `stim`, the number of cycles it is (an RTL read port before its
+    first read, for example: the hardware holds some value there, which a replay takes as 0)."""
+    counts: dict[str, np.ndarray] = {}
+    for name, column in zip(column_signals(stim.widths), stim.unknown.T):
+        counts[name] = counts.get(name, np.zeros(len(column), bool)) | (column != 0)
+    return {name: int(x.sum()) for name, x in counts.items() if x.any()}
+
+
 def stimulus(vcd: Path, scope: tuple[str, ...], signals: dict[str, int], clock: str = "clk",
              settled: bool = False) -> Stimulus:
     """Each signal of `signals` in the instance at `scope`, as held in each clock cycle of the dump (cycle c
@@ -240,7 +249,8 @@ def memory_cells(mapped: Mapped, lib: liberty.Library, memories: set[str]) -> se
 def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "replay",
            reset: str = "rst", reset_cycles: int = 2, sdf: Path | None = None) -> Path:
     """Runs the mapped netlist under Icarus on `stim` (one row per cycle, a column per input of
-    `data_inputs(mapped)`, at its clock period), in the mapping's folder, and returns `name`.vcd: the
+    `data_inputs(mapped)`, at its clock period; a bit the RTL left x or z is driven 0, one of the values
+    the hardware can hold there, see `unknown_cycles`), in the mapping's folder, and returns `name`.vcd: the
     dump of the unit's own nets. Before it, not dumped: every flip-flop takes its initial value at the
     first edge (`mapped.initial`, through its forced data pin), as the RTL's registers and memories
     hold theirs from time 0 (a reset does not clear memories), then `reset_cycles` - 1 more cycles of
@@ -251,12 +261,6 @@ def replay(mapped: Mapped, cells_verilog: Path, stim: Stimulus, name: str = "rep
     names = list(data_inputs(mapped))
     if list(stim.widths) != names:
         raise InputError(f"the stimulus holds {list(stim.widths)}, the netlist's inputs are {names}")
-    if stim.unknown.any():
-        cycles, columns = np.nonzero(stim.unknown)
-        signals = dict.fromkeys(column_signals(stim.widths)[c] for c in columns)
-        raise InputError(f"{mapped.top}: the RTL drove x or z into {', '.join(signals)} ({len(set(cycles))} cycles, "
-                         f"the first {cycles[0]}): a replay drives 0 or 1 and would run states the RTL does not "
-                         "have; give what drives them a reset or an initial value")
     widths = [mapped.inputs[n] for n in names]
     total = sum(widths)
     with open(work / f"{name}.hex", "w") as f:
