@@ -73,7 +73,8 @@ def _crosscheck(record: dict, folder: Path) -> dict:
 
 def _quality(record: dict, folder: Path) -> dict:
     cfg = record["config"]
-    figures = {"texts": record["texts"], "settings": len(record["rows"])}
+    settings = {(r["mode"], r["permeability"], r["mass_target"], r["route_fraction"]) for r in record["rows"]}
+    figures = {"texts": record["texts"], "gate settings (each in float and fixed point)": len(settings)}
     own = [r for r in record["rows"] if r["path"] == "fixed" and r["route_fraction"] == 1.0 and r["mode"] == cfg["mode"]
            and r["permeability"] == cfg["permeability"] and r["mass_target"] == cfg["mass_target"]]
     if own:  # the configuration's own gate, in the HPU's fixed point

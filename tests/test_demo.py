@@ -140,7 +140,10 @@ def test_index_lists_every_report_with_its_headline_figures(tmp_path, capsys):
     assert crosscheck == {"simulator": "icarus", "kernel device": "cpu",
                           "rows checked (golden model = Verilog = exact kernel)": 16,
                           "rows where all three agree": 15, "disagreements": 1}
-    assert quality["mass gate, permeability 0.5, mass target 0.9: kept fraction"] == 0.4
+    assert quality == {"texts": 54, "gate settings (each in float and fixed point)": 1,
+                       "mass gate, permeability 0.5, mass target 0.9: kept fraction": 0.4,
+                       "mass gate, permeability 0.5, mass target 0.9: embedding cosine vs dense (mean)": 0.99,
+                       "mass gate, permeability 0.5, mass target 0.9: embedding cosine vs dense (min)": 0.95}
     # Every file beside a record is linked (lock files are not reports), relative to the index.
     assert [f["path"] for f in index["reports"][2]["files"]] == ["power/power.html", "power/power.json"]
     page = (out / "index.html").read_text()
