@@ -85,6 +85,42 @@ def test_the_wheel_ships_every_configuration_nested_folders_included(tmp_path):
     assert done.stdout.strip() == str(tmp_path / "installed" / "hpu" / "configs" / "nested" / "tiny.toml"), done.stderr
 
 
+# -- set-up: the cell library's fetch ---------------------------------------------------------------
+
+WHOLE_LIBERTY = "library (osu018) {\n  cell (INVX1) {\n    area : 16;\n  }\n}\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dpkg-deb"), reason="the fetch runs as root on Debian")
+@pytest.mark.parametrize("liberty, whole", [(WHOLE_LIBERTY, True), (WHOLE_LIBERTY[:30], False)])
+def test_make_cells_puts_only_a_whole_library_in_place(liberty, whole, tmp_path):
+    """`make cells` against a stand-in apt-get whose package holds a whole or a cut-short Liberty file."""
+    tree = tmp_path / "tree"
+    cells_dir = tree / "usr/share/qflow/tech/osu018"
+    cells_dir.mkdir(parents=True)
+    (cells_dir / "osu018_stdcells.lib").write_text(liberty)
+    (cells_dir / "osu018_stdcells.v").write_text("module INVX1(A, Y); endmodule\n")
+    (tree / "DEBIAN").mkdir()
+    (tree / "DEBIAN" / "control").write_text("Package: qflow-tech-osu018\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: test <t@example.org>\nDescription: test\n")
+    deb = tmp_path / "qflow-tech-osu018_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", tree, deb], check=True, capture_output=True)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "apt-get").write_text(f"#!/bin/sh\n[ \"$1\" = download ] && cp {deb} . || true\n")
+    (shim / "apt-get").chmod(0o755)
+    cells = tmp_path / "build" / "cells" / "osu018"
+    done = subprocess.run(["make", "-s", "-f", f"{REPO}/Makefile", f"CELLS={cells}", "cells"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"})
+    lib = cells / "osu018_stdcells.lib"
+    if whole:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert lib.read_text() == WHOLE_LIBERTY and not Path(f"{cells}.fetch").exists()
+    else:
+        assert done.returncode != 0 and not lib.exists()
+        assert (f"qflow-tech-osu018 did not unpack a whole cell library (left in {cells}.fetch); nothing was "
+                "installed: run make cells again") in done.stdout
+
+
 # -- the index page -----------------------------------------------------------------------------
 
 CFG = HPUConfig().to_dict()
