@@ -109,6 +109,7 @@ demo: setup
 	$(HPU) crosscheck --config default $(CROSSCHECK) -o out/crosscheck
 	$(BIN)/python -m hpu.report_index -o out $(DEMO_RECORDS)
 
+# These two reach demo's steps too: make passes a target's variables on to its prerequisites.
 demo-full: SYNTH := --synth
 demo-full: CROSSCHECK := --rows 8
 demo-full: demo
