@@ -175,8 +175,9 @@ def plots(runs: list[Run], table: EnergyTable) -> dict[str, str]:
         kept = gated.kept_fraction
         for label, idx_g, idx_d in (("MAC array", d.subtree(f"{top}.mac"), dense.activity.design.subtree(f"{top}.mac")),
                                     ("HPU", d.subtree(top), dense.activity.design.subtree(top))):
-            saving = 1 - gated.energy.total[idx_g].sum() / dense.energy.total[idx_d].sum()
-            ax.scatter([kept], [saving], s=60, label=f"{label}: saving {saving:.3f}", zorder=3)
+            saving = _saving(float(gated.energy.total[idx_g].sum()), float(dense.energy.total[idx_d].sum()))
+            if saving is not None:
+                ax.scatter([kept], [saving], s=60, label=f"{label}: saving {saving:.3f}", zorder=3)
         ax.plot([0, 1], [1, 0], "--", color="grey", label="ideal MAC array: saving = 1 - kept")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -200,13 +201,9 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
     if len(runs) == 2:
         g, dn = summaries[runs[0].name], summaries[runs[1].name]
         kept = g["kept_fraction"]
-
-        def saving(gated, dense):
-            return None if gated is None or dense is None else 1 - gated / dense
-
-        savings = {"mac_array": saving(g["mac_array"]["energy_fJ"], dn["mac_array"]["energy_fJ"]),
-                   "hpu": saving(g["energy_fJ"], dn["energy_fJ"]),
-                   "total": saving(g["energy_fJ_with_offchip"], dn["energy_fJ_with_offchip"])}
+        savings = {"mac_array": _saving(g["mac_array"]["energy_fJ"], dn["mac_array"]["energy_fJ"]),
+                   "hpu": _saving(g["energy_fJ"], dn["energy_fJ"]),
+                   "total": _saving(g["energy_fJ_with_offchip"], dn["energy_fJ_with_offchip"])}
         result["comparison"] = {
             "energy_saving_hpu": savings["hpu"],
             "energy_saving_mac_array": savings["mac_array"],
@@ -215,7 +212,7 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
             "energy_proportionality": {k: (None if v is None or kept is None or kept >= 1 else v / (1 - kept))
                                        for k, v in savings.items()},
             # The dense baseline routes nothing, so the router's path has no saving to state.
-            "energy_saving_by_path": {k: saving(g["energy_fJ_by_path"][k], dn["energy_fJ_by_path"][k])
+            "energy_saving_by_path": {k: _saving(g["energy_fJ_by_path"][k], dn["energy_fJ_by_path"][k])
                                       for k in g["energy_fJ_by_path"] if k != "router"},
             "mac_silent_ratio_compute": {runs[0].name: g["mac_array"]["silent_ratio_compute"],
                                          runs[1].name: dn["mac_array"]["silent_ratio_compute"]},
@@ -250,6 +247,11 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
 DATAPATH = ("score", "value", "normalizer")
 
 
+def _saving(gated: float | None, dense: float | None) -> float | None:
+    """1 - gated / dense; none where a figure is missing or the dense run spent nothing (a table of zeros)."""
+    return None if gated is None or not dense else 1 - gated / dense
+
+
 def _routing(g: dict, dn: dict, gated: str, dense: str) -> dict:
     """Row-level dark silicon: rows computed of the tokens, and what the attention datapath spent per
     computed row, against the dense run that computed every token's row."""
@@ -263,9 +265,9 @@ def _routing(g: dict, dn: dict, gated: str, dense: str) -> dict:
         "datapath_energy_fJ": {gated: datapath(g), dense: datapath(dn)},
         "datapath_energy_fJ_per_row": {gated: datapath(g) / g["rows_delivered"],
                                        dense: datapath(dn) / dn["rows_delivered"]},
-        "datapath_saving": 1 - datapath(g) / datapath(dn),
+        "datapath_saving": _saving(datapath(g), datapath(dn)),
         "router_energy_fJ": g["energy_fJ_by_path"].get("router", 0.0),
-        "router_share_of_hpu": g["energy_fJ_by_path"].get("router", 0.0) / g["energy_fJ"],
+        "router_share_of_hpu": (g["energy_fJ_by_path"].get("router", 0.0) / g["energy_fJ"]) if g["energy_fJ"] else None,
     }
 
 
@@ -364,8 +366,8 @@ def _markdown(result: dict, runs: list[Run]) -> str:
                       "| attention datapath (score, value, normalizer paths), nJ | "
                       + " | ".join(f"{r['datapath_energy_fJ'][k] / 1e6:.4f}" for k in names) + " |",
                       "| per computed row, pJ | " + " | ".join(f"{r['datapath_energy_fJ_per_row'][k] / 1e3:.2f}" for k in names) + " |",
-                      "", f"- attention-datapath saving: **{r['datapath_saving']:.4f}**; the router spent "
-                      f"{r['router_energy_fJ'] / 1e6:.4f} nJ, {r['router_share_of_hpu']:.4f} of the routed run's on-chip energy "
+                      "", f"- attention-datapath saving: **{fmt(r['datapath_saving'])}**; the router spent "
+                      f"{r['router_energy_fJ'] / 1e6:.4f} nJ, {fmt(r['router_share_of_hpu'])} of the routed run's on-chip energy "
                       "(counted in the whole-HPU saving above)."]
     lines += ["", "## Energy by path (nJ)", "", "| path | " + " | ".join(result["runs"]) + " |",
               "|---|" + "---|" * len(result["runs"])]

@@ -103,6 +103,20 @@ def test_power_with_a_manifest_writes_only_declared_outputs(runs, tmp_path):
     assert (out / "power.json").exists() and undeclared(out, report.OUTPUTS) == []
 
 
+def test_a_table_of_zeros_states_no_saving_instead_of_dividing_by_zero(runs, tmp_path, capsys):
+    table = tmp_path / "zero.toml"
+    table.write_text("[toggle_fJ]\nregister = 0\ndatapath = 0\nmemory = 0\ncontrol = 0\n[clock_fJ]\n"
+                     "per_enabled_bit = 0\n")
+    out = tmp_path / "p"
+    assert main(["power", str(runs / "g.vcd"), "--baseline", str(runs / "g_dense.vcd"), "--manifest",
+                 str(runs / "rtl" / "manifest.json"), "--summary", str(runs / "s.json"), "--energy", str(table),
+                 "-o", str(out)]) == 0
+    assert capsys.readouterr().err == ""
+    comparison = json.loads((out / "power.json").read_text())["comparison"]
+    assert (comparison["energy_saving_hpu"], comparison["energy_saving_mac_array"]) == (None, None)
+    assert set(comparison["energy_proportionality"].values()) == {None}
+
+
 # power/flow.py (not this change's file) still claims its folder without report.OUTPUTS: it removes
 # only activity.json, and report.write power.json. These hold once flow.py passes report.OUTPUTS to claim.
 needs_flow = pytest.mark.xfail(strict=True, reason="power/flow.py must claim with report.OUTPUTS")
