@@ -304,6 +304,7 @@ def calibrate_unit(bench: Bench, unit: str, log=print) -> dict:
                                  "held_out_worst_error": worst[kind]} for kind, (columns, names) in MODELS.items()}}
     result = {"unit": unit, "instance": instance, "applies_to": pattern, "area_um2": mapped.area,
               "cells": len(mapped.netlist["modules"][mapped.top]["cells"]), "memory_cells_left_out": len(left_out),
+              "flip_flops_x_in_rtl": len(mapped.x_initial),
               "replay_period_ps": timing.min_period_ps, "rtl_period_ps": first.period_ps,
               "runs": runs, "fit": fits, "saving": _savings(runs)}
     f = fits["sdf"]

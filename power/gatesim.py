@@ -4,8 +4,8 @@ it saw in an RTL simulation, and its energy computed from the gate-level dump (p
 The replay takes the unit's input ports, cycle by cycle, from an RTL dump of the whole HPU (the
 values each input held in each clock cycle), so the gate-level run sees exactly the stimulus the
 RTL activity model was charged for. Its flip-flops start where the RTL's registers and memories
-start, at their initial values, and a replay that carries x or z after its reset is refused, so that
-the gate level is charged only for states the RTL has. The cell models run without delays
+start, at their initial values (0 where the RTL leaves one x), and a replay that carries x or z after
+its reset is refused, so that the gate level is charged only for states the RTL has. The cell models run without delays
 (zero-delay: no glitches, the lower bound of the gate-level energy) or with OpenSTA's SDF delays
 (`write_sdf`: glitches).
 """
@@ -40,6 +40,7 @@ class Mapped:
     inputs: dict[str, int]      # input port -> width
     area: float                 # library area units (um^2 for OSU 0.18 um)
     initial: dict[str, int]     # flip-flop instance -> the value it holds at time 0
+    x_initial: list[str]        # the flip-flops the RTL leaves x at time 0 (in `initial` as 0)
 
 
 def map_to_cells(verilog: Path, top: str, lib_path: Path, work: Path) -> Mapped:
@@ -62,7 +63,7 @@ def map_to_cells(verilog: Path, top: str, lib_path: Path, work: Path) -> Mapped:
     for line in (work / "area.txt").read_text().splitlines():
         if "Chip area for module" in line:
             area = float(line.rsplit(":", 1)[1])
-    return Mapped(top, work / "mapped.v", netlist, inputs, area, _initial_values(module, liberty.load(lib_path)))
+    return Mapped(top, work / "mapped.v", netlist, inputs, area, *_initial_values(module, liberty.load(lib_path)))
 
 
 # The pin the library's flip-flops and latch take their next state from (their ff groups' next_state
@@ -70,28 +71,34 @@ def map_to_cells(verilog: Path, top: str, lib_path: Path, work: Path) -> Mapped:
 NEXT_STATE = "D"
 
 
-def _initial_values(module: dict, lib: liberty.Library) -> dict[str, int]:
+def _initial_values(module: dict, lib: liberty.Library) -> tuple[dict[str, int], list[str]]:
     """Each flip-flop's value at time 0: the `init` attribute Yosys keeps on the net a flip-flop drives,
-    from the RTL's register and memory initial values (MSB first, one character per bit)."""
+    from the RTL's register and memory initial values (MSB first, one character per bit); and the
+    flip-flops without one, which the RTL leaves x (a memory read port's data register before its first
+    read): the hardware holds some value there, and they start at 0, as the replay drives an input
+    the RTL leaves x."""
     init = {}
     for info in module["netnames"].values():
         value = info.get("attributes", {}).get("init")
         if isinstance(value, str) and len(value) == len(info["bits"]):
             init.update({bit: int(v) for bit, v in zip(info["bits"], reversed(value))
                          if isinstance(bit, int) and v in "01"})
-    initial = {}
+    initial, unknown = {}, []
     for name, cell in module["cells"].items():
         lib_cell = lib.cells.get(cell["type"])
         if lib_cell is None or not lib_cell.sequential:
             continue
+        if NEXT_STATE not in lib_cell.pins:
+            raise InputError(f"{name} is a {lib_cell.name}, which has no {NEXT_STATE} pin to set its initial value "
+                             f"through: map the design to flip-flops that take their state on {NEXT_STATE}")
         outs = [bits[0] for pin, bits in cell["connections"].items()
                 if pin in lib_cell.pins and lib_cell.pins[pin].direction == "output" and bits]
         if outs and outs[0] in init:
-            if NEXT_STATE not in lib_cell.pins:
-                raise InputError(f"{name} is a {lib_cell.name}, which has no {NEXT_STATE} pin to set its initial "
-                                 f"value through: map the design to flip-flops that take their state on {NEXT_STATE}")
             initial[name] = init[outs[0]]
-    return initial
+        else:
+            initial[name] = 0
+            unknown.append(name)
+    return initial, unknown
 
 
 def _escape(name: str) -> str:
@@ -344,10 +351,12 @@ def check_known(mapped: Mapped, counts: Counts, replay_name: str) -> None:
     # A bit's first value is counted as a change from x: any further x/z change, or time at x or z, is x.
     unknown = [names[bit] for bit, k in _dumped_bits(mapped, counts.header).items()
                if bit in logic and (counts.tx[k] > 0 or counts.xz[k] > 1)]
+    # The design's own names first, then those `rename -enumerate` made up (_123_).
+    unknown.sort(key=lambda name: (re.fullmatch(r"_\d+_(\[\d+\])?", name) is not None, name))
     if unknown:
         raise InputError(f"{mapped.top}: replay {replay_name} carries x or z after its reset on {len(unknown)} "
                          f"net{'s' if len(unknown) > 1 else ''} "
-                         f"({', '.join(sorted(unknown)[:6])}{', ...' if len(unknown) > 6 else ''}): it would be "
+                         f"({', '.join(unknown[:6])}{', ...' if len(unknown) > 6 else ''}): it would be "
                          "charged for states the RTL never has; give the flip-flops behind them an initial value or "
                          "a reset in the RTL")
 

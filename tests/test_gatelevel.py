@@ -265,14 +265,18 @@ endmodule
 
 def test_a_replay_starts_from_the_rtls_initial_values_and_refuses_x(tmp_path):
     """A memory mapped to flip-flops holds its initial contents from time 0 in the replay, as in the
-    RTL (no reset clears it): reading its four words gives 5, 2, 7, 1. A register with neither an
-    initial value nor a reset stays x: the replay is refused, naming the unit and the nets. A net
+    RTL (no reset clears it): reading its four words gives 5, 2, 7, 1. Registers with neither an
+    initial value nor a reset, which the RTL leaves x, start at 0 and are named. A replay without the
+    initial values carries x after its reset and is refused, naming the unit and the nets. A net
     whose name begins with `$` is matched to the netlist like any other."""
     (tmp_path / "m.v").write_text(MEMORY_V)
     mapped = gatesim.map_to_cells(tmp_path / "m.v", "m", gatesim.CELLS_LIBERTY, tmp_path / "map")
     lib = liberty.load(gatesim.CELLS_LIBERTY)
-    # the memory's 12 flip-flops start at 5, 2, 7, 1 (7 ones); q and `never` have no initial value
-    assert sorted(mapped.initial.values()).count(1) == 7 and len(mapped.initial) == 12
+    # the memory's 12 flip-flops start at 5, 2, 7, 1 (7 ones); q's 3 and `never` have no initial value
+    assert sorted(mapped.initial.values()).count(1) == 7 and len(mapped.initial) == 16
+    cells = mapped.netlist["modules"]["m"]["cells"]
+    assert sorted(mapped.netlist["modules"]["m"]["netnames"]["never"]["bits"][0] in c["connections"]["Q"]
+                  for c in (cells[name] for name in mapped.x_initial)) == [False] * 3 + [True]
     widths = gatesim.data_inputs(mapped)
     assert list(widths) == ["a", "we", "wa", "ra", "d"]
     rows = np.array([[0, 0, 0, ra, 0] for ra in (0, 1, 2, 3, 0)], np.int64)
@@ -282,10 +286,13 @@ def test_a_replay_starts_from_the_rtls_initial_values_and_refuses_x(tmp_path):
     q = gatesim.stimulus(dump, ("replay", "dut"), {"q": 3}, settled=True)
     assert q.values[:, 0].tolist() == [5, 5, 2, 7] and not q.unknown.any()
     counts = scan(dump)
+    gatesim.check_known(mapped, counts, "reads")
     assert {gatesim._unescaped(v.name) for v in counts.header.vars} <= set(mapped.netlist["modules"]["m"]["netnames"])
     assert gatesim._unescaped("\\$flip") == "\\$flip" and gatesim._unescaped("\\r_en$32") == "r_en$32"
-    with pytest.raises(gatesim.InputError, match=r"^m: replay reads carries x or z after its reset on 2 nets \(_\d+_, never\)"):
-        gatesim.check_known(mapped, counts, "reads")
+    unset = gatesim.replay(replace(mapped, initial={}), gatesim.CELLS_VERILOG, stim, name="unset")
+    with pytest.raises(gatesim.InputError, match=r"^m: replay unset carries x or z after its reset on \d+ nets "
+                                                 r"\(mem\[0\]\[0\], mem\[0\]\[1\], .*\): it would be charged"):
+        gatesim.check_known(mapped, scan(unset), "unset")
 
 
 VCD_WITH_X = """$timescale 1ns $end
@@ -336,7 +343,7 @@ def test_x_changes_are_half_transitions_and_x_is_compared_as_x(tiny, tmp_path):
     from a dump keep x apart from 0: a replayed x differs from the RTL's 0 or 1, an RTL x (an unknown
     value, which a replay drives 0) takes the replay's value, and the cycles of x are counted."""
     (tmp_path / "x.vcd").write_text(VCD_WITH_X)
-    mapped = gatesim.Mapped("top", tmp_path / "x.v", NETLIST, {"a": 1, "clk": 1}, 0.0, {})
+    mapped = gatesim.Mapped("top", tmp_path / "x.v", NETLIST, {"a": 1, "clk": 1}, 0.0, {}, [])
     e = gatesim.energy(mapped, tiny, scan(tmp_path / "x.vcd"), period_ps=5000)
     by = {name: k for k, name in enumerate(e.instances)}
     # n4: a fall, then 1 -> x -> 0... as x changes: 1 + 2 halves; 1/2 x 10 fF x (2 V)^2 each
