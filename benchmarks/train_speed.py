@@ -83,6 +83,16 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
             q, k, v, is_causal=True).sum().backward(),
     }
     keep = kernel_select(probs, None, gate, causal=True)[0]
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex = torch.compile(flex_attention)
+
+    def flex_keep():
+        mask = create_block_mask(lambda b, h, i, j: keep[b, h, i, j], run.batch, heads, run.context, run.context,
+                                 device=device)
+        flex(q, k, v, block_mask=mask).sum().backward()
+
+    steps["flex_keep_fwd_bwd"] = flex_keep
     times = {}
     for label, fn in steps.items():
         fn()
