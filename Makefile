@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 CELLS  := build/cells/osu018
 
-.PHONY: setup test test-all fuzz demo demo-full quality bench clean iverilog opensta cells
+.PHONY: setup test test-all fuzz demo demo-full quality bench clean iverilog opensta cells data
 
 setup: $(STAMP) iverilog opensta cells
 
@@ -69,6 +69,25 @@ $(CELLS)/osu018_stdcells.lib:
 		exit 1; \
 	fi; \
 	rm -rf $(CELLS) && mv $$fetched $(CELLS) && rm -rf $(CELLS).fetch
+
+# Training text: Debian's kernel source and Python documentation (GPL-2.0, PSF), installed with
+# apt-get and tokenized into build/data by `hpu data`; never committed, never needed by `make test`.
+# (training/data.py's LINUX_TAR and PYDOC name the same paths.)
+LINUX_TAR := /usr/src/linux-source-6.1.tar.xz
+PYDOC     := /usr/share/doc/python3.11/html/_sources
+EXPERIMENT ?= configs/train/ab.toml
+data: setup
+	@if [ ! -f $(LINUX_TAR) ] || [ ! -d $(PYDOC) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing the training text (apt-get install linux-source-6.1 python3.11-doc)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-source-6.1 python3.11-doc >/dev/null; \
+		else \
+			echo "The training text is missing. As root on Debian or Ubuntu:"; \
+			echo "  apt-get install -y linux-source-6.1 python3.11-doc"; \
+			exit 1; \
+		fi; \
+	fi
+	$(BIN)/hpu data $(EXPERIMENT)
 
 test: setup
 	$(BIN)/python -m pytest -n 2 -q
