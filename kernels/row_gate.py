@@ -12,6 +12,10 @@ order like their int32 patterns, so every comparison is exact):
 - the keys above ``v`` are kept, and of the keys equal to ``v`` the first ``need`` by index, where
   ``need`` is the fewest that reach the target mass, but at most ``cap`` minus the keys above.
 
+`select_causal_qk` does the same for causal rows straight from q and k: one tl.dot per 16 rows gives
+the scores (float32 sums of exact half-precision products), and the rule ranks exp(s - max), the
+softmax before its denominator, so neither scores nor probabilities are written to memory.
+
 30 passes over registers (probabilities are at most 1.0, below 2**30 as bits): O(30 N) per row
 against the sort's O(N log N) memory passes. Ties, k_min, the cap and invalid keys follow the rule
 exactly. The one difference from the reference is float rounding: the reference sums the prefix in
@@ -33,18 +37,9 @@ _BITS_SPAN = 30
 
 
 @triton.jit
-def _row_gate(P, VALID, KEEP, rows, n_q, n_keys, stride_p, stride_v, stride_k, rho_q, tau, k_min,
-              MASS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-              SPAN: tl.constexpr, SCALE: tl.constexpr):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = tl.arange(0, BLOCK_N)
-    live = (r[:, None] < rows) & (c[None, :] < n_keys)
-    if CAUSAL:
-        # Query i of the last n_q positions sees keys 0 .. i + n_keys - n_q.
-        valid = live & (c[None, :] <= (r % n_q)[:, None] + (n_keys - n_q))
-    else:
-        valid = live & (tl.load(VALID + r[:, None] * stride_v + c[None, :], mask=live, other=0) != 0)
-    p = tl.load(P + r[:, None] * stride_p + c[None, :], mask=valid, other=0.0)
+def _threshold_keep(p, valid, rho_q, tau, k_min, MASS: tl.constexpr, BLOCK_R: tl.constexpr, SPAN: tl.constexpr,
+                    SCALE: tl.constexpr):
+    """The kept keys of BLOCK_R rows of non-negative weights `p` (0 where invalid), as int1."""
     # Invalid keys get bits -1, below every threshold tried (all >= 0).
     bits = tl.where(valid, p.to(tl.int32, bitcast=True), -1)
     n = tl.sum(valid.to(tl.int32), 1)
@@ -73,8 +68,50 @@ def _row_gate(P, VALID, KEEP, rows, n_q, n_keys, stride_p, stride_v, stride_k, r
         v = tl.max(tl.where(tie, p, 0.0), 1)
         short = tie & ((mass_above[:, None] + rank.to(tl.float32) * v[:, None]) < target[:, None])
         need = tl.minimum(need, tl.sum(short.to(tl.int32), 1) + 1)
-    keep = above | (tie & (rank <= need[:, None]))
+    return above | (tie & (rank <= need[:, None]))
+
+
+@triton.jit
+def _row_gate(P, VALID, KEEP, rows, n_q, n_keys, stride_p, stride_v, stride_k, rho_q, tau, k_min,
+              MASS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+              SPAN: tl.constexpr, SCALE: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_N)
+    live = (r[:, None] < rows) & (c[None, :] < n_keys)
+    if CAUSAL:
+        # Query i of the last n_q positions sees keys 0 .. i + n_keys - n_q.
+        valid = live & (c[None, :] <= (r % n_q)[:, None] + (n_keys - n_q))
+    else:
+        valid = live & (tl.load(VALID + r[:, None] * stride_v + c[None, :], mask=live, other=0) != 0)
+    p = tl.load(P + r[:, None] * stride_p + c[None, :], mask=valid, other=0.0)
+    keep = _threshold_keep(p, valid, rho_q, tau, k_min, MASS, BLOCK_R, SPAN, SCALE)
     tl.store(KEEP + r[:, None] * stride_k + c[None, :], keep.to(tl.int8), mask=live)
+
+
+@triton.jit
+def _qk_row_gate(Q, K, KEEP, n_q, n_keys, heads, kv_groups, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
+                 stride_kn, qk_scale, rho_q, tau, k_min, MASS: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SPAN: tl.constexpr, SCALE: tl.constexpr):
+    """Causal rows straight from q and k: scores by one tl.dot, exp(s - max) as the weights (the
+    softmax's denominator cancels in the rule), then the same threshold as `_row_gate`."""
+    bh = tl.program_id(1)
+    b, h = bh // heads, bh % heads
+    i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + i[:, None] * stride_qn + d[None, :], mask=i[:, None] < n_q,
+                other=0.0)
+    k = tl.load(K + b * stride_kb + (h // kv_groups) * stride_kh + c[None, :] * stride_kn + d[:, None],
+                mask=c[None, :] < n_keys, other=0.0)
+    valid = (i[:, None] < n_q) & (c[None, :] < n_keys) & (c[None, :] <= i[:, None] + (n_keys - n_q))
+    s = tl.where(valid, tl.dot(q, k) * qk_scale, float("-inf"))
+    m = tl.max(s, 1)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.where(valid, tl.math.exp2(s - m[:, None]), 0.0)
+    keep = _threshold_keep(p, valid, rho_q, tau, k_min, MASS, BLOCK_R, SPAN, SCALE)
+    rows = bh * n_q + i
+    tl.store(KEEP + rows[:, None] * n_keys + c[None, :], keep.to(tl.int8),
+             mask=(i[:, None] < n_q) & (c[None, :] < n_keys))
 
 
 def select(probs: torch.Tensor, valid: torch.Tensor | None, cfg: HPUConfig,
@@ -106,3 +143,26 @@ def select(probs: torch.Tensor, valid: torch.Tensor | None, cfg: HPUConfig,
         BLOCK_N=block_n, SPAN=_BITS_SPAN, SCALE=GATE_SCALE, num_warps=block_r if block_n >= 128 else 4)
     keep = keep.view(torch.bool).reshape(probs.shape)
     return keep, keep.sum(-1)
+
+
+def select_causal_qk(q: torch.Tensor, k: torch.Tensor, cfg: HPUConfig, scale: float) -> torch.Tensor:
+    """The causal keep mask (B, H, Q, N) straight from q (B, H, Q, D) and k (B, Hkv, N, D), fp16 or bf16.
+
+    The scores are q.k * scale with float32 accumulation of exact half-precision products, and the
+    rule ranks exp(s - max) (the softmax before its denominator, which the rule's comparisons do not
+    need): the same rule as `select` on the softmax probabilities up to float rounding, without
+    writing scores or probabilities to memory.
+    """
+    b, heads, n_q, dim = q.shape
+    n_keys = k.shape[2]
+    if cfg.mode == "dense":
+        return torch.ones(n_q, n_keys, dtype=torch.bool, device=q.device).tril(n_keys - n_q).expand(b, heads, n_q, n_keys)
+    q, k = q.contiguous(), k.contiguous()
+    keep = torch.empty((b, heads, n_q, n_keys), dtype=torch.int8, device=q.device)
+    block_r = 16
+    _qk_row_gate[(triton.cdiv(n_q, block_r), b * heads)](
+        q, k, keep, n_q, n_keys, heads, heads // k.shape[1], q.stride(0), q.stride(1), q.stride(2), k.stride(0),
+        k.stride(1), k.stride(2), scale * 1.4426950408889634, cfg.rho_q, cfg.tau_q / GATE_SCALE, cfg.k_min,
+        MASS=cfg.mode == "mass", BLOCK_R=block_r, BLOCK_N=max(16, triton.next_power_of_2(n_keys)), HEAD_DIM=dim,
+        SPAN=_BITS_SPAN, SCALE=GATE_SCALE, num_warps=8, num_stages=1)
+    return keep.view(torch.bool)

@@ -96,6 +96,26 @@ def test_triton_selection_equals_select(ties, seed):
                 assert torch.equal(kept, want_kept)
 
 
+def test_fused_selection_from_q_and_k_equals_select(seed):
+    """Causal rows straight from half-precision q and k (grouped heads): the rule's kept sets on the
+    softmax of the same scores. (fp16: Triton's CPU interpreter cannot compute in bf16.)"""
+    from golden_model.quantize import attention_scores
+    from kernels.row_gate import select_causal_qk
+
+    g = torch.Generator().manual_seed(seed)
+    b, heads, kv_heads, n, d = 2, 4, 2, 40, 16
+    q = torch.randn(b, heads, n, d, generator=g).half()
+    k = torch.randn(b, kv_heads, n, d, generator=g).half()
+    k[:, :, 7] = k[:, :, 3]  # exact ties
+    valid = torch.ones(n, n, dtype=torch.bool).tril()
+    scores = attention_scores(q.float(), k.float().repeat_interleave(heads // kv_heads, 1))
+    probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), -1)
+    for gate in GATES:
+        want = reference_select(probs, valid.expand(probs.shape), gate)[0]
+        got = select_causal_qk(q.to(kernels.DEVICE), k.to(kernels.DEVICE), gate, d ** -0.5).cpu()
+        assert torch.equal(got, want), gate
+
+
 def test_triton_selection_at_full_mass_differs_only_below_rounding(seed):
     """At mass target 1 the rule keeps keys until the float sum stops growing; the kernel's tree sum
     and the reference's ordered sum may stop on different negligible keys, never on others."""

@@ -16,8 +16,11 @@ flow through the renormalized softmax of the kept keys (to q, k and v), exactly 
 attention restricted to that set.
 
 The probabilities the gate ranks are float32, from q and k as the model hands them (bf16 under
-autocast), computed as `golden_model.quantize.attention_scores` does. On a GPU the selection is the
-Triton kernel `kernels.row_gate` (no sort); elsewhere it is the golden model's `select` itself. The
+autocast), computed as `golden_model.quantize.attention_scores` does, and the golden model's `select`
+ranks them. On a GPU the Triton kernels of `kernels.row_gate` replace the sort: for causal rows
+without a padding mask (training, prefill) one kernel goes straight from q and k to the kept set
+without writing scores or probabilities; otherwise the probabilities are computed as above and the
+kernel selects from them. Both equal the rule up to float rounding (docs/TRAINING.md). The
 function runs eagerly inside a compiled model (`torch.compiler.disable`); the rest of the model compiles.
 """
 
@@ -102,6 +105,27 @@ def repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
+FUSED_KEYS = 2048  # the longest row the fused kernel holds in registers (16 rows a program)
+
+
+def fused_selection(query: torch.Tensor, attention_mask, causal: bool, n_keys: int, gate: HPUConfig) -> bool:
+    """Whether the kept set comes straight from q and k (`kernels.row_gate.select_causal_qk`): causal
+    rows without a padding mask, half-precision q and k on a GPU, rows short enough for registers."""
+    return (query.is_cuda and attention_mask is None and causal and n_keys <= FUSED_KEYS
+            and query.dtype in (torch.float16, torch.bfloat16) and gate.mode != "dense")
+
+
+def _keep_from_probs(query, key, valid, empty, gate: HPUConfig, scale: float, causal: bool) -> torch.Tensor:
+    """The kept set from float32 softmax probabilities computed as the golden model computes them."""
+    dim = query.shape[-1]
+    # attention_scores divides by sqrt(d); a model with another scale folds the ratio into q.
+    q = query.float() if scale == dim ** -0.5 else query.float() * (scale * math.sqrt(dim))
+    probs = torch.softmax(attention_scores(q, key.float()).masked_fill_(~valid, float("-inf")), dim=-1)
+    if empty is None:
+        return keep_mask(probs, valid, gate, causal)
+    return keep_mask(probs.nan_to_num_(), valid | empty, gate) & ~empty
+
+
 # Kept out of torch.compile's graphs: the gate is read from the config on every call (the loop anneals
 # the permeability), which compiled code would guard on and recompile for at each new value.
 @torch.compiler.disable
@@ -114,25 +138,26 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     ``output_attentions`` (a (B, H, Q, K) bool tensor), else None.
     """
     gate = gate_of(module.config)
-    groups = query.shape[1] // key.shape[1]
-    key, value = repeat_heads(key, groups), repeat_heads(value, groups)
     n_q, n_k, dim = query.shape[2], key.shape[2], query.shape[3]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     valid = admissible(attention_mask, n_q, n_k, causal, query.device)
     scale = dim ** -0.5 if scaling is None else scaling
+    # Without a mask every row sees at least one key (its own, when causal). With one, a row may see
+    # none (a padded query): it attends to nothing and outputs zero.
+    empty = None if attention_mask is None else ~valid.any(-1, keepdim=True)
     with torch.no_grad(), torch.autocast(query.device.type, enabled=False):
-        # attention_scores divides by sqrt(d); a model with another scale folds the ratio into q.
-        q = query.float() if scale == dim ** -0.5 else query.float() * (scale * math.sqrt(dim))
-        probs = torch.softmax(attention_scores(q, key.float()).masked_fill_(~valid, float("-inf")), dim=-1)
-        # Without a mask every row sees at least one key (its own, when causal). With one, a row may
-        # see none (a padded query): it attends to nothing and outputs zero.
-        empty = None if attention_mask is None else ~valid.any(-1, keepdim=True)
-        keep = keep_mask(probs, valid, gate, causal) if empty is None else \
-            keep_mask(probs.nan_to_num_(), valid | empty, gate) & ~empty
-        del probs
+        if fused_selection(query, attention_mask, causal, n_k, gate):
+            from kernels.row_gate import select_causal_qk
+
+            keep = select_causal_qk(query, key, gate, scale)
+        else:
+            keep = _keep_from_probs(query, repeat_heads(key, query.shape[1] // key.shape[1]), valid, empty, gate,
+                                    scale, causal)
         if _counting is not None:
             _counting.kept = _counting.kept + keep.sum()
             _counting.admissible = _counting.admissible + valid.expand(keep.shape).sum()
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_heads(key, groups), repeat_heads(value, groups)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=keep if empty is None else keep | empty,
                                          scale=scale, dropout_p=dropout if module.training else 0.0)
     out = out if empty is None else out.masked_fill(empty, 0.0)
