@@ -63,6 +63,7 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
     """One layer's selection, (batch, heads, context, context) causal rows: kernel against sort."""
     from golden_model.gate import select as sort_select
     from kernels.row_gate import select as kernel_select
+    from kernels.row_gate import select_causal_qk
 
     run, heads = cfg.run, cfg.model.heads
     gate = cfg.arm(name).hpu
@@ -74,6 +75,7 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
                            dtype=torch.bfloat16, generator=g, requires_grad=True) for _ in range(3))
     steps = {
         "triton": lambda: kernel_select(probs, None, gate, causal=True),
+        "fused_qk": lambda: select_causal_qk(q, k, gate, q.shape[-1] ** -0.5),
         "sort": lambda: sort_select(probs, valid.expand(probs.shape), gate),
         "scores_softmax": lambda: torch.softmax(torch.matmul(q.float(), k.float().transpose(-1, -2))
                                                 .masked_fill_(~valid, float("-inf")), -1),
@@ -104,12 +106,18 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
         times[label] = 1e3 * (time.perf_counter() - tick) / repeats
     want = sort_select(probs, valid.expand(probs.shape), gate)[0]
     differ = (keep != want).any(-1)
+    fused = select_causal_qk(q, k, gate, q.shape[-1] ** -0.5)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5
+    exact = sort_select(torch.softmax(scores.masked_fill_(~valid, float("-inf")), -1), valid.expand(probs.shape), gate)[0]
+    fused_differ = (fused != exact).any(-1)
     # Rows that differ must differ only where float rounding decides: the target within the float32
     # sums' error of the mass at the kernel's last kept key.
     return {"arm": name, "shape": list(probs.shape), "layer_ms": times, "speedup": times["sort"] / times["triton"],
             "kept_fraction": float(keep.sum() / valid.expand(probs.shape).sum()),
             "rows": differ.numel(), "rows_differing": int(differ.sum()),
-            "keys_differing": int((keep != want).sum())}
+            "keys_differing": int((keep != want).sum()),
+            "fused_rows_differing": int(fused_differ.sum()), "fused_kept_fraction": float(fused.sum() / exact.sum() *
+                                                                                         (exact.sum() / valid.expand(probs.shape).sum()))}
 
 
 def main(argv=None) -> int:
