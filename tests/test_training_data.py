@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from hpu.config import ConfigError
 from hpu.errors import InputError
+from hpu.files import OutputError
 from training.data import EOS, DataConfig, Corpus, pack, position, prepare, split_of
 
 WORDS = ("the gate keeps keys until the mass target is reached and drops the rest so lanes stay silent "
@@ -209,6 +210,8 @@ def test_bad_sources_are_refused_in_one_line(tmp_path):
     fake.write_bytes(b"not xz")
     with pytest.raises(InputError, match=r"^data pack .*fake.tar.xz cannot be read \(.*\): make it again"):
         prepare(small(fake, tmp_path / "cache"), progress=False)
+    with pytest.raises(OutputError, match=r"^data pack .*data.zip must end in .tar.xz \(e.g. data.zip.tar.xz\)$"):
+        pack(small(binary, tmp_path / "cache"), tmp_path / "data.zip", progress=False)
     one = tmp_path / "one"
     one.mkdir()
     (one / "a.txt").write_text("a single file lands in one split\n")

@@ -569,7 +569,8 @@ def pack(cfg: DataConfig, out_path: str | Path, progress: bool = True, preset: i
         add(tar, "manifest.json", io.BytesIO(text), len(text))
         for name in PACK_MEMBERS[1:]:
             path = corpus.folder / name
-            with open(path, "rb") as f, _progress(progress, path.stat().st_size, f"packing {name}") as bar:
-                add(tar, name, f, path.stat().st_size)
-                bar.update(path.stat().st_size)
+            size = path.stat().st_size
+            with tqdm.wrapattr(open(path, "rb"), "read", total=size, desc=f"packing {name}",
+                               disable=not progress, leave=False) as f:
+                add(tar, name, f, size)
     return out_path
