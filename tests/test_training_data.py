@@ -217,3 +217,13 @@ def test_bad_sources_are_refused_in_one_line(tmp_path):
     (one / "a.txt").write_text("a single file lands in one split\n")
     with pytest.raises(InputError, match=r"^data source .*one has no (training|held-out) documents: "):
         prepare(small(one, tmp_path / "cache"), progress=False)
+
+
+def test_missing_debian_sources_are_refused_in_one_line(tmp_path, monkeypatch):
+    import training.data
+
+    monkeypatch.setattr(training.data, "LINUX_TAR", tmp_path / "linux-source-6.1.tar.xz")
+    with pytest.raises(InputError, match=r"^the linux\+pydoc sources are not installed \(.*linux-source-6.1.tar.xz "
+                                         r"missing\): install them \(as root\): apt-get install -y linux-source-6.1 "
+                                         r"python3.11-doc, or run make data$"):
+        prepare(DataConfig(cache=str(tmp_path)), progress=False)
