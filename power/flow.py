@@ -64,8 +64,7 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
     if req.manifest is None:
         if req.summary is not None:
             raise InputError("--summary describes HPU runs: pass the HPU's --manifest with it")
-        with claim(out_dir, "report folder"):
-            (out_dir / "activity.json").unlink(missing_ok=True)
+        with claim(out_dir, "report folder", report.OUTPUTS):
             paths = {}
             for name, vcd in dumps.items():
                 g = generic.measure(vcd, clock=req.clock, window=req.window)
@@ -75,7 +74,7 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
                 paths[name] = generic.write(g, table, out_dir, "activity" if name == "gated" else f"{name}_activity")
             return paths["gated"]
     runs = _runs_of_dumps(req, dumps)
-    with claim(out_dir, "report folder"):
+    with claim(out_dir, "report folder", report.OUTPUTS):
         measured = []
         for name, vcd in dumps.items():
             d = design.load(vcd, req.manifest, top_scope=req.top_scope, clock=req.clock, phase=req.phase)

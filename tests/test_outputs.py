@@ -117,12 +117,6 @@ def test_a_table_of_zeros_states_no_saving_instead_of_dividing_by_zero(runs, tmp
     assert set(comparison["energy_proportionality"].values()) == {None}
 
 
-# power/flow.py (not this change's file) still claims its folder without report.OUTPUTS: it removes
-# only activity.json, and report.write power.json. These hold once flow.py passes report.OUTPUTS to claim.
-needs_flow = pytest.mark.xfail(strict=True, reason="power/flow.py must claim with report.OUTPUTS")
-
-
-@needs_flow
 def test_failed_power_without_a_manifest_leaves_no_earlier_output(tmp_path, monkeypatch, capsys):
     vcd = write_vcd(tmp_path, BODY, DEFS)
     out = tmp_path / "p"
@@ -139,7 +133,6 @@ def test_failed_power_without_a_manifest_leaves_no_earlier_output(tmp_path, monk
     assert stale_left(stale) == []
 
 
-@needs_flow
 def test_interrupted_power_report_leaves_no_earlier_output(runs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "p"
     stale = plant(out, report.OUTPUTS)
