@@ -126,7 +126,7 @@ demo: setup
 	$(HPU) sim --config default --rows 24 --source minilm --dense-baseline --vcd out/sim/gated.vcd -o out/sim/summary.json
 	$(HPU) power out/sim/gated.vcd --baseline out/sim/gated_dense.vcd --manifest out/rtl/manifest.json --summary out/sim/summary.json -o out/power
 	$(HPU) crosscheck --config default $(CROSSCHECK) -o out/crosscheck
-	$(BIN)/python -m hpu.report_index -o out $(DEMO_RECORDS)
+	$(BIN)/hpu index -o out $(DEMO_RECORDS)
 
 # These two reach demo's steps too: make passes a target's variables on to its prerequisites.
 demo-full: SYNTH := --synth
@@ -135,7 +135,7 @@ demo-full: demo
 	$(HPU) sim --config default --rows 16 --source minilm-long --dense-baseline --vcd out/sim-long/gated.vcd -o out/sim-long/summary.json
 	$(HPU) power out/sim-long/gated.vcd --baseline out/sim-long/gated_dense.vcd --manifest out/rtl/manifest.json --summary out/sim-long/summary.json -o out/power-long
 	$(HPU) quality --config minilm --permeability 0.25 0.5 1.0 --mass-target 0.9 -o out/quality
-	$(BIN)/python -m hpu.report_index -o out $(DEMO_RECORDS) $(FULL_RECORDS)
+	$(BIN)/hpu index -o out $(DEMO_RECORDS) $(FULL_RECORDS)
 
 quality: setup
 	$(HPU) quality --config minilm -o out/quality

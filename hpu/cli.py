@@ -8,6 +8,7 @@ the traceback instead, for reporting a bug.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -149,6 +150,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from hpu.report_index import write_index
+
+    print(f"index: {write_index([Path(r) for r in args.records], Path(args.output))['html']}")
+    return 0
+
+
 def _experiment(args: argparse.Namespace):
     import dataclasses
 
@@ -182,6 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         results = run_experiment(cfg, args.output, args.arm, args.seed, progress=not args.quiet)
     except KeyboardInterrupt:
+        # A second Ctrl-C while the message is printed would end the process by the signal, not 130.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("hpu: interrupted; finished runs are kept, and a run cut short resumes from its last state "
               f"(saved every {cfg.run.checkpoint_every} steps) when trained again", file=sys.stderr)
         return 130
@@ -354,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_quality, memory_hint="free memory for the MiniLM model and its traces of the "
                                                   "built-in texts")
+
+    p = sub.add_parser("index", help="one HTML page (and its JSON twin) linking reports, with their headline figures")
+    p.add_argument("records", nargs="+", metavar="RECORD.json",
+                   help="the JSON each command writes last: hpu gen's manifest.json, hpu sim's summary, power.json, "
+                        "crosscheck.json or quality.json")
+    p.add_argument("-o", "--output", default="out", help="folder of index.html and index.json")
+    p.set_defaults(func=cmd_index, memory_hint="index fewer reports")
 
     def experiment_options(p):
         p.add_argument("config", metavar="EXPERIMENT.toml", help="training experiment (e.g. configs/train/ab.toml)")

@@ -6,19 +6,17 @@ A record is the JSON a command writes last, when its folder is whole: `hpu gen`'
 it is given (`make demo` passes the ones it has just written), so a report left in `out/` by an
 earlier run is never presented as this run's.
 
-    python -m hpu.report_index -o out out/rtl/manifest.json out/sim/summary.json ...
+    hpu index -o out out/rtl/manifest.json out/sim/summary.json ...
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import os
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from hpu.errors import HPUError, InputError
+from hpu.errors import InputError
 from hpu.files import claim, read_json, write_json, write_text
 
 INDEX_VERSION = 1
@@ -145,22 +143,3 @@ def write_index(records: list[Path], out_dir: Path) -> dict[str, Path]:
         write_text(paths["html"], _html(index))
         write_json(paths["json"], index)
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpu.report_index", description=__doc__.split("\n\n")[0])
-    parser.add_argument("records", nargs="+", type=Path, metavar="RECORD.json", help=f"{RECORDS}")
-    parser.add_argument("-o", "--output", type=Path, default=Path("out"),
-                        help="folder of index.html and index.json (default: out)")
-    args = parser.parse_args(argv)
-    try:
-        paths = write_index(args.records, args.output)
-    except HPUError as exc:
-        print(f"hpu index: {exc}", file=sys.stderr)
-        return 2
-    print(f"index: {paths['html']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

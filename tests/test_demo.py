@@ -12,7 +12,7 @@ import pytest
 
 from hpu.config import ConfigError, HPUConfig, resolve, shipped_names
 from hpu.files import write_json
-from hpu.report_index import main as index_main
+from hpu.cli import main as hpu_main
 from hpu.report_index import write_index
 
 from conftest import REPO
@@ -158,7 +158,7 @@ def _records(out: Path) -> list[Path]:
 def test_index_lists_every_report_with_its_headline_figures(tmp_path, capsys):
     out = tmp_path / "out"
     records = _records(out)
-    assert index_main(["-o", str(out), *map(str, records)]) == 0
+    assert hpu_main(["index", "-o", str(out), *map(str, records)]) == 0
     assert capsys.readouterr().out == f"index: {out / 'index.html'}\n"
     index = json.loads((out / "index.json").read_text())
     assert [r["command"] for r in index["reports"]] == ["hpu gen", "hpu sim", "hpu power", "hpu crosscheck",
@@ -218,6 +218,6 @@ def test_index_refuses_a_bad_record_in_one_line_and_writes_nothing(content, mess
     if content is not None:
         record.parent.mkdir()
         write_json(record, content)
-    assert index_main(["-o", str(out), str(record)]) == 2
-    assert capsys.readouterr().err == f"hpu index: {message.format(p=record)}\n"
+    assert hpu_main(["index", "-o", str(out), str(record)]) == 2
+    assert capsys.readouterr().err == f"hpu: {message.format(p=record)}\n"
     assert not (out / "index.html").exists() and not (out / "index.json").exists()
