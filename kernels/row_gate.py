@@ -2,7 +2,7 @@
 
 The rule keeps a prefix of each row's order (probability descending, index ascending): the keys above
 one threshold value plus the first few keys *at* it, by index. So instead of sorting, one Triton
-program holds a few whole rows in registers (a warp a row, so every reduction stays in the warp) and
+program holds a few whole rows in registers (rows and warps a program tuned per row length) and
 finds the threshold by one bisection on the bit patterns of the probabilities (non-negative float32
 order like their int32 patterns, so every comparison is exact):
 
@@ -12,7 +12,7 @@ order like their int32 patterns, so every comparison is exact):
 - the keys above ``v`` are kept, and of the keys equal to ``v`` the first ``need`` by index, where
   ``need`` is the fewest that reach the target mass, but at most ``cap`` minus the keys above.
 
-`select_causal_qk` does the same for causal rows straight from q and k: one tl.dot per 16 rows gives
+`select_causal_qk` does the same for causal rows straight from q and k: one tl.dot per 16 or 32 rows gives
 the scores (float32 sums of exact half-precision products), and the rule ranks exp(s - max), the
 softmax before its denominator, so neither scores nor probabilities are written to memory.
 
@@ -25,6 +25,8 @@ sorted order, this kernel sums by a tree, so a row whose prefix mass lies within
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -34,6 +36,22 @@ from hpu.config import GATE_SCALE, HPUConfig
 
 # Probabilities lie in [0, 1]; 1.0 is 0x3F800000 < 2**30 as int32 bits.
 _BITS_SPAN = 30
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _row_configs():
+    # Rows a program x warps: fewer elements a thread keeps the row in registers (no spills), more
+    # warps a row make its reductions cross warps. Chosen per row length on the GPU.
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_R": 4}, num_warps=4)]
+    return [triton.Config({"BLOCK_R": r}, num_warps=w) for r in (1, 2, 4, 8) for w in (4, 8, 16)]
+
+
+def _qk_configs():
+    # tl.dot takes at least 16 rows; 16 or 32 rows of up to 2048 scores spread over 8 to 32 warps.
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_R": 16}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_R": r}, num_warps=w, num_stages=1) for r in (16, 32) for w in (8, 16, 32)]
 
 
 @triton.jit
@@ -71,6 +89,7 @@ def _threshold_keep(p, valid, rho_q, tau, k_min, MASS: tl.constexpr, BLOCK_R: tl
     return above | (tie & (rank <= need[:, None]))
 
 
+@triton.autotune(configs=_row_configs(), key=["n_keys", "MASS", "CAUSAL"])
 @triton.jit
 def _row_gate(P, VALID, KEEP, rows, n_q, n_keys, stride_p, stride_v, stride_k, rho_q, tau, k_min,
               MASS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -88,6 +107,7 @@ def _row_gate(P, VALID, KEEP, rows, n_q, n_keys, stride_p, stride_v, stride_k, r
     tl.store(KEEP + r[:, None] * stride_k + c[None, :], keep.to(tl.int8), mask=live)
 
 
+@triton.autotune(configs=_qk_configs(), key=["n_keys", "HEAD_DIM", "MASS"])
 @triton.jit
 def _qk_row_gate(Q, K, KEEP, n_q, n_keys, heads, kv_groups, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
                  stride_kn, qk_scale, rho_q, tau, k_min, MASS: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -134,13 +154,10 @@ def select(probs: torch.Tensor, valid: torch.Tensor | None, cfg: HPUConfig,
     v = p if causal else valid.expand(probs.shape).reshape(-1, n_keys).contiguous().view(torch.int8)
     rows = p.shape[0]
     keep = torch.empty((rows, n_keys), dtype=torch.int8, device=p.device)
-    block_n = triton.next_power_of_2(n_keys)
-    # A warp a row where rows are long enough to fill one (reductions stay inside the warp).
-    block_r = 4 if block_n >= 128 else max(1, min(16, 2048 // block_n))
-    _row_gate[(triton.cdiv(rows, block_r),)](
+    _row_gate[lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]),)](
         p, v, keep, rows, n_q, n_keys, p.stride(0), v.stride(0), keep.stride(0), cfg.rho_q,
-        cfg.tau_q / GATE_SCALE, cfg.k_min, MASS=cfg.mode == "mass", CAUSAL=causal, BLOCK_R=block_r,
-        BLOCK_N=block_n, SPAN=_BITS_SPAN, SCALE=GATE_SCALE, num_warps=block_r if block_n >= 128 else 4)
+        cfg.tau_q / GATE_SCALE, cfg.k_min, MASS=cfg.mode == "mass", CAUSAL=causal,
+        BLOCK_N=triton.next_power_of_2(n_keys), SPAN=_BITS_SPAN, SCALE=GATE_SCALE)
     keep = keep.view(torch.bool).reshape(probs.shape)
     return keep, keep.sum(-1)
 
@@ -159,10 +176,9 @@ def select_causal_qk(q: torch.Tensor, k: torch.Tensor, cfg: HPUConfig, scale: fl
         return torch.ones(n_q, n_keys, dtype=torch.bool, device=q.device).tril(n_keys - n_q).expand(b, heads, n_q, n_keys)
     q, k = q.contiguous(), k.contiguous()
     keep = torch.empty((b, heads, n_q, n_keys), dtype=torch.int8, device=q.device)
-    block_r = 16
-    _qk_row_gate[(triton.cdiv(n_q, block_r), b * heads)](
+    _qk_row_gate[lambda meta: (triton.cdiv(n_q, meta["BLOCK_R"]), b * heads)](
         q, k, keep, n_q, n_keys, heads, heads // k.shape[1], q.stride(0), q.stride(1), q.stride(2), k.stride(0),
         k.stride(1), k.stride(2), scale * 1.4426950408889634, cfg.rho_q, cfg.tau_q / GATE_SCALE, cfg.k_min,
-        MASS=cfg.mode == "mass", BLOCK_R=block_r, BLOCK_N=max(16, triton.next_power_of_2(n_keys)), HEAD_DIM=dim,
-        SPAN=_BITS_SPAN, SCALE=GATE_SCALE, num_warps=8, num_stages=1)
+        MASS=cfg.mode == "mass", BLOCK_N=max(16, triton.next_power_of_2(n_keys)), HEAD_DIM=dim,
+        SPAN=_BITS_SPAN, SCALE=GATE_SCALE)
     return keep.view(torch.bool)

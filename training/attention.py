@@ -105,7 +105,7 @@ def repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-FUSED_KEYS = 2048  # the longest row the fused kernel holds in registers (16 rows a program)
+FUSED_KEYS = 2048  # the longest row the fused kernel holds in registers (16 or 32 rows a program)
 
 
 def fused_selection(query: torch.Tensor, attention_mask, causal: bool, n_keys: int, gate: HPUConfig) -> bool:
