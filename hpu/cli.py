@@ -8,7 +8,6 @@ the traceback instead, for reporting a bug.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -190,8 +189,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         results = run_experiment(cfg, args.output, args.arm, args.seed, progress=not args.quiet)
     except KeyboardInterrupt:
-        # A second Ctrl-C while the message is printed would end the process by the signal, not 130.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("hpu: interrupted; finished runs are kept, and a run cut short resumes from its last state "
               f"(saved every {cfg.run.checkpoint_every} steps) when trained again", file=sys.stderr)
         return 130
