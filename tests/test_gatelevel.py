@@ -447,7 +447,8 @@ try:
         futures = [pool.submit(time.sleep, 30) for _ in range(4)]
         raise KeyboardInterrupt
 except KeyboardInterrupt:
-    pass
+    interrupted = True
+assert interrupted
 concurrent.futures.wait(futures, timeout=10)
 assert time.monotonic() - start < 15, time.monotonic() - start
 # at most 3 tasks reach the workers' queue (2 workers + 1): the 4th was still queued here

@@ -35,8 +35,7 @@ def test_a_linked_lock_is_refused_by_a_command_and_its_target_untouched(planted,
 def test_claim_and_shared_lock_refuse_a_linked_lock(planted, hold):
     out, victim = planted
     with pytest.raises(OutputError, match="is a symbolic link, not an hpu lock file"):
-        with hold(out):
-            pass
+        hold(out).__enter__()
     assert victim.read_text() == VICTIM
 
 
@@ -44,8 +43,7 @@ def test_claim_and_shared_lock_refuse_a_linked_lock(planted, hold):
 def test_a_dangling_link_is_refused_and_nothing_is_created(tmp_path, hold):
     (tmp_path / LOCK_NAME).symlink_to(tmp_path / "nowhere")
     with pytest.raises(OutputError, match="is a symbolic link"):
-        with hold(tmp_path):
-            pass
+        hold(tmp_path).__enter__()
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -60,8 +58,7 @@ def test_a_hard_link_or_a_fifo_at_the_lock_name_is_refused(tmp_path, hold):
     os.mkfifo(fifo / LOCK_NAME)
     for folder in (linked, fifo):
         with pytest.raises(OutputError, match="is not an hpu lock file of yours"):
-            with hold(folder):
-                pass
+            hold(folder).__enter__()
     assert victim.read_text() == VICTIM
 
 
@@ -70,9 +67,9 @@ def test_an_earlier_runs_lock_file_is_reused(tmp_path):
     with claim(tmp_path):
         assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
     with shared_lock(tmp_path):
-        pass
+        assert (tmp_path / LOCK_NAME).is_file()
     with claim(tmp_path):
-        pass
+        assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
 
 
 def test_a_link_planted_at_an_output_name_is_removed_not_followed(tmp_path):
