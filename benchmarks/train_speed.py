@@ -3,8 +3,10 @@
     python -m benchmarks.train_speed --config configs/train/ab.toml --arms dense mass50 mass05 -o OUT.json
 
 Each arm builds the experiment's model (same weights) and trains `--steps` optimizer steps of the
-experiment's batch on random tokens of its vocabulary after `--warmup` steps (compilation); tokens/s
-counts the timed steps only, with the device synchronized, and peak memory is the allocator's.
+experiment's batch after `--warmup` steps (compilation, and with `--data` the first steps of real
+training, which give the attention the peaked shape the gate works on); random tokens of its vocabulary
+without `--data`. Tokens/s counts the timed steps only, with the device synchronized; peak memory is
+the allocator's; `--profile` adds one step's device time by kernel.
 Ratios are against the first arm (dense) of the same run. The selection is timed apart on the
 probabilities of one layer: the sort-free Triton kernel against the golden model's sort-based `select`.
 """
@@ -12,13 +14,15 @@ probabilities of one layer: the sort-free Triton kernel against the golden model
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
 
 from benchmarks.common import write
+from training import attention
 from training.config import TrainConfig
-from training.loop import autocast, build_model, sequence_loss
+from training.loop import autocast, build_model, learning_rate, sequence_loss, step_sequences
 
 
 class _Vocabulary:
@@ -26,37 +30,86 @@ class _Vocabulary:
         self.vocab_size, self.eos_id = size, 0
 
 
-def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torch.device) -> dict:
+def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torch.device, corpus=None,
+              profile: bool = False) -> dict:
     arm = cfg.arm(name)
     run = cfg.run
-    model = build_model(cfg, arm, _Vocabulary(cfg.data.vocab_size), seed=0).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    model = build_model(cfg, arm, corpus or _Vocabulary(cfg.data.vocab_size), seed=0).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, fused=device.type == "cuda")
     runner = torch.compile(model) if run.compile and device.type == "cuda" else model
-    tokens = torch.randint(0, cfg.data.vocab_size, (run.batch, run.context + 1), device=device,
-                           generator=torch.Generator(device).manual_seed(0))
-    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
-    elapsed = 0.0
-    for step in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        tick = time.perf_counter()
+    noise = torch.randint(0, cfg.data.vocab_size, (run.batch, run.context + 1), device=device,
+                          generator=torch.Generator(device).manual_seed(0))
+
+    def step(index: int) -> None:
+        # Real text trains the attention into its real, peaked shape (the gate's work depends on it).
+        tokens = noise if corpus is None else torch.from_numpy(
+            step_sequences(corpus.train, index, run.batch, run.context)).to(device)
         for part in tokens.split(run.micro_batch):
             with autocast(device):
                 loss = sequence_loss(runner, part) * (len(part) / run.batch)
             loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(index, cfg)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    elapsed = 0.0
+    for index in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if step >= warmup:
+        tick = time.perf_counter()
+        step(index)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if index >= warmup:
             elapsed += time.perf_counter() - tick
+    kernels = _profile(lambda: step(warmup + steps), device) if profile else None
+    with attention.counting() as kept, torch.no_grad(), autocast(device):
+        sequence_loss(runner, noise if corpus is None else torch.from_numpy(
+            step_sequences(corpus.train, warmup + steps + 1, run.batch, run.context)).to(device)[:run.micro_batch])
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     del model, optimizer, runner
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"arm": name, "attention": arm.attention, "steps": steps,
             "tokens_per_s": steps * run.batch * run.context / elapsed, "step_ms": 1e3 * elapsed / steps,
-            "peak_memory_gib": peak}
+            "peak_memory_gib": peak, "warmup_on": "noise" if corpus is None else "text",
+            "kept_fraction": kept.fraction,
+            **({"kernels": kernels} if kernels is not None else {})}
+
+
+def _profile(step, device: torch.device, top: int = 25) -> list[dict]:
+    """The device time of one step by kernel, the largest first (self time, so nothing counts twice)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        ms = getattr(event, "self_device_time_total", 0) / 1e3
+        if ms > 0:
+            rows.append({"kernel": event.key[:120], "ms": round(ms, 3), "calls": event.count})
+    return sorted(rows, key=lambda r: -r["ms"])[:top]
+
+
+def keep_block_mask(keep: torch.Tensor, sparse: bool, size: int = 128):
+    """A FlexAttention block mask that reads the keep mask (B, H, N, N) key by key, over every block on
+    or below the diagonal, or (sparse) only over the blocks that keep at least one key."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    b, h, n, _ = keep.shape
+    tiles = n // size
+    if sparse:
+        blocks = keep.view(b, h, tiles, size, tiles, size).any(5).any(3)
+    else:
+        blocks = torch.ones(tiles, tiles, dtype=torch.bool, device=keep.device).tril().expand(b, h, tiles, tiles)
+    order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return BlockMask.from_kv_blocks(blocks.sum(-1, dtype=torch.int32), order, BLOCK_SIZE=size,
+                                    mask_mod=lambda bi, hi, qi, ki: keep[bi, hi, qi, ki])
 
 
 def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: int = 10) -> dict:
@@ -64,6 +117,7 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
     from golden_model.gate import select as sort_select
     from kernels.row_gate import select as kernel_select
     from kernels.row_gate import select_causal_qk
+    from torch.nn.attention.flex_attention import flex_attention
 
     run, heads = cfg.run, cfg.model.heads
     gate = cfg.arm(name).hpu
@@ -85,16 +139,9 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
             q, k, v, is_causal=True).sum().backward(),
     }
     keep = kernel_select(probs, None, gate, causal=True)[0]
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
     flex = torch.compile(flex_attention)
-
-    def flex_keep():
-        mask = create_block_mask(lambda b, h, i, j: keep[b, h, i, j], run.batch, heads, run.context, run.context,
-                                 device=device)
-        flex(q, k, v, block_mask=mask).sum().backward()
-
-    steps["flex_keep_fwd_bwd"] = flex_keep
+    for label, sparse in (("flex_keep_causal_blocks_fwd_bwd", False), ("flex_keep_kept_blocks_fwd_bwd", True)):
+        steps[label] = lambda sparse=sparse: flex(q, k, v, block_mask=keep_block_mask(keep, sparse)).sum().backward()
     times = {}
     for label, fn in steps.items():
         fn()
@@ -112,7 +159,9 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
     fused_differ = (fused != exact).any(-1)
     # Rows that differ must differ only where float rounding decides: the target within the float32
     # sums' error of the mass at the kernel's last kept key.
-    return {"arm": name, "shape": list(probs.shape), "layer_ms": times, "speedup": times["sort"] / times["triton"],
+    blocks = keep_block_mask(keep, True)
+    return {"arm": name, "shape": list(probs.shape), "layer_ms": times,
+            "kept_blocks_fraction": float(blocks.kv_num_blocks.sum() / keep_block_mask(keep, False).kv_num_blocks.sum()), "speedup": times["sort"] / times["triton"],
             "kept_fraction": float(keep.sum() / valid.expand(probs.shape).sum()),
             "rows": differ.numel(), "rows_differing": int(differ.sum()),
             "keys_differing": int((keep != want).sum()),
@@ -126,16 +175,26 @@ def main(argv=None) -> int:
     parser.add_argument("--arms", nargs="+", default=["dense", "mass50", "mass05"], help="arms, the baseline first")
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per arm")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
+    parser.add_argument("--data", metavar="PATH", help="train on this text (the experiment's source, a folder or "
+                        "a pack) instead of random tokens, so the attention the gate sees is a trained one")
+    parser.add_argument("--profile", action="store_true", help="also record one step's device time by kernel")
     parser.add_argument("-o", "--output", default="benchmarks/results/train_speed.json", help="JSON to write")
     args = parser.parse_args(argv)
     cfg = TrainConfig.load(args.config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    corpus = None
+    if args.data:
+        from training.data import prepare
+
+        corpus = prepare(dataclasses.replace(cfg.data, source=args.data), progress=False)
     arms = []
     for name in args.arms:
-        arms.append(arm_speed(cfg, name, args.steps, args.warmup, device))
+        arms.append(arm_speed(cfg, name, args.steps, args.warmup, device, corpus, args.profile))
         arms[-1]["vs_first"] = arms[-1]["tokens_per_s"] / arms[0]["tokens_per_s"]
         print(f"{name}: {arms[-1]['tokens_per_s']:,.0f} tokens/s ({arms[-1]['vs_first']:.2f}x {args.arms[0]}), "
-              f"peak {arms[-1]['peak_memory_gib']} GiB", flush=True)
+              f"peak {arms[-1]['peak_memory_gib']} GiB, kept {arms[-1]['kept_fraction']:.3f}", flush=True)
+        for row in arms[-1].get("kernels", [])[:12]:
+            print(f"    {row['ms']:8.3f} ms {row['calls']:4d}x {row['kernel']}")
     selection = [selection_speed(cfg, name, device) for name in args.arms
                  if cfg.arm(name).attention != "sdpa"] if device.type == "cuda" else []
     for s in selection:

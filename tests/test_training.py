@@ -103,7 +103,7 @@ def test_fused_selection_from_q_and_k_equals_select(seed):
     from kernels.row_gate import select_causal_qk
 
     g = torch.Generator().manual_seed(seed)
-    b, heads, kv_heads, n, d = 2, 4, 2, 40, 16
+    b, heads, kv_heads, n, d = 1, 2, 1, 40, 16
     q = torch.randn(b, heads, n, d, generator=g).half()
     k = torch.randn(b, kv_heads, n, d, generator=g).half()
     k[:, :, 7] = k[:, :, 3]  # exact ties
@@ -150,6 +150,34 @@ def test_dense_gate_in_a_llama_equals_sdpa():
     dense = tiny_llama("sdpa")(ids).logits
     gated = tiny_llama(attention.NAME, HPUConfig(mode="dense"))(ids).logits
     assert torch.allclose(gated, dense, atol=1e-5)
+
+
+def test_unpadded_causal_rows_reach_the_gate_without_a_mask():
+    """No padding: the gate gets no mask (`gate_mask`), so on a GPU the fused kernel serves training and
+    prefill. Padding: sdpa's mask, and a right-padded sequence's real tokens keep their unpadded logits."""
+    from transformers import AttentionInterface
+
+    masks = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        masks.append(attention_mask)
+        return attention.mass_gate_forward(module, query, key, value, attention_mask, **kwargs)
+
+    model = tiny_llama(attention.NAME, HPUConfig(permeability=0.5))
+    AttentionInterface.register(attention.NAME, spy)
+    try:
+        ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(5))
+        model(ids)
+        assert len(masks) == 2 and all(mask is None for mask in masks)
+        masks.clear()
+        pad = torch.ones_like(ids)
+        pad[1, 8:] = 0
+        padded = model(ids, attention_mask=pad).logits
+        assert len(masks) == 2 and all(mask is not None and mask.dtype == torch.bool for mask in masks)
+    finally:
+        attention.register()
+    alone = model(ids[1:, :8]).logits
+    assert torch.allclose(padded[1, :8], alone[0], atol=1e-5)
 
 
 def test_gated_llama_generates_with_a_cache():

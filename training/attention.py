@@ -1,7 +1,7 @@
 """The mass gate as a Hugging Face attention implementation: ``attn_implementation="hpu_mass"``.
 
-`register()` adds it to transformers' `AttentionInterface` (and its mask builder to
-`AttentionMaskInterface`, the one `sdpa` uses), so any decoder whose attention dispatches through the
+`register()` adds it to transformers' `AttentionInterface` (and its mask builder, `gate_mask`, to
+`AttentionMaskInterface`), so any decoder whose attention dispatches through the
 interface (Llama, Mistral, Qwen, ...) trains or evaluates with the gate unchanged. The gate's
 parameters live in the model's config as ``hpu_gate``, a table of `HPUConfig` fields (mode,
 permeability, mass_target, k_min); they are saved with the checkpoint and read on every call, so a
@@ -164,11 +164,29 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     return out.transpose(1, 2).contiguous(), keep if kwargs.get("output_attentions") else None
 
 
+def gate_mask(*args, **kwargs):
+    """The gate's `AttentionMaskInterface` builder: None for plain causal rows (no padding, no window,
+    as many queries as keys), else `sdpa_mask`'s boolean mask.
+
+    Decided from the arguments alone, never from mask values, so it holds inside torch.compile, where
+    `sdpa_mask` materializes even a plain causal mask; without a mask the gate derives the causal rows
+    itself and takes the fused path (`fused_selection`). Arguments this version of transformers does
+    not name fall back to `sdpa_mask`.
+    """
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    plain = (not args and kwargs.get("attention_mask") is None and kwargs.get("local_size") is None
+             and kwargs.get("mask_function") is causal_mask_function and kwargs.get("allow_is_causal_skip") is True
+             and kwargs.get("q_length") is not None and kwargs.get("q_length") == kwargs.get("kv_length")
+             and kwargs.get("kv_offset", 0) == 0)
+    return None if plain else sdpa_mask(*args, **kwargs)
+
+
 def register() -> str:
     """Register the gate with transformers (idempotent); returns its ``attn_implementation`` name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, mass_gate_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    AttentionMaskInterface.register(NAME, gate_mask)
     return NAME
