@@ -8,7 +8,9 @@ training, which give the attention the peaked shape the gate works on); random t
 without `--data`. Tokens/s counts the timed steps only, with the device synchronized; peak memory is
 the allocator's; `--profile` adds one step's device time by kernel.
 Ratios are against the first arm (dense) of the same run. The selection is timed apart on the
-probabilities of one layer: the sort-free Triton kernel against the golden model's sort-based `select`.
+probabilities of one layer: the sort-free Triton kernels against the golden model's sort-based `select`,
+and the attention over the kept keys: `kernels.kept_attention`, SDPA under the mask, FlexAttention,
+against dense causal SDPA (random q and k: nearly every tile keeps a key, unlike a trained model's).
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
     """One layer's selection, (batch, heads, context, context) causal rows: kernel against sort."""
     from golden_model.gate import select as sort_select
     from kernels.row_gate import select as kernel_select
+    from kernels.kept_attention import kept_attention
     from kernels.row_gate import select_causal_qk
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -137,6 +140,7 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
             q, k, v, attn_mask=keep).sum().backward(),
         "sdpa_causal_fwd_bwd": lambda: torch.nn.functional.scaled_dot_product_attention(
             q, k, v, is_causal=True).sum().backward(),
+        "kept_attention_fwd_bwd": lambda: kept_attention(q, k, v, keep, q.shape[-1] ** -0.5).sum().backward(),
     }
     keep = kernel_select(probs, None, gate, causal=True)[0]
     flex = torch.compile(flex_attention)

@@ -116,6 +116,36 @@ def test_fused_selection_from_q_and_k_equals_select(seed):
         assert torch.equal(got, want), gate
 
 
+def test_kept_attention_kernel_equals_the_masked_softmax(seed):
+    """Forward and all three gradients against float64 softmax attention over the kept keys, with a
+    tile that keeps nothing (skipped), a row that keeps nothing (zeros, no gradient) and a ragged edge."""
+    from kernels.kept_attention import TILE, kept_attention, keep_tiles
+
+    g = torch.Generator().manual_seed(seed)
+    n, d = 2 * TILE + 3, 16
+    q, k, v = (torch.randn(1, 2, n, d, generator=g).half().requires_grad_() for _ in range(3))
+    keep = (torch.rand(1, 2, n, n, generator=g) < 0.1) & torch.ones(n, n, dtype=torch.bool).tril()
+    keep[..., TILE:2 * TILE, :TILE] = False
+    keep |= torch.eye(n, dtype=torch.bool)
+    keep[0, 1, 7] = False
+    tiles = keep_tiles(keep)
+    assert tiles[0, 1, 0] == 0 and tiles[0, 0, 1] == 0 and tiles[0, 2, 2] == 1
+    grad = torch.randn(1, 2, n, d, generator=g).half()
+    out = kept_attention(q.to(kernels.DEVICE), k.to(kernels.DEVICE), v.to(kernels.DEVICE), keep.to(kernels.DEVICE),
+                         0.3)
+    out.backward(grad.to(kernels.DEVICE))
+    want = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    probs = torch.softmax((want[0] @ want[1].transpose(-1, -2) * 0.3).masked_fill(~keep, float("-inf")), -1)
+    reference = probs.nan_to_num() @ want[2]
+    reference.backward(grad.double())
+    assert torch.equal(out[0, 1, 7].cpu(), torch.zeros(d, dtype=torch.half))
+    # fp16 inputs and float32 accumulation: errors of a few fp16 steps of the largest magnitudes.
+    assert torch.allclose(out.cpu().double(), reference, atol=3e-3)
+    for got, ref in zip((q, k, v), want):
+        assert torch.allclose(got.grad.double(), ref.grad, atol=5e-3 * float(ref.grad.abs().max()))
+    assert torch.equal(q.grad[0, 1, 7], torch.zeros(d, dtype=torch.half))
+
+
 def test_triton_selection_at_full_mass_differs_only_below_rounding(seed):
     """At mass target 1 the rule keeps keys until the float sum stops growing; the kernel's tree sum
     and the reference's ordered sum may stop on different negligible keys, never on others."""

@@ -21,7 +21,10 @@ ranks them. On a GPU the Triton kernels of `kernels.row_gate` replace the sort: 
 without a padding mask (training, prefill) one kernel goes straight from q and k to the kept set
 without writing scores or probabilities; otherwise the probabilities are computed as above and the
 kernel selects from them. Both equal the rule up to float rounding (docs/TRAINING.md). The
-function runs eagerly inside a compiled model (`torch.compiler.disable`); the rest of the model compiles.
+attention over the kept keys is then `kernels.kept_attention` on a GPU in half precision (flash
+attention forward and backward that skips every tile keeping no key), SDPA under the keep mask
+elsewhere. The function runs eagerly inside a compiled model (`torch.compiler.disable`); the rest of
+the model compiles.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ def repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-FUSED_KEYS = 2048  # the longest row the fused kernel holds in registers (16 or 32 rows a program)
+FUSED_KEYS = 2048  # the longest row the fused kernel holds in registers (one row a program)
 
 
 def fused_selection(query: torch.Tensor, attention_mask, causal: bool, n_keys: int, gate: HPUConfig) -> bool:
@@ -113,6 +116,13 @@ def fused_selection(query: torch.Tensor, attention_mask, causal: bool, n_keys: i
     rows without a padding mask, half-precision q and k on a GPU, rows short enough for registers."""
     return (query.is_cuda and attention_mask is None and causal and n_keys <= FUSED_KEYS
             and query.dtype in (torch.float16, torch.bfloat16) and gate.mode != "dense")
+
+
+def tiled_attention(query: torch.Tensor, dropout: float) -> bool:
+    """Whether the kept keys' attention runs in `kernels.kept_attention` (which visits only the tiles
+    that keep a key) rather than SDPA under the keep mask: half precision on a GPU, no dropout."""
+    return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] in (16, 32, 64, 128)
+            and dropout == 0.0)
 
 
 def _keep_from_probs(query, key, valid, empty, gate: HPUConfig, scale: float, causal: bool) -> torch.Tensor:
@@ -158,9 +168,16 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             _counting.admissible = _counting.admissible + valid.expand(keep.shape).sum()
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_heads(key, groups), repeat_heads(value, groups)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=keep if empty is None else keep | empty,
-                                         scale=scale, dropout_p=dropout if module.training else 0.0)
-    out = out if empty is None else out.masked_fill(empty, 0.0)
+    dropout = dropout if module.training else 0.0
+    if tiled_attention(query, dropout):
+        from kernels.kept_attention import kept_attention
+
+        # A padded query keeps no key, and the kernel gives such a row zeros.
+        out = kept_attention(query, key, value, keep, scale)
+    else:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=keep if empty is None else keep | empty,
+                                             scale=scale, dropout_p=dropout)
+        out = out if empty is None else out.masked_fill(empty, 0.0)
     return out.transpose(1, 2).contiguous(), keep if kwargs.get("output_attentions") else None
 
 

@@ -1,0 +1,182 @@
+"""Attention restricted to a keep mask, forward and backward in Triton, visiting only the tiles that keep a key.
+
+``kept_attention(q, k, v, keep, scale)`` is softmax(q.k * scale) @ v over each row's kept keys: the
+mass gate's renormalized attention. It is scaled-dot-product attention under a boolean mask, which
+SDPA also computes, but SDPA must visit every tile of the mask; here a 64 x 64 tile of (queries, keys)
+that keeps no key is skipped in the forward pass and in both backward passes. A trained gate keeps
+about 1% of a row's keys, mostly near the diagonal and at a few distant positions, so most tiles
+below the diagonal hold none; the tiles above a causal diagonal never do.
+
+The forward pass is flash attention (Dao et al.): per tile of 64 queries an online softmax over the
+kept key tiles, in the log2 domain, keeping each row's log-sum-exp. The backward pass recomputes the
+probabilities from it: one kernel per key tile accumulates dK and dV over the query tiles, another per
+query tile accumulates dQ. A row that keeps no key (a padded query) outputs zero and passes no
+gradient. q, k and v are fp16 or bf16 (B, H, N, D) with the key-value heads already repeated per query
+head; the keep mask is (B, H, Q, N) bool.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+TILE = 64
+_LOG2E = 1.4426950408889634
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _configs():
+    if _INTERPRET:
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)]
+
+
+@triton.autotune(configs=_configs(), key=["n_q", "n_k", "HEAD_DIM"])
+@triton.jit
+def _forward(Q, K, V, KEEP, TILES, O, LSE, n_q, n_k, tiles_q, tiles_k, qk_scale,
+             TILE: tl.constexpr, HEAD_DIM: tl.constexpr):
+    tq, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i = tq * TILE + tl.arange(0, TILE)
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
+    m = tl.full([TILE], float("-inf"), tl.float32)
+    total = tl.zeros([TILE], tl.float32)
+    acc = tl.zeros([TILE, HEAD_DIM], tl.float32)
+    for tk in range(0, tiles_k):
+        if tl.load(TILES + (bh * tiles_q + tq) * tiles_k + tk) != 0:
+            j = tk * TILE + tl.arange(0, TILE)
+            inside = (i[:, None] < n_q) & (j[None, :] < n_k)
+            keep = tl.load(KEEP + (bh * n_q + i[:, None]) * n_k + j[None, :], mask=inside, other=0) != 0
+            k = tl.load(K + (bh * n_k + j[None, :]) * HEAD_DIM + d[:, None], mask=j[None, :] < n_k, other=0.0)
+            v = tl.load(V + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
+            s = tl.where(keep, tl.dot(q, k) * qk_scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            # A row with nothing kept so far has max -inf: shift by 0 so exp2 gives 0, not NaN.
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - shift[:, None])
+            scale_old = tl.math.exp2(m - shift)
+            total = total * scale_old + tl.sum(p, 1)
+            acc = acc * scale_old[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+    kept = total > 0
+    out = acc / tl.where(kept, total, 1.0)[:, None]
+    tl.store(O + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], out.to(O.dtype.element_ty), mask=i[:, None] < n_q)
+    # +inf for a row that keeps nothing: its recomputed probabilities are all 0 in the backward pass.
+    tl.store(LSE + bh * n_q + i, tl.where(kept, m + tl.math.log2(tl.where(kept, total, 1.0)), float("inf")),
+             mask=i < n_q)
+
+
+@triton.jit
+def _probabilities(Q, K, KEEP, LSE, bh, i, j, n_q, n_k, qk_scale, HEAD_DIM: tl.constexpr):
+    """The kept probabilities of one tile, recomputed from the forward pass's log-sum-exp, and q and k."""
+    d = tl.arange(0, HEAD_DIM)
+    inside = (i[:, None] < n_q) & (j[None, :] < n_k)
+    keep = tl.load(KEEP + (bh * n_q + i[:, None]) * n_k + j[None, :], mask=inside, other=0) != 0
+    q = tl.load(Q + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
+    k = tl.load(K + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
+    lse = tl.load(LSE + bh * n_q + i, mask=i < n_q, other=float("inf"))
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    return tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0), q, k
+
+
+@triton.autotune(configs=_configs(), key=["n_q", "n_k", "HEAD_DIM"])
+@triton.jit
+def _backward_kv(Q, K, V, KEEP, TILES, LSE, DO, DELTA, DK, DV, n_q, n_k, tiles_q, tiles_k, qk_scale, scale,
+                 TILE: tl.constexpr, HEAD_DIM: tl.constexpr):
+    tk, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    j = tk * TILE + tl.arange(0, TILE)
+    d = tl.arange(0, HEAD_DIM)
+    v = tl.load(V + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
+    dk = tl.zeros([TILE, HEAD_DIM], tl.float32)
+    dv = tl.zeros([TILE, HEAD_DIM], tl.float32)
+    for tq in range(0, tiles_q):
+        if tl.load(TILES + (bh * tiles_q + tq) * tiles_k + tk) != 0:
+            i = tq * TILE + tl.arange(0, TILE)
+            p, q, k = _probabilities(Q, K, KEEP, LSE, bh, i, j, n_q, n_k, qk_scale, HEAD_DIM)
+            do = tl.load(DO + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
+            delta = tl.load(DELTA + bh * n_q + i, mask=i < n_q, other=0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    tl.store(DK + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=j[:, None] < n_k)
+    tl.store(DV + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], dv.to(DV.dtype.element_ty), mask=j[:, None] < n_k)
+
+
+@triton.autotune(configs=_configs(), key=["n_q", "n_k", "HEAD_DIM"])
+@triton.jit
+def _backward_q(Q, K, V, KEEP, TILES, LSE, DO, DELTA, DQ, n_q, n_k, tiles_q, tiles_k, qk_scale, scale,
+                TILE: tl.constexpr, HEAD_DIM: tl.constexpr):
+    tq, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i = tq * TILE + tl.arange(0, TILE)
+    d = tl.arange(0, HEAD_DIM)
+    do = tl.load(DO + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
+    delta = tl.load(DELTA + bh * n_q + i, mask=i < n_q, other=0.0)
+    dq = tl.zeros([TILE, HEAD_DIM], tl.float32)
+    for tk in range(0, tiles_k):
+        if tl.load(TILES + (bh * tiles_q + tq) * tiles_k + tk) != 0:
+            j = tk * TILE + tl.arange(0, TILE)
+            p, q, k = _probabilities(Q, K, KEEP, LSE, bh, i, j, n_q, n_k, qk_scale, HEAD_DIM)
+            v = tl.load(V + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
+            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k)
+    tl.store(DQ + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=i[:, None] < n_q)
+
+
+def keep_tiles(keep: torch.Tensor) -> torch.Tensor:
+    """(B*H, tiles_q, tiles_k) int8: 1 where a TILE x TILE tile of the keep mask keeps at least one key."""
+    b, h, n_q, n_k = keep.shape
+    tiles_q, tiles_k = triton.cdiv(n_q, TILE), triton.cdiv(n_k, TILE)
+    padded = F.pad(keep.reshape(b * h, n_q, n_k), (0, tiles_k * TILE - n_k, 0, tiles_q * TILE - n_q))
+    return padded.view(b * h, tiles_q, TILE, tiles_k, TILE).any(4).any(2).to(torch.int8)
+
+
+class _KeptAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, keep, scale):
+        b, h, n_q, dim = q.shape
+        n_k = k.shape[2]
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        keep = keep.expand(b, h, n_q, n_k).contiguous()
+        tiles = keep_tiles(keep)
+        out = torch.empty_like(q)
+        lse = torch.empty((b, h, n_q), dtype=torch.float32, device=q.device)
+        grid = (tiles.shape[1], b * h)
+        _forward[grid](q, k, v, keep, tiles, out, lse, n_q, n_k, tiles.shape[1], tiles.shape[2], scale * _LOG2E,
+                       TILE=TILE, HEAD_DIM=dim)
+        ctx.save_for_backward(q, k, v, keep, tiles, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, keep, tiles, out, lse = ctx.saved_tensors
+        b, h, n_q, dim = q.shape
+        n_k = k.shape[2]
+        grad_out = grad_out.contiguous()
+        delta = (grad_out.float() * out.float()).sum(-1)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        args = (n_q, n_k, tiles.shape[1], tiles.shape[2], ctx.scale * _LOG2E, ctx.scale)
+        _backward_kv[(tiles.shape[2], b * h)](q, k, v, keep, tiles, lse, grad_out, delta, dk, dv, *args,
+                                              TILE=TILE, HEAD_DIM=dim)
+        _backward_q[(tiles.shape[1], b * h)](q, k, v, keep, tiles, lse, grad_out, delta, dq, *args,
+                                             TILE=TILE, HEAD_DIM=dim)
+        return dq, dk, dv, None, None
+
+
+def kept_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """softmax(q.k * scale) @ v over each row's kept keys: q (B, H, Q, D), k and v (B, H, N, D) in fp16 or
+    bf16 (key-value heads repeated), keep (B, H, Q, N) bool (broadcastable); returns (B, H, Q, D).
+    Differentiable in q, k and v; a row that keeps nothing gives zeros."""
+    if q.dtype not in (torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"kept_attention takes fp16 or bf16 q, k and v of one dtype, not {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+    if q.shape[-1] not in (16, 32, 64, 128):
+        raise ValueError(f"kept_attention takes head dimensions 16, 32, 64 or 128, not {q.shape[-1]}")
+    return _KeptAttention.apply(q, k, v, keep, scale)
