@@ -9,8 +9,8 @@ without `--data`. Tokens/s counts the timed steps only, with the device synchron
 the allocator's; `--profile` adds one step's device time by kernel.
 Ratios are against the first arm (dense) of the same run. The selection is timed apart on the
 probabilities of one layer: the sort-free Triton kernels against the golden model's sort-based `select`,
-and the attention over the kept keys: `kernels.kept_attention`, SDPA under the mask, FlexAttention,
-against dense causal SDPA (random q and k: nearly every tile keeps a key, unlike a trained model's).
+and the attention over the kept keys: `kernels.kept_attention` and SDPA under the mask against dense
+causal SDPA (random q and k: nearly every tile keeps a key, unlike a trained model's).
 """
 
 from __future__ import annotations
@@ -98,29 +98,12 @@ def _profile(step, device: torch.device, top: int = 25) -> list[dict]:
     return sorted(rows, key=lambda r: -r["ms"])[:top]
 
 
-def keep_block_mask(keep: torch.Tensor, sparse: bool, size: int = 128):
-    """A FlexAttention block mask that reads the keep mask (B, H, N, N) key by key, over every block on
-    or below the diagonal, or (sparse) only over the blocks that keep at least one key."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    b, h, n, _ = keep.shape
-    tiles = n // size
-    if sparse:
-        blocks = keep.view(b, h, tiles, size, tiles, size).any(5).any(3)
-    else:
-        blocks = torch.ones(tiles, tiles, dtype=torch.bool, device=keep.device).tril().expand(b, h, tiles, tiles)
-    order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-    return BlockMask.from_kv_blocks(blocks.sum(-1, dtype=torch.int32), order, BLOCK_SIZE=size,
-                                    mask_mod=lambda bi, hi, qi, ki: keep[bi, hi, qi, ki])
-
-
 def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: int = 10) -> dict:
     """One layer's selection, (batch, heads, context, context) causal rows: kernel against sort."""
     from golden_model.gate import select as sort_select
     from kernels.row_gate import select as kernel_select
-    from kernels.kept_attention import kept_attention
+    from kernels.kept_attention import keep_tiles, kept_attention
     from kernels.row_gate import select_causal_qk
-    from torch.nn.attention.flex_attention import flex_attention
 
     run, heads = cfg.run, cfg.model.heads
     gate = cfg.arm(name).hpu
@@ -143,9 +126,6 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
         "kept_attention_fwd_bwd": lambda: kept_attention(q, k, v, keep, q.shape[-1] ** -0.5).sum().backward(),
     }
     keep = kernel_select(probs, None, gate, causal=True)[0]
-    flex = torch.compile(flex_attention)
-    for label, sparse in (("flex_keep_causal_blocks_fwd_bwd", False), ("flex_keep_kept_blocks_fwd_bwd", True)):
-        steps[label] = lambda sparse=sparse: flex(q, k, v, block_mask=keep_block_mask(keep, sparse)).sum().backward()
     times = {}
     for label, fn in steps.items():
         fn()
@@ -163,9 +143,9 @@ def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: 
     fused_differ = (fused != exact).any(-1)
     # Rows that differ must differ only where float rounding decides: the target within the float32
     # sums' error of the mass at the kernel's last kept key.
-    blocks = keep_block_mask(keep, True)
+    tiles = keep_tiles(keep)
     return {"arm": name, "shape": list(probs.shape), "layer_ms": times,
-            "kept_blocks_fraction": float(blocks.kv_num_blocks.sum() / keep_block_mask(keep, False).kv_num_blocks.sum()), "speedup": times["sort"] / times["triton"],
+            "kept_tiles_fraction": float(tiles.sum() / keep_tiles(valid.expand(keep.shape)).sum()), "speedup": times["sort"] / times["triton"],
             "kept_fraction": float(keep.sum() / valid.expand(probs.shape).sum()),
             "rows": differ.numel(), "rows_differing": int(differ.sum()),
             "keys_differing": int((keep != want).sum()),

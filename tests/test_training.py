@@ -182,6 +182,27 @@ def test_dense_gate_in_a_llama_equals_sdpa():
     assert torch.allclose(gated, dense, atol=1e-5)
 
 
+def test_gate_mask_reads_both_forms_of_the_query_length():
+    """transformers names the query length (q_length) or gives its positions (cache_position); either
+    way plain causal rows get None, and a window, padding or a cache offset gets sdpa's mask."""
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    plain = {"batch_size": 2, "kv_length": 6, "kv_offset": 0, "mask_function": causal_mask_function,
+             "attention_mask": None, "allow_is_causal_skip": True}
+    for length in ({"q_length": 6}, {"cache_position": torch.arange(6)}):
+        assert attention.gate_mask(**plain, **length) is None
+    padding = torch.ones(2, 6, dtype=torch.bool)
+    padding[1, 4:] = False
+    for change in ({"local_size": 3}, {"attention_mask": padding}):
+        mask = attention.gate_mask(**{**plain, "q_length": 6, **change})
+        assert mask is not None and mask.dtype == torch.bool
+    # Rows of a cache (an offset, fewer queries than keys) are left to sdpa_mask's own rule.
+    cached = {**plain, "q_length": 2, "kv_length": 8, "kv_offset": 2}
+    want = sdpa_mask(**cached)
+    got = attention.gate_mask(**cached)
+    assert (got is None and want is None) or torch.equal(got, want)
+
+
 def test_unpadded_causal_rows_reach_the_gate_without_a_mask():
     """No padding: the gate gets no mask (`gate_mask`), so on a GPU the fused kernel serves training and
     prefill. Padding: sdpa's mask, and a right-padded sequence's real tokens keep their unpadded logits."""
@@ -208,6 +229,20 @@ def test_unpadded_causal_rows_reach_the_gate_without_a_mask():
         attention.register()
     alone = model(ids[1:, :8]).logits
     assert torch.allclose(padded[1, :8], alone[0], atol=1e-5)
+
+
+def test_under_autocast_the_gate_computes_in_the_autocast_dtype(monkeypatch):
+    """Rotary embeddings hand q and k over in float32 under autocast; the gate casts q, k and v to the
+    autocast dtype as SDPA would, so the half-precision kernels (selection, attention) serve training."""
+    seen = []
+    tiled = attention.tiled_attention
+    monkeypatch.setattr(attention, "tiled_attention", lambda query, dropout: seen.append(query.dtype) or
+                        tiled(query, dropout))
+    model = tiny_llama(attention.NAME, HPUConfig(permeability=0.5)).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(6))).logits.sum().backward()
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert all(p.grad is not None for p in model.model.layers[0].self_attn.parameters())
 
 
 def test_gated_llama_generates_with_a_cache():

@@ -148,6 +148,11 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     ``output_attentions`` (a (B, H, Q, K) bool tensor), else None.
     """
     gate = gate_of(module.config)
+    if torch.is_autocast_enabled(query.device.type):
+        # As SDPA under autocast (on its lower-precision list): one half dtype for q, k and v, which
+        # matters because rotary embeddings in float32 hand q and k over in float32, v in half.
+        half = torch.get_autocast_dtype(query.device.type)
+        query, key, value = query.to(half), key.to(half), value.to(half)
     n_q, n_k, dim = query.shape[2], key.shape[2], query.shape[3]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     valid = admissible(attention_mask, n_q, n_k, causal, query.device)
@@ -192,10 +197,12 @@ def gate_mask(*args, **kwargs):
     """
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
+    q_length = kwargs.get("q_length")
+    if q_length is None and isinstance(kwargs.get("cache_position"), torch.Tensor):
+        q_length = kwargs["cache_position"].shape[0]  # transformers before q_length: one position a query
     plain = (not args and kwargs.get("attention_mask") is None and kwargs.get("local_size") is None
              and kwargs.get("mask_function") is causal_mask_function and kwargs.get("allow_is_causal_skip") is True
-             and kwargs.get("q_length") is not None and kwargs.get("q_length") == kwargs.get("kv_length")
-             and kwargs.get("kv_offset", 0) == 0)
+             and q_length is not None and q_length == kwargs.get("kv_length") and kwargs.get("kv_offset", 0) == 0)
     return None if plain else sdpa_mask(*args, **kwargs)
 
 
