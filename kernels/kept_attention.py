@@ -71,16 +71,11 @@ def _forward(Q, K, V, KEEP, TILES, O, LSE, n_q, n_k, tiles_q, tiles_k, qk_scale,
 
 
 @triton.jit
-def _probabilities(Q, K, KEEP, LSE, bh, i, j, n_q, n_k, qk_scale, HEAD_DIM: tl.constexpr):
-    """The kept probabilities of one tile, recomputed from the forward pass's log-sum-exp, and q and k."""
-    d = tl.arange(0, HEAD_DIM)
-    inside = (i[:, None] < n_q) & (j[None, :] < n_k)
-    keep = tl.load(KEEP + (bh * n_q + i[:, None]) * n_k + j[None, :], mask=inside, other=0) != 0
-    q = tl.load(Q + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
-    k = tl.load(K + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
-    lse = tl.load(LSE + bh * n_q + i, mask=i < n_q, other=float("inf"))
-    s = tl.dot(q, tl.trans(k)) * qk_scale
-    return tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0), q, k
+def _probabilities(q, k, KEEP, lse, bh, i, j, n_q, n_k, qk_scale):
+    """The kept probabilities of one tile, recomputed from the forward pass's log-sum-exp."""
+    keep = tl.load(KEEP + (bh * n_q + i[:, None]) * n_k + j[None, :], mask=(i[:, None] < n_q) & (j[None, :] < n_k),
+                   other=0) != 0
+    return tl.where(keep, tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
 
 
 @triton.autotune(configs=_configs(), key=["n_q", "n_k", "HEAD_DIM"])
@@ -90,15 +85,18 @@ def _backward_kv(Q, K, V, KEEP, TILES, LSE, DO, DELTA, DK, DV, n_q, n_k, tiles_q
     tk, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     j = tk * TILE + tl.arange(0, TILE)
     d = tl.arange(0, HEAD_DIM)
+    k = tl.load(K + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
     v = tl.load(V + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
     dk = tl.zeros([TILE, HEAD_DIM], tl.float32)
     dv = tl.zeros([TILE, HEAD_DIM], tl.float32)
     for tq in range(0, tiles_q):
         if tl.load(TILES + (bh * tiles_q + tq) * tiles_k + tk) != 0:
             i = tq * TILE + tl.arange(0, TILE)
-            p, q, k = _probabilities(Q, K, KEEP, LSE, bh, i, j, n_q, n_k, qk_scale, HEAD_DIM)
+            q = tl.load(Q + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
             do = tl.load(DO + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
+            lse = tl.load(LSE + bh * n_q + i, mask=i < n_q, other=float("inf"))
             delta = tl.load(DELTA + bh * n_q + i, mask=i < n_q, other=0.0)
+            p = _probabilities(q, k, KEEP, lse, bh, i, j, n_q, n_k, qk_scale)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do)
             ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
@@ -114,14 +112,17 @@ def _backward_q(Q, K, V, KEEP, TILES, LSE, DO, DELTA, DQ, n_q, n_k, tiles_q, til
     tq, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i = tq * TILE + tl.arange(0, TILE)
     d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
     do = tl.load(DO + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
+    lse = tl.load(LSE + bh * n_q + i, mask=i < n_q, other=float("inf"))
     delta = tl.load(DELTA + bh * n_q + i, mask=i < n_q, other=0.0)
     dq = tl.zeros([TILE, HEAD_DIM], tl.float32)
     for tk in range(0, tiles_k):
         if tl.load(TILES + (bh * tiles_q + tq) * tiles_k + tk) != 0:
             j = tk * TILE + tl.arange(0, TILE)
-            p, q, k = _probabilities(Q, K, KEEP, LSE, bh, i, j, n_q, n_k, qk_scale, HEAD_DIM)
+            k = tl.load(K + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
             v = tl.load(V + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
+            p = _probabilities(q, k, KEEP, lse, bh, i, j, n_q, n_k, qk_scale)
             ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
     tl.store(DQ + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
