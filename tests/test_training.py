@@ -24,7 +24,7 @@ from hpu.errors import InputError
 from training import attention
 from training.config import TrainConfig
 from training.data import DataConfig, prepare
-from training.loop import Ranks, build_model, step_sequences, train
+from training.loop import RESULT, Ranks, build_model, step_sequences, train
 
 GATES = [HPUConfig(permeability=0.5, mass_target=0.9), HPUConfig(permeability=0.2, mass_target=0.9, k_min=3),
          HPUConfig(mode="topk", permeability=0.3), HPUConfig(permeability=1.0, mass_target=0.5)]
@@ -411,3 +411,49 @@ def test_a_trained_model_through_the_hpu_fixed_point(data_config, corpus, tmp_pa
     assert abs(report["fixed_minus_float"]) < 0.02
     with pytest.raises(InputError, match="head_dim 64"):
         fixed_point_quality(tmp_path / "mass50-seed1" / "model", HPUConfig(), corpus.train, sequences=1, length=32)
+
+
+# -- the A/B report ---------------------------------------------------------------------------------
+
+def _result(arm: str, seed: int, loss: float, experiment: dict | None = None) -> dict:
+    config = experiment or {"model": {"hidden_size": 32}, "run": {"context": 32, "seeds": [1, 2, 3]}}
+    gate = None if arm == "dense" else {"permeability": 0.5, "mass_target": 0.9}
+    return {"arm": arm, "seed": seed, "attention": "sdpa" if gate is None else attention.NAME, "gate": gate,
+            "config": config, "data": "tokens-fingerprint", "tokens": 1000, "steps": 10, "parameters": 5,
+            "epochs": 0.5, "tokens_per_s": 100.0 if gate is None else 60.0, "versions": {"device": "cpu"},
+            "final": {"loss": loss, "loss_code": loss - 1, "loss_prose": loss + 1, "kept_fraction": 0.5},
+            "history": {"train": [[i, 100 * i, loss + 1 / (i + 1)] for i in range(10)],
+                        "val": [{"tokens": 0, "loss": 9.0}, {"tokens": 1000, "loss": loss}]}}
+
+
+def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
+    """Welch's test over the arms' seeds, and the per-seed differences with their paired test, against
+    scipy on the same numbers; a missing seed is listed and left out of the pairs; every output written."""
+    from scipy import stats
+
+    from hpu.files import write_json
+    from training import report
+
+    dense = {1: 3.0, 2: 3.2, 3: 3.1}
+    gated = {1: 3.05, 2: 3.27}
+    for arm, losses in (("dense", dense), ("mass50", gated)):
+        for seed, loss in losses.items():
+            (tmp_path / "runs" / f"{arm}-seed{seed}").mkdir(parents=True)
+            write_json(tmp_path / "runs" / f"{arm}-seed{seed}" / RESULT, _result(arm, seed, loss))
+    (tmp_path / "out").mkdir()
+    summary = report.report(tmp_path / "runs", tmp_path / "out")
+    row = summary["arms"]["mass50"]
+    assert row["missing_seeds"] == [3] and row["tokens_per_s_vs_dense"] == 0.6
+    gap = row["loss_gap"]
+    assert gap["mean"] == np.mean([3.05, 3.27]) - np.mean([3.0, 3.2, 3.1])
+    assert gap["p"] == pytest.approx(stats.ttest_ind([3.05, 3.27], [3.0, 3.2, 3.1], equal_var=False).pvalue, rel=1e-12)
+    assert gap["paired"]["seeds"] == [1, 2]
+    assert gap["paired"]["differences"] == [3.05 - 3.0, 3.27 - 3.2]
+    assert gap["paired"]["p"] == pytest.approx(stats.ttest_rel([3.05, 3.27], [3.0, 3.2]).pvalue, rel=1e-12)
+    assert "+0.050, +0.070" in (tmp_path / "out" / report.TABLE).read_text()
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {report.JSON, report.TABLE, report.PLOT}
+    (tmp_path / "runs" / "dense-seed9").mkdir()
+    write_json(tmp_path / "runs" / "dense-seed9" / RESULT,
+               _result("dense", 9, 3.0, {"model": {"hidden_size": 64}, "run": {"context": 32, "seeds": [9]}}))
+    with pytest.raises(InputError, match="belongs to another experiment"):
+        report.summarize(report.collect(tmp_path / "runs"))

@@ -2,7 +2,7 @@
 
 Per arm: the final validation loss (all held-out text, code, prose) as mean and sample standard
 deviation over seeds, the gap of the mean to the dense arm's with Welch's t-test (unequal variances;
-two-sided p), the kept fraction at the end and over training, and tokens/s. Runs join one report only
+two-sided p) and, seed by seed, the paired differences with their paired t-test, the kept fraction at the end and over training, and tokens/s. Runs join one report only
 when they share the experiment (model, schedule and token stream); anything else is refused. A run
 still training (no result.json) is listed as missing, not guessed. Outputs: ``ab.json`` (every figure,
 with each run's device and versions), ``ab.md`` (the table) and ``ab.png`` (every arm's training and
@@ -56,6 +56,21 @@ def welch(a: list[float], b: list[float]) -> dict:
     return {"t": float(t), "p": float(p) if math.isfinite(p) else None}
 
 
+def paired(arm: dict[int, float], base: dict[int, float]) -> dict:
+    """The per-seed differences arm - base over the seeds both ran, and their paired t-test. A seed
+    gives both arms the same initial weights and token order, so its difference cancels the seed's
+    own luck, which Welch's test counts as noise; p is None with fewer than two shared seeds."""
+    from scipy import stats
+
+    seeds = sorted(set(arm) & set(base))
+    differences = [arm[s] - base[s] for s in seeds]
+    result = {"seeds": seeds, "differences": differences, "t": None, "p": None}
+    if len(seeds) >= 2 and np.ptp(differences) > 0:
+        t, p = stats.ttest_rel([arm[s] for s in seeds], [base[s] for s in seeds])
+        result.update(t=float(t), p=float(p) if math.isfinite(p) else None)
+    return result
+
+
 def summarize(runs: list[dict]) -> dict:
     experiment = _experiment(runs[0])
     for run in runs[1:]:
@@ -81,7 +96,9 @@ def summarize(runs: list[dict]) -> dict:
             if baseline and name != baseline:
                 base = [r["final"][split] for r in arms[baseline]]
                 mine = [r["final"][split] for r in rs]
-                row[f"{split}_gap"] = {"mean": float(np.mean(mine) - np.mean(base)), **welch(mine, base)}
+                row[f"{split}_gap"] = {"mean": float(np.mean(mine) - np.mean(base)), **welch(mine, base),
+                                       "paired": paired({r["seed"]: r["final"][split] for r in rs},
+                                                        {r["seed"]: r["final"][split] for r in arms[baseline]})}
         if baseline:
             row["tokens_per_s_vs_dense"] = row["tokens_per_s"]["mean"] / np.mean(
                 [r["tokens_per_s"] for r in arms[baseline]])
@@ -96,14 +113,18 @@ def markdown(summary: dict) -> str:
         return "-" if x is None else f"{x:.{digits}f}"
 
     lines = [f"Baseline: {summary['baseline']}. Final validation loss over seeds (mean ± sample std); gap = "
-             "arm − baseline, Welch t-test p (two-sided).", "",
-             "| arm | permeability | seeds | val loss | gap | p | prose gap | code gap | kept fraction | tokens/s | vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "arm − baseline, Welch t-test p (two-sided); per seed: arm − baseline at each seed both ran (same "
+             "initial weights, same token order), paired t-test p.", "",
+             "| arm | permeability | seeds | val loss | gap | p | gap per seed | paired p | prose gap | code gap "
+             "| kept fraction | tokens/s | vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["arms"].items():
         gap = row.get("loss_gap", {})
+        per_seed = gap.get("paired", {})
         lines.append("| " + " | ".join([
             name, "-" if row["gate"] is None else fmt(row["gate"]["permeability"], 2), str(len(row["seeds"])),
             f"{fmt(row['loss']['mean'])} ± {fmt(row['loss']['std'])}", fmt(gap.get("mean")), fmt(gap.get("p"), 3),
+            ", ".join(f"{d:+.3f}" for d in per_seed.get("differences", [])) or "-", fmt(per_seed.get("p"), 3),
             fmt(row.get("loss_prose_gap", {}).get("mean")), fmt(row.get("loss_code_gap", {}).get("mean")),
             fmt(row["kept_fraction"]["mean"], 3), f"{row['tokens_per_s']['mean']:,.0f}",
             fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
