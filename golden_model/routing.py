@@ -51,8 +51,12 @@ def route_topk(logits: torch.Tensor, route_fraction: float) -> torch.Tensor:
         raise InputError(f"router logits {tuple(logits.shape)}: must be (B, T)")
     if torch.isnan(logits).any():
         raise InputError("router logits hold NaN: a NaN has no place in the order")
+    return order_topk(logits, capacity(logits.shape[-1], route_fraction))
+
+
+def order_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """(..., T) float logits: (..., k) positions, ascending, of the first k by (logit desc, position asc)."""
     t = logits.shape[-1]
-    k = capacity(t, route_fraction)
     # One integer key per token orders by logit, then by position: the float's bits made monotonic
     # (negative floats have all but the sign bit flipped; -0.0 becomes +0.0 first, as it compares
     # equal), above the position counted down. Keys are distinct, so top-k is exact without a

@@ -8,6 +8,7 @@ Training runs a tiny Llama on text the test writes itself, on the CPU in float32
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import types
@@ -388,6 +389,11 @@ def test_bad_experiments_are_refused_in_one_line(data_config):
         ({**base, "arms": {"x": {"attention": "sdpa", "permeability": 0.5}}}, "gate fields need"),
         ({**base, "run": {**base["run"], "seeds": [1, 1]}}, "must not repeat"),
         ({**base, "extra": {}}, "unknown table [extra]"),
+        ({**base, "arms": {"x": {"route": "drop"}}}, "[arms.x] illegal router: route = 'drop'"),
+        ({**base, "arms": {"x": {"route_fraction": 0.2}}}, "router fields need route"),
+        ({**base, "arms": {"x": {"route": "sqdk", "route_fraction": 0}}}, "route_fraction"),
+        ({**base, "arms": {"x": {"route": "skip", "route_block": 5}}}, "must divide the context (32)"),
+        ({**base, "arms": {"x": {"route": "sqdk", "route_layers": "odd"}}}, "route_layers = 'odd'"),
     ]:
         with pytest.raises(ConfigError) as error:
             TrainConfig.from_dict(table)
@@ -457,3 +463,92 @@ def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
                _result("dense", 9, 3.0, {"model": {"hidden_size": 64}, "run": {"context": 32, "seeds": [9]}}))
     with pytest.raises(InputError, match="belongs to another experiment"):
         report.summarize(report.collect(tmp_path / "runs"))
+
+
+# -- the learned router -------------------------------------------------------------------------------
+
+def test_router_top_k_per_block_is_the_hpu_routing_step(seed):
+    """On integer-valued logits (ties included) the learned router routes exactly the tokens of the
+    bit-exact contract's routing step: the same order, the same capacity per block."""
+    from golden_model.contract import run_routing
+    from training.routing import RouterConfig, block_topk
+
+    g = torch.Generator().manual_seed(seed)
+    for fraction, block in ((0.2, 16), (0.5, 8), (1 / 3, 48)):
+        cfg = RouterConfig(route_fraction=fraction, route_block=block)
+        logits = torch.randint(-4, 5, (3, 48), generator=g)
+        got = block_topk(logits.float(), cfg)
+        want = run_routing(cfg.hpu, logits.reshape(-1, min(block, 48))).routed.reshape(3, 48)
+        assert torch.equal(got, want)
+        assert (got.reshape(3, -1, min(block, 48)).sum(-1) == cfg.hpu.route_capacity(min(block, 48))).all()
+
+
+def _layer_zero(model):
+    """Layer 0's attention input (hidden states, rotary embeddings) and output, recorded by hooks."""
+    seen = {}
+    attn = model.model.layers[0].self_attn
+    attn.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    attn.register_forward_hook(lambda m, a, out: seen.update(out=out[0]))
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["sqdk", "skip"])
+def test_routed_attention_scales_routed_rows_and_zeros_the_rest(mode):
+    """sqdk: a routed token's attention output is the unrouted model's times sigmoid(score); skip: the
+    same over the routed keys (and itself) only; unrouted rows are zero. The score gets a gradient
+    through the scale; the predictor none from the model's loss, its own from the auxiliary loss."""
+    from training import routing
+
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(7))
+    plain, routed = tiny_llama("sdpa"), tiny_llama("sdpa")
+    (router, *_) = routing.attach(routed, routing.RouterConfig(route=mode, route_fraction=0.5, route_block=8))
+    base, mine = _layer_zero(plain), _layer_zero(routed)
+    plain(ids)
+    routed(ids).logits.sum().backward()
+    chosen = router.last["top"]
+    assert chosen.sum() == 2 * 2 * 4  # 4 of each block of 8
+    scale = torch.sigmoid(router.last["logits"]).detach()
+    if mode == "sqdk":
+        want = base["out"]
+    else:
+        keys = torch.ones(16, 16, dtype=torch.bool).tril() & chosen[:, None, None, :] | torch.eye(16, dtype=torch.bool)
+        want = plain.model.layers[0].self_attn(hidden_states=base["hidden_states"],
+                                               position_embeddings=base["position_embeddings"],
+                                               attention_mask=keys)[0]
+    assert torch.allclose(mine["out"], want * (scale * chosen).unsqueeze(-1), atol=1e-6)
+    assert router.score.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in router.predictor.parameters())
+    routing.auxiliary_loss(routed).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in router.predictor.parameters())
+    assert routing.statistics(routed)["routed_fraction"] == 0.5
+
+
+def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_config, corpus, tmp_path):
+    """A routed arm trains; its evaluation carries the predictor's agreement, the routed and attention
+    fractions and the predictor-routed loss; the checkpoint reloads with its routers (same logits),
+    and generation routes token by token through the predictors."""
+    from training import routing
+
+    cfg = tiny_experiment(data_config)
+    table = cfg.to_dict()
+    table["arms"] = {"sqdk50": {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.5, "route_block": 16}}
+    cfg = TrainConfig.from_dict(table)
+    result = train(cfg, cfg.arm("sqdk50"), 1, corpus, tmp_path, progress=False)
+    final = result["final"]
+    assert result["router"] == {"route": "sqdk", "route_fraction": 0.5, "route_block": 16, "route_layers": "all"}
+    assert final["routed_fraction"] == pytest.approx(cfg.arm("sqdk50").router.hpu.route_capacity(16) / 16)
+    assert 0 <= final["predictor_accuracy"] <= 1 and math.isfinite(final["loss_predicted"])
+    # Half the rows of every layer over their causal keys: about half the FLOPs.
+    assert 0.3 < final["attention_fraction"] < 0.7
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "sqdk50-seed1" / "model"
+    model = routing.load(folder).eval()
+    saved = load_file(folder / "model.safetensors")
+    trained = {name: tensor for name, tensor in model.state_dict().items() if ".router." in name}
+    assert len(routing.routers(model)) == 2 and len(trained) == 2 * 6
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in trained.items())
+    ids = torch.from_numpy(step_sequences(corpus.val["prose"], 0, 1, 32)[:, :-1].astype(np.int64))
+    with routing.predicting(model):
+        out = model.generate(ids[:, :8], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 12)

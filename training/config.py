@@ -10,7 +10,9 @@ value in one line naming the table, the key, the value and the rule.
               anneal_steps, eval_every, eval_tokens, log_every, checkpoint_every, compile, seeds
     [data]    `training.data.DataConfig`'s fields
     [arms.NAME]  attention = "sdpa" | "hpu_mass", and for hpu_mass the gate: mode, permeability,
-                 mass_target, k_min (`HPUConfig` fields, validated by it)
+                 mass_target, k_min (`HPUConfig` fields, validated by it); optionally a learned
+                 router: route = "sqdk" | "skip", route_fraction, route_block (default: the
+                 context), route_layers = "all" | "alternate" (`training.routing.RouterConfig`)
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from hpu.files import read_toml
 from training.attention import GATE_FIELDS
 from training.attention import NAME as GATE_ATTENTION
 from training.data import DataConfig
+from training.routing import MODES as ROUTE_MODES
+from training.routing import ROUTE_FIELDS, RouterConfig
 
 ATTENTIONS = ("sdpa", GATE_ATTENTION)
 
@@ -115,11 +119,13 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: its attention and, for the gate, its target gate (`HPUConfig` fields)."""
+    """One arm: its attention, for the gate its target gate (`HPUConfig` fields), and optionally a
+    learned token router (`training.routing.RouterConfig`, the ``route*`` keys)."""
 
     name: str
     attention: str = "sdpa"
     gate: dict = field(default_factory=dict)
+    router: RouterConfig | None = None
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
@@ -127,11 +133,15 @@ class Arm:
         unknown = sorted(set(self.gate) - set(GATE_FIELDS))
         if unknown:
             _refuse(f"arms.{self.name}", unknown[0], self.gate[unknown[0]],
-                    f"is not a key of an arm (attention, {', '.join(GATE_FIELDS)})")
+                    f"is not a key of an arm (attention, {', '.join(GATE_FIELDS + ROUTE_FIELDS)})")
         if self.gate and self.attention != GATE_ATTENTION:
             _refuse(f"arms.{self.name}", "attention", self.attention, f"gate fields need attention = {GATE_ATTENTION!r}")
         if self.attention == GATE_ATTENTION:
             self.hpu  # validated by HPUConfig now, not at the first step
+
+    def table(self) -> dict:
+        """The arm as its TOML table (an arm without a router has no route keys, as before routers)."""
+        return {"attention": self.attention, **self.gate, **(self.router.as_dict() if self.router else {})}
 
     @property
     def hpu(self) -> HPUConfig:
@@ -166,7 +176,20 @@ class TrainConfig:
         built = []
         for name, arm in arms.items():
             arm = dict(arm)
-            built.append(Arm(name=name, attention=arm.pop("attention", "sdpa"), gate=arm))
+            route = {key: arm.pop(key) for key in ROUTE_FIELDS if key in arm}
+            if route and "route" not in route:
+                _refuse(f"arms.{name}", next(iter(route)), next(iter(route.values())),
+                        f"router fields need route = one of {', '.join(ROUTE_MODES)}")
+            router = None
+            if route:
+                try:
+                    router = RouterConfig(**{"route_block": parts["run"].context, **route})
+                except ConfigError as exc:
+                    raise ConfigError(f"illegal training configuration: [arms.{name}] {exc}") from None
+                if parts["run"].context % router.route_block:
+                    _refuse(f"arms.{name}", "route_block", router.route_block,
+                            f"must divide the context ({parts['run'].context})")
+            built.append(Arm(name=name, attention=arm.pop("attention", "sdpa"), gate=arm, router=router))
         return cls(arms=tuple(built), **parts)
 
     @classmethod
@@ -182,11 +205,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return {"model": dataclasses.asdict(self.model), "run": dataclasses.asdict(self.run),
                 "data": dataclasses.asdict(self.data),
-                "arms": {a.name: {"attention": a.attention, **a.gate} for a in self.arms}}
+                "arms": {a.name: a.table() for a in self.arms}}
 
     def fingerprint(self, arm: Arm) -> str:
         """What a run's results depend on, besides its seed and the token stream: model, run and arm."""
         what = {"model": dataclasses.asdict(self.model), "run": dataclasses.asdict(self.run),
-                "arm": {"attention": arm.attention, **arm.gate}}
+                "arm": arm.table()}
         what["run"].pop("seeds")
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from hpu.errors import InputError
 from hpu.files import claim, read_json, staged, write_json
-from training import attention
+from training import attention, routing
 from training.config import Arm, TrainConfig
 from training.data import EOS, Corpus
 
@@ -118,7 +118,10 @@ def build_model(cfg: TrainConfig, arm: Arm, corpus: Corpus, seed: int):
     if arm.attention == attention.NAME:
         config.hpu_gate = {name: getattr(arm.hpu, name) for name in attention.GATE_FIELDS}
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    if arm.router is not None:
+        routing.attach(model, arm.router, seed=seed)
+    return model
 
 
 def set_permeability(model, value: float) -> None:
@@ -143,6 +146,10 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
     model.eval()
     context, losses = cfg.run.context, {}
     total = count = 0.0
+    # With routers: the predictors' agreement with the top-k, the routed and attention-FLOP fractions,
+    # and the loss when the predictors route (decoding's choice, teacher-forced), summed per sequence.
+    routed = torch.zeros(4, dtype=torch.float64, device=ranks.device)
+    routed_names = ("predictor_accuracy", "routed_fraction", "attention_fraction", "loss_predicted")
     with attention.counting() as kept:
         for name, stream in sorted(corpus.val.items()):
             if len(stream) <= context:
@@ -156,6 +163,12 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
                 batch = torch.from_numpy(mine[i:i + cfg.run.micro_batch]).to(ranks.device)
                 with autocast(ranks.device):
                     loss_sum += sequence_loss(model, batch).double() * len(batch)
+                    stats = routing.statistics(model)
+                    if stats:
+                        with routing.predicting(model):
+                            stats["loss_predicted"] = float(sequence_loss(model, batch))
+                        routed += torch.tensor([stats[k] for k in routed_names], dtype=torch.float64,
+                                               device=ranks.device) * len(batch)
             if ranks.world > 1:
                 dist.all_reduce(loss_sum)
             losses[name] = float(loss_sum) / len(seqs)
@@ -163,8 +176,12 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
             count += len(seqs) * context
         fraction = kept.fraction
     model.train()
+    if ranks.world > 1:
+        dist.all_reduce(routed)
+    sequences = count / context
     return {"loss": total / count, **{f"loss_{name}": value for name, value in losses.items()},
-            "kept_fraction": fraction}
+            "kept_fraction": fraction,
+            **({k: float(v) / sequences for k, v in zip(routed_names, routed)} if routing.routers(model) else {})}
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -264,7 +281,9 @@ def _train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, folder: Path, 
             context = contextlib.nullcontext() if sync else wrapped.no_sync()
             with context, autocast(ranks.device):
                 loss = sequence_loss(runner, tokens) * (len(part) / (run.batch / ranks.world))
-            loss.backward()
+                # The routers' predictors learn beside the model (their own weights only).
+                aux = routing.auxiliary_loss(model)
+            (loss if aux is None else loss + aux * (len(part) / (run.batch / ranks.world))).backward()
             loss_sum += loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
         optimizer.step()
@@ -299,6 +318,7 @@ def _train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, folder: Path, 
     result = {
         "arm": arm.name, "seed": seed, "attention": arm.attention,
         "gate": {name: getattr(arm.hpu, name) for name in attention.GATE_FIELDS} if arm.attention == attention.NAME else None,
+        **({"router": arm.router.as_dict()} if arm.router is not None else {}),
         "fingerprint": fingerprint, "data": corpus.fingerprint, "config": cfg.to_dict(), "ranks": ranks.world,
         "parameters": sum(p.numel() for p in model.parameters()), "versions": versions(),
         "steps": steps, "tokens": tokens_seen, "epochs": tokens_seen / len(corpus.train),

@@ -1,0 +1,258 @@
+"""A learned token router on a Hugging Face decoder's attention (Mixture-of-Depths style, the HSPMN seeds' idea).
+
+`attach(model, router)` gives each routed layer's attention module a `Router`: a linear score of the
+hidden state entering the layer. Per block of ``route_block`` tokens the top ``route_capacity`` tokens
+by (score descending, position ascending) are routed: the golden model's routing order
+(`golden_model.routing.order_topk`) with the HPU's capacity (`HPUConfig.route_capacity`), so the
+trained choice is the one the HPU's router makes. A routed token's attention output is multiplied by
+sigmoid(score), which is how the score gets a gradient; an unrouted token's is zero (the residual
+stream carries it). Two modes:
+
+- ``sqdk``: unrouted tokens still serve as keys and values (sparse queries, dense keys: the seeds'
+  semantics and `kernels.sqdk`'s);
+- ``skip``: unrouted tokens skip the layer's attention as keys too (Mixture-of-Depths). A query
+  always sees itself, so no row is empty.
+
+Top-k over a block looks ahead, which decoding cannot. So each router also has a predictor: a small
+MLP on the hidden state with its gradient stopped, trained by binary cross-entropy to say whether the
+token is in the top-k. Inside `predicting(model)` the predictor decides instead (probability above
+one half), token by token, as in `model.generate`. The predictor's loss reaches only its own weights,
+and `auxiliary_loss` hands it to the training loop.
+
+The router's settings live in the model's config as ``hpu_router`` (saved with the checkpoint), its
+weights in the checkpoint beside the model's; `load` reattaches both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from golden_model.routing import order_topk
+from hpu.config import ConfigError, HPUConfig
+
+ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers")
+MODES = ("sqdk", "skip")
+LAYERS = ("all", "alternate")
+PREDICTOR_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Which layers route, how, and how many tokens: the ``route*`` keys of a training arm.
+
+    Parameters
+    ----------
+    route : str
+        ``"sqdk"`` (unrouted tokens still serve as keys) or ``"skip"`` (they skip the layer's attention).
+    route_fraction : float
+        Routed fraction of each block, `HPUConfig.route_fraction` (quantized to 1/256 as the HPU's).
+    route_block : int
+        Tokens per top-k block; it must divide every sequence the model is given whole.
+    route_layers : str
+        ``"all"``, or ``"alternate"``: every other layer from the second (as Mixture-of-Depths).
+
+    Raises
+    ------
+    ConfigError
+        A field outside its range, in one line naming it.
+    """
+
+    route: str = "sqdk"
+    route_fraction: float = 0.2
+    route_block: int = 1024
+    route_layers: str = "all"
+
+    def __post_init__(self):
+        if self.route not in MODES:
+            raise ConfigError(f"illegal router: route = {self.route!r}: must be one of {', '.join(MODES)}")
+        if self.route_layers not in LAYERS:
+            raise ConfigError(f"illegal router: route_layers = {self.route_layers!r}: must be one of "
+                              f"{', '.join(LAYERS)}")
+        if isinstance(self.route_block, bool) or not isinstance(self.route_block, int) or self.route_block < 1:
+            raise ConfigError(f"illegal router: route_block = {self.route_block!r}: must be a whole number of "
+                              "tokens, at least 1")
+        self.hpu  # route_fraction checked by the HPU's configuration
+
+    @property
+    def hpu(self) -> HPUConfig:
+        """The router's fields as the HPU's one configuration object."""
+        return HPUConfig(route_fraction=self.route_fraction, route_block=self.route_block)
+
+    def routes(self, layer: int) -> bool:
+        return self.route_layers == "all" or layer % 2 == 1
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in ROUTE_FIELDS}
+
+
+class Router(nn.Module):
+    """One layer's router: ``score`` (hidden -> logit) and ``predictor`` (hidden, gradient stopped -> logit)."""
+
+    def __init__(self, hidden: int, cfg: RouterConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.score = nn.Linear(hidden, 1)
+        self.predictor = nn.Sequential(nn.Linear(hidden, PREDICTOR_WIDTH), nn.SiLU(), nn.Linear(PREDICTOR_WIDTH, 1))
+        self.predicting = False
+        self.last: dict[str, torch.Tensor] = {}
+
+    def decide(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) hidden states: (routed (B, T) bool, scale (B, T): sigmoid(score) where routed, else 0).
+        Keeps the scores, the predictor's logits and the top-k choice for `auxiliary_loss` and `accuracy`."""
+        logits = self.score(hidden).squeeze(-1).float()
+        predicted = self.predictor(hidden.detach()).squeeze(-1).float()
+        if self.predicting:
+            routed = predicted > 0
+            top = None
+        else:
+            top = routed = block_topk(logits.detach(), self.cfg)
+        self.last = {"logits": logits, "predicted": predicted, "top": top}
+        return routed, torch.where(routed, torch.sigmoid(logits), torch.zeros_like(logits))
+
+
+def block_topk(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
+    """(B, T) float logits: (B, T) bool, per block of route_block tokens the first
+    ``HPUConfig.route_capacity(block)`` by (logit descending, position ascending)."""
+    b, t = logits.shape
+    block = min(t, cfg.route_block)
+    if t % block:
+        raise ValueError(f"router: {t} tokens do not split into blocks of route_block = {cfg.route_block}; "
+                         "give sequences a multiple of it (or route by the predictor)")
+    blocks = logits.reshape(b * (t // block), block)
+    picked = order_topk(blocks, int(cfg.hpu.route_capacity(block)))
+    return torch.zeros_like(blocks, dtype=torch.bool).scatter(1, picked, True).reshape(b, t)
+
+
+def _before(module, args, kwargs):
+    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    routed, scale = module.router.decide(hidden)
+    module.router.scale = scale
+    if module.router.cfg.route == "skip":
+        kwargs = dict(kwargs)
+        kwargs["attention_mask"] = _skip_mask(kwargs.get("attention_mask"), routed)
+    return args, kwargs
+
+
+def _skip_mask(mask: torch.Tensor | None, routed: torch.Tensor) -> torch.Tensor:
+    """A (B, 1, T, T) bool mask: the layer's own (causal when None) restricted to routed keys, each
+    query keeping itself so that no row is empty (an unrouted row's output is zeroed anyway)."""
+    b, t = routed.shape
+    own = torch.eye(t, dtype=torch.bool, device=routed.device)
+    if mask is None:
+        mask = torch.ones(t, t, dtype=torch.bool, device=routed.device).tril()
+    elif mask.dtype != torch.bool:
+        mask = mask == 0  # an additive float mask: 0 where allowed
+    mask = mask[..., -t:, -t:] if mask.shape[-1] >= t else mask
+    return (mask & routed[:, None, None, :]) | own
+
+
+def _after(module, args, output):
+    out, weights = output[0], output[1:]
+    return (out * module.router.scale.unsqueeze(-1).to(out.dtype), *weights)
+
+
+def attention_modules(model) -> list[nn.Module]:
+    """Each decoder layer's attention module (``self_attn``), in order."""
+    return [m.self_attn for m in model.modules() if hasattr(m, "self_attn") and hasattr(m, "mlp")]
+
+
+def attach(model, cfg: RouterConfig, seed: int = 0) -> list[Router]:
+    """Give the routed layers of `model` a `Router` each (initialized from `seed`, so the model's own
+    weights are untouched) and record `cfg` in ``model.config.hpu_router``; returns the routers."""
+    hidden = model.config.hidden_size
+    generator = torch.Generator().manual_seed(seed)
+    routers = []
+    for index, attn in enumerate(attention_modules(model)):
+        if not cfg.routes(index):
+            continue
+        router = Router(hidden, cfg)
+        with torch.no_grad():
+            for p in router.parameters():
+                # The model's own init: normal weights of std initializer_range, zero biases.
+                p.copy_(torch.randn(p.shape, generator=generator) * model.config.initializer_range if p.dim() > 1
+                        else torch.zeros(p.shape))
+        param = next(attn.parameters())
+        attn.router = router.to(device=param.device, dtype=param.dtype)
+        attn.register_forward_pre_hook(_before, with_kwargs=True)
+        attn.register_forward_hook(_after)
+        routers.append(attn.router)
+    if not routers:
+        raise ConfigError("illegal router: no layer routes (route_layers = 'alternate' on a one-layer model)")
+    model.config.hpu_router = cfg.as_dict()
+    return routers
+
+
+def routers(model) -> list[Router]:
+    return [m.router for m in attention_modules(model) if hasattr(m, "router")]
+
+
+def auxiliary_loss(model) -> torch.Tensor | None:
+    """The predictors' binary cross-entropy on the last forward pass's top-k choice, summed over
+    layers (None without routers, or while the predictors decide). Only the predictors learn from it."""
+    losses = [F.binary_cross_entropy_with_logits(r.last["predicted"], r.last["top"].float())
+              for r in routers(model) if r.last.get("top") is not None]
+    return torch.stack(losses).sum() if losses else None
+
+
+def statistics(model) -> dict[str, float]:
+    """Of the last forward pass: the routed fraction, how often each predictor agrees with the top-k,
+    and the attention FLOPs (score and value products) as a fraction of dense causal attention,
+    counted from the positions routed (sqdk: routed rows over all their keys; skip: over routed keys
+    and themselves), unrouted layers counting whole. Empty without routers or while predictors decide."""
+    chosen = [r.last for r in routers(model) if r.last.get("top") is not None]
+    if not chosen:
+        return {}
+    layers = len(attention_modules(model))
+    work = []
+    for r in routers(model):
+        top = r.last["top"].float()
+        seen = torch.arange(1, top.shape[-1] + 1, device=top.device, dtype=torch.float32)
+        keys = seen if r.cfg.route == "sqdk" else top.cumsum(-1)  # a routed row: the routed keys up to itself
+        work.append(float((top * keys).sum() / (seen.sum() * top.shape[0])))
+    agree = torch.stack([((last["predicted"] > 0) == last["top"]).float().mean() for last in chosen])
+    routed = torch.stack([last["top"].float().mean() for last in chosen])
+    return {"predictor_accuracy": float(agree.mean()), "routed_fraction": float(routed.mean()),
+            "attention_fraction": (layers - len(work) + sum(work)) / layers}
+
+
+@contextlib.contextmanager
+def predicting(model):
+    """Route by the predictors (token by token, no look-ahead) inside the block: decoding, or the
+    teacher-forced loss of decoding's choices."""
+    chosen = routers(model)
+    before = [r.predicting for r in chosen]
+    for r in chosen:
+        r.predicting = True
+    try:
+        yield
+    finally:
+        for r, was in zip(chosen, before):
+            r.predicting = was
+
+
+def load(path, **kwargs):
+    """A checkpoint written by `hpu train`, its routers reattached with their trained weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from training import attention
+
+    attention.register()
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    table = getattr(model.config, "hpu_router", None)
+    if table:
+        attach(model, RouterConfig(**table))
+        state = {}
+        for file in sorted(Path(path).glob("*.safetensors")):
+            state.update({k: v for k, v in load_file(file).items() if ".router." in k})
+        missing = [k for k in model.state_dict() if ".router." in k and k not in state]
+        if missing:
+            raise ValueError(f"{path}: the checkpoint lacks router weights ({missing[0]}, ...)")
+        model.load_state_dict(state, strict=False)
+    return model
