@@ -1,12 +1,14 @@
 """The A/B report: every finished run in a results folder, per arm, against the dense arm.
 
 Per arm: the final validation loss (all held-out text, code, prose) as mean and sample standard
-deviation over seeds, the gap of the mean to the dense arm's with Welch's t-test (unequal variances;
-two-sided p) and, seed by seed, the paired differences with their paired t-test, the kept fraction at the end and over training, and tokens/s. Runs join one report only
-when they share the experiment (model, schedule and token stream); anything else is refused. A run
-still training (no result.json) is listed as missing, not guessed. Outputs: ``ab.json`` (every figure,
-with each run's device and versions), ``ab.md`` (the table) and ``ab.png`` (every arm's training and
-validation curves), written whole or not at all.
+deviation over seeds; the gap of the mean to the dense arm's with Welch's t-test (unequal variances;
+two-sided p) and, seed by seed, the paired differences with their paired t-test; the kept fraction
+at the end and over training; tokens/s; and for a routed arm its router, the attention FLOPs as a
+fraction of dense, the predictor's agreement with the top-k and the loss when the predictor routes.
+Runs join one report only when they share the experiment (model, schedule and token stream);
+anything else is refused. A run still training (no result.json) is listed as missing, not guessed.
+Outputs: ``ab.json`` (every figure, with each run's device and versions), ``ab.md`` (the table) and
+``ab.png`` (every arm's training and validation curves), written whole or not at all.
 """
 
 from __future__ import annotations
@@ -90,7 +92,11 @@ def summarize(runs: list[dict]) -> dict:
                "missing_seeds": [s for s in seeds if s not in {r["seed"] for r in rs}],
                "kept_fraction": _stats([r["final"]["kept_fraction"] for r in rs]),
                "tokens_per_s": _stats([r["tokens_per_s"] for r in rs]),
-               "tokens": rs[0]["tokens"], "devices": sorted({r["versions"]["device"] for r in rs})}
+               "tokens": rs[0]["tokens"], "devices": sorted({r["versions"]["device"] for r in rs}),
+               "router": rs[0].get("router")}
+        for key in ("attention_fraction", "predictor_accuracy", "loss_predicted"):
+            if key in rs[0]["final"]:
+                row[key] = _stats([r["final"][key] for r in rs])
         for split in ("loss", *sorted(k for k in rs[0]["final"] if k.startswith("loss_"))):
             row[split] = _stats([r["final"][split] for r in rs])
             if baseline and name != baseline:
@@ -115,18 +121,21 @@ def markdown(summary: dict) -> str:
     lines = [f"Baseline: {summary['baseline']}. Final validation loss over seeds (mean ± sample std); gap = "
              "arm − baseline, Welch t-test p (two-sided); per seed: arm − baseline at each seed both ran (same "
              "initial weights, same token order), paired t-test p.", "",
-             "| arm | permeability | seeds | val loss | gap | p | gap per seed | paired p | prose gap | code gap "
-             "| kept fraction | tokens/s | vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| arm | permeability | router | seeds | val loss | gap | p | gap per seed | paired p | prose gap "
+             "| code gap | kept fraction | attention FLOPs | tokens/s | vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["arms"].items():
         gap = row.get("loss_gap", {})
         per_seed = gap.get("paired", {})
         lines.append("| " + " | ".join([
-            name, "-" if row["gate"] is None else fmt(row["gate"]["permeability"], 2), str(len(row["seeds"])),
+            name, "-" if row["gate"] is None else fmt(row["gate"]["permeability"], 2),
+            "-" if not row.get("router") else f"{row['router']['route']} {row['router']['route_fraction']:.2f}",
+            str(len(row["seeds"])),
             f"{fmt(row['loss']['mean'])} ± {fmt(row['loss']['std'])}", fmt(gap.get("mean")), fmt(gap.get("p"), 3),
             ", ".join(f"{d:+.3f}" for d in per_seed.get("differences", [])) or "-", fmt(per_seed.get("p"), 3),
             fmt(row.get("loss_prose_gap", {}).get("mean")), fmt(row.get("loss_code_gap", {}).get("mean")),
-            fmt(row["kept_fraction"]["mean"], 3), f"{row['tokens_per_s']['mean']:,.0f}",
+            fmt(row["kept_fraction"]["mean"], 3), fmt(row.get("attention_fraction", {}).get("mean"), 3),
+            f"{row['tokens_per_s']['mean']:,.0f}",
             fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
     return "\n".join(lines) + "\n"
 
