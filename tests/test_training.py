@@ -471,7 +471,7 @@ def test_router_top_k_per_block_is_the_hpu_routing_step(seed):
     """On integer-valued logits (ties included) the learned router routes exactly the tokens of the
     bit-exact contract's routing step: the same order, the same capacity per block."""
     from golden_model.contract import run_routing
-    from training.routing import RouterConfig, block_topk
+    from training.routing import RouterConfig, block_topk, hpu_routing
 
     g = torch.Generator().manual_seed(seed)
     for fraction, block in ((0.2, 16), (0.5, 8), (1 / 3, 48)):
@@ -481,6 +481,8 @@ def test_router_top_k_per_block_is_the_hpu_routing_step(seed):
         want = run_routing(cfg.hpu, logits.reshape(-1, min(block, 48))).routed.reshape(3, 48)
         assert torch.equal(got, want)
         assert (got.reshape(3, -1, min(block, 48)).sum(-1) == cfg.hpu.route_capacity(min(block, 48))).all()
+        # Quantizing integer scores to route_bits scales them without reordering: the HPU agrees.
+        assert torch.equal(hpu_routing(logits.float(), cfg), got)
 
 
 def _layer_zero(model):
@@ -524,8 +526,8 @@ def test_routed_attention_scales_routed_rows_and_zeros_the_rest(mode):
 
 
 def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_config, corpus, tmp_path):
-    """A routed arm trains; its evaluation carries the predictor's agreement, the routed and attention
-    fractions and the predictor-routed loss; the checkpoint reloads with its routers (same logits),
+    """A routed arm trains; its evaluation carries the predictor's and the HPU's agreement, the routed
+    and attention fractions and the predictor- and HPU-routed losses; the checkpoint reloads with its routers (same logits),
     and generation routes token by token through the predictors."""
     from training import routing
 
@@ -535,9 +537,12 @@ def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_con
     cfg = TrainConfig.from_dict(table)
     result = train(cfg, cfg.arm("sqdk50"), 1, corpus, tmp_path, progress=False)
     final = result["final"]
-    assert result["router"] == {"route": "sqdk", "route_fraction": 0.5, "route_block": 16, "route_layers": "all"}
+    assert result["router"] == {"route": "sqdk", "route_fraction": 0.5, "route_block": 16, "route_layers": "all",
+                                "route_bits": 16}
     assert final["routed_fraction"] == pytest.approx(cfg.arm("sqdk50").router.hpu.route_capacity(16) / 16)
     assert 0 <= final["predictor_accuracy"] <= 1 and math.isfinite(final["loss_predicted"])
+    # 16-bit scores keep the order of a few hundred distinct float scores but for rounding ties.
+    assert final["hpu_agreement"] > 0.95 and abs(final["loss_hpu"] - final["loss"]) < 0.05
     # Half the rows of every layer over their causal keys: about half the FLOPs.
     assert 0.3 < final["attention_fraction"] < 0.7
     from safetensors.torch import load_file
@@ -549,6 +554,6 @@ def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_con
     assert len(routing.routers(model)) == 2 and len(trained) == 2 * 6
     assert all(torch.equal(tensor, saved[name]) for name, tensor in trained.items())
     ids = torch.from_numpy(step_sequences(corpus.val["prose"], 0, 1, 32)[:, :-1].astype(np.int64))
-    with routing.predicting(model):
+    with routing.choosing(model, "predictor"):
         out = model.generate(ids[:, :8], max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 12)

@@ -146,10 +146,12 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
     model.eval()
     context, losses = cfg.run.context, {}
     total = count = 0.0
-    # With routers: the predictors' agreement with the top-k, the routed and attention-FLOP fractions,
-    # and the loss when the predictors route (decoding's choice, teacher-forced), summed per sequence.
-    routed = torch.zeros(4, dtype=torch.float64, device=ranks.device)
-    routed_names = ("predictor_accuracy", "routed_fraction", "attention_fraction", "loss_predicted")
+    # With routers: the predictors' and the HPU's agreement with the top-k, the routed and attention-FLOP
+    # fractions, and the loss when the predictors route (decoding's choice, teacher-forced) and when the
+    # HPU's routing step does (scores quantized to route_bits), summed per sequence.
+    routed_names = ("predictor_accuracy", "routed_fraction", "attention_fraction", "hpu_agreement", "loss_predicted",
+                    "loss_hpu")
+    routed = torch.zeros(len(routed_names), dtype=torch.float64, device=ranks.device)
     with attention.counting() as kept:
         for name, stream in sorted(corpus.val.items()):
             if len(stream) <= context:
@@ -165,8 +167,10 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
                     loss_sum += sequence_loss(model, batch).double() * len(batch)
                     stats = routing.statistics(model)
                     if stats:
-                        with routing.predicting(model):
-                            stats["loss_predicted"] = float(sequence_loss(model, batch))
+                        for choice in ("predictor", "hpu"):
+                            with routing.choosing(model, choice):
+                                stats[f"loss_{'predicted' if choice == 'predictor' else choice}"] = float(
+                                    sequence_loss(model, batch))
                         routed += torch.tensor([stats[k] for k in routed_names], dtype=torch.float64,
                                                device=ranks.device) * len(batch)
             if ranks.world > 1:

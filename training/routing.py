@@ -15,8 +15,9 @@ stream carries it). Two modes:
 
 Top-k over a block looks ahead, which decoding cannot. So each router also has a predictor: a small
 MLP on the hidden state with its gradient stopped, trained by binary cross-entropy to say whether the
-token is in the top-k. Inside `predicting(model)` the predictor decides instead (probability above
-one half), token by token, as in `model.generate`. The predictor's loss reaches only its own weights,
+token is in the top-k. Inside `choosing(model, "predictor")` the predictor decides instead
+(probability above one half), token by token, as in `model.generate`; inside `choosing(model, "hpu")`
+the HPU's routing step decides on the scores quantized to ``route_bits``. The predictor's loss reaches only its own weights,
 and `auxiliary_loss` hands it to the training loop.
 
 The router's settings live in the model's config as ``hpu_router`` (saved with the checkpoint), its
@@ -36,7 +37,10 @@ import torch.nn.functional as F
 from golden_model.routing import order_topk
 from hpu.config import ConfigError, HPUConfig
 
-ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers")
+ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route_bits")
+# How a router chooses: its float top-k (training, teacher-forced evaluation), its predictor (token by
+# token, decoding), or the HPU's routing step on its scores quantized to route_bits.
+CHOICES = ("topk", "predictor", "hpu")
 MODES = ("sqdk", "skip")
 LAYERS = ("all", "alternate")
 PREDICTOR_WIDTH = 64
@@ -56,6 +60,8 @@ class RouterConfig:
         Tokens per top-k block; it must divide every sequence the model is given whole.
     route_layers : str
         ``"all"``, or ``"alternate"``: every other layer from the second (as Mixture-of-Depths).
+    route_bits : int
+        Width of the quantized scores the HPU's router orders, `HPUConfig.route_bits`.
 
     Raises
     ------
@@ -67,6 +73,7 @@ class RouterConfig:
     route_fraction: float = 0.2
     route_block: int = 1024
     route_layers: str = "all"
+    route_bits: int = 16
 
     def __post_init__(self):
         if self.route not in MODES:
@@ -82,7 +89,8 @@ class RouterConfig:
     @property
     def hpu(self) -> HPUConfig:
         """The router's fields as the HPU's one configuration object."""
-        return HPUConfig(route_fraction=self.route_fraction, route_block=self.route_block)
+        return HPUConfig(route_fraction=self.route_fraction, route_block=self.route_block,
+                         route_bits=self.route_bits)
 
     def routes(self, layer: int) -> bool:
         return self.route_layers == "all" or layer % 2 == 1
@@ -99,20 +107,24 @@ class Router(nn.Module):
         self.cfg = cfg
         self.score = nn.Linear(hidden, 1)
         self.predictor = nn.Sequential(nn.Linear(hidden, PREDICTOR_WIDTH), nn.SiLU(), nn.Linear(PREDICTOR_WIDTH, 1))
-        self.predicting = False
+        self.choice = "topk"
         self.last: dict[str, torch.Tensor] = {}
 
     def decide(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) hidden states: (routed (B, T) bool, scale (B, T): sigmoid(score) where routed, else 0).
-        Keeps the scores, the predictor's logits and the top-k choice for `auxiliary_loss` and `accuracy`."""
+        Keeps the scores, the predictor's logits and the top-k choice (with the HPU's choice on the
+        same scores when evaluating) for `auxiliary_loss` and `statistics`."""
         logits = self.score(hidden).squeeze(-1).float()
         predicted = self.predictor(hidden.detach()).squeeze(-1).float()
-        if self.predicting:
+        self.last = {"logits": logits, "predicted": predicted, "mode": self.cfg.route}
+        if self.choice == "predictor":
             routed = predicted > 0
-            top = None
+        elif self.choice == "hpu":
+            routed = hpu_routing(logits.detach(), self.cfg)
         else:
-            top = routed = block_topk(logits.detach(), self.cfg)
-        self.last = {"logits": logits, "predicted": predicted, "top": top}
+            routed = self.last["top"] = block_topk(logits.detach(), self.cfg)
+            if not self.training:
+                self.last["hpu"] = hpu_routing(logits.detach(), self.cfg)
         return routed, torch.where(routed, torch.sigmoid(logits), torch.zeros_like(logits))
 
 
@@ -127,6 +139,19 @@ def block_topk(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
     blocks = logits.reshape(b * (t // block), block)
     picked = order_topk(blocks, int(cfg.hpu.route_capacity(block)))
     return torch.zeros_like(blocks, dtype=torch.bool).scatter(1, picked, True).reshape(b, t)
+
+
+def hpu_routing(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
+    """(B, T) float scores: (B, T) bool, the HPU's routing step (`golden_model.contract.run_routing`)
+    on each block's scores quantized to route_bits (`golden_model.quantize.quantize_logits`)."""
+    from golden_model.contract import run_routing
+    from golden_model.quantize import quantize_logits
+
+    b, t = logits.shape
+    block = min(t, cfg.route_block)
+    hpu = cfg.hpu
+    blocks = logits.reshape(b * (t // block), block)
+    return run_routing(hpu, quantize_logits(blocks, hpu)).routed.reshape(b, t)
 
 
 def _before(module, args, kwargs):
@@ -194,9 +219,9 @@ def routers(model) -> list[Router]:
 
 def auxiliary_loss(model) -> torch.Tensor | None:
     """The predictors' binary cross-entropy on the last forward pass's top-k choice, summed over
-    layers (None without routers, or while the predictors decide). Only the predictors learn from it."""
+    layers (None without routers, or when they chose otherwise). Only the predictors learn from it."""
     losses = [F.binary_cross_entropy_with_logits(r.last["predicted"], r.last["top"].float())
-              for r in routers(model) if r.last.get("top") is not None]
+              for r in routers(model) if "top" in r.last]
     return torch.stack(losses).sum() if losses else None
 
 
@@ -204,36 +229,45 @@ def statistics(model) -> dict[str, float]:
     """Of the last forward pass: the routed fraction, how often each predictor agrees with the top-k,
     and the attention FLOPs (score and value products) as a fraction of dense causal attention,
     counted from the positions routed (sqdk: routed rows over all their keys; skip: over routed keys
-    and themselves), unrouted layers counting whole. Empty without routers or while predictors decide."""
-    chosen = [r.last for r in routers(model) if r.last.get("top") is not None]
+    and themselves), unrouted layers counting whole; when evaluating, the share of tokens on which the
+    HPU's routing step (quantized scores) agrees with the float top-k. Empty without routers, or when
+    they chose otherwise."""
+    chosen = [r.last for r in routers(model) if "top" in r.last]
     if not chosen:
         return {}
     layers = len(attention_modules(model))
     work = []
-    for r in routers(model):
-        top = r.last["top"].float()
+    for last in chosen:
+        top = last["top"].float()
         seen = torch.arange(1, top.shape[-1] + 1, device=top.device, dtype=torch.float32)
-        keys = seen if r.cfg.route == "sqdk" else top.cumsum(-1)  # a routed row: the routed keys up to itself
+        keys = seen if last["mode"] == "sqdk" else top.cumsum(-1)  # a routed row: the routed keys up to itself
         work.append(float((top * keys).sum() / (seen.sum() * top.shape[0])))
     agree = torch.stack([((last["predicted"] > 0) == last["top"]).float().mean() for last in chosen])
     routed = torch.stack([last["top"].float().mean() for last in chosen])
-    return {"predictor_accuracy": float(agree.mean()), "routed_fraction": float(routed.mean()),
-            "attention_fraction": (layers - len(work) + sum(work)) / layers}
+    stats = {"predictor_accuracy": float(agree.mean()), "routed_fraction": float(routed.mean()),
+             "attention_fraction": (layers - len(work) + sum(work)) / layers}
+    if all("hpu" in last for last in chosen):
+        stats["hpu_agreement"] = float(torch.stack([(last["hpu"] == last["top"]).float().mean()
+                                                     for last in chosen]).mean())
+    return stats
 
 
 @contextlib.contextmanager
-def predicting(model):
-    """Route by the predictors (token by token, no look-ahead) inside the block: decoding, or the
-    teacher-forced loss of decoding's choices."""
+def choosing(model, choice: str):
+    """Every router chooses by `choice` inside the block: ``"predictor"`` (token by token, no
+    look-ahead: decoding, or the teacher-forced loss of decoding's choices) or ``"hpu"`` (the HPU's
+    routing step on the quantized scores); ``"topk"`` is the default."""
+    if choice not in CHOICES:
+        raise ValueError(f"a router chooses by one of {', '.join(CHOICES)}, not {choice!r}")
     chosen = routers(model)
-    before = [r.predicting for r in chosen]
+    before = [r.choice for r in chosen]
     for r in chosen:
-        r.predicting = True
+        r.choice = choice
     try:
         yield
     finally:
         for r, was in zip(chosen, before):
-            r.predicting = was
+            r.choice = was
 
 
 def load(path, **kwargs):
