@@ -523,6 +523,13 @@ def test_routed_attention_scales_routed_rows_and_zeros_the_rest(mode):
     routing.auxiliary_loss(routed).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in router.predictor.parameters())
     assert routing.statistics(routed)["routed_fraction"] == 0.5
+    if mode == "skip":
+        # A cache does not remember which earlier tokens were routed: refused, and decoding without one works.
+        with routing.choosing(routed, "predictor"), torch.no_grad():
+            with pytest.raises(ValueError, match="cannot decode with a cache"):
+                routed.generate(ids[:1, :4], max_new_tokens=2, do_sample=False, pad_token_id=0)
+            assert routed.generate(ids[:1, :4], max_new_tokens=2, do_sample=False, pad_token_id=0,
+                                   use_cache=False).shape == (1, 6)
 
 
 def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_config, corpus, tmp_path):

@@ -128,17 +128,22 @@ class Router(nn.Module):
         return routed, torch.where(routed, torch.sigmoid(logits), torch.zeros_like(logits))
 
 
-def block_topk(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
-    """(B, T) float logits: (B, T) bool, per block of route_block tokens the first
-    ``HPUConfig.route_capacity(block)`` by (logit descending, position ascending)."""
+def _blocks(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
+    """(B, T) scores as (B * T / block, block) rows of route_block tokens (the whole row if shorter)."""
     b, t = logits.shape
     block = min(t, cfg.route_block)
     if t % block:
         raise ValueError(f"router: {t} tokens do not split into blocks of route_block = {cfg.route_block}; "
                          "give sequences a multiple of it (or route by the predictor)")
-    blocks = logits.reshape(b * (t // block), block)
-    picked = order_topk(blocks, int(cfg.hpu.route_capacity(block)))
-    return torch.zeros_like(blocks, dtype=torch.bool).scatter(1, picked, True).reshape(b, t)
+    return logits.reshape(b * (t // block), block)
+
+
+def block_topk(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
+    """(B, T) float logits: (B, T) bool, per block of route_block tokens the first
+    ``HPUConfig.route_capacity(block)`` by (logit descending, position ascending)."""
+    blocks = _blocks(logits, cfg)
+    picked = order_topk(blocks, int(cfg.hpu.route_capacity(blocks.shape[-1])))
+    return torch.zeros_like(blocks, dtype=torch.bool).scatter(1, picked, True).reshape(logits.shape)
 
 
 def hpu_routing(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
@@ -147,11 +152,8 @@ def hpu_routing(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
     from golden_model.contract import run_routing
     from golden_model.quantize import quantize_logits
 
-    b, t = logits.shape
-    block = min(t, cfg.route_block)
     hpu = cfg.hpu
-    blocks = logits.reshape(b * (t // block), block)
-    return run_routing(hpu, quantize_logits(blocks, hpu)).routed.reshape(b, t)
+    return run_routing(hpu, quantize_logits(_blocks(logits, cfg), hpu)).routed.reshape(logits.shape)
 
 
 def _before(module, args, kwargs):
@@ -159,6 +161,10 @@ def _before(module, args, kwargs):
     routed, scale = module.router.decide(hidden)
     module.router.scale = scale
     if module.router.cfg.route == "skip":
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and cache.get_seq_length(module.layer_idx) > 0:
+            raise ValueError("skip routing cannot decode with a cache: the cache does not remember which earlier "
+                             "tokens were routed (generate with use_cache=False, or route with sqdk)")
         kwargs = dict(kwargs)
         kwargs["attention_mask"] = _skip_mask(kwargs.get("attention_mask"), routed)
     return args, kwargs
