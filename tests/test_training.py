@@ -458,6 +458,12 @@ def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
     assert gap["paired"]["p"] == pytest.approx(stats.ttest_rel([3.05, 3.27], [3.0, 3.2]).pvalue, rel=1e-12)
     assert "+0.050, +0.070" in (tmp_path / "out" / report.TABLE).read_text()
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {report.JSON, report.TABLE, report.PLOT}
+    # A routed arm at half the attention FLOPs meets dense after half its tokens: between dense's
+    # evaluations at 0 tokens (9.0) and 1000 (its final loss), so at (9.0 + loss) / 2 on average.
+    routed = _result("sqdk50", 1, 3.3)
+    routed["final"].update(tokens=1000, attention_fraction=0.5)
+    equal = report.equal_flops_gap([routed], [_result("dense", seed, loss) for seed, loss in dense.items()])
+    assert equal["baseline_tokens"] == 500 and equal["mean"] == pytest.approx(3.3 - np.mean([6.0, 6.1, 6.05]))
     (tmp_path / "runs" / "dense-seed9").mkdir()
     write_json(tmp_path / "runs" / "dense-seed9" / RESULT,
                _result("dense", 9, 3.0, {"model": {"hidden_size": 64}, "run": {"context": 32, "seeds": [9]}}))

@@ -4,7 +4,8 @@ Per arm: the final validation loss (all held-out text, code, prose) as mean and 
 deviation over seeds; the gap of the mean to the dense arm's with Welch's t-test (unequal variances;
 two-sided p) and, seed by seed, the paired differences with their paired t-test; the kept fraction
 at the end and over training; tokens/s; and for a routed arm its router, the attention FLOPs as a
-fraction of dense, the predictor's agreement with the top-k and the loss when the predictor routes.
+fraction of dense, the gap at equal attention FLOPs, the predictor's agreement with the top-k and the
+loss when the predictor routes.
 Runs join one report only when they share the experiment (model, schedule and token stream);
 anything else is refused. A run still training (no result.json) is listed as missing, not guessed.
 Outputs: ``ab.json`` (every figure, with each run's device and versions), ``ab.md`` (the table) and
@@ -73,6 +74,18 @@ def paired(arm: dict[int, float], base: dict[int, float]) -> dict:
     return result
 
 
+def equal_flops_gap(arm: list[dict], base: list[dict]) -> dict:
+    """A routed arm against the baseline at equal attention FLOPs: each of its runs spent
+    ``attention_fraction`` of dense attention's FLOPs per token, so it is compared with the baseline's
+    validation loss after that fraction of its tokens (linear between the baseline's evaluations,
+    averaged over its seeds)."""
+    tokens = np.mean([r["final"]["tokens"] * r["final"]["attention_fraction"] for r in arm])
+    at = [float(np.interp(tokens, [v["tokens"] for v in r["history"]["val"]], [v["loss"] for v in r["history"]["val"]]))
+          for r in base]
+    return {"baseline_tokens": float(tokens), "baseline_loss": float(np.mean(at)),
+            "mean": float(np.mean([r["final"]["loss"] for r in arm]) - np.mean(at))}
+
+
 def summarize(runs: list[dict]) -> dict:
     experiment = _experiment(runs[0])
     for run in runs[1:]:
@@ -108,6 +121,8 @@ def summarize(runs: list[dict]) -> dict:
         if baseline:
             row["tokens_per_s_vs_dense"] = row["tokens_per_s"]["mean"] / np.mean(
                 [r["tokens_per_s"] for r in arms[baseline]])
+        if baseline and "attention_fraction" in row:
+            row["loss_gap_equal_attention_flops"] = equal_flops_gap(rs, arms[baseline])
         table[name] = row
     return {"baseline": baseline, "experiment": experiment, "arms": table,
             "runs": [{k: r[k] for k in ("arm", "seed", "tokens_per_s", "final", "versions", "steps", "tokens",
@@ -120,10 +135,11 @@ def markdown(summary: dict) -> str:
 
     lines = [f"Baseline: {summary['baseline']}. Final validation loss over seeds (mean ± sample std); gap = "
              "arm − baseline, Welch t-test p (two-sided); per seed: arm − baseline at each seed both ran (same "
-             "initial weights, same token order), paired t-test p.", "",
+             "initial weights, same token order), paired t-test p; gap at equal attention FLOPs: a routed arm against "
+             "the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations).", "",
              "| arm | permeability | router | seeds | val loss | gap | p | gap per seed | paired p | prose gap "
-             "| code gap | kept fraction | attention FLOPs | tokens/s | vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| code gap | kept fraction | attention FLOPs | gap at equal attention FLOPs | tokens/s | vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["arms"].items():
         gap = row.get("loss_gap", {})
         per_seed = gap.get("paired", {})
@@ -135,6 +151,7 @@ def markdown(summary: dict) -> str:
             ", ".join(f"{d:+.3f}" for d in per_seed.get("differences", [])) or "-", fmt(per_seed.get("p"), 3),
             fmt(row.get("loss_prose_gap", {}).get("mean")), fmt(row.get("loss_code_gap", {}).get("mean")),
             fmt(row["kept_fraction"]["mean"], 3), fmt(row.get("attention_fraction", {}).get("mean"), 3),
+            fmt(row.get("loss_gap_equal_attention_flops", {}).get("mean")),
             f"{row['tokens_per_s']['mean']:,.0f}",
             fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
     return "\n".join(lines) + "\n"
