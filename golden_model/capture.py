@@ -84,8 +84,14 @@ def capture(model_path: str, text: str, out: Path, causal: bool = False, max_tok
     values = values.reshape(layers, n, kv_heads, -1).permute(0, 2, 1, 3)      # (L, Hkv, N, D)
     values = values.repeat_interleave(heads // kv_heads, dim=1)
     lengths = (torch.arange(n) + 1 if causal else torch.full((n,), n)).expand(layers, heads, n)
+    return write_attention_file(out, torch.log(probs.clamp_min(TINY)), values, lengths)
+
+
+def write_attention_file(out: Path, scores: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> Path:
+    """An attention file in the layout `golden_model.sources.file_rows` reads: scores (L, H, N, N),
+    values (L, H, N, D), lengths (L, H, N); written whole or not at all."""
     with staged(out) as temp, open(temp, "wb") as f:
-        np.savez(f, scores=torch.log(probs.clamp_min(TINY)).numpy(), values=values.numpy(),
+        np.savez(f, scores=scores.double().numpy(), values=values.double().numpy(),
                  lengths=lengths.numpy().astype(np.int64))
     return out
 

@@ -29,7 +29,7 @@ def select(weights: torch.Tensor, valid: torch.Tensor, cfg: HPUConfig) -> tuple[
     if cfg.mode == "dense":
         return valid.clone(), n
     order = ranking(weights, valid)
-    cap = torch.clamp((n * cfg.rho_q + GATE_SCALE - 1) // GATE_SCALE, min=cfg.k_min)
+    cap = cfg.gate_cap(n)
     kept = torch.minimum(cap, n)
     if cfg.mode == "mass":
         masked = torch.where(valid, weights, torch.zeros_like(weights))

@@ -219,10 +219,15 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     run = read_json(Path(args.run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
     corpus = data.prepare(TrainConfig.from_dict(run["config"]).data, progress=not args.quiet)
-    with claim(args.output, "report folder", ("hardware.json",)):
+    splits = {split: stream for split, stream in sorted(corpus.val.items()) if len(stream) > args.length}
+    with claim(args.output, "report folder", ("hardware.json", "rows-*.npz")):
         result = {split: hardware.fixed_point_quality(Path(args.run) / MODEL, cfg, stream, args.sequences,
-                                                      args.length)
-                  for split, stream in sorted(corpus.val.items()) if len(stream) > args.length}
+                                                      args.length) for split, stream in splits.items()}
+        if args.capture:
+            for split, stream in splits.items():
+                rows = hardware.capture_rows(Path(args.run) / MODEL, stream[:args.length],
+                                             Path(args.output) / f"rows-{split}.npz")
+                print(f"attention file: {rows} (for hpu sim --source)")
         write_json(Path(args.output) / "hardware.json", result)
     for split, r in result.items():
         print(f"{split}: loss dense {r['loss']['dense']:.4f}, float gate {r['loss']['float_gate']:.4f}, HPU fixed "
@@ -398,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.add_argument("--sequences", type=_positive, default=4, help="held-out sequences per split")
     p.add_argument("--length", type=_positive, default=256, help="tokens per sequence (at most max_keys)")
+    p.add_argument("--capture", action="store_true", help="also write each split's first sequence as an attention "
+                   "file (rows-SPLIT.npz) for `hpu sim --source`, recorded while the model runs its trained gate")
     p.add_argument("-o", "--output", default="out/train-hardware", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_hardware, memory_hint="ask for fewer --sequences or a shorter --length")

@@ -150,6 +150,13 @@ class HPUConfig:
         """Routed fraction in units of 1/256, in 1..256."""
         return _steps(self.route_fraction)
 
+    def gate_cap(self, keys):
+        """The most keys a row of `keys` admissible keys keeps (an int or an integer tensor):
+        max(k_min, ceil(keys * rho_q / 256)). The Triton kernels (kernels/exact.py, kernels/row_gate.py)
+        compute this expression inside their programs, where no Python runs."""
+        cap = (keys * self.rho_q + GATE_SCALE - 1) >> GATE_SHIFT
+        return cap.clamp(min=self.k_min) if hasattr(cap, "clamp") else max(cap, self.k_min)
+
     def route_capacity(self, tokens):
         """Routed tokens of a block of `tokens` (an int or an integer tensor): ceil(tokens * route_q / 256),
         which is max(1, ...) of it by itself, as a block has a token and route_q is at least 1."""

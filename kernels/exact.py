@@ -49,7 +49,7 @@ def _contract_kernel(scores_ptr, values_ptr, groups_ptr, lengths_ptr, lut_ptr,
     else:
         order_key = tl.where(valid, e * BLOCK_N + (BLOCK_N - 1 - j), -1).to(INT)
         ranked = tl.sort(order_key, 0, descending=True)
-        cap = tl.minimum(tl.maximum((n * RHO_Q + GATE_ROUND) >> GATE_SHIFT, K_MIN), n)
+        cap = tl.minimum(tl.maximum((n * RHO_Q + GATE_ROUND) >> GATE_SHIFT, K_MIN), n)  # HPUConfig.gate_cap
         if MODE == "topk":
             kept = cap
         else:

@@ -57,7 +57,7 @@ def _threshold_keep(p, valid, rho_q, tau, k_min, MASS: tl.constexpr, SPAN: tl.co
     # Invalid keys get bits -1, below every threshold tried (all >= 0).
     bits = tl.where(valid, p.to(tl.int32, bitcast=True), -1)
     n = tl.sum(valid.to(tl.int32), 0)
-    cap = tl.minimum(tl.maximum((n * rho_q + SCALE - 1) // SCALE, k_min), n)
+    cap = tl.minimum(tl.maximum((n * rho_q + SCALE - 1) // SCALE, k_min), n)  # HPUConfig.gate_cap
     if MASS:
         target = tl.sum(p, 0) * tau
     else:

@@ -2,6 +2,8 @@ import argparse
 import dataclasses
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hpu.cli import build_parser, main
 from hpu.config import ConfigError, HPUConfig, parse_overrides
@@ -126,3 +128,16 @@ def test_every_cli_option_has_help():
 
     walk(build_parser(), "hpu")
     assert missing == []
+
+
+@given(keys=st.integers(1, 1 << 20), permeability=st.integers(1, 256), k_min=st.integers(1, 64))
+def test_gate_cap_is_one_rule_for_ints_and_tensors(keys, permeability, k_min):
+    """max(k_min, ceil(keys * rho_q / 256)): the golden gate's cap, for a Python int and a tensor alike."""
+    import math
+
+    import torch
+
+    cfg = HPUConfig(permeability=permeability / 256, k_min=k_min)
+    want = max(k_min, math.ceil(keys * cfg.rho_q / 256))
+    assert cfg.gate_cap(keys) == want
+    assert cfg.gate_cap(torch.tensor([keys]))[0].item() == want

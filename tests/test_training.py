@@ -12,6 +12,7 @@ import math
 import os
 import socket
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -400,14 +401,21 @@ def test_bad_experiments_are_refused_in_one_line(data_config):
         assert words in str(error.value) and "\n" not in str(error.value)
 
 
-def test_a_trained_model_through_the_hpu_fixed_point(data_config, corpus, tmp_path):
+@pytest.fixture(scope="module")
+def gated_checkpoint(data_config, corpus, tmp_path_factory) -> Path:
+    """The tiny experiment's mass50 arm, trained once for the tests of the hardware view."""
+    cfg = tiny_experiment(data_config)
+    root = tmp_path_factory.mktemp("gated")
+    train(cfg, cfg.arm("mass50"), 1, corpus, root, progress=False, ranks=Ranks())
+    return root / "mass50-seed1" / "model"
+
+
+def test_a_trained_model_through_the_hpu_fixed_point(gated_checkpoint, corpus):
     """Dense, float gate and the HPU's integer contract on the trained model's own attention."""
     from training.hardware import fixed_point_quality
 
-    cfg = tiny_experiment(data_config)
-    train(cfg, cfg.arm("mass50"), 1, corpus, tmp_path, progress=False, ranks=Ranks())
     hpu = HPUConfig(head_dim=8, lanes=8, max_keys=32)
-    report = fixed_point_quality(tmp_path / "mass50-seed1" / "model", hpu, corpus.train, sequences=2, length=32)
+    report = fixed_point_quality(gated_checkpoint, hpu, corpus.train, sequences=2, length=32)
     assert report["hpu"]["permeability"] == 0.5 and report["hpu"]["head_dim"] == 8
     assert 0 < report["kept_fraction"]["fixed_point"] < 1 and 0 < report["kept_fraction"]["float_gate"] < 1
     # The HPU's 8-bit probabilities and values cost this model little: the same keys kept on average,
@@ -416,7 +424,34 @@ def test_a_trained_model_through_the_hpu_fixed_point(data_config, corpus, tmp_pa
     assert report["attention_cosine_mean"] > 0.95
     assert abs(report["fixed_minus_float"]) < 0.02
     with pytest.raises(InputError, match="head_dim 64"):
-        fixed_point_quality(tmp_path / "mass50-seed1" / "model", HPUConfig(), corpus.train, sequences=1, length=32)
+        fixed_point_quality(gated_checkpoint, HPUConfig(), corpus.train, sequences=1, length=32)
+
+
+def test_trained_rows_are_captured_through_the_trained_gate(gated_checkpoint, corpus, tmp_path):
+    """The attention file of a gated checkpoint for `hpu sim`: layer 0 sees the embeddings whatever the
+    attention, so its rows are a dense pass's; the deeper layers' rows come from the gated stream."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from golden_model.sources import file_rows
+    from training.hardware import capture_rows
+
+    folder = gated_checkpoint
+    tokens = corpus.train[:32]
+    path = capture_rows(folder, tokens, tmp_path / "rows.npz")
+    with np.load(path) as f:
+        scores, values, lengths = (torch.from_numpy(f[k]) for k in ("scores", "values", "lengths"))
+    assert scores.shape == (2, 4, 32, 32) and values.shape == (2, 4, 32, 8)
+    assert torch.equal(lengths[1, 3], torch.arange(1, 33))
+    causal = torch.ones(32, 32, dtype=torch.bool).tril()
+    captured = torch.softmax(scores.masked_fill(~causal, float("-inf")), -1)
+    dense = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float64).eval()
+    with torch.no_grad():
+        probs = dense(input_ids=torch.from_numpy(tokens.astype(np.int64))[None], output_attentions=True).attentions
+    assert torch.allclose(captured[0], probs[0][0], atol=1e-12)
+    assert not torch.allclose(captured[1], probs[1][0], atol=1e-6)
+    assert len(file_rows(path, HPUConfig(head_dim=8, lanes=8, max_keys=32), 20, random.Random(0))) == 20
 
 
 # -- the A/B report ---------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ probabilities from the EXP_LUT, the integer gate, the normalizer). It reports th
 each, the cosine of every layer's fixed-point attention output against the float gate's, and both kept
 fractions. The HPU configuration is the user's (`HPUConfig`: widths, max_keys), with its gate fields
 taken from the checkpoint's trained gate, so the hardware gates as the model was trained to be gated.
+
+`capture_rows` writes a sequence's attention as an attention file for `hpu sim --source`, recorded
+while the model runs its trained float gate (``hpu_capture``), so that the deeper layers' rows come
+from the residual stream the gated model really has.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from hpu.errors import InputError
 from training import attention
 
 FIXED = "hpu_fixed"
+CAPTURE = "hpu_capture"
 
 
 class _Recorder:
@@ -60,6 +65,20 @@ def fixed_forward(module, query, key, value, attention_mask, scaling=None, dropo
     return result.out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
+_captured: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def capture_forward(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """An `AttentionInterface` function that records each layer's scores q.k * scale and values, then
+    attends as the model was trained to (the float gate), so that every layer's rows come from the
+    gated model's own residual stream."""
+    groups = query.shape[1] // key.shape[1]
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    k, v = (attention.repeat_heads(x, groups).double() for x in (key, value))
+    _captured.append((query.double() @ k.transpose(-1, -2) * scale, v))
+    return attention.mass_gate_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+
 def register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -67,6 +86,35 @@ def register() -> None:
     attention.register()
     AttentionInterface.register(FIXED, fixed_forward)
     AttentionMaskInterface.register(FIXED, sdpa_mask)
+    AttentionInterface.register(CAPTURE, capture_forward)
+    AttentionMaskInterface.register(CAPTURE, sdpa_mask)
+
+
+def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
+    """The attention file (`hpu sim --source`) of a trained gated checkpoint on one sequence of
+    `tokens`, causal: every layer's and head's scores and values, taken while the model runs with
+    its trained float gate. (`golden_model.capture` runs a model with dense attention instead, which
+    would hand the deeper layers a residual stream the gated model never sees.)"""
+    from transformers import AutoModelForCausalLM
+
+    from golden_model.capture import write_attention_file
+
+    global _captured
+    register()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=CAPTURE, dtype=torch.float64).eval()
+    if not getattr(model.config, "hpu_gate", None):
+        raise InputError(f"{model_dir} was trained without the gate (no hpu_gate in its config): "
+                         "take a run of a gated arm")
+    _captured = []
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.from_numpy(np.asarray(tokens, dtype=np.int64))[None])
+        scores = torch.cat([s for s, _ in _captured])        # (L, H, N, N)
+        values = torch.cat([v for _, v in _captured])        # (L, H, N, D)
+    finally:
+        _captured = None
+    layers, heads, n, _ = scores.shape
+    return write_attention_file(out, scores, values, (torch.arange(n) + 1).expand(layers, heads, n))
 
 
 def _pass(model, implementation: str, sequences: torch.Tensor) -> tuple[float, _Recorder, float]:
