@@ -454,6 +454,19 @@ def test_trained_rows_are_captured_through_the_trained_gate(gated_checkpoint, co
     assert len(file_rows(path, HPUConfig(head_dim=8, lanes=8, max_keys=32), 20, random.Random(0))) == 20
 
 
+def test_train_hardware_command_writes_its_report_and_rows(gated_checkpoint, corpus, tmp_path):
+    """`hpu train-hardware RUN --capture`: the report and one attention file per held-out split, nothing else."""
+    from hpu.cli import main
+
+    out = tmp_path / "hw"
+    assert main(["train-hardware", str(gated_checkpoint.parent), "--set", "head_dim=8", "--set", "lanes=8",
+                 "--set", "max_keys=32", "--sequences", "1", "--length", "32", "--capture", "--quiet",
+                 "-o", str(out)]) == 0
+    splits = sorted(corpus.val)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        ["hardware.json"] + [f"rows-{split}.npz" for split in splits])
+
+
 # -- the A/B report ---------------------------------------------------------------------------------
 
 def _result(arm: str, seed: int, loss: float, experiment: dict | None = None) -> dict:
