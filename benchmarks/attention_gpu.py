@@ -19,7 +19,7 @@ import torch
 import triton
 
 from benchmarks.common import write
-from kernels.block_sparse import attend, select
+from gpu_kernels.block_sparse import attend, select
 
 BLOCK = 128
 HEADS = 16

@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import write
 from golden_model.contract import run_contract
 from hpu.config import HPUConfig
-from kernels.exact import run_contract_triton
+from gpu_kernels.exact import run_contract_triton
 
 
 def timed(fn, device, repeats):

@@ -6,7 +6,7 @@ Batch 1, 16 query heads, head_dim 128, causal; 16 and 4 key/value heads (GQA 4:1
 Routed tokens are the top fraction of random router logits (randomly placed). Peers: SDPA (flash)
 dense over every query, and FlexAttention over the gathered routed queries with
 `mask_mod = pos[q] >= kv` (its BlockMask built beforehand, not timed; the gather of q not timed
-either). Ours: the router's top-k on the GPU (`kernels.sqdk.route`, timed apart), the SQDK kernel
+either). Ours: the router's top-k on the GPU (`gpu_kernels.sqdk.route`, timed apart), the SQDK kernel
 (gather and scatter fused, timed apart), and both in one call (`routed_attention` without its NaN
 check, a host sync a caller places where it costs nothing): the total. TFLOP/s count the work done: 4 x head_dim x heads x
 the query-key pairs of the routed rows (a causal row at position p has p + 1 keys). Needs CUDA; CI
@@ -21,7 +21,7 @@ import torch
 import triton
 
 from benchmarks.common import write
-from kernels.sqdk import route, routed_attention, sqdk
+from gpu_kernels.sqdk import route, routed_attention, sqdk
 
 HEADS = 16
 HEAD_DIM = 128

@@ -17,7 +17,7 @@ import itertools
 import torch
 import triton
 
-import kernels.block_sparse as block_sparse
+import gpu_kernels.block_sparse as block_sparse
 from benchmarks.attention_gpu import BLOCK, HEAD_DIM, HEADS, gpu_ms
 from benchmarks.common import write
 

@@ -9,7 +9,7 @@ without `--data`. Tokens/s counts the timed steps only, with the device synchron
 the allocator's; `--profile` adds one step's device time by kernel.
 Ratios are against the first arm (dense) of the same run. The selection is timed apart on the
 probabilities of one layer: the sort-free Triton kernels against the golden model's sort-based `select`,
-and the attention over the kept keys: `kernels.kept_attention` and SDPA under the mask against dense
+and the attention over the kept keys: `gpu_kernels.kept_attention` and SDPA under the mask against dense
 causal SDPA (random q and k: nearly every tile keeps a key, unlike a trained model's).
 """
 
@@ -101,9 +101,9 @@ def _profile(step, device: torch.device, top: int = 25) -> list[dict]:
 def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: int = 10) -> dict:
     """One layer's selection, (batch, heads, context, context) causal rows: kernel against sort."""
     from golden_model.gate import select as sort_select
-    from kernels.row_gate import select as kernel_select
-    from kernels.kept_attention import keep_tiles, kept_attention
-    from kernels.row_gate import select_causal_qk
+    from gpu_kernels.row_gate import select as kernel_select
+    from gpu_kernels.kept_attention import keep_tiles, kept_attention
+    from gpu_kernels.row_gate import select_causal_qk
 
     run, heads = cfg.run, cfg.model.heads
     gate = cfg.arm(name).hpu

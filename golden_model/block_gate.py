@@ -6,7 +6,7 @@ query block keeps the key blocks holding `mass_target` of that mass (largest fir
 index), at most ceil(permeability x its visible key blocks) and at least one; under a causal mask
 the diagonal block is always kept and blocks above it are never visible. Attention is then the
 exact softmax attention over the tokens of the kept blocks (causal inside the diagonal block).
-`kernels/block_sparse.py` must match `block_attention` within bf16 tolerance.
+`gpu_kernels/block_sparse.py` must match `block_attention` within bf16 tolerance.
 """
 
 from __future__ import annotations

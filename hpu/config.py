@@ -152,7 +152,7 @@ class HPUConfig:
 
     def gate_cap(self, keys):
         """The most keys a row of `keys` admissible keys keeps (an int or an integer tensor):
-        max(k_min, ceil(keys * rho_q / 256)). The Triton kernels (kernels/exact.py, kernels/row_gate.py)
+        max(k_min, ceil(keys * rho_q / 256)). The Triton kernels (gpu_kernels/exact.py, gpu_kernels/row_gate.py)
         compute this expression inside their programs, where no Python runs."""
         cap = (keys * self.rho_q + GATE_SCALE - 1) >> GATE_SHIFT
         return cap.clamp(min=self.k_min) if hasattr(cap, "clamp") else max(cap, self.k_min)

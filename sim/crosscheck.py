@@ -57,8 +57,8 @@ def _label(source: str) -> str:
 
 def crosscheck(cfg: HPUConfig, sources: list[str], modes: list[str], rows: int, seed: int,
                out_dir: Path, sim: str = "icarus", build_root: Path = Path("build/sim")) -> tuple[list[Cell], str]:
-    from kernels import DEVICE as device
-    from kernels.exact import run_contract_triton
+    from gpu_kernels import DEVICE as device
+    from gpu_kernels.exact import run_contract_triton
 
     # Every source is read, and a bad one refused, before the first simulation.
     inputs = {(source, mode): rows_from(source, cfg.replace(mode=mode), rows, seed) for source in sources
@@ -100,7 +100,7 @@ def crosscheck(cfg: HPUConfig, sources: list[str], modes: list[str], rows: int, 
 
 def _routing_cell(cfg: HPUConfig, source: str, count: int, seed: int, out_dir: Path, sim: str,
                   build_root: Path, device: str) -> Cell:
-    from kernels.exact import route_contract_triton
+    from gpu_kernels.exact import route_contract_triton
 
     blocks = blocks_from(source, cfg, count, seed)
     job = make_job(cfg, [], source, Options(seed=seed), blocks=blocks)

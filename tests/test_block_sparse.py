@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from golden_model.block_gate import block_attention, block_mask, mass_gated_block_attention
 from hpu.errors import InputError
-from kernels import DEVICE
-from kernels.block_sparse import attend, mass_gated_attention, select
+from gpu_kernels import DEVICE
+from gpu_kernels.block_sparse import attend, mass_gated_attention, select
 
 DTYPES = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float16]
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 2e-2}

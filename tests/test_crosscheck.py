@@ -5,7 +5,7 @@ import json
 
 import torch
 
-import kernels.exact
+import gpu_kernels.exact
 from hpu.cli import main
 from hpu.config import HPUConfig
 from sim.crosscheck import crosscheck
@@ -25,14 +25,14 @@ def test_three_way_agreement_on_rows_and_routing(seed, tmp_path):
 
 
 def test_routing_disagreement_names_the_kernel(seed, tmp_path, monkeypatch):
-    real = kernels.exact.route_contract_triton
+    real = gpu_kernels.exact.route_contract_triton
 
     def first_token_always(cfg, logits, lengths):
         routed = real(cfg, logits, lengths)
         routed[1, 0] = ~routed[1, 0]
         return routed
 
-    monkeypatch.setattr(kernels.exact, "route_contract_triton", first_token_always)
+    monkeypatch.setattr(gpu_kernels.exact, "route_contract_triton", first_token_always)
     cfg = SMALL.replace(route_block=24, route_fraction=0.3)
     cells, _ = crosscheck(cfg, ["random"], ["topk"], 3, seed, tmp_path / "out", build_root=tmp_path / "build")
     routing = cells[-1]
@@ -42,7 +42,7 @@ def test_routing_disagreement_names_the_kernel(seed, tmp_path, monkeypatch):
 
 
 def test_disagreement_names_the_odd_one_out(seed, tmp_path, monkeypatch, capsys):
-    real = kernels.exact.run_contract_triton
+    real = gpu_kernels.exact.run_contract_triton
 
     def off_by_one(cfg, *args, **kwargs):
         result = real(cfg, *args, **kwargs)
@@ -50,7 +50,7 @@ def test_disagreement_names_the_odd_one_out(seed, tmp_path, monkeypatch, capsys)
             torch.tensor(2), len(result["z_kept"])).to(result["z_kept"])
         return result
 
-    monkeypatch.setattr(kernels.exact, "run_contract_triton", off_by_one)
+    monkeypatch.setattr(gpu_kernels.exact, "run_contract_triton", off_by_one)
     code = main(["crosscheck", "--config", f"{REPO}/configs/small.toml", "--source", "random", "--modes", "topk",
                  "--rows", "4", "--seed", str(seed), "--build", str(tmp_path / "build"), "-o", str(tmp_path / "o")])
     assert code == 1

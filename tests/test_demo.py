@@ -63,7 +63,7 @@ def test_the_wheel_ships_every_configuration_nested_folders_included(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(Path(REPO, name), src)
-    for name in ("hpu", "rtl_gen", "sim", "golden_model", "power", "kernels", "configs"):
+    for name in ("hpu", "rtl_gen", "sim", "golden_model", "power", "gpu_kernels", "configs"):
         shutil.copytree(Path(REPO, name), src / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", ".hpu.lock"))
     (src / "configs" / "nested").mkdir(exist_ok=True)

@@ -10,8 +10,8 @@ from golden_model.quantize import attention_scores, quantize_scores, quantize_va
 from golden_model.sources import rows_from
 from golden_model.stimulus import adversarial_blocks, batch, random_blocks
 from hpu.config import HPUConfig
-from kernels import DEVICE
-from kernels.exact import route_contract_triton, run_contract_triton
+from gpu_kernels import DEVICE
+from gpu_kernels.exact import route_contract_triton, run_contract_triton
 
 from conftest import REPO
 

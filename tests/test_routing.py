@@ -1,5 +1,5 @@
 """Token routing and sparse-query attention: the float reference (golden_model.routing) by its rules,
-and the Triton SQDK kernel (kernels.sqdk) against it.
+and the Triton SQDK kernel (gpu_kernels.sqdk) against it.
 
 Tolerance: against the float32 reference, the kernel's output may differ by at most 4e-3 (fp16) or
 2e-2 (bf16) absolute on unit-variance inputs. On the CPU interpreter only fp16 runs (it has no
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from golden_model.routing import capacity, route_streaming, route_topk, router_logits, sqdk_attention
 from hpu.config import HPUConfig
 from hpu.errors import InputError
-from kernels import DEVICE
-from kernels.sqdk import route, routed_attention, sqdk
+from gpu_kernels import DEVICE
+from gpu_kernels.sqdk import route, routed_attention, sqdk
 
 DTYPES = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float16]
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 2e-2}

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import kernels  # chooses Triton's interpreter on a machine without a GPU
+import gpu_kernels  # chooses Triton's interpreter on a machine without a GPU
 from golden_model.gate import select as reference_select
 from golden_model.reference import mass_gated_attention
 from hpu.config import ConfigError, HPUConfig
@@ -80,13 +80,13 @@ def _probs(seed, rows=6, n=40, ties=False, causal=True):
     valid = torch.ones(rows, n, dtype=torch.bool).tril(n - rows) if causal else torch.ones(rows, n, dtype=torch.bool)
     valid = valid.expand(scores.shape)
     probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), -1)
-    return probs.to(kernels.DEVICE), valid.to(kernels.DEVICE)
+    return probs.to(gpu_kernels.DEVICE), valid.to(gpu_kernels.DEVICE)
 
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_triton_selection_equals_select(ties, seed):
     """The sort-free kernel keeps exactly the rule's set: ties by index, k_min, the cap, topk."""
-    from kernels.row_gate import select
+    from gpu_kernels.row_gate import select
 
     for causal in (True, False):
         probs, valid = _probs(seed, ties=ties, causal=causal)
@@ -102,7 +102,7 @@ def test_fused_selection_from_q_and_k_equals_select(seed):
     """Causal rows straight from half-precision q and k (grouped heads): the rule's kept sets on the
     softmax of the same scores. (fp16: Triton's CPU interpreter cannot compute in bf16.)"""
     from golden_model.quantize import attention_scores
-    from kernels.row_gate import select_causal_qk
+    from gpu_kernels.row_gate import select_causal_qk
 
     g = torch.Generator().manual_seed(seed)
     b, heads, kv_heads, n, d = 1, 2, 1, 40, 16
@@ -114,14 +114,14 @@ def test_fused_selection_from_q_and_k_equals_select(seed):
     probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), -1)
     for gate in GATES:
         want = reference_select(probs, valid.expand(probs.shape), gate)[0]
-        got = select_causal_qk(q.to(kernels.DEVICE), k.to(kernels.DEVICE), gate, d ** -0.5).cpu()
+        got = select_causal_qk(q.to(gpu_kernels.DEVICE), k.to(gpu_kernels.DEVICE), gate, d ** -0.5).cpu()
         assert torch.equal(got, want), gate
 
 
 def test_kept_attention_kernel_equals_the_masked_softmax(seed):
     """Forward and all three gradients against float64 softmax attention over the kept keys, with a
     tile that keeps nothing (skipped), a row that keeps nothing (zeros, no gradient) and a ragged edge."""
-    from kernels.kept_attention import TILE, kept_attention, keep_tiles
+    from gpu_kernels.kept_attention import TILE, kept_attention, keep_tiles
 
     g = torch.Generator().manual_seed(seed)
     n, d = 2 * TILE + 3, 16
@@ -133,9 +133,9 @@ def test_kept_attention_kernel_equals_the_masked_softmax(seed):
     tiles = keep_tiles(keep)
     assert tiles[0, 1, 0] == 0 and tiles[0, 0, 1] == 0 and tiles[0, 2, 2] == 1
     grad = torch.randn(1, 2, n, d, generator=g).half()
-    out = kept_attention(q.to(kernels.DEVICE), k.to(kernels.DEVICE), v.to(kernels.DEVICE), keep.to(kernels.DEVICE),
+    out = kept_attention(q.to(gpu_kernels.DEVICE), k.to(gpu_kernels.DEVICE), v.to(gpu_kernels.DEVICE), keep.to(gpu_kernels.DEVICE),
                          0.3)
-    out.backward(grad.to(kernels.DEVICE))
+    out.backward(grad.to(gpu_kernels.DEVICE))
     want = [x.detach().double().requires_grad_() for x in (q, k, v)]
     probs = torch.softmax((want[0] @ want[1].transpose(-1, -2) * 0.3).masked_fill(~keep, float("-inf")), -1)
     reference = probs.nan_to_num() @ want[2]
@@ -151,7 +151,7 @@ def test_kept_attention_kernel_equals_the_masked_softmax(seed):
 def test_triton_selection_at_full_mass_differs_only_below_rounding(seed):
     """At mass target 1 the rule keeps keys until the float sum stops growing; the kernel's tree sum
     and the reference's ordered sum may stop on different negligible keys, never on others."""
-    from kernels.row_gate import select
+    from gpu_kernels.row_gate import select
 
     probs, valid = _probs(seed, ties=True)
     gate = HPUConfig(permeability=1.0, mass_target=1.0)

@@ -17,11 +17,11 @@ attention restricted to that set.
 
 The probabilities the gate ranks are float32, from q and k as the model hands them (bf16 under
 autocast), computed as `golden_model.quantize.attention_scores` does, and the golden model's `select`
-ranks them. On a GPU the Triton kernels of `kernels.row_gate` replace the sort: for causal rows
+ranks them. On a GPU the Triton kernels of `gpu_kernels.row_gate` replace the sort: for causal rows
 without a padding mask (training, prefill) one kernel goes straight from q and k to the kept set
 without writing scores or probabilities; otherwise the probabilities are computed as above and the
 kernel selects from them. Both equal the rule up to float rounding (docs/TRAINING.md). The
-attention over the kept keys is then `kernels.kept_attention` on a GPU in half precision (flash
+attention over the kept keys is then `gpu_kernels.kept_attention` on a GPU in half precision (flash
 attention forward and backward that skips every tile keeping no key), SDPA under the keep mask
 elsewhere. The function runs eagerly inside a compiled model (`torch.compiler.disable`); the rest of
 the model compiles.
@@ -87,7 +87,7 @@ def keep_mask(probs: torch.Tensor, valid: torch.Tensor, gate: HPUConfig, causal:
 
     ``causal``: `valid` is the causal mask itself, which the kernel derives instead of reading."""
     if probs.is_cuda:
-        from kernels.row_gate import select
+        from gpu_kernels.row_gate import select
 
         return select(probs, valid, gate, causal=causal)[0]
     return reference_select(probs, valid.expand(probs.shape), gate)[0]
@@ -112,14 +112,14 @@ FUSED_KEYS = 2048  # the longest row the fused kernel holds in registers (one ro
 
 
 def fused_selection(query: torch.Tensor, attention_mask, causal: bool, n_keys: int, gate: HPUConfig) -> bool:
-    """Whether the kept set comes straight from q and k (`kernels.row_gate.select_causal_qk`): causal
+    """Whether the kept set comes straight from q and k (`gpu_kernels.row_gate.select_causal_qk`): causal
     rows without a padding mask, half-precision q and k on a GPU, rows short enough for registers."""
     return (query.is_cuda and attention_mask is None and causal and n_keys <= FUSED_KEYS
             and query.dtype in (torch.float16, torch.bfloat16) and gate.mode != "dense")
 
 
 def tiled_attention(query: torch.Tensor, dropout: float) -> bool:
-    """Whether the kept keys' attention runs in `kernels.kept_attention` (which visits only the tiles
+    """Whether the kept keys' attention runs in `gpu_kernels.kept_attention` (which visits only the tiles
     that keep a key) rather than SDPA under the keep mask: half precision on a GPU, no dropout."""
     return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] in (16, 32, 64, 128)
             and dropout == 0.0)
@@ -162,7 +162,7 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     empty = None if attention_mask is None else ~valid.any(-1, keepdim=True)
     with torch.no_grad(), torch.autocast(query.device.type, enabled=False):
         if fused_selection(query, attention_mask, causal, n_k, gate):
-            from kernels.row_gate import select_causal_qk
+            from gpu_kernels.row_gate import select_causal_qk
 
             keep = select_causal_qk(query, key, gate, scale)
         else:
@@ -175,7 +175,7 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     key, value = repeat_heads(key, groups), repeat_heads(value, groups)
     dropout = dropout if module.training else 0.0
     if tiled_attention(query, dropout):
-        from kernels.kept_attention import kept_attention
+        from gpu_kernels.kept_attention import kept_attention
 
         # A padded query keeps no key, and the kernel gives such a row zeros.
         out = kept_attention(query, key, value, keep, scale)

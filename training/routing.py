@@ -9,7 +9,7 @@ sigmoid(score), which is how the score gets a gradient; an unrouted token's is z
 stream carries it). Two modes:
 
 - ``sqdk``: unrouted tokens still serve as keys and values (sparse queries, dense keys: the seeds'
-  semantics and `kernels.sqdk`'s);
+  semantics and `gpu_kernels.sqdk`'s);
 - ``skip``: unrouted tokens skip the layer's attention as keys too (Mixture-of-Depths). A query
   always sees itself, so no row is empty.
 
