@@ -42,11 +42,13 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
     noise = torch.randint(0, cfg.data.vocab_size, (run.batch, run.context + 1), device=device,
                           generator=torch.Generator(device).manual_seed(0))
 
-    def step(index: int) -> None:
+    def batch(index: int) -> torch.Tensor:
         # Real text trains the attention into its real, peaked shape (the gate's work depends on it).
-        tokens = noise if corpus is None else torch.from_numpy(
+        return noise if corpus is None else torch.from_numpy(
             step_sequences(corpus.train, index, run.batch, run.context)).to(device)
-        for part in tokens.split(run.micro_batch):
+
+    def step(index: int) -> None:
+        for part in batch(index).split(run.micro_batch):
             with autocast(device):
                 loss = sequence_loss(runner, part) * (len(part) / run.batch)
             loss.backward()
@@ -68,8 +70,7 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
             elapsed += time.perf_counter() - tick
     kernels = _profile(lambda: step(warmup + steps), device) if profile else None
     with attention.counting() as kept, torch.no_grad(), autocast(device):
-        sequence_loss(runner, noise if corpus is None else torch.from_numpy(
-            step_sequences(corpus.train, warmup + steps + 1, run.batch, run.context)).to(device)[:run.micro_batch])
+        sequence_loss(runner, batch(warmup + steps + 1)[:run.micro_batch])
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     del model, optimizer, runner
     if device.type == "cuda":

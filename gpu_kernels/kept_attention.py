@@ -35,25 +35,41 @@ def _configs():
     return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)]
 
 
+@triton.jit
+def _tile(X, bh, rows, n, HEAD_DIM: tl.constexpr):
+    """Rows `rows` of head `bh` of a contiguous (B*H, n, HEAD_DIM) tensor, zeros past n."""
+    d = tl.arange(0, HEAD_DIM)
+    return tl.load(X + (bh * n + rows[:, None]) * HEAD_DIM + d[None, :], mask=rows[:, None] < n, other=0.0)
+
+
+@triton.jit
+def _store_tile(X, value, bh, rows, n, HEAD_DIM: tl.constexpr):
+    d = tl.arange(0, HEAD_DIM)
+    tl.store(X + (bh * n + rows[:, None]) * HEAD_DIM + d[None, :], value.to(X.dtype.element_ty), mask=rows[:, None] < n)
+
+
+@triton.jit
+def _keep(KEEP, bh, i, j, n_q, n_k):
+    """The keep mask's tile of queries i and keys j, False outside it."""
+    inside = (i[:, None] < n_q) & (j[None, :] < n_k)
+    return tl.load(KEEP + (bh * n_q + i[:, None]) * n_k + j[None, :], mask=inside, other=0) != 0
+
+
 @triton.autotune(configs=_configs(), key=["n_q", "n_k", "HEAD_DIM"])
 @triton.jit
 def _forward(Q, K, V, KEEP, TILES, O, LSE, n_q, n_k, tiles_q, tiles_k, qk_scale,
              TILE: tl.constexpr, HEAD_DIM: tl.constexpr):
     tq, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i = tq * TILE + tl.arange(0, TILE)
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
+    q = _tile(Q, bh, i, n_q, HEAD_DIM)
     m = tl.full([TILE], float("-inf"), tl.float32)
     total = tl.zeros([TILE], tl.float32)
     acc = tl.zeros([TILE, HEAD_DIM], tl.float32)
     for tk in range(0, tiles_k):
         if tl.load(TILES + (bh * tiles_q + tq) * tiles_k + tk) != 0:
             j = tk * TILE + tl.arange(0, TILE)
-            inside = (i[:, None] < n_q) & (j[None, :] < n_k)
-            keep = tl.load(KEEP + (bh * n_q + i[:, None]) * n_k + j[None, :], mask=inside, other=0) != 0
-            k = tl.load(K + (bh * n_k + j[None, :]) * HEAD_DIM + d[:, None], mask=j[None, :] < n_k, other=0.0)
-            v = tl.load(V + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
-            s = tl.where(keep, tl.dot(q, k) * qk_scale, float("-inf"))
+            k, v = _tile(K, bh, j, n_k, HEAD_DIM), _tile(V, bh, j, n_k, HEAD_DIM)
+            s = tl.where(_keep(KEEP, bh, i, j, n_q, n_k), tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
             # A row with nothing kept so far has max -inf: shift by 0 so exp2 gives 0, not NaN.
             shift = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -63,46 +79,48 @@ def _forward(Q, K, V, KEEP, TILES, O, LSE, n_q, n_k, tiles_q, tiles_k, qk_scale,
             acc = acc * scale_old[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
     kept = total > 0
-    out = acc / tl.where(kept, total, 1.0)[:, None]
-    tl.store(O + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], out.to(O.dtype.element_ty), mask=i[:, None] < n_q)
+    _store_tile(O, acc / tl.where(kept, total, 1.0)[:, None], bh, i, n_q, HEAD_DIM)
     # +inf for a row that keeps nothing: its recomputed probabilities are all 0 in the backward pass.
     tl.store(LSE + bh * n_q + i, tl.where(kept, m + tl.math.log2(tl.where(kept, total, 1.0)), float("inf")),
              mask=i < n_q)
 
 
 @triton.jit
-def _probabilities(q, k, KEEP, lse, bh, i, j, n_q, n_k, qk_scale):
-    """The kept probabilities of one tile, recomputed from the forward pass's log-sum-exp."""
-    keep = tl.load(KEEP + (bh * n_q + i[:, None]) * n_k + j[None, :], mask=(i[:, None] < n_q) & (j[None, :] < n_k),
-                   other=0) != 0
-    return tl.where(keep, tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
+def _row_statistics(LSE, DELTA, bh, i, n_q):
+    """Rows i's log-sum-exp (+inf past n_q, so their probabilities are 0) and delta = rowsum(dO * O)."""
+    return (tl.load(LSE + bh * n_q + i, mask=i < n_q, other=float("inf")),
+            tl.load(DELTA + bh * n_q + i, mask=i < n_q, other=0.0))
 
 
+@triton.jit
+def _gradient_tile(q, k, v, do, lse, delta, KEEP, bh, i, j, n_q, n_k, qk_scale):
+    """The tile's kept probabilities, recomputed from the forward pass's log-sum-exp, and
+    dS = P * (dO.v - delta), the gradient at the scores."""
+    p = tl.where(_keep(KEEP, bh, i, j, n_q, n_k), tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
+    return p, p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+
+
+# Each backward program loads its own tile once (k and v per key tile; q, dO and the row statistics
+# per query tile) and the other side's tiles on every step of its loop.
 @triton.autotune(configs=_configs(), key=["n_q", "n_k", "HEAD_DIM"])
 @triton.jit
 def _backward_kv(Q, K, V, KEEP, TILES, LSE, DO, DELTA, DK, DV, n_q, n_k, tiles_q, tiles_k, qk_scale, scale,
                  TILE: tl.constexpr, HEAD_DIM: tl.constexpr):
     tk, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     j = tk * TILE + tl.arange(0, TILE)
-    d = tl.arange(0, HEAD_DIM)
-    k = tl.load(K + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
-    v = tl.load(V + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
+    k, v = _tile(K, bh, j, n_k, HEAD_DIM), _tile(V, bh, j, n_k, HEAD_DIM)
     dk = tl.zeros([TILE, HEAD_DIM], tl.float32)
     dv = tl.zeros([TILE, HEAD_DIM], tl.float32)
     for tq in range(0, tiles_q):
         if tl.load(TILES + (bh * tiles_q + tq) * tiles_k + tk) != 0:
             i = tq * TILE + tl.arange(0, TILE)
-            q = tl.load(Q + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
-            do = tl.load(DO + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
-            lse = tl.load(LSE + bh * n_q + i, mask=i < n_q, other=float("inf"))
-            delta = tl.load(DELTA + bh * n_q + i, mask=i < n_q, other=0.0)
-            p = _probabilities(q, k, KEEP, lse, bh, i, j, n_q, n_k, qk_scale)
+            q, do = _tile(Q, bh, i, n_q, HEAD_DIM), _tile(DO, bh, i, n_q, HEAD_DIM)
+            lse, delta = _row_statistics(LSE, DELTA, bh, i, n_q)
+            p, ds = _gradient_tile(q, k, v, do, lse, delta, KEEP, bh, i, j, n_q, n_k, qk_scale)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    tl.store(DK + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=j[:, None] < n_k)
-    tl.store(DV + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], dv.to(DV.dtype.element_ty), mask=j[:, None] < n_k)
+    _store_tile(DK, dk * scale, bh, j, n_k, HEAD_DIM)
+    _store_tile(DV, dv, bh, j, n_k, HEAD_DIM)
 
 
 @triton.autotune(configs=_configs(), key=["n_q", "n_k", "HEAD_DIM"])
@@ -111,22 +129,16 @@ def _backward_q(Q, K, V, KEEP, TILES, LSE, DO, DELTA, DQ, n_q, n_k, tiles_q, til
                 TILE: tl.constexpr, HEAD_DIM: tl.constexpr):
     tq, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i = tq * TILE + tl.arange(0, TILE)
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
-    do = tl.load(DO + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], mask=i[:, None] < n_q, other=0.0)
-    lse = tl.load(LSE + bh * n_q + i, mask=i < n_q, other=float("inf"))
-    delta = tl.load(DELTA + bh * n_q + i, mask=i < n_q, other=0.0)
+    q, do = _tile(Q, bh, i, n_q, HEAD_DIM), _tile(DO, bh, i, n_q, HEAD_DIM)
+    lse, delta = _row_statistics(LSE, DELTA, bh, i, n_q)
     dq = tl.zeros([TILE, HEAD_DIM], tl.float32)
     for tk in range(0, tiles_k):
         if tl.load(TILES + (bh * tiles_q + tq) * tiles_k + tk) != 0:
             j = tk * TILE + tl.arange(0, TILE)
-            k = tl.load(K + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
-            v = tl.load(V + (bh * n_k + j[:, None]) * HEAD_DIM + d[None, :], mask=j[:, None] < n_k, other=0.0)
-            p = _probabilities(q, k, KEEP, lse, bh, i, j, n_q, n_k, qk_scale)
-            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+            k, v = _tile(K, bh, j, n_k, HEAD_DIM), _tile(V, bh, j, n_k, HEAD_DIM)
+            p, ds = _gradient_tile(q, k, v, do, lse, delta, KEEP, bh, i, j, n_q, n_k, qk_scale)
             dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(DQ + (bh * n_q + i[:, None]) * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=i[:, None] < n_q)
+    _store_tile(DQ, dq * scale, bh, i, n_q, HEAD_DIM)
 
 
 def keep_tiles(keep: torch.Tensor) -> torch.Tensor:

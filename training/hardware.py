@@ -95,16 +95,10 @@ def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
     `tokens`, causal: every layer's and head's scores and values, taken while the model runs with
     its trained float gate. (`golden_model.capture` runs a model with dense attention instead, which
     would hand the deeper layers a residual stream the gated model never sees.)"""
-    from transformers import AutoModelForCausalLM
-
     from golden_model.capture import write_attention_file
 
     global _captured
-    register()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=CAPTURE, dtype=torch.float64).eval()
-    if not getattr(model.config, "hpu_gate", None):
-        raise InputError(f"{model_dir} was trained without the gate (no hpu_gate in its config): "
-                         "take a run of a gated arm")
+    model = _gated_model(model_dir, CAPTURE)
     _captured = []
     try:
         with torch.no_grad():
@@ -115,6 +109,19 @@ def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
         _captured = None
     layers, heads, n, _ = scores.shape
     return write_attention_file(out, scores, values, (torch.arange(n) + 1).expand(layers, heads, n))
+
+
+def _gated_model(model_dir: str | Path, implementation: str):
+    """A gated arm's checkpoint in float64 with the attention implementation given, for evaluation."""
+    from transformers import AutoModelForCausalLM
+
+    register()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=implementation,
+                                                 dtype=torch.float64).eval()
+    if not getattr(model.config, "hpu_gate", None):
+        raise InputError(f"{model_dir} was trained without the gate (no hpu_gate in its config): "
+                         "take a run of a gated arm")
+    return model
 
 
 def _pass(model, implementation: str, sequences: torch.Tensor) -> tuple[float, _Recorder, float]:
@@ -136,15 +143,8 @@ def _pass(model, implementation: str, sequences: torch.Tensor) -> tuple[float, _
 def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarray, sequences: int,
                         length: int) -> dict:
     """Loss and attention agreement of a trained checkpoint: dense, float gate and the HPU's fixed point."""
-    from transformers import AutoModelForCausalLM
-
-    register()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa",
-                                                 dtype=torch.float64).eval()
-    trained = getattr(model.config, "hpu_gate", None)
-    if not trained:
-        raise InputError(f"{model_dir} was trained without the gate (no hpu_gate in its config): "
-                         "take a run of a gated arm")
+    model = _gated_model(model_dir, "sdpa")
+    trained = model.config.hpu_gate
     head_dim = model.config.hidden_size // model.config.num_attention_heads
     if hpu.head_dim != head_dim or hpu.max_keys < length:
         raise InputError(f"the HPU configuration has head_dim {hpu.head_dim} and max_keys {hpu.max_keys}; this model "

@@ -149,9 +149,7 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
     # With routers: the predictors' and the HPU's agreement with the top-k, the routed and attention-FLOP
     # fractions, and the loss when the predictors route (decoding's choice, teacher-forced) and when the
     # HPU's routing step does (scores quantized to route_bits), summed per sequence.
-    routed_names = ("predictor_accuracy", "routed_fraction", "attention_fraction", "hpu_agreement", "loss_predicted",
-                    "loss_hpu")
-    routed = torch.zeros(len(routed_names), dtype=torch.float64, device=ranks.device)
+    routed = torch.zeros(len(routing.EVALUATED), dtype=torch.float64, device=ranks.device)
     with attention.counting() as kept:
         for name, stream in sorted(corpus.val.items()):
             if len(stream) <= context:
@@ -167,11 +165,10 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
                     loss_sum += sequence_loss(model, batch).double() * len(batch)
                     stats = routing.statistics(model)
                     if stats:
-                        for choice in ("predictor", "hpu"):
+                        for choice, name in (("predictor", "loss_predicted"), ("hpu", "loss_hpu")):
                             with routing.choosing(model, choice):
-                                stats[f"loss_{'predicted' if choice == 'predictor' else choice}"] = float(
-                                    sequence_loss(model, batch))
-                        routed += torch.tensor([stats[k] for k in routed_names], dtype=torch.float64,
+                                stats[name] = float(sequence_loss(model, batch))
+                        routed += torch.tensor([stats[k] for k in routing.EVALUATED], dtype=torch.float64,
                                                device=ranks.device) * len(batch)
             if ranks.world > 1:
                 dist.all_reduce(loss_sum)
@@ -185,7 +182,7 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
     sequences = count / context
     return {"loss": total / count, **{f"loss_{name}": value for name, value in losses.items()},
             "kept_fraction": fraction,
-            **({k: float(v) / sequences for k, v in zip(routed_names, routed)} if routing.routers(model) else {})}
+            **({k: float(v) / sequences for k, v in zip(routing.EVALUATED, routed)} if routing.routers(model) else {})}
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -284,10 +281,11 @@ def _train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, folder: Path, 
             sync = ranks.world == 1 or i == len(micro) - 1
             context = contextlib.nullcontext() if sync else wrapped.no_sync()
             with context, autocast(ranks.device):
-                loss = sequence_loss(runner, tokens) * (len(part) / (run.batch / ranks.world))
+                share = len(part) / (run.batch / ranks.world)
+                loss = sequence_loss(runner, tokens) * share
                 # The routers' predictors learn beside the model (their own weights only).
                 aux = routing.auxiliary_loss(model)
-            (loss if aux is None else loss + aux * (len(part) / (run.batch / ranks.world))).backward()
+            (loss if aux is None else loss + aux * share).backward()
             loss_sum += loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
         optimizer.step()

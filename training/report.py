@@ -4,8 +4,9 @@ Per arm: the final validation loss (all held-out text, code, prose) as mean and 
 deviation over seeds; the gap of the mean to the dense arm's with Welch's t-test (unequal variances;
 two-sided p) and, seed by seed, the paired differences with their paired t-test; the kept fraction
 at the end and over training; tokens/s; and for a routed arm its router, the attention FLOPs as a
-fraction of dense, the gap at equal attention FLOPs, the predictor's agreement with the top-k and the
-loss when the predictor routes.
+fraction of dense, the gap at equal attention FLOPs, and the rest of what its evaluation recorded
+(`training.routing.EVALUATED`: the predictor's and the HPU's agreement with the top-k, the losses when
+they route).
 Runs join one report only when they share the experiment (model, schedule and token stream);
 anything else is refused. A run still training (no result.json) is listed as missing, not guessed.
 Outputs: ``ab.json`` (every figure, with each run's device and versions), ``ab.md`` (the table) and
@@ -22,6 +23,7 @@ import numpy as np
 from hpu.errors import InputError
 from hpu.files import read_json, staged, write_json, write_text
 from training.loop import RESULT
+from training.routing import EVALUATED
 
 JSON, TABLE, PLOT = "ab.json", "ab.md", "ab.png"
 
@@ -107,7 +109,7 @@ def summarize(runs: list[dict]) -> dict:
                "tokens_per_s": _stats([r["tokens_per_s"] for r in rs]),
                "tokens": rs[0]["tokens"], "devices": sorted({r["versions"]["device"] for r in rs}),
                "router": rs[0].get("router")}
-        for key in ("attention_fraction", "predictor_accuracy", "loss_predicted"):
+        for key in EVALUATED:
             if key in rs[0]["final"]:
                 row[key] = _stats([r["final"][key] for r in rs])
         for split in ("loss", *sorted(k for k in rs[0]["final"] if k.startswith("loss_"))):

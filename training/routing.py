@@ -17,8 +17,8 @@ Top-k over a block looks ahead, which decoding cannot. So each router also has a
 MLP on the hidden state with its gradient stopped, trained by binary cross-entropy to say whether the
 token is in the top-k. Inside `choosing(model, "predictor")` the predictor decides instead
 (probability above one half), token by token, as in `model.generate`; inside `choosing(model, "hpu")`
-the HPU's routing step decides on the scores quantized to ``route_bits``. The predictor's loss reaches only its own weights,
-and `auxiliary_loss` hands it to the training loop.
+the HPU's routing step decides on the scores quantized to ``route_bits``. The predictor's loss
+reaches only its own weights, and `auxiliary_loss` hands it to the training loop.
 
 The router's settings live in the model's config as ``hpu_router`` (saved with the checkpoint), its
 weights in the checkpoint beside the model's; `load` reattaches both.
@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from golden_model.contract import run_routing
+from golden_model.quantize import quantize_logits
 from golden_model.routing import order_topk
 from hpu.config import ConfigError, HPUConfig
 
@@ -44,6 +46,10 @@ CHOICES = ("topk", "predictor", "hpu")
 MODES = ("sqdk", "skip")
 LAYERS = ("all", "alternate")
 PREDICTOR_WIDTH = 64
+# What an evaluation records of a routed model (`statistics`, and the loss when the predictors or the
+# HPU's step route), in this order.
+EVALUATED = ("predictor_accuracy", "routed_fraction", "attention_fraction", "hpu_agreement", "loss_predicted",
+             "loss_hpu")
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ class Router(nn.Module):
         same scores when evaluating) for `auxiliary_loss` and `statistics`."""
         logits = self.score(hidden).squeeze(-1).float()
         predicted = self.predictor(hidden.detach()).squeeze(-1).float()
-        self.last = {"logits": logits, "predicted": predicted, "mode": self.cfg.route}
+        self.last = {"logits": logits, "predicted": predicted}
         if self.choice == "predictor":
             routed = predicted > 0
         elif self.choice == "hpu":
@@ -149,9 +155,6 @@ def block_topk(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
 def hpu_routing(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
     """(B, T) float scores: (B, T) bool, the HPU's routing step (`golden_model.contract.run_routing`)
     on each block's scores quantized to route_bits (`golden_model.quantize.quantize_logits`)."""
-    from golden_model.contract import run_routing
-    from golden_model.quantize import quantize_logits
-
     hpu = cfg.hpu
     return run_routing(hpu, quantize_logits(_blocks(logits, cfg), hpu)).routed.reshape(logits.shape)
 
@@ -173,13 +176,12 @@ def _before(module, args, kwargs):
 def _skip_mask(mask: torch.Tensor | None, routed: torch.Tensor) -> torch.Tensor:
     """A (B, 1, T, T) bool mask: the layer's own (causal when None) restricted to routed keys, each
     query keeping itself so that no row is empty (an unrouted row's output is zeroed anyway)."""
-    b, t = routed.shape
+    t = routed.shape[-1]
     own = torch.eye(t, dtype=torch.bool, device=routed.device)
     if mask is None:
         mask = torch.ones(t, t, dtype=torch.bool, device=routed.device).tril()
     elif mask.dtype != torch.bool:
         mask = mask == 0  # an additive float mask: 0 where allowed
-    mask = mask[..., -t:, -t:] if mask.shape[-1] >= t else mask
     return (mask & routed[:, None, None, :]) | own
 
 
@@ -238,16 +240,17 @@ def statistics(model) -> dict[str, float]:
     and themselves), unrouted layers counting whole; when evaluating, the share of tokens on which the
     HPU's routing step (quantized scores) agrees with the float top-k. Empty without routers, or when
     they chose otherwise."""
-    chosen = [r.last for r in routers(model) if "top" in r.last]
+    chosen = [r for r in routers(model) if "top" in r.last]
     if not chosen:
         return {}
     layers = len(attention_modules(model))
     work = []
-    for last in chosen:
-        top = last["top"].float()
+    for r in chosen:
+        top = r.last["top"].float()
         seen = torch.arange(1, top.shape[-1] + 1, device=top.device, dtype=torch.float32)
-        keys = seen if last["mode"] == "sqdk" else top.cumsum(-1)  # a routed row: the routed keys up to itself
+        keys = seen if r.cfg.route == "sqdk" else top.cumsum(-1)  # a routed row: the routed keys up to itself
         work.append(float((top * keys).sum() / (seen.sum() * top.shape[0])))
+    chosen = [r.last for r in chosen]
     agree = torch.stack([((last["predicted"] > 0) == last["top"]).float().mean() for last in chosen])
     routed = torch.stack([last["top"].float().mean() for last in chosen])
     stats = {"predictor_accuracy": float(agree.mean()), "routed_fraction": float(routed.mean()),
