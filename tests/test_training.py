@@ -602,6 +602,10 @@ def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_con
                                 "route_bits": 16}
     assert final["routed_fraction"] == pytest.approx(cfg.arm("sqdk50").router.hpu.route_capacity(16) / 16)
     assert 0 <= final["predictor_accuracy"] <= 1 and math.isfinite(final["loss_predicted"])
+    # Each held-out split keeps its own loss beside the router's figures, and the whole is between them.
+    assert sorted(k for k in final if k.startswith("loss_")) == ["loss_code", "loss_hpu", "loss_predicted",
+                                                                 "loss_prose"]
+    assert min(final["loss_code"], final["loss_prose"]) <= final["loss"] <= max(final["loss_code"], final["loss_prose"])
     # 16-bit scores keep the order of a few hundred distinct float scores but for rounding ties.
     assert final["hpu_agreement"] > 0.95 and abs(final["loss_hpu"] - final["loss"]) < 0.05
     # Half the rows of every layer over their causal keys: about half the FLOPs.

@@ -165,9 +165,9 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
                     loss_sum += sequence_loss(model, batch).double() * len(batch)
                     stats = routing.statistics(model)
                     if stats:
-                        for choice, name in (("predictor", "loss_predicted"), ("hpu", "loss_hpu")):
+                        for choice, figure in (("predictor", "loss_predicted"), ("hpu", "loss_hpu")):
                             with routing.choosing(model, choice):
-                                stats[name] = float(sequence_loss(model, batch))
+                                stats[figure] = float(sequence_loss(model, batch))
                         routed += torch.tensor([stats[k] for k in routing.EVALUATED], dtype=torch.float64,
                                                device=ranks.device) * len(batch)
             if ranks.world > 1:
