@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -141,12 +140,23 @@ def _backward_q(Q, K, V, KEEP, TILES, LSE, DO, DELTA, DQ, n_q, n_k, tiles_q, til
     _store_tile(DQ, dq * scale, bh, i, n_q, HEAD_DIM)
 
 
+@triton.jit
+def _occupancy(KEEP, TILES, n_q, n_k, tiles_q, tiles_k, TILE: tl.constexpr):
+    tk, tq, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i, j = tq * TILE + tl.arange(0, TILE), tk * TILE + tl.arange(0, TILE)
+    kept = _keep(KEEP, bh, i, j, n_q, n_k).to(tl.int8)
+    tl.store(TILES + (bh * tiles_q + tq) * tiles_k + tk, tl.max(tl.max(kept, 1), 0))
+
+
 def keep_tiles(keep: torch.Tensor) -> torch.Tensor:
-    """(B*H, tiles_q, tiles_k) int8: 1 where a TILE x TILE tile of the keep mask keeps at least one key."""
+    """(B*H, tiles_q, tiles_k) int8: 1 where a TILE x TILE tile of the (B, H, Q, N) keep mask
+    keeps at least one key. One program a tile: torch's two `any` reductions over the mask's five-axis
+    view cost more than the attention itself (1.3 ms a layer at 32 x 8 x 1024 x 1024 on an H200)."""
     b, h, n_q, n_k = keep.shape
     tiles_q, tiles_k = triton.cdiv(n_q, TILE), triton.cdiv(n_k, TILE)
-    padded = F.pad(keep.reshape(b * h, n_q, n_k), (0, tiles_k * TILE - n_k, 0, tiles_q * TILE - n_q))
-    return padded.view(b * h, tiles_q, TILE, tiles_k, TILE).any(4).any(2).to(torch.int8)
+    tiles = torch.empty((b * h, tiles_q, tiles_k), dtype=torch.int8, device=keep.device)
+    _occupancy[(tiles_k, tiles_q, b * h)](keep.contiguous(), tiles, n_q, n_k, tiles_q, tiles_k, TILE=TILE)
+    return tiles
 
 
 class _KeptAttention(torch.autograd.Function):

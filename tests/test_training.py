@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import gpu_kernels  # chooses Triton's interpreter on a machine without a GPU
 from golden_model.gate import select as reference_select
@@ -130,7 +131,9 @@ def test_kept_attention_kernel_equals_the_masked_softmax(seed):
     keep[..., TILE:2 * TILE, :TILE] = False
     keep |= torch.eye(n, dtype=torch.bool)
     keep[0, 1, 7] = False
-    tiles = keep_tiles(keep)
+    tiles = keep_tiles(keep.to(gpu_kernels.DEVICE)).cpu()
+    padded = F.pad(keep.reshape(2, n, n), (0, 3 * TILE - n, 0, 3 * TILE - n))
+    assert torch.equal(tiles, padded.view(2, 3, TILE, 3, TILE).any(4).any(2).to(torch.int8))
     assert tiles[0, 1, 0] == 0 and tiles[0, 0, 1] == 0 and tiles[0, 2, 2] == 1
     grad = torch.randn(1, 2, n, d, generator=g).half()
     out = kept_attention(q.to(gpu_kernels.DEVICE), k.to(gpu_kernels.DEVICE), v.to(gpu_kernels.DEVICE), keep.to(gpu_kernels.DEVICE),
