@@ -87,12 +87,17 @@ def capture(model_path: str, text: str, out: Path, causal: bool = False, max_tok
     return write_attention_file(out, torch.log(probs.clamp_min(TINY)), values, lengths)
 
 
-def write_attention_file(out: Path, scores: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> Path:
+def write_attention_file(out: Path, scores: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
+                         router: torch.Tensor | None = None) -> Path:
     """An attention file in the layout `golden_model.sources.file_rows` reads: scores (L, H, N, N),
-    values (L, H, N, D), lengths (L, H, N); written whole or not at all."""
+    values (L, H, N, D), lengths (L, H, N), and a routed model's router logits (L, H, N) if given;
+    written whole or not at all."""
+    arrays = {"scores": scores.double().numpy(), "values": values.double().numpy(),
+              "lengths": lengths.numpy().astype(np.int64)}
+    if router is not None:
+        arrays["router"] = router.double().numpy()
     with staged(out) as temp, open(temp, "wb") as f:
-        np.savez(f, scores=scores.double().numpy(), values=values.double().numpy(),
-                 lengths=lengths.numpy().astype(np.int64))
+        np.savez(f, **arrays)
     return out
 
 

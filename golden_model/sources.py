@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import random
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from golden_model.quantize import attention_scores, quantize_scores, quantize_values
-from golden_model.stimulus import Row, adversarial_rows, random_rows
+from golden_model.quantize import attention_scores, quantize_logits, quantize_scores, quantize_values
+from golden_model.stimulus import Row, adversarial_rows, random_blocks, random_rows
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 
@@ -35,25 +36,28 @@ def check_row_count(cfg: HPUConfig, count: int) -> None:
                          "split more rows into several runs")
 
 
-def head_rows(scores: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, cfg: HPUConfig, count: int,
-              rng: random.Random) -> list[Row]:
-    """`count` HPU rows from float attention: scores (S, Q, N) = q.k / sqrt(d) per head set S and query
-    row Q, values (S, N, D), lengths (S, Q) admissible keys per row (a prefix: causal rows are shorter).
+def head_rows(scores: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, cfg: HPUConfig,
+              picks: list[tuple[int, int]]) -> list[Row]:
+    """HPU rows from float attention: scores (S, Q, N) = q.k / sqrt(d) per head set S and query row Q,
+    values (S, N, D), lengths (S, Q) admissible keys per row (a prefix: causal rows are shorter).
 
-    Each row is one (set, query) drawn at random: its first min(length, max_keys) keys, scores
-    quantized to score_bits, values quantized per set with the golden model's quantizers. Heads
-    narrower than head_dim continue with the next set's columns (wrapping), wider ones are cut."""
-    sets, queries, keys = scores.shape
-    wide = values.transpose(0, 1).reshape(keys, -1)                 # (N, S * D)
+    One row per (set, query) of `picks`: its first min(length, max_keys) keys, scores quantized to
+    score_bits, values quantized per set with the golden model's quantizers. Heads narrower than
+    head_dim continue with the next set's columns (wrapping), wider ones are cut."""
+    wide = values.transpose(0, 1).reshape(values.shape[1], -1)      # (N, S * D)
     rows: list[Row] = []
-    for _ in range(count):
-        s, q = rng.randrange(sets), rng.randrange(queries)
+    for s, q in picks:
         n = min(int(lengths[s, q]), cfg.max_keys)
         columns = (torch.arange(cfg.head_dim) + s * values.shape[-1]) % wide.shape[1]
         quantized, _ = quantize_values(wide[:n, columns], cfg)
         row_scores = quantize_scores(scores[s, q, :n], cfg)
         rows.append(Row(tuple(row_scores.tolist()), tuple(map(tuple, quantized.tolist()))))
     return rows
+
+
+def random_picks(scores: torch.Tensor, count: int, rng: random.Random) -> list[tuple[int, int]]:
+    """`count` (set, query) rows of (S, Q, N) scores drawn at random."""
+    return [(rng.randrange(scores.shape[0]), rng.randrange(scores.shape[1])) for _ in range(count)]
 
 
 def minilm_rows(cfg: HPUConfig, count: int, rng: random.Random, long: bool = False) -> list[Row]:
@@ -76,7 +80,7 @@ def minilm_rows(cfg: HPUConfig, count: int, rng: random.Random, long: bool = Fal
             for layer in model.run(text, trace=True).layers:
                 scores = attention_scores(layer.q, layer.k)[0]            # (H, N, N)
                 lengths = torch.full(scores.shape[:2], scores.shape[-1])
-                rows += head_rows(scores, layer.v[0], lengths, cfg, 1, rng)
+                rows += head_rows(scores, layer.v[0], lengths, cfg, random_picks(scores, 1, rng))
                 if len(rows) == count:
                     return rows
     return rows
@@ -108,21 +112,64 @@ def _passages(model, texts: list[str], cfg: HPUConfig, rng: random.Random) -> li
 # bounds the elements a file may hold (2 GiB as float64), checked before any data is read, so a small
 # compressed archive cannot ask for more memory than a workstation has.
 MAX_FILE_ELEMENTS = 1 << 28
-ARRAY_KINDS = {"scores": "float", "values": "float", "lengths": "int"}
+ARRAY_KINDS = {"scores": "float", "values": "float", "lengths": "int", "router": "float"}
 
 
 def file_rows(path: Path, cfg: HPUConfig, count: int, rng: random.Random) -> list[Row]:
     """Rows from attention a user exported (docs/ARCHITECTURE.md, "Workloads"): an .npz (numpy,
     no pickle) or .pt (torch's zip format, weights only) holding float ``scores`` (..., Q, N) =
-    q.k / sqrt(d), ``values`` (..., N, D) and optionally integer ``lengths`` (..., Q), leading axes
-    (layers, heads) alike.
+    q.k / sqrt(d), ``values`` (..., N, D), optionally integer ``lengths`` (..., Q) and float ``router``
+    (..., Q) logits of the query tokens (read by `file_tokens`), leading axes (layers, heads) alike.
+    Each row is a (set, query) drawn at random.
 
     Every array's kind, layout and shape is checked, and the elements counted against
     MAX_FILE_ELEMENTS, before any of its data is read or used."""
     what = f"attention file {path}"
+    with _reading(what):
+        scores, values, lengths, _ = _file_arrays(path, what)
+        return _named(what, lambda: head_rows(scores, values, lengths, cfg, random_picks(scores, count, rng)))
+
+
+def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int) -> tuple[list[Row], list[list[int]]]:
+    """`count` tokens' rows and their router logits in blocks of route_block (the last one shorter).
+
+    From an attention file holding ``router`` logits, a routed model's own: one head set (layer,
+    head) drawn at random, its first `count` query tokens' rows in token order, and their logits,
+    each block quantized to route_bits as the trained model's HPU routing step quantizes it
+    (`golden_model.quantize.quantize_logits`, symmetric per block). From any other source, its rows
+    (`rows_from`) with random logits."""
+    check_row_count(cfg, count)
+    rng = random.Random(seed)
+    if Path(source).suffix in FILE_SUFFIXES:
+        what = f"attention file {source}"
+        with _reading(what):
+            scores, values, lengths, router = _file_arrays(Path(source), what)
+            if router is not None:
+                if count > scores.shape[1]:
+                    raise InputError(f"--rows {count}: {what} holds {scores.shape[1]} tokens a head; ask for at most "
+                                     "that many")
+                s = rng.randrange(scores.shape[0])
+                rows = _named(what, lambda: head_rows(scores, values, lengths, cfg, [(s, q) for q in range(count)]))
+                return rows, [quantize_logits(router[s, start:start + cfg.route_block], cfg).tolist()
+                              for start in range(0, count, cfg.route_block)]
+            rows = _named(what, lambda: head_rows(scores, values, lengths, cfg, random_picks(scores, count, rng)))
+    else:
+        rows = rows_from(source, cfg, count, seed)
+    lengths = [min(cfg.route_block, count - start) for start in range(0, count, cfg.route_block)]
+    return rows, random_blocks(cfg, len(lengths), random.Random(seed), lengths)
+
+
+def _named(what: str, make):
     try:
-        arrays = _npz_arrays(path, what) if path.suffix == ".npz" else _pt_arrays(path, what)
-        return _rows_from_arrays(arrays, what, cfg, count, rng)
+        return make()
+    except InputError as exc:   # values the quantizer cannot take: name the file
+        raise InputError(f"{what}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _reading(what: str):
+    try:
+        yield
     except (MemoryError, RuntimeError) as exc:
         # torch reports a failed allocation as a RuntimeError; anything else is a bug to see whole.
         if not isinstance(exc, MemoryError) and "alloc" not in str(exc) and "memory" not in str(exc):
@@ -131,8 +178,10 @@ def file_rows(path: Path, cfg: HPUConfig, count: int, rng: random.Random) -> lis
                          "heads or tokens") from None
 
 
-def _rows_from_arrays(arrays: dict[str, torch.Tensor], what: str, cfg: HPUConfig, count: int,
-               rng: random.Random) -> list[Row]:
+def _file_arrays(path: Path, what: str):
+    """(scores (S, Q, N), values (S, N, D), lengths (S, Q), router (S, Q) or None) of an attention file,
+    its leading axes flattened, every value checked."""
+    arrays = _npz_arrays(path, what) if path.suffix == ".npz" else _pt_arrays(path, what)
     scores, values = arrays["scores"], arrays["values"]
     lead = scores.shape[:-2]
     scores = scores.reshape(-1, *scores.shape[-2:]).double()
@@ -151,16 +200,18 @@ def _rows_from_arrays(arrays: dict[str, torch.Tensor], what: str, cfg: HPUConfig
     admissible = torch.arange(scores.shape[-1]) < lengths[..., None]
     if not (torch.isfinite(scores) | ~admissible).all():
         raise InputError(f"{what}: scores of admissible keys hold NaN or infinity")
-    try:
-        return head_rows(scores, values, lengths, cfg, count, rng)
-    except InputError as exc:   # values the quantizer cannot take: name the file
-        raise InputError(f"{what}: {exc}") from None
+    router = arrays.get("router")
+    if router is not None:
+        router = router.reshape(scores.shape[:2]).double()
+        if not torch.isfinite(router).all():
+            raise InputError(f"{what}: router logits hold NaN or infinity")
+    return scores, values, lengths, router
 
 
 def _check_kinds(what: str, kinds: dict[str, str]) -> None:
     """Which arrays there are and what they hold ("float", "int" or a phrase naming what else)."""
     if not {"scores", "values"} <= kinds.keys():
-        raise InputError(f"{what} must hold arrays `scores` and `values` (and optionally `lengths`)")
+        raise InputError(f"{what} must hold arrays `scores` and `values` (and optionally `lengths` and `router`)")
     for name, kind in kinds.items():
         if kind != ARRAY_KINDS[name]:
             rule = ("scores and values must be floating point (they are quantized here)"
@@ -174,8 +225,9 @@ def _check_shapes(what: str, shapes: dict[str, tuple[int, ...]]) -> None:
     if len(scores) < 2 or len(values) < 2 or scores[:-2] != values[:-2] or scores[-1] != values[-2]:
         raise InputError(f"{what}: scores {scores} and values {values} must be (..., Q, N) and (..., N, D) with "
                          "the same leading axes and N")
-    if "lengths" in shapes and shapes["lengths"] != scores[:-1]:
-        raise InputError(f"{what}: lengths {shapes['lengths']} must have the shape (..., Q) = {scores[:-1]}")
+    for name in ("lengths", "router"):
+        if name in shapes and shapes[name] != scores[:-1]:
+            raise InputError(f"{what}: {name} {shapes[name]} must have the shape (..., Q) = {scores[:-1]}")
     for name, shape in shapes.items():
         if 0 in shape:
             raise InputError(f"{what}: {name} {shape} has an empty axis: every axis must hold at least one element")
@@ -300,7 +352,7 @@ def _pt_arrays(path: Path, what: str) -> dict[str, torch.Tensor]:
     except Exception as exc:   # a damaged archive: name it, never run it
         raise InputError(f"{what} cannot be read as .pt ({_damage(exc)}): export it again") from None
     if not isinstance(loaded, dict):
-        raise InputError(f"{what} must hold arrays `scores` and `values` (and optionally `lengths`) in a dict; "
+        raise InputError(f"{what} must hold arrays `scores` and `values` (and optionally `lengths` and `router`) in a dict; "
                          f"it holds a {type(loaded).__name__}")
     arrays = {name: loaded[name] for name in ARRAY_KINDS if name in loaded}
     for name, x in arrays.items():

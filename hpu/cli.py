@@ -211,6 +211,8 @@ def cmd_train_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train_hardware(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from hpu.files import read_json, write_json
     from training import data, hardware
     from training.config import TrainConfig
@@ -218,21 +220,36 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     run = read_json(Path(args.run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
-    corpus = data.prepare(TrainConfig.from_dict(run["config"]).data, progress=not args.quiet)
+    model = Path(args.run) / MODEL
+    gated, routed = hardware.trained_with(model)
+    if not (gated or routed):
+        raise InputError(f"{args.run} was trained with neither the gate nor a router: take a run of a gated or "
+                         "routed arm")
+    text = TrainConfig.from_dict(run["config"]).data
+    if args.data:
+        text = dataclasses.replace(text, source=args.data)
+    corpus = data.prepare(text, progress=not args.quiet)
     splits = {split: stream for split, stream in sorted(corpus.val.items()) if len(stream) > args.length}
     with claim(args.output, "report folder", ("hardware.json", "rows-*.npz")):
-        result = {split: hardware.fixed_point_quality(Path(args.run) / MODEL, cfg, stream, args.sequences,
-                                                      args.length) for split, stream in splits.items()}
-        if args.capture:
-            for split, stream in splits.items():
-                rows = hardware.capture_rows(Path(args.run) / MODEL, stream[:args.length],
-                                             Path(args.output) / f"rows-{split}.npz")
+        result = {split: {} for split in splits}
+        for split, stream in splits.items():
+            if gated:
+                result[split] = hardware.fixed_point_quality(model, cfg, stream, args.sequences, args.length)
+            if routed:
+                result[split]["router"] = hardware.router_quality(model, stream, args.sequences)
+            if args.capture:
+                rows = hardware.capture_rows(model, stream[:args.length], Path(args.output) / f"rows-{split}.npz")
                 print(f"attention file: {rows} (for hpu sim --source)")
         write_json(Path(args.output) / "hardware.json", result)
     for split, r in result.items():
-        print(f"{split}: loss dense {r['loss']['dense']:.4f}, float gate {r['loss']['float_gate']:.4f}, HPU fixed "
-              f"point {r['loss']['fixed_point']:.4f}; kept {r['kept_fraction']['float_gate']:.3f} / "
-              f"{r['kept_fraction']['fixed_point']:.3f}; attention cosine mean {r['attention_cosine_mean']:.4f}")
+        if gated:
+            print(f"{split}: loss dense {r['loss']['dense']:.4f}, float gate {r['loss']['float_gate']:.4f}, HPU fixed "
+                  f"point {r['loss']['fixed_point']:.4f}; kept {r['kept_fraction']['float_gate']:.3f} / "
+                  f"{r['kept_fraction']['fixed_point']:.3f}; attention cosine mean {r['attention_cosine_mean']:.4f}")
+        if routed:
+            q = r["router"]
+            print(f"{split}: loss by routing: " + ", ".join(f"{name} {loss:.4f} (agrees {q['agreement_with_topk'][name]:.4f})"
+                                                          for name, loss in q["loss"].items()))
     print(f"report: {Path(args.output) / 'hardware.json'}")
     return 0
 
@@ -288,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="simulate the generated Verilog under cocotb, checked against the golden model")
     _add_config_options(p)
     p.add_argument("--rows", type=_positive, help=f"rows to simulate; with a router (route_block > 0), tokens, in blocks of "
-                   f"route_block with random router logits (default: {SIM_DEFAULTS['rows']})")
+                   f"route_block with their router logits: an attention file's own (captured from a routed model), "
+                   f"else random (default: {SIM_DEFAULTS['rows']})")
     p.add_argument("--source", metavar="SOURCE", help=f"stimulus: {', '.join(SOURCES)}, or an attention file "
                    f"({' or '.join(FILE_SUFFIXES)}, see golden_model.capture) (default: {SIM_DEFAULTS['source']})")
     p.add_argument("--mode", choices=MODES, help="gate mode (shorthand for --set mode=...)")
@@ -398,11 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/train-report", help="report folder")
     p.set_defaults(func=cmd_train_report, memory_hint="report fewer runs")
 
-    p = sub.add_parser("train-hardware", help="a trained gated model's attention through the HPU's fixed point")
-    p.add_argument("run", metavar="RUN", help="folder of one finished run of a gated arm")
+    p = sub.add_parser("train-hardware", help="a trained gated model's attention through the HPU's fixed point; a "
+                                              "routed model's loss by router choice (top-k, predictor, HPU, norm)")
+    p.add_argument("run", metavar="RUN", help="folder of one finished run of a gated or routed arm")
     _add_config_options(p)
+    p.add_argument("--data", metavar="PATH", help="the run's text from this folder or data pack instead of its "
+                   "experiment's [data] source (the same text, or the held-out splits differ)")
     p.add_argument("--sequences", type=_positive, default=4, help="held-out sequences per split")
-    p.add_argument("--length", type=_positive, default=256, help="tokens per sequence (at most max_keys)")
+    p.add_argument("--length", type=_positive, default=256, help="tokens per sequence of the gate's evaluation and "
+                   "of the capture (at most max_keys; the router's evaluation takes one route_block a sequence)")
     p.add_argument("--capture", action="store_true", help="also write each split's first sequence as an attention "
                    "file (rows-SPLIT.npz) for `hpu sim --source`, recorded while the model runs its trained gate")
     p.add_argument("-o", "--output", default="out/train-hardware", help="report folder")

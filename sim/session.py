@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from golden_model.sources import rows_from
-from golden_model.stimulus import random_blocks
+from golden_model.sources import routed_tokens, rows_from
 from hpu.config import HPUConfig
 from hpu.files import claim, output_file
 from sim import summary as sim_summary
@@ -48,11 +46,12 @@ def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: 
     summary, written if asked.
 
     With a router (route_block > 0) the rows are tokens' rows, in blocks of route_block tokens with
-    random router logits: the gated run routes each block and sends only the routed tokens' rows; the
+    their router logits (a routed model's own from an attention file that holds them, else random;
+    `golden_model.sources.routed_tokens`): the gated run routes each block and sends only the routed tokens' rows; the
     dense baseline sends every token's row with the gate held open (dense queries and dense keys)."""
     outputs.check()
-    chosen = rows_from(source, cfg, rows, options.seed)
-    blocks = routing_blocks(cfg, rows, options.seed) if cfg.route_block else []
+    chosen, blocks = routed_tokens(source, cfg, rows, options.seed) if cfg.route_block else \
+        (rows_from(source, cfg, rows, options.seed), [])
     files = outputs.files(dense_baseline)
     with contextlib.ExitStack() as stack:
         for folder in sorted({p.parent.resolve() for p in files}):
@@ -85,12 +84,6 @@ def _run_one(name: str, job: Job, sim: str, build: Path, progress: bool, log) ->
         f"{outcome.hpu_cycles}, {outcome.cycles_per_s:,.0f} simulated cycles/s"
         + (f", VCD {job.options.vcd}" if job.options.vcd else ""))
     return sim_summary.record(job, outcome)
-
-
-def routing_blocks(cfg: HPUConfig, tokens: int, seed: int) -> list[list[int]]:
-    """`tokens` tokens' random router logits in blocks of route_block (the last one shorter)."""
-    lengths = [min(cfg.route_block, tokens - start) for start in range(0, tokens, cfg.route_block)]
-    return random_blocks(cfg, len(lengths), random.Random(seed), lengths)
 
 
 def _str(path: Path | None) -> str | None:

@@ -625,3 +625,78 @@ def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_con
     with routing.choosing(model, "predictor"):
         out = model.generate(ids[:, :8], max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 12)
+
+
+@pytest.fixture(scope="module")
+def routed_checkpoint(data_config, corpus, tmp_path_factory) -> Path:
+    """The tiny experiment with a router on its second layer only (alternate), trained once."""
+    cfg = tiny_experiment(data_config)
+    table = cfg.to_dict()
+    table["arms"] = {"sqdk50": {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.5, "route_block": 16,
+                                "route_layers": "alternate"}}
+    cfg = TrainConfig.from_dict(table)
+    root = tmp_path_factory.mktemp("routed")
+    train(cfg, cfg.arm("sqdk50"), 1, corpus, root, progress=False, ranks=Ranks())
+    return root / "sqdk50-seed1" / "model"
+
+
+def test_a_trained_router_through_the_hpu_routing_step(routed_checkpoint, corpus, tmp_path):
+    """A routed checkpoint's own router logits, captured with its rows, quantized per block and routed
+    by the HPU's routing step, pick the trained model's top-k; the Verilog router under Icarus picks
+    the same tokens, and the routed rows are bit-exact."""
+    from golden_model.quantize import quantize_logits
+    from golden_model.sources import routed_tokens
+    from golden_model.stimulus import expected_routed
+    from sim.job import Options
+    from sim.runner import make_routed_job, run
+    from training import routing
+    from training.hardware import capture_rows, router_quality
+
+    quality = router_quality(routed_checkpoint, corpus.val["prose"], sequences=2)
+    assert quality["routed_fraction"] == 0.5 and quality["agreement_with_topk"]["topk"] == 1.0
+    assert quality["agreement_with_topk"]["hpu16"] == 1.0 and quality["loss"]["hpu16"] == quality["loss"]["topk"]
+    assert set(quality["loss"]) == {"topk", "predictor", "norm", "hpu16", "hpu12", "hpu8", "hpu6", "hpu4"}
+    assert all(0 <= a <= 1 for a in quality["agreement_with_topk"].values())
+
+    tokens = corpus.val["prose"][:32]
+    path = capture_rows(routed_checkpoint, tokens, tmp_path / "rows.npz")
+    model = routing.load(routed_checkpoint, dtype=torch.float64).eval()
+    with torch.no_grad():
+        model(input_ids=torch.from_numpy(tokens.astype(np.int64))[None])
+    (router,) = routing.routers(model)
+    with np.load(path) as f:
+        assert f["scores"].shape == (1, 4, 32, 32)          # the routed layer only
+        logits = torch.from_numpy(f["router"])
+    assert logits.shape == (1, 4, 32) and torch.allclose(logits[0, 2], router.last["logits"][0].double())
+
+    cfg = HPUConfig(head_dim=8, lanes=4, max_keys=32, route_block=16, route_fraction=0.5)
+    rows, blocks = routed_tokens(str(path), cfg, 32, seed=0)
+    assert [len(row.scores) for row in rows] == list(range(1, 33))     # one head's tokens, in order
+    assert blocks == [quantize_logits(logits[0, 0, i:i + 16], cfg).tolist() for i in (0, 16)]
+    top = router.last["top"][0]
+    assert [p for b, positions in enumerate(expected_routed(cfg, blocks)) for p in [16 * b + t for t in positions]] \
+        == top.nonzero().flatten().tolist()
+    job = make_routed_job(cfg, rows, str(path), Options(seed=0), blocks)
+    outcome = run(job, "icarus", build_root=tmp_path / "build", work_dir=tmp_path / "sim")
+    assert (outcome.rows_checked, outcome.mismatches, outcome.routing_mismatches) == (16, 0, 0)
+    assert outcome.routed == job.routed
+
+
+def test_attention_files_name_bad_router_logits(tmp_path):
+    from golden_model.sources import routed_tokens
+
+    cfg = HPUConfig(head_dim=8, lanes=4, max_keys=8, route_block=8)
+    arrays = {"scores": np.zeros((2, 8, 8)), "values": np.zeros((2, 8, 8))}
+    for router, message in ((np.zeros((2, 7)), r"router \(2, 7\) must have the shape \(\.\.\., Q\) = \(2, 8\)"),
+                            (np.full((2, 8), np.nan), "router logits hold NaN"),
+                            (np.zeros((2, 8), dtype=np.int64), "`router` is int")):
+        np.savez(tmp_path / "a.npz", router=router, **arrays)
+        with pytest.raises(InputError, match=message):
+            routed_tokens(str(tmp_path / "a.npz"), cfg, 8, 0)
+    np.savez(tmp_path / "a.npz", router=np.zeros((2, 8)), **arrays)
+    with pytest.raises(InputError, match="holds 8 tokens a head"):
+        routed_tokens(str(tmp_path / "a.npz"), cfg, 9, 0)
+    # Without router logits, random ones (the same as before files could carry them).
+    np.savez(tmp_path / "b.npz", **arrays)
+    rows, blocks = routed_tokens(str(tmp_path / "b.npz"), cfg, 8, 0)
+    assert len(rows) == 8 and [len(b) for b in blocks] == [8]

@@ -10,8 +10,15 @@ fractions. The HPU configuration is the user's (`HPUConfig`: widths, max_keys), 
 taken from the checkpoint's trained gate, so the hardware gates as the model was trained to be gated.
 
 `capture_rows` writes a sequence's attention as an attention file for `hpu sim --source`, recorded
-while the model runs its trained float gate (``hpu_capture``), so that the deeper layers' rows come
-from the residual stream the gated model really has.
+while the model runs as it was trained (``hpu_capture``: its float gate, its routers), so that the
+deeper layers' rows come from the residual stream the trained model really has. A routed model's file
+holds its routed layers only, with each token's router logit (``router``), so `hpu sim` routes the
+model's own tokens.
+
+`router_quality` evaluates a routed checkpoint's loss by how its routers choose: the float top-k it was
+trained with, its causal predictors, the HPU's routing step on scores quantized to each of several
+route_bits (with the share of tokens on which it agrees with the top-k), and the untrained
+hidden-state-norm router at the same capacity.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch.nn.functional as F
 from golden_model.reference import fixed_point_attention
 from hpu.config import HPUConfig
 from hpu.errors import InputError
-from training import attention
+from training import attention, routing
 
 FIXED = "hpu_fixed"
 CAPTURE = "hpu_capture"
@@ -70,13 +77,16 @@ _captured: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 def capture_forward(module, query, key, value, attention_mask, scaling=None, **kwargs):
     """An `AttentionInterface` function that records each layer's scores q.k * scale and values, then
-    attends as the model was trained to (the float gate), so that every layer's rows come from the
-    gated model's own residual stream."""
+    attends as the model was trained to (the float gate, or SDPA), so that every layer's rows come
+    from the trained model's own residual stream."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     groups = query.shape[1] // key.shape[1]
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     k, v = (attention.repeat_heads(x, groups).double() for x in (key, value))
     _captured.append((query.double() @ k.transpose(-1, -2) * scale, v))
-    return attention.mass_gate_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    attend = attention.mass_gate_forward if getattr(module.config, "hpu_gate", None) else sdpa_attention_forward
+    return attend(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
 
 def register() -> None:
@@ -91,36 +101,45 @@ def register() -> None:
 
 
 def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
-    """The attention file (`hpu sim --source`) of a trained gated checkpoint on one sequence of
-    `tokens`, causal: every layer's and head's scores and values, taken while the model runs with
-    its trained float gate. (`golden_model.capture` runs a model with dense attention instead, which
-    would hand the deeper layers a residual stream the gated model never sees.)"""
+    """The attention file (`hpu sim --source`) of a trained gated or routed checkpoint on one sequence
+    of `tokens`, causal: every layer's and head's scores and values, taken while the model runs as it
+    was trained. (`golden_model.capture` runs a model with dense attention instead, which would hand
+    the deeper layers a residual stream the trained model never sees.) A routed model's file holds its
+    routed layers, each token's router logit repeated over the heads as ``router``."""
     from golden_model.capture import write_attention_file
 
     global _captured
-    model = _gated_model(model_dir, CAPTURE)
+    model = _trained_model(model_dir, CAPTURE, "hpu_gate", "hpu_router")
+    chosen = routing.routers(model)
+    if any(r.cfg.route == "skip" for r in chosen):
+        raise InputError(f"{model_dir} routes by skipping (unrouted tokens are no keys either); the HPU routes "
+                         "queries only (sparse queries, dense keys): take a run of an sqdk arm")
     _captured = []
     try:
         with torch.no_grad():
             model(input_ids=torch.from_numpy(np.asarray(tokens, dtype=np.int64))[None])
-        scores = torch.cat([s for s, _ in _captured])        # (L, H, N, N)
-        values = torch.cat([v for _, v in _captured])        # (L, H, N, D)
+        scores = torch.stack([s[0] for s, _ in _captured])        # (L, H, N, N)
+        values = torch.stack([v[0] for _, v in _captured])        # (L, H, N, D)
     finally:
         _captured = None
+    router = None
+    if chosen:
+        layers = [i for i, m in enumerate(routing.attention_modules(model)) if hasattr(m, "router")]
+        scores, values = scores[layers], values[layers]
+        router = torch.stack([r.last["logits"][0] for r in chosen])[:, None, :].expand(scores.shape[:3])
     layers, heads, n, _ = scores.shape
-    return write_attention_file(out, scores, values, (torch.arange(n) + 1).expand(layers, heads, n))
+    return write_attention_file(out, scores, values, (torch.arange(n) + 1).expand(layers, heads, n), router)
 
 
-def _gated_model(model_dir: str | Path, implementation: str):
-    """A gated arm's checkpoint in float64 with the attention implementation given, for evaluation."""
-    from transformers import AutoModelForCausalLM
-
+def _trained_model(model_dir: str | Path, implementation: str, *needs: str, dtype=torch.float64):
+    """A gated or routed arm's checkpoint (routers reattached) with the attention implementation given,
+    for evaluation; refused unless its config holds one of `needs` (``hpu_gate``, ``hpu_router``)."""
     register()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=implementation,
-                                                 dtype=torch.float64).eval()
-    if not getattr(model.config, "hpu_gate", None):
-        raise InputError(f"{model_dir} was trained without the gate (no hpu_gate in its config): "
-                         "take a run of a gated arm")
+    model = routing.load(model_dir, attn_implementation=implementation, dtype=dtype).eval()
+    if not any(getattr(model.config, need, None) for need in needs):
+        what = " or ".join({"hpu_gate": "the gate", "hpu_router": "a router"}[need] for need in needs)
+        raise InputError(f"{model_dir} was trained without {what} (no {' or '.join(needs)} in its config): "
+                         f"take a run of an arm with {what}")
     return model
 
 
@@ -143,7 +162,7 @@ def _pass(model, implementation: str, sequences: torch.Tensor) -> tuple[float, _
 def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarray, sequences: int,
                         length: int) -> dict:
     """Loss and attention agreement of a trained checkpoint: dense, float gate and the HPU's fixed point."""
-    model = _gated_model(model_dir, "sdpa")
+    model = _trained_model(model_dir, "sdpa", "hpu_gate")
     trained = model.config.hpu_gate
     head_dim = model.config.hidden_size // model.config.num_attention_heads
     if hpu.head_dim != head_dim or hpu.max_keys < length:
@@ -169,3 +188,44 @@ def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarra
             "attention_cosine_mean": float(every.mean()), "attention_cosine_min": float(every.min()),
             "per_layer": [{"layer": i, "cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
                           for i, c in enumerate(per_layer)]}
+
+
+def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
+                   bits: tuple[int, ...] = (16, 12, 8, 6, 4)) -> dict:
+    """A routed checkpoint's held-out loss by how its routers choose (`routing.CHOICES`): the float
+    top-k, the predictors, the hidden-state norm, and the HPU's routing step at each of `bits`; for
+    each choice the share of routed layers' tokens on which it agrees with the top-k. In float32 (the
+    model trained in bfloat16 autocast), on `sequences` sequences of one router block each
+    (route_block tokens), so that each top-k is the one the model was trained with."""
+    implementation = attention.NAME if trained_with(model_dir)[0] else "sdpa"
+    model = _trained_model(model_dir, implementation, "hpu_router", dtype=torch.float32)
+    cfg = routing.routers(model)[0].cfg
+    length = cfg.route_block
+    if len(stream) < sequences * length + 1:
+        raise InputError(f"the held-out text has {len(stream)} tokens, fewer than {sequences} x {length}")
+    seqs = torch.from_numpy(np.stack([stream[i * length:(i + 1) * length + 1] for i in range(sequences)])
+                            .astype(np.int64))
+    choices = [("topk", None), ("predictor", None), ("norm", None)] + [("hpu", b) for b in bits]
+    losses = {f"{c}{'' if b is None else b}": 0.0 for c, b in choices}
+    agree = dict.fromkeys(losses, 0.0)
+    with torch.no_grad():
+        for seq in seqs:
+            top = None   # the first choice's, the top-k
+            for (choice, b), name in zip(choices, losses):
+                with routing.choosing(model, choice, route_bits=b):
+                    logits = model(input_ids=seq[None, :-1]).logits[0]
+                routed = torch.stack([r.last["routed"] for r in routing.routers(model)])
+                top = routed if top is None else top
+                losses[name] += float(F.cross_entropy(logits.double(), seq[1:])) / sequences
+                agree[name] += float((routed == top).double().mean()) / sequences
+    return {"model": str(model_dir), "sequences": sequences, "length": length, "router": model.config.hpu_router,
+            "routed_fraction": float(cfg.hpu.route_capacity(length)) / length, "loss": losses,
+            "agreement_with_topk": agree}
+
+
+def trained_with(model_dir: str | Path) -> tuple[bool, bool]:
+    """Whether a checkpoint was trained (gated, routed)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    return bool(getattr(config, "hpu_gate", None)), bool(getattr(config, "hpu_router", None))

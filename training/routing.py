@@ -27,6 +27,7 @@ weights in the checkpoint beside the model's; `load` reattaches both.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,9 @@ from hpu.config import ConfigError, HPUConfig
 
 ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route_bits")
 # How a router chooses: its float top-k (training, teacher-forced evaluation), its predictor (token by
-# token, decoding), or the HPU's routing step on its scores quantized to route_bits.
-CHOICES = ("topk", "predictor", "hpu")
+# token, decoding), the HPU's routing step on its scores quantized to route_bits, or, for comparison,
+# the untrained router `hpu quality` uses (the top-k of the hidden state's L2 norm).
+CHOICES = ("topk", "predictor", "hpu", "norm")
 MODES = ("sqdk", "skip")
 LAYERS = ("all", "alternate")
 PREDICTOR_WIDTH = 64
@@ -118,8 +120,8 @@ class Router(nn.Module):
 
     def decide(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) hidden states: (routed (B, T) bool, scale (B, T): sigmoid(score) where routed, else 0).
-        Keeps the scores, the predictor's logits and the top-k choice (with the HPU's choice on the
-        same scores when evaluating) for `auxiliary_loss` and `statistics`."""
+        Keeps the scores, the predictor's logits, the choice made and the top-k choice (with the HPU's
+        choice on the same scores when evaluating) for `auxiliary_loss` and `statistics`."""
         logits = self.score(hidden).squeeze(-1).float()
         predicted = self.predictor(hidden.detach()).squeeze(-1).float()
         self.last = {"logits": logits, "predicted": predicted}
@@ -127,10 +129,13 @@ class Router(nn.Module):
             routed = predicted > 0
         elif self.choice == "hpu":
             routed = hpu_routing(logits.detach(), self.cfg)
+        elif self.choice == "norm":
+            routed = block_topk(hidden.detach().float().norm(dim=-1), self.cfg)
         else:
             routed = self.last["top"] = block_topk(logits.detach(), self.cfg)
             if not self.training:
                 self.last["hpu"] = hpu_routing(logits.detach(), self.cfg)
+        self.last["routed"] = routed
         return routed, torch.where(routed, torch.sigmoid(logits), torch.zeros_like(logits))
 
 
@@ -262,21 +267,24 @@ def statistics(model) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def choosing(model, choice: str):
+def choosing(model, choice: str, route_bits: int | None = None):
     """Every router chooses by `choice` inside the block: ``"predictor"`` (token by token, no
-    look-ahead: decoding, or the teacher-forced loss of decoding's choices) or ``"hpu"`` (the HPU's
-    routing step on the quantized scores); ``"topk"`` is the default."""
+    look-ahead: decoding, or the teacher-forced loss of decoding's choices), ``"hpu"`` (the HPU's
+    routing step on the scores quantized to `route_bits`, by default the router's own) or ``"norm"``;
+    ``"topk"`` is the default."""
     if choice not in CHOICES:
         raise ValueError(f"a router chooses by one of {', '.join(CHOICES)}, not {choice!r}")
     chosen = routers(model)
-    before = [r.choice for r in chosen]
+    before = [(r.choice, r.cfg) for r in chosen]
     for r in chosen:
         r.choice = choice
+        if route_bits is not None:
+            r.cfg = dataclasses.replace(r.cfg, route_bits=route_bits)
     try:
         yield
     finally:
-        for r, was in zip(chosen, before):
-            r.choice = was
+        for r, (choice_was, cfg_was) in zip(chosen, before):
+            r.choice, r.cfg = choice_was, cfg_was
 
 
 def load(path, **kwargs):
