@@ -60,7 +60,7 @@ def _check_simulator(sim: str) -> dict:
             "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include"}
 
 
-def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/sim", trace: bool = False,
+def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/sim",
           verilog_dir: str | Path | None = None) -> Path:
     """Generate (or reuse) the Verilog for cfg and build it with the harness; returns the build folder.
 
@@ -72,10 +72,10 @@ def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/s
     # Runs sharing a build folder share its cached Verilog and simulator builds: one builds, the
     # others wait and reuse it.
     with shared_lock(build_root):
-        return _build(cfg, sim, build_root, trace, verilog_dir, env)
+        return _build(cfg, sim, build_root, verilog_dir, env)
 
 
-def _build(cfg: HPUConfig, sim: str, build_root: Path, trace: bool, verilog_dir: str | Path | None,
+def _build(cfg: HPUConfig, sim: str, build_root: Path, verilog_dir: str | Path | None,
            env: dict) -> Path:
     if verilog_dir is not None:
         manifest = load_manifest(Path(verilog_dir) / MANIFEST)
@@ -104,8 +104,6 @@ def _build(cfg: HPUConfig, sim: str, build_root: Path, trace: bool, verilog_dir:
             # which triggers the block at time 0 only under Verilog-2005 semantics (under
             # SystemVerilog's, initializers run before any process and the blocks stay at x).
             build_args = ["-g2005"]
-        if sim == "verilator" and trace:
-            build_args.append("--trace")
         digest = hashlib.sha256(verilog.read_bytes() + HARNESS.read_bytes() + repr(build_args).encode()).hexdigest()
         build_dir = build_root / f"{sim}-{digest[:16]}"
         runner.build(sources=[verilog.resolve(), HARNESS], hdl_toplevel="hpu_harness", build_dir=build_dir,
@@ -130,7 +128,11 @@ def run(job: Job, sim: str = "icarus", build_root: str | Path = "build/sim", wor
     Without a `work_dir` the run gets a fresh folder of its own under `build_root`, so runs at once
     never read each other's job and outcome files. The VCD (``job.options.vcd``) is written under a
     temporary name and appears under its own only when the whole run succeeded."""
-    build_dir = build(job.cfg, sim, build_root, trace=bool(job.options.vcd), verilog_dir=verilog_dir)
+    if job.options.vcd and sim != "icarus":
+        # cocotb's Verilator main turns tracing on (Verilated::traceEverOn) only for its own whole-design
+        # dump, so the harness's $dumpfile would abort the run at time 0.
+        raise SimulationError(f"a VCD needs --sim icarus: cocotb's {sim} build does not trace the harness's dump")
+    build_dir = build(job.cfg, sim, build_root, verilog_dir=verilog_dir)
     own = work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_root) if own else work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -134,3 +134,7 @@ def test_sim_command_summary(build_root, tmp_path, capsys):
     assert summary["runs"]["dense"]["kept_fraction"] == 1.0
     assert summary["runs"]["gated"]["kept_fraction"] < 1.0
     assert "simulated cycles/s" in capsys.readouterr().out
+    # Verilator under cocotb does not trace the harness's dump: refused in one line, nothing written.
+    assert main(["sim", "--config", f"{REPO}/configs/small.toml", "--rows", "2", "--sim", "verilator", "--vcd",
+                 str(tmp_path / "v.vcd"), "--build", str(build_root), "-o", str(tmp_path / "v.json"), "--quiet"]) != 0
+    assert "a VCD needs --sim icarus" in capsys.readouterr().err and not (tmp_path / "v.json").exists()
