@@ -1,7 +1,7 @@
 """Sparse-query attention (SQDK) on the GPU: the routed queries attend to every admissible key.
 
-`golden_model.routing` is the specification. The router's top-k (`route`) builds its keys in one
-Triton kernel and orders them with one radix sort on the logits' device. The attention kernel (one program per block of routed queries and query head,
+`golden_model.routing` is the specification. The router's top-k (`route`) is one Triton kernel, one
+program a row, with no sort and no host synchronisation. The attention kernel (one program per block of routed queries and query head,
 in the manner of Triton's fused-attention tutorial: online softmax in exp2, fp32 accumulators) reads
 its queries straight from their positions in q and writes its outputs straight to the same
 positions in the output: the gather and the scatter are fused, there are no routed copies of q or
@@ -142,32 +142,63 @@ def sqdk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
     return out
 
 
+def _route_configs():
+    # One row a program, held in registers: more warps for longer rows keep the registers a thread
+    # holds (and spills) down. Chosen per row length on the GPU.
+    if _INTERPRET:
+        return [triton.Config({}, num_warps=4)]
+    return [triton.Config({}, num_warps=w) for w in (4, 8, 16, 32)]
+
+
+@triton.autotune(configs=_route_configs(), key=["BLOCK"])
 @triton.jit
-def _route_keys_kernel(L, Keys, nans, T, BLOCK: tl.constexpr):
-    """golden_model.routing.route_topk's keys: the logit's bits made monotonic above the position
-    counted down (-0.0 taken as +0.0); NaNs counted into `nans`."""
-    b = tl.program_id(1).to(tl.int64)
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def _route_kernel(L, P, nans, T, k, BLOCK: tl.constexpr):
+    """`golden_model.routing.route_topk` of one row of logits, in one program: the k-th largest logit
+    found by a bisection on order-preserving int32 bit patterns (-0.0 taken as +0.0), the logits above
+    it routed and, of those equal to it, the first by position; the routed positions written in
+    ascending order, and the row's NaNs counted into `nans`."""
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK)
     inside = i < T
     x = tl.load(L + b * T + i, mask=inside, other=0.0).to(tl.float32)
-    tl.atomic_add(nans, tl.sum(((x != x) & inside).to(tl.int32), axis=0))
-    bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
-    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
-    tl.store(Keys + b * T + i, (ordered << 32) | (T - 1 - i), mask=inside)
+    tl.store(nans + b, tl.sum(((x != x) & inside).to(tl.int32), 0))
+    raw = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
+    # Positions past the row sit below every threshold tried (all >= -2**31).
+    bits = tl.where(inside, tl.where(raw >= 0, raw, raw ^ 0x7FFFFFFF).to(tl.int64), -(1 << 31) - 1)
+    # Invariant: at least k logits lie at or above lo (at_lo of them), fewer than k at or above hi.
+    lo = (k * 0).to(tl.int64) - (1 << 31)
+    hi = lo + (1 << 32)
+    at_lo = T + k * 0
+    at_hi = k * 0
+    while (at_lo - at_hi > 1) & (hi - lo > 1):
+        mid = lo + (hi - lo) // 2
+        count = tl.sum((bits >= mid).to(tl.int32), 0)
+        enough = count >= k
+        lo = tl.where(enough, mid, lo)
+        at_lo = tl.where(enough, count, at_lo)
+        hi = tl.where(enough, hi, mid)
+        at_hi = tl.where(enough, at_hi, count)
+    # One distinct value lies in [lo, hi): the k-th largest.
+    v = tl.min(tl.where(bits >= lo, bits, 1 << 32), 0)
+    above = bits > v
+    tie = bits == v
+    routed = above | (tie & (tl.cumsum(tie.to(tl.int32), 0) <= k - tl.sum(above.to(tl.int32), 0)))
+    slot = tl.cumsum(routed.to(tl.int32), 0) - 1
+    tl.store(P + b * k + slot, i.to(tl.int64), mask=routed)
 
 
 def route(logits: torch.Tensor, route_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`route_topk` on the logits' device without waiting for it: (B, k) routed positions, and a
-    count of NaN logits to check once the work is queued (a NaN has no place in the order)."""
+    """`route_topk` on the logits' device in one kernel, without waiting for it: (B, k) routed
+    positions, and each row's count of NaN logits (B,), to check once the work is queued (a NaN has
+    no place in the order)."""
     if logits.dim() != 2:
         raise InputError(f"router logits {tuple(logits.shape)}: must be (B, T)")
     b, t = logits.shape
     k = capacity(t, route_fraction)
-    keys = torch.empty(b, t, dtype=torch.int64, device=logits.device)
-    nans = torch.zeros(1, dtype=torch.int32, device=logits.device)
-    _route_keys_kernel[(triton.cdiv(t, 1024), b)](logits.contiguous(), keys, nans, t, BLOCK=1024)
-    # Keys are distinct: one radix sort orders them exactly (faster on a GPU than a top-k of many).
-    return torch.sort(torch.sort(keys, dim=-1, descending=True).indices[:, :k], dim=-1).values, nans
+    positions = torch.empty(b, k, dtype=torch.int64, device=logits.device)
+    nans = torch.empty(b, dtype=torch.int32, device=logits.device)
+    _route_kernel[(b,)](logits.contiguous(), positions, nans, t, k, BLOCK=triton.next_power_of_2(t))
+    return positions, nans
 
 
 def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
@@ -176,6 +207,6 @@ def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logits: 
     With `check`, waits for the work and refuses NaN logits; without, the caller owns that."""
     positions, nans = route(logits, route_fraction)
     out = sqdk(q, k, v, positions, causal)
-    if check and int(nans.item()):
+    if check and int(nans.sum()):
         raise InputError("router logits hold NaN: a NaN has no place in the order")
     return out, positions

@@ -162,7 +162,17 @@ def test_routed_attention_routes_on_the_device_and_attends():
 def test_kernel_routing_is_the_reference_routing(logits, fraction):
     x = torch.tensor([logits, logits[::-1]], dtype=torch.float32)
     positions, nans = route(x.to(DEVICE), fraction)
-    assert torch.equal(positions.cpu(), route_topk(x, fraction)) and int(nans) == 0
+    assert torch.equal(positions.cpu(), route_topk(x, fraction)) and nans.tolist() == [0, 0]
+
+
+def test_kernel_routing_of_long_rows_with_ties(seed):
+    """Rows longer than one warp's worth, of few distinct logits (ties straddle the capacity), both signs."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-3, 4, (3, 4099), generator=g).float() * 0.5
+    x[1] = torch.randn(4099, generator=g)
+    for fraction in (0.2, 0.5):
+        positions, nans = route(x.to(DEVICE), fraction)
+        assert torch.equal(positions.cpu(), route_topk(x, fraction)) and nans.tolist() == [0, 0, 0]
 
 
 def test_kernel_routing_refuses_nan():
