@@ -700,3 +700,45 @@ def test_attention_files_name_bad_router_logits(tmp_path):
     np.savez(tmp_path / "b.npz", **arrays)
     rows, blocks = routed_tokens(str(tmp_path / "b.npz"), cfg, 8, 0)
     assert len(rows) == 8 and [len(b) for b in blocks] == [8]
+
+
+def test_routed_attention_computes_the_routed_rows_only(seed, monkeypatch):
+    """`hpu_routed` on its kernel path (the routed queries gathered through `kept_attention`, forced here
+    onto the CPU through Triton's interpreter) equals softmax attention over each routed row's causal
+    keys with every other row zero, in the forward pass and all three gradients (GQA); when the
+    router chose otherwise than by top-k it is SDPA on every row."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from training import routing
+
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, attn_implementation=routing.register())
+    model = LlamaForCausalLM(config)
+    cfg = routing.RouterConfig(route_fraction=0.25, route_block=40)
+    (router,) = routing.attach(model, cfg)
+    module = routing.attention_modules(model)[0]
+    g = torch.Generator().manual_seed(seed)
+    n, d = 80, 16
+    q = torch.randn(2, 4, n, d, generator=g).half().requires_grad_()
+    k, v = (torch.randn(2, 2, n, d, generator=g).half().requires_grad_() for _ in range(2))
+    router.last = {"positions": routing.block_positions(torch.randn(2, n, generator=g), cfg)}
+    routed = routing._routed_mask(router.last["positions"], (2, n))
+    assert routed.sum(-1).tolist() == [20, 20]
+    monkeypatch.setattr(attention, "tiled_attention", lambda query, dropout: True)
+    out, _ = routing.routed_forward(module, q, k, v, None)
+    grad = torch.randn(out.shape, generator=g).half()
+    out.backward(grad)
+    want = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    scores = want[0] @ attention.repeat_heads(want[1], 2).transpose(-1, -2) * d ** -0.5
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    reference = torch.softmax(scores.masked_fill(~causal, float("-inf")), -1) @ attention.repeat_heads(want[2], 2)
+    reference = (reference * routed[:, None, :, None]).transpose(1, 2)
+    reference.backward(grad.double())
+    assert torch.allclose(out.double(), reference, atol=3e-3)
+    assert torch.equal(out[~routed], torch.zeros_like(out[~routed]))
+    for got, ref in zip((q, k, v), want):
+        assert torch.allclose(got.grad.double(), ref.grad, atol=5e-3 * float(ref.grad.abs().max()))
+    router.choice = "predictor"
+    full, _ = routing.routed_forward(module, q.float(), k.float(), v.float(), None)
+    assert torch.equal(full, sdpa_attention_forward(module, q.float(), k.float(), v.float(), None)[0])

@@ -103,6 +103,16 @@ def admissible(attention_mask: torch.Tensor | None, n_q: int, n_k: int, causal: 
     return mask if mask.dtype == torch.bool else mask == 0
 
 
+def autocast_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """q, k and v as SDPA takes them under autocast (on its lower-precision list): one half dtype for
+    the three, which matters because rotary embeddings in float32 hand q and k over in float32, v in
+    half. Unchanged outside autocast."""
+    if not torch.is_autocast_enabled(query.device.type):
+        return query, key, value
+    half = torch.get_autocast_dtype(query.device.type)
+    return query.to(half), key.to(half), value.to(half)
+
+
 def repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Key-value heads shared by `groups` query heads each (grouped-query attention), repeated."""
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
@@ -148,11 +158,7 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     ``output_attentions`` (a (B, H, Q, K) bool tensor), else None.
     """
     gate = gate_of(module.config)
-    if torch.is_autocast_enabled(query.device.type):
-        # As SDPA under autocast (on its lower-precision list): one half dtype for q, k and v, which
-        # matters because rotary embeddings in float32 hand q and k over in float32, v in half.
-        half = torch.get_autocast_dtype(query.device.type)
-        query, key, value = query.to(half), key.to(half), value.to(half)
+    query, key, value = autocast_inputs(query, key, value)
     n_q, n_k, dim = query.shape[2], key.shape[2], query.shape[3]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     valid = admissible(attention_mask, n_q, n_k, causal, query.device)

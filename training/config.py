@@ -29,6 +29,7 @@ from training.attention import GATE_FIELDS
 from training.attention import NAME as GATE_ATTENTION
 from training.data import DataConfig
 from training.routing import MODES as ROUTE_MODES
+from training.routing import NAME as ROUTED_ATTENTION
 from training.routing import ROUTE_FIELDS, RouterConfig
 
 ATTENTIONS = ("sdpa", GATE_ATTENTION)
@@ -147,6 +148,14 @@ class Arm:
     def hpu(self) -> HPUConfig:
         """The arm's target gate as the HPU's one configuration object."""
         return HPUConfig(**self.gate)
+
+    @property
+    def implementation(self) -> str:
+        """The model's ``attn_implementation``: an sqdk router on SDPA takes ``hpu_routed``, which computes
+        the routed rows only (the same result); otherwise the arm's attention."""
+        if self.router is not None and self.router.route == "sqdk" and self.attention == "sdpa":
+            return ROUTED_ATTENTION
+        return self.attention
 
 
 @dataclass(frozen=True)

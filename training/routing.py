@@ -40,6 +40,7 @@ from golden_model.quantize import quantize_logits
 from golden_model.routing import order_topk
 from hpu.config import ConfigError, HPUConfig
 
+NAME = "hpu_routed"
 ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route_bits")
 # How a router chooses: its float top-k (training, teacher-forced evaluation), its predictor (token by
 # token, decoding), the HPU's routing step on its scores quantized to route_bits, or, for comparison,
@@ -132,7 +133,8 @@ class Router(nn.Module):
         elif self.choice == "norm":
             routed = block_topk(hidden.detach().float().norm(dim=-1), self.cfg)
         else:
-            routed = self.last["top"] = block_topk(logits.detach(), self.cfg)
+            self.last["positions"] = block_positions(logits.detach(), self.cfg)
+            routed = self.last["top"] = _routed_mask(self.last["positions"], logits.shape)
             if not self.training:
                 self.last["hpu"] = hpu_routing(logits.detach(), self.cfg)
         self.last["routed"] = routed
@@ -152,9 +154,21 @@ def _blocks(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
 def block_topk(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
     """(B, T) float logits: (B, T) bool, per block of route_block tokens the first
     ``HPUConfig.route_capacity(block)`` by (logit descending, position ascending)."""
+    return _routed_mask(block_positions(logits, cfg), logits.shape)
+
+
+def block_positions(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
+    """`block_topk`'s choice as (B, routed) positions in the sequence, ascending (every sequence routes
+    as many tokens: each block its capacity)."""
     blocks = _blocks(logits, cfg)
+    b, t = logits.shape
     picked = order_topk(blocks, int(cfg.hpu.route_capacity(blocks.shape[-1])))
-    return torch.zeros_like(blocks, dtype=torch.bool).scatter(1, picked, True).reshape(logits.shape)
+    starts = torch.arange(0, b * t, blocks.shape[-1], device=logits.device) % t
+    return (picked + starts[:, None]).reshape(b, -1)
+
+
+def _routed_mask(positions: torch.Tensor, shape) -> torch.Tensor:
+    return torch.zeros(shape, dtype=torch.bool, device=positions.device).scatter(1, positions, True)
 
 
 def hpu_routing(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
@@ -162,6 +176,53 @@ def hpu_routing(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
     on each block's scores quantized to route_bits (`golden_model.quantize.quantize_logits`)."""
     hpu = cfg.hpu
     return run_routing(hpu, quantize_logits(_blocks(logits, cfg), hpu)).routed.reshape(logits.shape)
+
+
+# Kept out of torch.compile's graphs, as the gate is: its Triton kernels run between compiled regions.
+@torch.compiler.disable
+def routed_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """An `AttentionInterface` function (``attn_implementation="hpu_routed"``) that spends attention
+    FLOPs on the routed queries only. When the layer's router chose by top-k (training,
+    teacher-forced evaluation), over unpadded causal rows, in half precision on a GPU, the routed
+    queries are gathered, attend to their causal keys in `gpu_kernels.kept_attention` (forward and
+    backward; the key tiles past a query tile's last routed position are skipped) and are scattered
+    back, every other row zero, which the router's scale makes it anyway. Otherwise (no router, the
+    predictor's or the HPU's choice, a mask, the CPU) it is SDPA on every row, the same result."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from training import attention
+
+    router = getattr(module, "router", None)
+    positions = router.last.get("positions") if router is not None and router.choice == "topk" else None
+    dropout = dropout if module.training else 0.0
+    if (positions is None or attention_mask is not None or query.shape[2] != key.shape[2]
+            or not attention.tiled_attention(attention.autocast_inputs(query, key, value)[0], dropout)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    from gpu_kernels.kept_attention import kept_attention
+
+    query, key, value = attention.autocast_inputs(query, key, value)
+    b, heads, n, dim = query.shape
+    groups = heads // key.shape[1]
+    key, value = attention.repeat_heads(key, groups), attention.repeat_heads(value, groups)
+    index = positions[:, None, :, None].expand(b, heads, positions.shape[1], dim)
+    keep = positions[:, None, :, None] >= torch.arange(n, device=query.device)   # (B, 1, routed, N): causal
+    routed = kept_attention(query.gather(2, index), key, value, keep, dim ** -0.5 if scaling is None else scaling)
+    out = torch.zeros_like(query).scatter(2, index, routed)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Register `routed_forward` with transformers (idempotent); returns its ``attn_implementation`` name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    from training import attention
+
+    AttentionInterface.register(NAME, routed_forward)
+    # The gate's mask builder: no mask for plain causal rows, so the routed path can take them.
+    AttentionMaskInterface.register(NAME, attention.gate_mask)
+    return NAME
 
 
 def _before(module, args, kwargs):
@@ -295,6 +356,7 @@ def load(path, **kwargs):
     from training import attention
 
     attention.register()
+    register()
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     table = getattr(model.config, "hpu_router", None)
     if table:
