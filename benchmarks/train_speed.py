@@ -19,12 +19,13 @@ import argparse
 import dataclasses
 import time
 
+import numpy as np
 import torch
 
 from benchmarks.common import write
 from training import attention
 from training.config import TrainConfig
-from training.loop import autocast, build_model, learning_rate, sequence_loss, step_sequences
+from training.loop import Ranks, autocast, build_model, learning_rate, sequence_loss, step_sequences, train_step
 
 
 class _Vocabulary:
@@ -39,23 +40,17 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
     model = build_model(cfg, arm, corpus or _Vocabulary(cfg.data.vocab_size), seed=0).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, fused=device.type == "cuda")
     runner = torch.compile(model) if run.compile and device.type == "cuda" else model
-    noise = torch.randint(0, cfg.data.vocab_size, (run.batch, run.context + 1), device=device,
-                          generator=torch.Generator(device).manual_seed(0))
+    noise = np.random.default_rng(0).integers(0, cfg.data.vocab_size, (run.batch, run.context + 1))
+    ranks = Ranks(device=device)
 
-    def batch(index: int) -> torch.Tensor:
+    def batch(index: int) -> np.ndarray:
         # Real text trains the attention into its real, peaked shape (the gate's work depends on it).
-        return noise if corpus is None else torch.from_numpy(
-            step_sequences(corpus.train, index, run.batch, run.context)).to(device)
+        return noise if corpus is None else step_sequences(corpus.train, index, run.batch, run.context)
 
     def step(index: int) -> None:
-        for part in batch(index).split(run.micro_batch):
-            with autocast(device):
-                loss = sequence_loss(runner, part) * (len(part) / run.batch)
-            loss.backward()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(index, cfg)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, model, runner, optimizer, batch(index), cfg, ranks)
 
     torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
     elapsed = 0.0
@@ -70,7 +65,7 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
             elapsed += time.perf_counter() - tick
     kernels = _profile(lambda: step(warmup + steps), device) if profile else None
     with attention.counting() as kept, torch.no_grad(), autocast(device):
-        sequence_loss(runner, batch(warmup + steps + 1)[:run.micro_batch])
+        sequence_loss(runner, torch.from_numpy(batch(warmup + steps + 1)[:run.micro_batch]).to(device))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     del model, optimizer, runner
     if device.type == "cuda":

@@ -742,3 +742,18 @@ def test_routed_attention_computes_the_routed_rows_only(seed, monkeypatch):
     router.choice = "predictor"
     full, _ = routing.routed_forward(module, q.float(), k.float(), v.float(), None)
     assert torch.equal(full, sdpa_attention_forward(module, q.float(), k.float(), v.float(), None)[0])
+
+
+def test_train_speed_times_the_loops_own_step(data_config, corpus):
+    """`benchmarks.train_speed` trains through `training.loop.train_step` (the routers' predictor loss
+    included): on the CPU one timed step per arm, gated and routed alike, reports its figures."""
+    from benchmarks.train_speed import arm_speed
+
+    cfg = tiny_experiment(data_config)
+    table = cfg.to_dict()
+    table["arms"]["sqdk50"] = {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.5, "route_block": 16}
+    cfg = TrainConfig.from_dict(table)
+    for name in ("mass50", "sqdk50"):
+        result = arm_speed(cfg, name, steps=1, warmup=1, device=torch.device("cpu"), corpus=corpus)
+        assert result["arm"] == name and result["steps"] == 1 and result["tokens_per_s"] > 0
+        assert 0 < result["kept_fraction"] <= 1 and result["warmup_on"] == "text"

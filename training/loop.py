@@ -188,6 +188,29 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
 
 # -- the run ------------------------------------------------------------------------------------------
 
+def train_step(model, wrapped, runner, optimizer, sequences: np.ndarray, cfg: TrainConfig, ranks: Ranks) -> torch.Tensor:
+    """One optimizer step on the step's `sequences` (this rank takes its share): micro-batches under
+    autocast through `runner` (the compiled `wrapped`, which is `model` or its DDP wrapper, gradients
+    reduced on the last micro-batch only), the routers' predictor loss beside the model's, gradients
+    clipped. Returns this rank's loss, on the device (no host sync)."""
+    micro = rank_micro_batches(sequences, ranks, cfg.run.micro_batch)
+    loss_sum = torch.zeros((), device=ranks.device)
+    for i, part in enumerate(micro):
+        tokens = torch.from_numpy(part).to(ranks.device, non_blocking=True)
+        sync = ranks.world == 1 or i == len(micro) - 1
+        with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast(ranks.device):
+            share = len(part) / (cfg.run.batch / ranks.world)
+            loss = sequence_loss(runner, tokens) * share
+            # The routers' predictors learn beside the model (their own weights only).
+            aux = routing.auxiliary_loss(model)
+        (loss if aux is None else loss + aux * share).backward()
+        loss_sum += loss.detach()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.run.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
 def run_folder(root: str | Path, arm: Arm, seed: int) -> Path:
     return Path(root) / f"{arm.name}-seed{seed}"
 
@@ -275,22 +298,8 @@ def _train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, folder: Path, 
         if ranks.device.type == "cuda":
             torch.cuda.synchronize()
         tick = time.perf_counter()
-        micro = rank_micro_batches(step_sequences(corpus.train, step, run.batch, run.context), ranks, run.micro_batch)
-        loss_sum = torch.zeros((), device=ranks.device)
-        for i, part in enumerate(micro):
-            tokens = torch.from_numpy(part).to(ranks.device, non_blocking=True)
-            sync = ranks.world == 1 or i == len(micro) - 1
-            context = contextlib.nullcontext() if sync else wrapped.no_sync()
-            with context, autocast(ranks.device):
-                share = len(part) / (run.batch / ranks.world)
-                loss = sequence_loss(runner, tokens) * share
-                # The routers' predictors learn beside the model (their own weights only).
-                aux = routing.auxiliary_loss(model)
-            (loss if aux is None else loss + aux * share).backward()
-            loss_sum += loss.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss_sum = train_step(model, wrapped, runner, optimizer,
+                              step_sequences(corpus.train, step, run.batch, run.context), cfg, ranks)
         if ranks.world > 1:
             dist.all_reduce(loss_sum)
             loss_sum /= ranks.world
