@@ -57,6 +57,26 @@ def test_attention_equals_float_reference(gate, causal, seed):
     assert torch.allclose(out.transpose(1, 2), reference.out, atol=1e-10, rtol=0)
 
 
+def test_kept_fraction_under_a_router_counts_the_routed_rows(seed):
+    """A routed and gated layer counts the kept keys of its routed rows only, and a count given to
+    `counting` adds up over blocks."""
+    g = torch.Generator().manual_seed(seed)
+    b, heads, n, d = 2, 2, 24, 8
+    q, k, v = (torch.randn(b, heads, n, d, generator=g, dtype=torch.float64) for _ in range(3))
+    module = fake_attention_module(GATES[0])
+    routed = torch.rand(b, n, generator=g) < 0.3
+    module.router = types.SimpleNamespace(last={"routed": routed})
+    count = attention.KeptCount()
+    for blocks in (1, 2):
+        with attention.counting(count):
+            _, keep = attention.mass_gate_forward(module, q, k, v, None, output_attentions=True)
+        rows = routed[:, None, :, None]
+        admissible = torch.ones(n, n, dtype=torch.bool).tril().expand(keep.shape) & rows
+        assert (int(count.kept), int(count.admissible)) == (blocks * int((keep & rows).sum()),
+                                                             blocks * int(admissible.sum()))
+    assert 0 < count.fraction < 1
+
+
 def test_attention_gradients_flow_through_the_kept_softmax(seed):
     """d out / d (q, k, v) equals dense attention's under the kept set as an additive mask."""
     g = torch.Generator().manual_seed(seed)

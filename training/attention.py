@@ -72,10 +72,11 @@ _counting: KeptCount | None = None
 
 
 @contextlib.contextmanager
-def counting():
-    """Count kept keys in the gated calls of the block (the sums stay on the device until read)."""
+def counting(count: KeptCount | None = None):
+    """Count kept keys in the gated calls of the block, into `count` if given (adding to it), else a
+    new count (the sums stay on the device until read)."""
     global _counting
-    _counting, previous = KeptCount(), _counting
+    _counting, previous = count or KeptCount(), _counting
     try:
         yield _counting
     finally:
@@ -175,8 +176,12 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             keep = _keep_from_probs(query, repeat_heads(key, query.shape[1] // key.shape[1]), valid, empty, gate,
                                     scale, causal)
         if _counting is not None:
-            _counting.kept = _counting.kept + keep.sum()
-            _counting.admissible = _counting.admissible + valid.expand(keep.shape).sum()
+            # Under a router, the rows it routed: the gate's work on the others is thrown away.
+            router = getattr(module, "router", None)
+            rows = (router.last["routed"][:, None, :, None] if router is not None and "routed" in router.last
+                    else torch.ones((), dtype=torch.bool, device=keep.device))
+            _counting.kept = _counting.kept + (keep & rows).sum()
+            _counting.admissible = _counting.admissible + (valid.expand(keep.shape) & rows).sum()
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_heads(key, groups), repeat_heads(value, groups)
     dropout = dropout if module.training else 0.0

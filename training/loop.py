@@ -151,32 +151,33 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
     # fractions, and the loss when the predictors route (decoding's choice, teacher-forced) and when the
     # HPU's routing step does (scores quantized to route_bits), summed per sequence.
     routed = torch.zeros(len(routing.EVALUATED), dtype=torch.float64, device=ranks.device)
-    with attention.counting() as kept:
-        for name, stream in sorted(corpus.val.items()):
-            if len(stream) <= context:
-                continue
-            n_seq = max(1, min(cfg.run.eval_tokens, len(stream) - 1) // context)
-            seqs = np.stack([np.asarray(stream[i * context:i * context + context + 1], dtype=np.int64)
-                             for i in range(n_seq) if (i + 1) * context < len(stream)])
-            mine = np.array_split(seqs, ranks.world)[ranks.rank]
-            loss_sum = torch.zeros((), dtype=torch.float64, device=ranks.device)
-            for i in range(0, len(mine), cfg.run.micro_batch):
-                batch = torch.from_numpy(mine[i:i + cfg.run.micro_batch]).to(ranks.device)
-                with autocast(ranks.device):
+    kept = attention.KeptCount()   # of the main pass only (not the predictors' or the HPU's passes)
+    for name, stream in sorted(corpus.val.items()):
+        if len(stream) <= context:
+            continue
+        n_seq = max(1, min(cfg.run.eval_tokens, len(stream) - 1) // context)
+        seqs = np.stack([np.asarray(stream[i * context:i * context + context + 1], dtype=np.int64)
+                         for i in range(n_seq) if (i + 1) * context < len(stream)])
+        mine = np.array_split(seqs, ranks.world)[ranks.rank]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ranks.device)
+        for i in range(0, len(mine), cfg.run.micro_batch):
+            batch = torch.from_numpy(mine[i:i + cfg.run.micro_batch]).to(ranks.device)
+            with autocast(ranks.device):
+                with attention.counting(kept):
                     loss_sum += sequence_loss(model, batch).double() * len(batch)
-                    stats = routing.statistics(model)
-                    if stats:
-                        for choice, figure in (("predictor", "loss_predicted"), ("hpu", "loss_hpu")):
-                            with routing.choosing(model, choice):
-                                stats[figure] = float(sequence_loss(model, batch))
-                        routed += torch.tensor([stats[k] for k in routing.EVALUATED], dtype=torch.float64,
-                                               device=ranks.device) * len(batch)
-            if ranks.world > 1:
-                dist.all_reduce(loss_sum)
-            losses[name] = float(loss_sum) / len(seqs)
-            total += float(loss_sum) * context
-            count += len(seqs) * context
-        fraction = kept.fraction
+                stats = routing.statistics(model)
+                if stats:
+                    for choice, figure in (("predictor", "loss_predicted"), ("hpu", "loss_hpu")):
+                        with routing.choosing(model, choice):
+                            stats[figure] = float(sequence_loss(model, batch))
+                    routed += torch.tensor([stats[k] for k in routing.EVALUATED], dtype=torch.float64,
+                                           device=ranks.device) * len(batch)
+        if ranks.world > 1:
+            dist.all_reduce(loss_sum)
+        losses[name] = float(loss_sum) / len(seqs)
+        total += float(loss_sum) * context
+        count += len(seqs) * context
+    fraction = kept.fraction
     model.train()
     if ranks.world > 1:
         dist.all_reduce(routed)
