@@ -142,6 +142,9 @@ def sqdk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
     return out
 
 
+MAX_ROUTE_TOKENS = 1 << 20
+
+
 def _route_configs():
     # One row a program, held in registers: more warps for longer rows keep the registers a thread
     # holds (and spills) down. Chosen per row length on the GPU.
@@ -194,6 +197,9 @@ def route(logits: torch.Tensor, route_fraction: float) -> tuple[torch.Tensor, to
     if logits.dim() != 2:
         raise InputError(f"router logits {tuple(logits.shape)}: must be (B, T)")
     b, t = logits.shape
+    if t > MAX_ROUTE_TOKENS:
+        raise InputError(f"router logits of {t} tokens: one program routes a row of at most {MAX_ROUTE_TOKENS} "
+                         "(Triton's largest block); route blocks of the sequence")
     k = capacity(t, route_fraction)
     positions = torch.empty(b, k, dtype=torch.int64, device=logits.device)
     nans = torch.empty(b, dtype=torch.int32, device=logits.device)
