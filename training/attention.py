@@ -147,9 +147,6 @@ def _keep_from_probs(query, key, valid, empty, gate: HPUConfig, scale: float, ca
     return keep_mask(probs.nan_to_num_(), valid | empty, gate) & ~empty
 
 
-# Kept out of torch.compile's graphs: the gate is read from the config on every call (the loop anneals
-# the permeability), which compiled code would guard on and recompile for at each new value.
-@torch.compiler.disable
 def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                       is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -158,8 +155,19 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     Returns the keep mask as the attention weights' stand-in only when the caller asks for
     ``output_attentions`` (a (B, H, Q, K) bool tensor), else None.
     """
-    gate = gate_of(module.config)
+    # The casts and the layout change stay in the caller's compiled graph, fused with the rotary
+    # embedding and the output projection; only the gate itself runs outside it.
     query, key, value = autocast_inputs(query, key, value)
+    out, keep = _gated_attention(module, query, key, value, attention_mask, scaling, dropout, is_causal)
+    return out.transpose(1, 2).contiguous(), keep if kwargs.get("output_attentions") else None
+
+
+# Kept out of torch.compile's graphs: the gate is read from the config on every call (the loop anneals
+# the permeability), which compiled code would guard on and recompile for at each new value.
+@torch.compiler.disable
+def _gated_attention(module, query, key, value, attention_mask, scaling, dropout, is_causal):
+    """(out (B, H, Q, D), keep (B, H, Q, K)) of `mass_gate_forward` on its q, k and v in one dtype."""
+    gate = gate_of(module.config)
     n_q, n_k, dim = query.shape[2], key.shape[2], query.shape[3]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     valid = admissible(attention_mask, n_q, n_k, causal, query.device)
@@ -194,7 +202,7 @@ def mass_gate_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=keep if empty is None else keep | empty,
                                              scale=scale, dropout_p=dropout)
         out = out if empty is None else out.masked_fill(empty, 0.0)
-    return out.transpose(1, 2).contiguous(), keep if kwargs.get("output_attentions") else None
+    return out, keep
 
 
 def gate_mask(*args, **kwargs):

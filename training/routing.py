@@ -178,8 +178,6 @@ def hpu_routing(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
     return run_routing(hpu, quantize_logits(_blocks(logits, cfg), hpu)).routed.reshape(logits.shape)
 
 
-# Kept out of torch.compile's graphs, as the gate is: its Triton kernels run between compiled regions.
-@torch.compiler.disable
 def routed_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """An `AttentionInterface` function (``attn_implementation="hpu_routed"``) that spends attention
     FLOPs on the routed queries only. When the layer's router chose by top-k (training,
@@ -199,17 +197,23 @@ def routed_forward(module, query, key, value, attention_mask, scaling=None, drop
             or not attention.tiled_attention(attention.autocast_inputs(query, key, value)[0], dropout)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    from gpu_kernels.kept_attention import kept_attention
-
+    # The casts, gather and scatter stay in the caller's compiled graph; only the kernel runs outside it.
     query, key, value = attention.autocast_inputs(query, key, value)
     b, heads, n, dim = query.shape
     groups = heads // key.shape[1]
     key, value = attention.repeat_heads(key, groups), attention.repeat_heads(value, groups)
     index = positions[:, None, :, None].expand(b, heads, positions.shape[1], dim)
     keep = positions[:, None, :, None] >= torch.arange(n, device=query.device)   # (B, 1, routed, N): causal
-    routed = kept_attention(query.gather(2, index), key, value, keep, dim ** -0.5 if scaling is None else scaling)
+    routed = _kept(query.gather(2, index), key, value, keep, dim ** -0.5 if scaling is None else scaling)
     out = torch.zeros_like(query).scatter(2, index, routed)
     return out.transpose(1, 2).contiguous(), None
+
+
+@torch.compiler.disable
+def _kept(query, key, value, keep, scale):
+    from gpu_kernels.kept_attention import kept_attention
+
+    return kept_attention(query, key, value, keep, scale)
 
 
 def register() -> str:
