@@ -222,9 +222,8 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
     run = read_json(Path(args.run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
     model = Path(args.run) / MODEL
     gated, routed = hardware.trained_with(model)
-    if not (gated or routed):
-        raise InputError(f"{args.run} was trained with neither the gate nor a router: take a run of a gated or "
-                         "routed arm")
+    # A dense run gets the configuration's gate after the fact: how sparse the rule finds it.
+    gate = gated or not routed
     text = TrainConfig.from_dict(run["config"]).data
     if args.data:
         text = dataclasses.replace(text, source=args.data)
@@ -233,7 +232,7 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
     with claim(args.output, "report folder", ("hardware.json", "rows-*.npz")):
         result = {split: {} for split in splits}
         for split, stream in splits.items():
-            if gated:
+            if gate:
                 result[split] = hardware.fixed_point_quality(model, cfg, stream, args.sequences, args.length)
             if routed:
                 result[split]["router"] = hardware.router_quality(model, stream, args.sequences)
@@ -242,8 +241,8 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
                 print(f"attention file: {rows} (for hpu sim --source)")
         write_json(Path(args.output) / "hardware.json", result)
     for split, r in result.items():
-        if gated:
-            print(f"{split}: loss dense {r['loss']['dense']:.4f}, float gate {r['loss']['float_gate']:.4f}, HPU fixed "
+        if gate:
+            print(f"{split}: loss dense {r['loss']['dense']:.4f}, float gate ({r['gate']}) {r['loss']['float_gate']:.4f}, HPU fixed "
                   f"point {r['loss']['fixed_point']:.4f}; kept {r['kept_fraction']['float_gate']:.3f} / "
                   f"{r['kept_fraction']['fixed_point']:.3f}; attention cosine mean {r['attention_cosine_mean']:.4f}")
         if routed:
@@ -416,9 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/train-report", help="report folder")
     p.set_defaults(func=cmd_train_report, memory_hint="report fewer runs")
 
-    p = sub.add_parser("train-hardware", help="a trained gated model's attention through the HPU's fixed point; a "
-                                              "routed model's loss by router choice (top-k, predictor, HPU, norm)")
-    p.add_argument("run", metavar="RUN", help="folder of one finished run of a gated or routed arm")
+    p = sub.add_parser("train-hardware", help="a trained model's attention through the HPU's fixed point (a dense "
+                                              "run gated after the fact by the configuration's gate); a routed "
+                                              "model's loss by router choice (top-k, predictor, HPU, norm)")
+    p.add_argument("run", metavar="RUN", help="folder of one finished run")
     _add_config_options(p)
     p.add_argument("--data", metavar="PATH", help="the run's text from this folder or data pack instead of its "
                    "experiment's [data] source (the same text, or the held-out splits differ)")

@@ -439,6 +439,7 @@ def test_a_trained_model_through_the_hpu_fixed_point(gated_checkpoint, corpus):
 
     hpu = HPUConfig(head_dim=8, lanes=8, max_keys=32)
     report = fixed_point_quality(gated_checkpoint, hpu, corpus.train, sequences=2, length=32)
+    assert report["gate"] == "trained"
     assert report["hpu"]["permeability"] == 0.5 and report["hpu"]["head_dim"] == 8
     assert 0 < report["kept_fraction"]["fixed_point"] < 1 and 0 < report["kept_fraction"]["float_gate"] < 1
     # The HPU's 8-bit probabilities and values cost this model little: the same keys kept on average,
@@ -448,6 +449,20 @@ def test_a_trained_model_through_the_hpu_fixed_point(gated_checkpoint, corpus):
     assert abs(report["fixed_minus_float"]) < 0.02
     with pytest.raises(InputError, match="head_dim 64"):
         fixed_point_quality(gated_checkpoint, HPUConfig(), corpus.train, sequences=1, length=32)
+
+
+def test_a_dense_run_is_gated_after_the_fact(data_config, corpus, tmp_path):
+    """A run trained without the gate gets the configuration's gate after the fact: how sparse the rule
+    finds a model that never trained with it, and what that costs."""
+    from training.hardware import fixed_point_quality
+
+    cfg = tiny_experiment(data_config)
+    train(cfg, cfg.arm("dense"), 1, corpus, tmp_path, progress=False, ranks=Ranks())
+    hpu = HPUConfig(head_dim=8, lanes=8, max_keys=32, permeability=0.3, mass_target=0.8)
+    report = fixed_point_quality(tmp_path / "dense-seed1" / "model", hpu, corpus.train, sequences=2, length=32)
+    assert report["gate"] == "post hoc"
+    assert (report["hpu"]["permeability"], report["hpu"]["mass_target"]) == (hpu.permeability, hpu.mass_target)
+    assert 0 < report["kept_fraction"]["float_gate"] < 1 and report["loss"]["float_gate"] != report["loss"]["dense"]
 
 
 def test_trained_rows_are_captured_through_the_trained_gate(gated_checkpoint, corpus, tmp_path):

@@ -101,15 +101,15 @@ def register() -> None:
 
 
 def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
-    """The attention file (`hpu sim --source`) of a trained gated or routed checkpoint on one sequence
-    of `tokens`, causal: every layer's and head's scores and values, taken while the model runs as it
+    """The attention file (`hpu sim --source`) of a trained checkpoint on one sequence of `tokens`,
+    causal: every layer's and head's scores and values, taken while the model runs as it
     was trained. (`golden_model.capture` runs a model with dense attention instead, which would hand
     the deeper layers a residual stream the trained model never sees.) A routed model's file holds its
     routed layers, each token's router logit repeated over the heads as ``router``."""
     from golden_model.capture import write_attention_file
 
     global _captured
-    model = _trained_model(model_dir, CAPTURE, "hpu_gate", "hpu_router")
+    model = _trained_model(model_dir, CAPTURE)
     chosen = routing.routers(model)
     if any(r.cfg.route == "skip" for r in chosen):
         raise InputError(f"{model_dir} routes by skipping (unrouted tokens are no keys either); the HPU routes "
@@ -132,11 +132,11 @@ def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
 
 
 def _trained_model(model_dir: str | Path, implementation: str, *needs: str, dtype=torch.float64):
-    """A gated or routed arm's checkpoint (routers reattached) with the attention implementation given,
-    for evaluation; refused unless its config holds one of `needs` (``hpu_gate``, ``hpu_router``)."""
+    """A run's checkpoint (routers reattached) with the attention implementation given, for evaluation;
+    with `needs`, refused unless its config holds one of them (``hpu_gate``, ``hpu_router``)."""
     register()
     model = routing.load(model_dir, attn_implementation=implementation, dtype=dtype).eval()
-    if not any(getattr(model.config, need, None) for need in needs):
+    if needs and not any(getattr(model.config, need, None) for need in needs):
         what = " or ".join({"hpu_gate": "the gate", "hpu_router": "a router"}[need] for need in needs)
         raise InputError(f"{model_dir} was trained without {what} (no {' or '.join(needs)} in its config): "
                          f"take a run of an arm with {what}")
@@ -161,9 +161,13 @@ def _pass(model, implementation: str, sequences: torch.Tensor) -> tuple[float, _
 
 def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarray, sequences: int,
                         length: int) -> dict:
-    """Loss and attention agreement of a trained checkpoint: dense, float gate and the HPU's fixed point."""
-    model = _trained_model(model_dir, "sdpa", "hpu_gate")
-    trained = model.config.hpu_gate
+    """Loss and attention agreement of a checkpoint: dense, float gate and the HPU's fixed point. A gated
+    run is gated as it was trained; any other run gets the gate of `hpu` after the fact (``gate``:
+    ``"post hoc"``), which measures how sparse the rule finds a model that never trained with it."""
+    model = _trained_model(model_dir, "sdpa")
+    trained = getattr(model.config, "hpu_gate", None)
+    if not trained:
+        trained = model.config.hpu_gate = {name: getattr(hpu, name) for name in attention.GATE_FIELDS}
     head_dim = model.config.hidden_size // model.config.num_attention_heads
     if hpu.head_dim != head_dim or hpu.max_keys < length:
         raise InputError(f"the HPU configuration has head_dim {hpu.head_dim} and max_keys {hpu.max_keys}; this model "
@@ -181,7 +185,8 @@ def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarra
     layers = model.config.num_hidden_layers
     per_layer = [torch.cat([c.flatten() for c in fixed.cosines[layer::layers]]) for layer in range(layers)]
     every = torch.cat(per_layer)
-    return {"model": str(model_dir), "hpu": hpu.to_dict(), "sequences": sequences, "length": length,
+    return {"model": str(model_dir), "gate": "trained" if trained_with(model_dir)[0] else "post hoc",
+            "hpu": hpu.to_dict(), "sequences": sequences, "length": length,
             "loss": {"dense": dense_loss, "float_gate": float_loss, "fixed_point": fixed_loss},
             "fixed_minus_float": fixed_loss - float_loss,
             "kept_fraction": {"float_gate": float_kept, "fixed_point": fixed.kept / fixed.admissible},
