@@ -8,6 +8,7 @@ Training runs a tiny Llama on text the test writes itself, on the CPU in float32
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import socket
@@ -715,6 +716,17 @@ def test_a_trained_router_through_the_hpu_routing_step(routed_checkpoint, corpus
     outcome = run(job, "icarus", build_root=tmp_path / "build", work_dir=tmp_path / "sim")
     assert (outcome.rows_checked, outcome.mismatches, outcome.routing_mismatches) == (16, 0, 0)
     assert outcome.routed == job.routed
+    # The same through `hpu sim`: the file's own tokens and logits, not random ones.
+    from hpu.cli import main
+
+    summary = tmp_path / "summary.json"
+    assert main(["sim", "--set", "head_dim=8", "--set", "lanes=4", "--set", "max_keys=32", "--set", "route_block=16",
+                 "--set", "route_fraction=0.5", "--rows", "32", "--source", str(path), "--build", str(tmp_path / "build"),
+                 "-o", str(summary), "--quiet"]) == 0
+    gated = json.loads(summary.read_text())["runs"]["gated"]
+    assert (gated["tokens"], gated["blocks"], gated["rows"], gated["routing_mismatches"], gated["mismatches"]) == \
+        (32, 2, 16, 0, 0)
+    assert gated["keys"] == sum(len(rows[t].scores) for t in top.nonzero().flatten().tolist())
 
 
 def test_attention_files_name_bad_router_logits(tmp_path):
