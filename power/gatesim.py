@@ -168,15 +168,8 @@ def stimulus(vcd: Path, scope: tuple[str, ...], signals: dict[str, int], clock: 
     missing = [name for name in [clock, *signals] if name not in codes]
     if missing:
         raise InputError(f"{vcd}: no {', '.join(missing)} in scope {'.'.join(scope)}")
-    watch = {codes[name]: list(range(header.widths[codes[name]])) for name in [clock, *signals]}
-    changes: dict[int, list] = {code: [] for code in watch}
-
-    def keep(batch):
-        for code, (times, states) in batch.watched.items():
-            changes[code].append((times, states))
-
-    counts = scan(vcd, keep, watch=watch)
-    times, states = (np.concatenate(x) for x in zip(*changes[codes[clock]]))
+    counts = scan(vcd, watch=[codes[name] for name in [clock, *signals]])
+    times, states = counts.changes[codes[clock]]
     edges = times[rising(states[:, 0], X)]
     if counts.closed:
         # The `$dumpoff` that closes an `hpu sim` dump sets every variable to x: an edge at that time
@@ -188,12 +181,12 @@ def stimulus(vcd: Path, scope: tuple[str, ...], signals: dict[str, int], clock: 
     cycles = len(edges) - settled
     columns, unknown = [], []
     for name, width in signals.items():
-        if not changes[codes[name]]:
+        times, states = counts.changes[codes[name]]
+        if not len(times):
             # Never set in the dump: x throughout.
             columns += [np.zeros(cycles, np.int64)] * limbs(width)
             unknown += [np.full(cycles, (1 << min(LIMB, width - lo)) - 1, np.int64) for lo in range(0, width, LIMB)]
             continue
-        times, states = (np.concatenate(x) for x in zip(*changes[codes[name]]))
         # The value a change sets holds from its time on; at an edge, changes at that very time count.
         last = (np.searchsorted(times, edges[1:], side="left") if settled
                 else np.searchsorted(times, edges, side="right")) - 1
