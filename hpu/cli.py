@@ -80,7 +80,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     options = Options(gaps=args.gaps or 0.0, backpressure=args.backpressure or 0.0,
                       seed=SIM_DEFAULTS["seed"] if args.seed is None else args.seed)
-    outputs = Outputs(summary=Path(args.output) if args.output else None, vcd=Path(args.vcd) if args.vcd else None)
+    outputs = Outputs(summary=Path(args.output) if args.output else None, vcd=Path(args.vcd) if args.vcd else None,
+                      waves=args.waves)
     simulate(cfg, args.source or SIM_DEFAULTS["source"], SIM_DEFAULTS["rows"] if args.rows is None else args.rows,
              options, outputs, args.dense_baseline, args.sim, Path(args.build), progress=not args.quiet)
     return 0
@@ -313,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-baseline", action="store_true", help="run the same rows again with the gate held open "
                    "(with a router: every token's row, none routed away)")
     p.add_argument("--vcd", metavar="PATH.vcd",
-                   help="write a VCD of the HPU while rows are in flight (the dense run's: PATH_dense.vcd)")
+                   help="write a dump of the HPU while rows are in flight (the dense run's: PATH_dense.vcd)")
+    p.add_argument("--waves", choices=("vcd", "fst"), default="vcd",
+                   help="the dump's format: VCD, or FST (Icarus; many times smaller; `hpu power` reads both; "
+                        "--vcd then names PATH.fst) (default: vcd)")
     p.add_argument("--sim", choices=SIMULATORS, default="icarus", help="simulator (default: icarus)")
     p.add_argument("--gaps", type=float, help="probability per cycle of an idle key source (default 0)")
     p.add_argument("--backpressure", type=float, help="probability per cycle of a stalled sink (default 0)")

@@ -28,20 +28,22 @@ class SimulationError(HPUError):
     """The simulation could not run, stalled, or disagreed with the golden model."""
 
 
-def _runner(sim: str, vcd: bool):
+def _runner(sim: str, dump: Path | None):
     from cocotb_tools.runner import Icarus, get_runner
 
-    if sim != "icarus" or not vcd:
+    if sim != "icarus" or dump is None:
         return get_runner(sim)
+    # The dump's suffix names its format: vvp writes the harness's $dumpfile as VCD (-vcd) or FST (-fst).
+    form = f"-{dump.suffix.lstrip('.')}"
 
-    class IcarusVcd(Icarus):
-        """cocotb's Icarus runner passes vvp -none (no dump) unless it writes FST itself; the
-        power flow reads VCD, which the harness's $dumpfile asks for, so ask vvp for VCD."""
+    class IcarusDump(Icarus):
+        """cocotb's Icarus runner passes vvp -none (no dump) unless it writes FST itself; the harness's
+        $dumpfile holds only the HPU while rows are in flight, so ask vvp for that dump instead."""
 
         def _test_command(self):
-            return [[arg for arg in cmd if arg != "-none"] + ["-vcd"] for cmd in super()._test_command()]
+            return [[arg for arg in cmd if arg != "-none"] + [form] for cmd in super()._test_command()]
 
-    return IcarusVcd()
+    return IcarusDump()
 
 
 def _check_simulator(sim: str) -> dict:
@@ -158,7 +160,7 @@ def _run(job: Job, sim: str, build_dir: Path, work_dir: Path, vcd: Path | None, 
     extra_env = {**env, "HPU_SIM_JOB": str(job_path), "HPU_SIM_OUTCOME": str(outcome_path),
                  "HPU_SIM_PROGRESS": "1" if progress else "0",
                  "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
-    runner = _runner(sim, vcd=bool(job.options.vcd))
+    runner = _runner(sim, Path(job.options.vcd) if job.options.vcd else None)
     # cocotb's runner exits on a failed test (under pytest, or with a non-zero simulator status);
     # the outcome file the testbench wrote says what failed, and is read below.
     with contextlib.suppress(SystemExit):

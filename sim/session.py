@@ -24,16 +24,17 @@ from sim.runner import make_job, make_routed_job, run
 class Outputs:
     summary: Path | None = None
     vcd: Path | None = None   # the gated run's dump; the dense run's is `dense_vcd`
+    waves: str = "vcd"        # the dump's format, which its suffix names: vcd or fst
 
     @property
     def dense_vcd(self) -> Path | None:
-        return self.vcd.with_name(self.vcd.stem + "_dense.vcd") if self.vcd else None
+        return self.vcd.with_name(f"{self.vcd.stem}_dense{self.vcd.suffix}") if self.vcd else None
 
     def check(self) -> "Outputs":
         if self.summary:
             output_file(self.summary, "summary")
         if self.vcd:
-            output_file(self.vcd, "VCD (--vcd)", suffix=".vcd")
+            output_file(self.vcd, f"{self.waves.upper()} (--vcd with --waves {self.waves})", suffix=f".{self.waves}")
         return self
 
     def files(self, dense: bool) -> list[Path]:
