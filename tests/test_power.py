@@ -530,7 +530,42 @@ def small_runs(tmp_path_factory):
                  "--build", build, "-o", str(root / "four" / "s.json"), "--quiet"]) == 0
     assert main(["sim", "--config", small, "--rows", "3", "--dense-baseline", "--vcd", str(root / "three" / "g.vcd"),
                  "--build", build, "-o", str(root / "three" / "s.json"), "--quiet"]) == 0
+    # The first run again, dumped as FST.
+    assert main(["sim", "--config", small, "--rows", "4", "--dense-baseline", "--waves", "fst",
+                 "--vcd", str(root / "fst" / "g.fst"), "--build", build, "-o", str(root / "fst" / "s.json"),
+                 "--quiet"]) == 0
     return root
+
+
+def _per_variable(counts):
+    return {var.reference: [getattr(counts, f)[counts.bits(var.code)].tolist() for f in FIELDS[:-1]]
+            + [int(counts.value_changes[var.code])] for var in counts.header.vars}
+
+
+def test_fst_of_a_run_reads_as_its_vcd(small_runs, tmp_path):
+    """Icarus's FST of a run, read through GTKWave's FST library, gives the VCD's counts for every bit
+    of every variable, and the same power report."""
+    r = small_runs
+    for name in ("g", "g_dense"):
+        fst, vcd = scan(r / "fst" / f"{name}.fst"), scan(r / "four" / f"{name}.vcd")
+        assert _per_variable(fst) == _per_variable(vcd)
+        assert (fst.begin_time, fst.end_time, fst.closed) == (vcd.begin_time, vcd.end_time, True)
+        assert (r / "fst" / f"{name}.fst").stat().st_size * 5 < (r / "four" / f"{name}.vcd").stat().st_size
+    reports = []
+    for folder, suffix in (("four", "vcd"), ("fst", "fst")):
+        assert main(["power", str(r / folder / f"g.{suffix}"), "--baseline", str(r / folder / f"g_dense.{suffix}"),
+                     "--manifest", str(r / "rtl" / "manifest.json"), "--summary", str(r / folder / "s.json"),
+                     "-o", str(tmp_path / folder)]) == 0
+        reports.append(json.loads((tmp_path / folder / "power.json").read_text()))
+    for name in ("gated", "dense"):
+        assert reports[0]["runs"][name]["energy_fJ"] == reports[1]["runs"][name]["energy_fJ"]
+        assert reports[0]["runs"][name]["instances"] == reports[1]["runs"][name]["instances"]
+
+
+def test_a_corrupt_fst_is_refused_in_one_line(small_runs, tmp_path, capsys):
+    broken = tmp_path / "cut.fst"
+    broken.write_bytes((small_runs / "fst" / "g.fst").read_bytes()[:400])
+    _refused(capsys, ["power", str(broken), "-o", str(tmp_path / "p")], "cut.fst")
 
 
 def _refused(capsys, argv, message):
