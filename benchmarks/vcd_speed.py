@@ -1,25 +1,29 @@
 """VCD reading speed: power.vcd against honest anchors, every reader on the same file in one run.
 
-    python -m benchmarks.vcd_speed [--vcd FILE --manifest FILE] [--rows R] [--min-mb 60] [-o JSON]
+    python -m benchmarks.vcd_speed [--vcd FILE --manifest FILE [--fst FILE]] [--rows R] [--min-mb 60] [-o JSON]
 
 Without --vcd it writes an HPU dump of at least --min-mb MB (default configuration, random full rows,
-gate held open so every lane works) under Icarus. Then, with the page cache warm, it times:
+gate held open so every lane works) under Icarus, and the same run again as FST. Then, with the page
+cache warm, it times:
 
 - ``power.vcd``: our per-bit rises, falls, x/z changes and time at 0/1/x (`scan`), and the whole
   per-cycle activity per instance on top (`activity.measure`, needs the HPU manifest);
+- the same counting of the run's FST (GTKWave's FST library writing VCD text into the same pass);
 - vcdvcd parsing alone (a callback that does nothing);
 - vcdvcd plus a plain Python per-bit toggle counter (a dozen lines, the obvious thing to write);
 - pywellen (Rust) loading the header and every signal's changes;
 - Python iterating over the file's lines: the I/O bound of any line-based reader;
 - the slow vcdvcd-based reference (`power/reference.py`), whose counts ours must equal exactly.
 
-MB/s are file megabytes (10**6 bytes) per second of the best of --repeat runs, taken in rounds
-(each round times every reader once) so that they share the machine's conditions.
+MB/s are VCD megabytes (10**6 bytes of the VCD, for the FST too) per second of the best of --repeat
+runs, by wall time and by the process's own CPU time (all its threads), taken in rounds (each round
+times every reader once) so that they share the machine's conditions.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from pathlib import Path
@@ -70,21 +74,26 @@ def _lines(vcd: Path) -> int:
 
 
 def timed(fn):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - cpu, result
 
 
-def hpu_dump(cfg: HPUConfig, rows: int, build: Path, min_mb: float) -> tuple[Path, Path]:
-    vcd = build / "vcd_speed.vcd"
+def hpu_dump(cfg: HPUConfig, rows: int, build: Path, min_mb: float) -> tuple[Path, Path, Path]:
+    """The VCD and the FST of one run, and its manifest."""
     stimulus = random_rows(cfg, rows, random.Random(11), n=cfg.max_keys, spread=4.0)
-    outcome = run(make_job(cfg, stimulus, "random", Options(gate_open=True, vcd=str(vcd))), "icarus",
-                  build_root=str(build), work_dir=str(build / "run-vcd"))
-    megabytes = vcd.stat().st_size / 1e6
-    print(f"dump: {vcd}, {megabytes:.1f} MB, {outcome.hpu_cycles} HPU cycles, {outcome.mismatches} mismatches")
+    dumps = []
+    for suffix in ("vcd", "fst"):
+        dump = build / f"vcd_speed.{suffix}"
+        outcome = run(make_job(cfg, stimulus, "random", Options(gate_open=True, vcd=str(dump))), "icarus",
+                      build_root=str(build), work_dir=str(build / f"run-{suffix}"))
+        print(f"dump: {dump}, {dump.stat().st_size / 1e6:.1f} MB, {outcome.hpu_cycles} HPU cycles, "
+              f"{outcome.mismatches} mismatches")
+        dumps.append(dump)
+    megabytes = dumps[0].stat().st_size / 1e6
     if megabytes < min_mb:
         raise SystemExit(f"the dump is {megabytes:.1f} MB, under {min_mb} MB: raise --rows")
-    return vcd, next(build.glob("rtl-*/manifest.json"))
+    return dumps[0], dumps[1], next(build.glob("rtl-*/manifest.json"))
 
 
 def main() -> None:
@@ -94,14 +103,17 @@ def main() -> None:
     parser.add_argument("--min-mb", type=float, default=60.0, help="refuse a written dump smaller than this")
     parser.add_argument("--vcd", type=Path, help="time this dump instead of writing one")
     parser.add_argument("--manifest", type=Path, help="the dump's HPU manifest, for the per-cycle activity timing")
+    parser.add_argument("--fst", type=Path, help="the same run as FST, for the FST timing")
     parser.add_argument("--repeat", type=int, default=3, help="runs per fast reader; the best counts")
     parser.add_argument("--build", type=Path, default=Path("build/bench"))
     parser.add_argument("-o", "--output", default="benchmarks/results/vcd_speed.json")
     args = parser.parse_args()
     cfg = HPUConfig.load(args.config)
-    vcd, manifest = (args.vcd, args.manifest) if args.vcd else hpu_dump(cfg, args.rows, args.build, args.min_mb)
+    vcd, fst, manifest = (args.vcd, args.fst, args.manifest) if args.vcd else hpu_dump(cfg, args.rows, args.build,
+                                                                                        args.min_mb)
     megabytes = vcd.stat().st_size / 1e6
     _lines(vcd)  # warm the page cache
+    scan(vcd, chunk_bytes=1 << 16)  # and load the compiled pass
 
     readers = {
         "power_vcd_scan": (args.repeat, lambda: scan(vcd)),
@@ -114,35 +126,49 @@ def main() -> None:
     }
     if manifest is not None:
         readers["power_full_analysis"] = (args.repeat, lambda: activity.measure(design.load(vcd, manifest)))
+    if fst is not None:
+        readers["power_fst_scan"] = (args.repeat, lambda: scan(fst))
     # Round after round, every reader once per round (the repeated ones in every round, the others in
     # the first only), so that a machine whose speed drifts during the run treats them all alike.
     results, outputs, best = {}, {}, {}
     for round_ in range(max(repeat for repeat, _ in readers.values())):
         for name, (repeat, fn) in readers.items():
             if round_ < repeat:
-                seconds, outputs[name] = timed(fn)
-                best[name] = min(seconds, best.get(name, seconds))
-    for name, seconds in best.items():
-        results[name] = {"seconds": seconds, "mb_per_s": megabytes / seconds}
-        print(f"{name:26} {megabytes / seconds:8.1f} MB/s  ({seconds:.2f} s)", flush=True)
+                seconds, cpu, outputs[name] = timed(fn)
+                old = best.get(name, (seconds, cpu))
+                best[name] = (min(seconds, old[0]), min(cpu, old[1]))
+    for name, (seconds, cpu) in best.items():
+        results[name] = {"seconds": seconds, "cpu_seconds": cpu, "mb_per_s": megabytes / seconds,
+                         "cpu_mb_per_s": megabytes / cpu}
+        print(f"{name:26} {megabytes / seconds:8.1f} MB/s wall {megabytes / cpu:8.1f} MB/s own CPU  ({seconds:.2f} s)",
+              flush=True)
     ours, reference = outputs["power_vcd_scan"], outputs["vcdvcd_reference_counts"]
     identical = all(np.array_equal(getattr(ours, f), getattr(reference, f)) for f in FIELDS)
-    speed = results["power_vcd_scan"]["mb_per_s"]
-    ratios = {"vs_vcdvcd_parse_only": speed / results["vcdvcd_parse_only"]["mb_per_s"],
-              "vs_pywellen_load": speed / results["pywellen_load"]["mb_per_s"],
-              "vs_python_line_iteration": speed / results["python_line_iteration"]["mb_per_s"]}
+    speed = results["power_vcd_scan"]
+    ratios = {"vs_vcdvcd_parse_only": speed["mb_per_s"] / results["vcdvcd_parse_only"]["mb_per_s"],
+              "vs_pywellen_load": speed["mb_per_s"] / results["pywellen_load"]["mb_per_s"],
+              "vs_python_line_iteration_cpu": speed["cpu_mb_per_s"] / results["python_line_iteration"]["cpu_mb_per_s"]}
     if "power_full_analysis" in results:
-        ratios["activity_overhead"] = (results["power_full_analysis"]["seconds"]
-                                       / results["power_vcd_scan"]["seconds"] - 1)
-    print(f"power.vcd: {ratios['vs_vcdvcd_parse_only']:.1f}x vcdvcd parse-only, {ratios['vs_pywellen_load']:.2f}x "
-          f"pywellen load; counts identical to the reference: {identical}")
-    write(args.output, {"benchmark": "vcd_speed", "vcd": str(vcd), "vcd_mb": megabytes, "readers": results,
-                        "ratios": ratios, "identical_counts": identical,
-                        "versions": {"pywellen": _version("pywellen"), "vcdvcd": _version("vcdvcd"),
-                                     "numpy": np.__version__},
-                        "target": {"power_vcd_scan_mb_per_s": 150, "activity_overhead": 0.30}})
+        ratios["activity_overhead"] = results["power_full_analysis"]["seconds"] / speed["seconds"] - 1
+    if "power_fst_scan" in results:
+        ratios["fst_vs_vcd"] = speed["seconds"] / results["power_fst_scan"]["seconds"]
+        fst_counts = outputs["power_fst_scan"]
+        identical = identical and _per_variable(fst_counts) == _per_variable(ours)
+    print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
+          + f"; counts identical to the reference (and the FST's to the VCD's): {identical}")
+    write(args.output, {"benchmark": "vcd_speed", "vcd": str(vcd), "vcd_mb": megabytes,
+                        "fst": str(fst) if fst else None, "fst_mb": fst.stat().st_size / 1e6 if fst else None,
+                        "cpus": os.cpu_count(), "readers": results, "ratios": ratios, "identical_counts": identical,
+                        "versions": {p: _version(p) for p in ("pywellen", "vcdvcd", "numpy", "numba", "pylibfst")},
+                        "target": {"vs_pywellen_load": 1.5, "activity_overhead": 0.25,
+                                   "vs_python_line_iteration_cpu": 0.3, "fst_vs_vcd": 1.0}})
     if not identical:
         raise SystemExit("the counts differ from the vcdvcd-based reference")
+
+
+def _per_variable(counts) -> dict:
+    return {var.reference: tuple(int(getattr(counts, f)[counts.bits(var.code)].sum()) for f in FIELDS[:-1])
+            + (int(counts.value_changes[var.code]),) for var in counts.header.vars}
 
 
 def _version(package: str) -> str:

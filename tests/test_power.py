@@ -211,29 +211,42 @@ def test_time_going_back_is_held_and_reported(tmp_path):
 
 
 def _random_dump(rng: random.Random) -> tuple[str, str]:
+    """Definitions and a body with x/z and VHDL states, short vectors, comments, `$dumpoff`/`$dumpon`
+    and times that go back."""
     widths = [rng.choice([1, 1, 2, 3, 8, 13]) for _ in range(rng.randrange(1, 6))]
     codes = ["!", "b", "#a", "rr", "s1", "%&"][:len(widths)]
     defs = "\n".join(f"$var wire {w} {c} v{i} $end" for i, (w, c) in enumerate(zip(widths, codes)))
     lines, t = [], 0
     for _ in range(rng.randrange(0, 60)):
-        if rng.random() < 0.3:
+        event = rng.random()
+        if event < 0.3:
             t += rng.choice([0, 1, 5, 1000])
             lines.append(f"#{t}")
+        elif event < 0.33:
+            lines.append(f"#{max(t - rng.choice([1, 7]), 0)}")
+        elif event < 0.36:
+            lines.append(f"$comment {rng.choice(['b1 !', '#5', 'a note'])} $end")
+        elif event < 0.38:
+            lines.append(rng.choice(["$dumpoff", "$dumpon", "$dumpall"]) + " "
+                         + " ".join(("x" + c) if w == 1 else f"bx {c}" for w, c in zip(widths, codes)) + " $end")
         i = rng.randrange(len(widths))
         if widths[i] == 1 and rng.random() < 0.7:
-            lines.append(rng.choice("01xz") + codes[i])
+            lines.append(rng.choice("01xzuwlh-") + codes[i])
         else:
             length = rng.randrange(1, widths[i] + 1)
-            lines.append("b" + "".join(rng.choice("0011xz") for _ in range(length)) + " " + codes[i])
+            lines.append("b" + "".join(rng.choice("0011xzuwlh-") for _ in range(length)) + " " + codes[i])
     return defs, "#0\n" + "\n".join(lines)
 
 
-@given(st.integers(0, 2**32 - 1))
-def test_random_dumps_match_vcdvcd(tmp_path_factory, dump_seed):
+@given(st.integers(0, 2**32 - 1), st.integers(1, 300))
+def test_random_dumps_match_vcdvcd(tmp_path_factory, dump_seed, chunk_bytes):
+    """Any dump, its chunks ending anywhere, counts as the vcdvcd-based reference counts it."""
     rng = random.Random(dump_seed)
     defs, body = _random_dump(rng)
     path = write_vcd(tmp_path_factory.mktemp("rand"), body, defs)
-    assert_same_counts(scan(path, chunk_bytes=64), reference_counts(path))
+    counts = scan(path, chunk_bytes=chunk_bytes)
+    assert_same_counts(counts, reference_counts(path))
+    assert_same_counts(scan(path), counts)
 
 
 def test_truncated_dump_never_crashes(seed, tmp_path):
