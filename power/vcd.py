@@ -228,7 +228,7 @@ def _token_end(buf, pos, n):
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _hash(buf, start, end):
     h = 0
     for i in range(start, end):
@@ -362,12 +362,10 @@ def _start(s, since, time):
     since[:] = time
 
 
-@njit(cache=True)
-def _change(buf, vstart, vlen, code, s, cfg, bits, codes, trk, log):
-    """Apply one value change (its text at buf[vstart:vstart + vlen], MSB first). Returns the status
-    and, on failure, where."""
-    state, since, tally = bits
-    width, offset = codes[0], codes[1]
+@njit(cache=True, inline="always")
+def _change(buf, vstart, vlen, code, s, cfg, state, since, tally, width, offset, role, pending, dirty, log_code,
+            log_time, log_bits):
+    """Apply one value change (its text at buf[vstart:vstart + vlen], MSB first). Returns the status."""
     w = width[code]
     base = offset[code]
     if vlen > w:
@@ -385,24 +383,34 @@ def _change(buf, vstart, vlen, code, s, cfg, bits, codes, trk, log):
     clock_before = state[base]
     toggles = 0
     last = vstart + vlen - 1
-    for j in range(w):
-        new = _STATE[buf[last - j]] if j < vlen else pad
-        if new == 255:
-            return _BAD_CHAR
+    # The bits the text writes (LSB first), then the left extension.
+    for j in range(vlen):
         k = base + j
+        new = _STATE[buf[last - j]]
         old = state[k]
         if old != new:
-            if old <= ONE and new <= ONE:
-                tally[_RISE if new == ONE else _FALL, k] += 1
+            if new == 255:
+                return _BAD_CHAR
+            if (old | new) <= ONE:
+                tally[_FALL - new, k] += 1
                 toggles += 1
             else:
                 tally[_XZ, k] += 1
             tally[_T0 + min(old, 2), k] += now - since[k]
             since[k] = now
             state[k] = new
-    role = codes[4][code]
-    if role & _LOGGED:
-        log_code, log_time, log_bits = log
+    for k in range(base + vlen, base + w):
+        old = state[k]
+        if old != pad:
+            if (old | pad) <= ONE:
+                tally[_FALL - pad, k] += 1
+                toggles += 1
+            else:
+                tally[_XZ, k] += 1
+            tally[_T0 + min(old, 2), k] += now - since[k]
+            since[k] = now
+            state[k] = pad
+    if role[code] & _LOGGED:
         n = s[_LOG]
         log_code[n] = code
         log_time[n] = now
@@ -410,7 +418,6 @@ def _change(buf, vstart, vlen, code, s, cfg, bits, codes, trk, log):
         s[_LOG] = n + 1
         s[_LOG_BITS] += w
     if cfg[_TRACKING]:
-        pending, dirty = trk[12], trk[13]
         if toggles:
             pending[0, s[_PENDING]] = code
             pending[1, s[_PENDING]] = toggles
@@ -420,7 +427,7 @@ def _change(buf, vstart, vlen, code, s, cfg, bits, codes, trk, log):
             if s[_FIRST_RISE] < 0:
                 s[_FIRST_RISE] = now
             s[_LAST_RISE] = now
-        if role & _WATCHED and not dirty[1, code]:
+        if role[code] & _WATCHED and not dirty[1, code]:
             dirty[1, code] = 1
             dirty[0, s[_DIRTY]] = code
             s[_DIRTY] += 1
@@ -438,10 +445,12 @@ def _change(buf, vstart, vlen, code, s, cfg, bits, codes, trk, log):
 def _scan(buf, n, final, pos, s, cfg, bits, codes, trk, log, warn):
     """Read buf[pos:n] record by record. Returns (status, position, detail): where to resume (a record
     cut by the end of a chunk is left whole for the next call), or the failure, where and its detail."""
+    # Unpacked once: taking arrays out of the tuples per change costs reference counting each time.
+    state, since, tally = bits
     width, offset, real, changes, role, code_bytes, code_start, table = codes
+    pending, dirty = trk[12], trk[13]
+    log_code, log_time, log_bits = log
     tracking = cfg[_TRACKING]
-    pending = trk[12]
-    log_code, log_bits = log[0], log[2]
     while True:
         while pos < n and buf[pos] <= 32:
             pos += 1
@@ -466,7 +475,7 @@ def _scan(buf, n, final, pos, s, cfg, bits, codes, trk, log, warn):
                     return _HUGE_TIME, record, end - record
                 t = t * 10 + d
             if not s[_STARTED]:
-                _start(s, bits[1], t)
+                _start(s, since, t)
             if s[_HAVE_TIME] and t < s[_RAW]:
                 if tracking:
                     return _TIME_BACK, record, 0
@@ -478,7 +487,7 @@ def _scan(buf, n, final, pos, s, cfg, bits, codes, trk, log, warn):
             s[_RAW] = t
             if t > s[_NOW]:
                 if tracking:
-                    _end_step(s, cfg, bits[0], offset, trk)
+                    _end_step(s, cfg, state, offset, trk)
                 s[_NOW] = t
             s[_HAVE_TIME] = 1
             pos = end
@@ -537,12 +546,13 @@ def _scan(buf, n, final, pos, s, cfg, bits, codes, trk, log, warn):
         if role[code] & _LOGGED and (s[_LOG] == len(log_code) or s[_LOG_BITS] + width[code] > len(log_bits)):
             return _LOG_FULL, record, 0
         if not s[_STARTED]:
-            _start(s, bits[1], 0)
+            _start(s, since, 0)
         changes[code] += 1
         if not (prefix == 2 or real[code]):
             if vlen < 1:
                 return _BAD_CHAR, record, code
-            status = _change(buf, vstart, vlen, code, s, cfg, bits, codes, trk, log)
+            status = _change(buf, vstart, vlen, code, s, cfg, state, since, tally, width, offset, role, pending, dirty,
+                             log_code, log_time, log_bits)
             if status != _DONE:
                 return status, record, code
         pos = code_end
