@@ -45,7 +45,6 @@ class Design:
     clock: int
     clock_name: str
     phase: int | None
-    watch: dict[int, list[int]]
     enables: list[tuple[int, int]]
     unit_ptr: np.ndarray
     unit_idx: np.ndarray
@@ -117,7 +116,7 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
 
     widths = {(var.scope, var.name): var.width for var in header.vars}
 
-    units, watch, enables, missing = [], {}, [], 0
+    units, enables, missing = [], [], 0
     for path in sorted(manifest["instances"], key=lambda p: (p.count("."), p)):
         scope = top + tuple(path.split(".")[1:])
         if scope not in header.scopes:
@@ -151,8 +150,6 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
             if enable["polarity"] == 0:
                 raise InputError(f"{path}: {what} has an active-low enable; not modelled yet")
             key = (code, enable["bit"])
-            if enable["bit"] not in watch.setdefault(code, []):
-                watch[code].append(enable["bit"])
             if key not in enables:
                 enables.append(key)
             return key
@@ -174,19 +171,11 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
     clock_code = code_of(top, clock)
     if clock_code is None:
         raise VcdError(vcd, None, f"no clock {clock!r} in scope {'.'.join(top)}: name it with --clock")
-    if 0 not in watch.setdefault(clock_code, []):
-        watch[clock_code].append(0)
     phase_code = code_of(top, phase) if phase else None
     if phase and phase_code is None:
         raise VcdError(vcd, None, f"no {phase!r} signal in scope {'.'.join(top)} to mark the compute phase")
-    if phase_code is not None and 0 not in watch.setdefault(phase_code, []):
-        watch[phase_code].append(0)
 
     rows_code = code_of(top, ROWS_PORT)
-    if rows_code is not None:
-        for bit in range(header.widths[rows_code]):
-            if bit not in watch.setdefault(rows_code, []):
-                watch[rows_code].append(bit)
 
     # Which instances each code makes active: the instance whose scope declares it and every
     # instance above it. Clock variables and simulator-local scopes (functions, tasks) are left out.
@@ -204,5 +193,5 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
                 reach.setdefault(var.code, set()).add(unit_of_scope[scope])
             scope = scope[:-1]
     ptr, idx = reach_index(reach, len(header.codes))
-    return Design(vcd, manifest, header, top, units, clock_code, clock, phase_code, watch, enables, ptr, idx, missing,
+    return Design(vcd, manifest, header, top, units, clock_code, clock, phase_code, enables, ptr, idx, missing,
                   rows_code)

@@ -19,10 +19,10 @@ import numpy as np
 
 from hpu.errors import InputError
 from hpu.files import staged, write_json
-from power import activity, saif
-from power.design import Design, Unit, reach_index
+from power import saif
+from power.design import reach_index
 from power.energy import EnergyTable
-from power.vcd import Counts, Header, VcdError, scan
+from power.vcd import Counts, Cycles, Header, Track, VcdError, scan
 
 CLOCK_NAME = re.compile(r"(?i)^(clk|clock|sysclk|[a-z]?clk\d*|.*_clk|clk_.*|.*_clock|clock_.*)(\[0\])?$")
 UNCALIBRATED_CLASS = "datapath"
@@ -35,9 +35,14 @@ class Generic:
     vcd: Path
     counts: Counts
     scopes: list[str]
+    owned: list[np.ndarray]                  # per scope, the bits it declares first
     toggles: np.ndarray                      # per scope, its own bits and its sub-scopes'
     clock: str | None
-    activity: activity.Activity | None       # per-cycle activity, when there is a clock
+    window: int
+    activity: Cycles | None                  # per-cycle activity per scope, when there is a clock
+
+    def silent_ratio(self, scope: int) -> float:
+        return 1.0 - self.activity.active[scope] / self.activity.cycles
 
 
 def find_clock(header: Header, counts: Counts, name: str | None) -> int | None:
@@ -56,56 +61,45 @@ def find_clock(header: Header, counts: Counts, name: str | None) -> int | None:
     return max(candidates, key=lambda v: (rises[v.code], -len(v.scope))).code
 
 
-def _design(vcd: Path, header: Header, clock: int) -> Design:
-    scopes = sorted(header.scopes, key=lambda s: (len(s), s))
-    index = {scope: i for i, scope in enumerate(scopes)}
-    offsets = header.bit_offsets
-    owned: dict[int, list[int]] = {i: [] for i in range(len(scopes))}
-    seen, reach = set(), {}
-    for var in header.vars:
-        if var.code == clock or header.real[var.code]:
-            continue
-        if var.code not in seen and var.scope in index:
-            seen.add(var.code)
-            owned[index[var.scope]].extend(range(int(offsets[var.code]), int(offsets[var.code + 1])))
-        scope = var.scope
-        while scope:
-            if scope in index:
-                reach.setdefault(var.code, set()).add(index[scope])
-            scope = scope[:-1]
-    units = [Unit(".".join(s), s, {UNCALIBRATED_CLASS: np.asarray(owned[i], np.int64)}, []) for i, s in enumerate(scopes)]
-    ptr, idx = reach_index(reach, len(header.codes))
-    clock_name = next(v.reference for v in header.vars if v.code == clock)
-    return Design(vcd, {"top": "", "mac_lanes": [], "instances": []}, header, (), units, clock, clock_name, None,
-                  {clock: [0]}, [], ptr, idx, 0)
-
-
 def measure(vcd: Path, clock: str | None = None, window: int = 64) -> Generic:
+    if window < 1:
+        raise InputError(f"--window {window}: a window must be at least 1 cycle")
     counts = scan(vcd)
     header = counts.header
     code = find_clock(header, counts, clock)
     scopes = sorted(header.scopes, key=lambda s: (len(s), s))
+    index = {scope: i for i, scope in enumerate(scopes)}
     per_bit = counts.rise + counts.fall
-    toggles = np.zeros(len(scopes), np.int64)
     offsets = header.bit_offsets
-    counted = set()
+    toggles = np.zeros(len(scopes), np.int64)
+    owned: list[list[int]] = [[] for _ in scopes]
+    reach: dict[int, set[int]] = {}
+    counted, first = set(), set()
     for var in header.vars:
         if header.real[var.code] or var.code == code or (var.code, var.scope) in counted:
             continue
+        bits = range(int(offsets[var.code]), int(offsets[var.code + 1]))
+        if var.code not in first and var.scope in index:
+            first.add(var.code)
+            owned[index[var.scope]].extend(bits)
         counted.add((var.code, var.scope))
-        n = int(per_bit[offsets[var.code]:offsets[var.code + 1]].sum())
-        for i, scope in enumerate(scopes):
-            if var.scope[:len(scope)] == scope:
-                toggles[i] += n
-    measured = None
+        # Every scope above the variable's (its own included) sees its toggles and is active with it.
+        above = [index[var.scope[:k]] for k in range(len(var.scope) + 1) if var.scope[:k] in index]
+        toggles[above] += int(per_bit[bits.start:bits.stop].sum())
+        reach.setdefault(var.code, set()).update(above)
+    cycles = None
     if code is not None:
+        ptr, idx = reach_index(reach, len(header.codes))
         try:
-            measured = activity.measure(_design(vcd, header, code), window=window)
+            cycles = scan(vcd, Track(code, ptr, idx, len(scopes), window)).cycles
         except VcdError as exc:
             # A valid dump whose cycles cannot be told apart (time going back): toggles only.
             counts.warnings.append(f"no activity per cycle: {exc}")
-    return Generic(Path(vcd), counts, [".".join(s) for s in scopes], toggles,
-                   None if code is None else next(v.reference for v in header.vars if v.code == code), measured)
+        if cycles is not None and cycles.cycles < 2:
+            counts.warnings.append(f"no activity per cycle: the clock has {cycles.cycles} rising edges")
+            cycles = None
+    return Generic(Path(vcd), counts, [".".join(s) for s in scopes], [np.asarray(o, np.int64) for o in owned], toggles,
+                   None if code is None else next(v.reference for v in header.vars if v.code == code), window, cycles)
 
 
 def write(g: Generic, table: EnergyTable, out_dir: Path, name: str = "activity") -> dict[str, Path]:
@@ -116,13 +110,12 @@ def write(g: Generic, table: EnergyTable, out_dir: Path, name: str = "activity")
     per_bit = counts.rise + counts.fall
     scopes = {}
     for i, path in enumerate(g.scopes):
-        own = a.design.units[i].bits[UNCALIBRATED_CLASS] if a else None
         scopes[path or "(root)"] = {
             "toggles": int(g.toggles[i]),
             "energy_fJ_uncalibrated": float(g.toggles[i]) * fj,
-            "own_toggles": int(per_bit[own].sum()) if own is not None else None,
+            "own_toggles": int(per_bit[g.owned[i]].sum()) if a else None,
             "active_cycles": int(a.active[i]) if a else None,
-            "silent_ratio": a.silent_ratio(i) if a else None,
+            "silent_ratio": g.silent_ratio(i) if a else None,
         }
     paths = {"json": out_dir / f"{name}.json", "bits": out_dir / f"{name}_bits.csv",
              "windows": out_dir / f"{name}_windows.csv", "png": out_dir / f"{name}.png",
@@ -131,7 +124,7 @@ def write(g: Generic, table: EnergyTable, out_dir: Path, name: str = "activity")
     with staged(paths["windows"]) as temp, open(temp, "w", newline="") as f:
         w = csv.writer(f)
         windows = a.window_toggles.shape[1] if a else 0
-        w.writerow(["scope", *(f"cycles_{k * a.window}_{(k + 1) * a.window - 1}" for k in range(windows))] if a
+        w.writerow(["scope", *(f"cycles_{k * g.window}_{(k + 1) * g.window - 1}" for k in range(windows))] if a
                    else ["scope", "(no clock: no windows)"])
         for i, path in enumerate(g.scopes):
             w.writerow([path or "(root)", *(a.window_toggles[i].tolist() if a else [])])
@@ -142,7 +135,7 @@ def write(g: Generic, table: EnergyTable, out_dir: Path, name: str = "activity")
         "note": ("energy is an uncalibrated estimate: no manifest names the design's nets, so every toggle is "
                  f"charged one {UNCALIBRATED_CLASS} bit ({fj} fJ, {table.source})"),
         "toggles": int(per_bit.sum()), "xz_changes": int(counts.xz.sum()),
-        "window_cycles": a.window if a else None, "scopes": scopes, "warnings": counts.warnings,
+        "window_cycles": g.window if a else None, "scopes": scopes, "warnings": counts.warnings,
     })
     return paths
 
@@ -176,10 +169,10 @@ def _plot(g: Generic, path: Path) -> None:
     if a is not None and a.window_toggles.size:
         depth = min(len(s.split(".")) for s in g.scopes if s) if any(g.scopes) else 0
         shown = [i for i, s in enumerate(g.scopes) if s and len(s.split(".")) <= depth + 1][:12]
-        x = np.arange(a.window_toggles.shape[1]) * a.window
+        x = np.arange(a.window_toggles.shape[1]) * g.window
         for i in shown:
             # Scope names may hold `$` (VCS writes `unnamed$$_vcs_0`): matplotlib would read math there.
-            ax.plot(x, a.window_toggles[i] / a.window, label=g.scopes[i].replace("$", r"\$"), linewidth=1)
+            ax.plot(x, a.window_toggles[i] / g.window, label=g.scopes[i].replace("$", r"\$"), linewidth=1)
         ax.set_xlabel(f"clock cycle ({g.clock})")
         ax.set_ylabel("toggles per cycle")
         ax.legend(fontsize=7, ncol=2)

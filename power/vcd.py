@@ -287,7 +287,7 @@ def _settle(s, cfg, trk, cycle):
         u = open_units[k]
         active[u] += 1
         active_in_phase[u] += in_phase
-        window_active[u, column] += 1
+        window_active[column, u] += 1
     s[_OPEN] = 0
 
 
@@ -307,10 +307,10 @@ def _end_step(s, cfg, state, offset, trk):
         column = cycle // cfg[_WINDOW]
         for k in range(s[_PENDING]):
             code, toggles = pending[0, k], pending[1, k]
-            signal_window_toggles[code, column] += toggles
+            signal_window_toggles[column, code] += toggles
             for r in range(reach_ptr[code], reach_ptr[code + 1]):
                 u = reach_idx[r]
-                window_toggles[u, column] += toggles
+                window_toggles[column, u] += toggles
                 if mark[u] != cycle:
                     mark[u] = cycle
                     open_units[s[_OPEN]] = u
@@ -462,7 +462,7 @@ def _scan(buf, n, final, pos, s, cfg, bits, codes, trk, log, warn):
         if end == n and not final:
             return _MORE, record, 0
         if c == 35:  # '#'
-            if tracking and (s[_CYCLES] + s[_STEP_RISES]) // cfg[_WINDOW] + 1 >= trk[9].shape[1]:
+            if tracking and (s[_CYCLES] + s[_STEP_RISES]) // cfg[_WINDOW] + 1 >= trk[9].shape[0]:
                 return _GROW_WINDOWS, record, 0
             if end == pos + 1:
                 return _BAD_TIME, record, end - record
@@ -757,7 +757,7 @@ class _Reader:
         if track is None:
             self.cfg = np.array([-1, -1, -1, 1, 0], np.int64)
             self.trk = (empty, empty, empty, empty, np.zeros((3, 0), np.int64), empty, empty, empty, empty,
-                        np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64),
+                        np.zeros((1, 0), np.int64), np.zeros((1, 0), np.int64), np.zeros((1, 0), np.int64),
                         np.zeros((2, 0), np.int64), np.zeros((2, 0), np.int64))
         else:
             self.cfg = np.array([track.clock, track.phase, track.counter, track.window, 1], np.int64)
@@ -771,8 +771,8 @@ class _Reader:
                         np.array([track.enables[k][1] for k in order], np.int64),
                         np.zeros((3, len(track.enables)), np.int64), np.full(units, -1, np.int64),
                         np.zeros(units, np.int64), np.zeros(units, np.int64), np.zeros(units, np.int64),
-                        np.zeros((units, windows), np.int64), np.zeros((units, windows), np.int64),
-                        np.zeros((codes, windows), np.int64), np.zeros((2, 1024), np.int64),
+                        np.zeros((windows, units), np.int64), np.zeros((windows, units), np.int64),
+                        np.zeros((windows, codes), np.int64), np.zeros((2, 1024), np.int64),
                         np.zeros((2, codes), np.int64))
             self.enable_order = order
         self.log = (np.zeros(1 << 16, np.int64), np.zeros(1 << 16, np.int64), np.zeros(1 << 20, np.uint8))
@@ -788,11 +788,13 @@ class _Reader:
         buf[:len(start)] = start
         filled, final, total = len(start), False, len(start)
         while True:
-            while not final and filled < len(buf):
-                got = stream.readinto(memoryview(buf)[filled:])
+            if not final:
+                # One read, then the pass: from a pipe (an FST being decoded) that is a pipe's worth, so
+                # the writer goes on decoding while this thread counts.
+                got = stream.readinto(memoryview(buf)[filled:]) or 0
                 final = not got
-                filled += got or 0
-                total += got or 0
+                filled += got
+                total += got
             data = np.frombuffer(buf, np.uint8)
             status, pos = self._scan(data, filled, final)
             del data
@@ -826,9 +828,7 @@ class _Reader:
     def _grow_windows(self) -> None:
         trk = list(self.trk)
         for k in (9, 10, 11):
-            old = trk[k]
-            trk[k] = np.zeros((old.shape[0], 2 * old.shape[1]), np.int64)
-            trk[k][:, :old.shape[1]] = old
+            trk[k] = np.concatenate((trk[k], np.zeros_like(trk[k])))
         self.trk = tuple(trk)
 
     def _drain(self, data: np.ndarray, upto: int) -> None:
@@ -890,7 +890,7 @@ class _Reader:
     def finish(self, size: int) -> Counts:
         s, header = self.s, self.header
         if self.track is not None:
-            while (s[_CYCLES] + s[_STEP_RISES]) // self.track.window + 1 >= self.trk[9].shape[1]:
+            while (s[_CYCLES] + s[_STEP_RISES]) // self.track.window + 1 >= self.trk[9].shape[0]:
                 self._grow_windows()
         _finish(s, self.cfg, self.bits, self.codes, self.trk)
         if self.lost_warnings:
@@ -912,9 +912,10 @@ class _Reader:
         (_, _, _, _, enables, _, _, active, active_in_phase, window_toggles, window_active,
          signal_window_toggles, _, _) = self.trk
         enabled = {track.enables[k]: int(enables[2, i]) for i, k in enumerate(self.enable_order)}
+        # The tables are kept a window per row, so that one cycle's additions fall close together.
         return Cycles(n, None if s[_FIRST_RISE] < 0 else int(s[_FIRST_RISE]), int(s[_LAST_RISE]), active,
-                      active_in_phase, n if track.phase < 0 else int(s[_PHASE_HIGH]), window_toggles[:, :windows],
-                      window_active[:, :windows], signal_window_toggles[:, :windows], enabled,
+                      active_in_phase, n if track.phase < 0 else int(s[_PHASE_HIGH]), window_toggles[:windows].T,
+                      window_active[:windows].T, signal_window_toggles[:windows].T, enabled,
                       None if s[_COUNTER] < 0 else int(s[_COUNTER]))
 
 
