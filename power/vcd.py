@@ -30,6 +30,7 @@ that reaches it toggles in that cycle; x/z changes never count as activity.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import threading
@@ -583,12 +584,14 @@ def _definitions(stream: BinaryIO, path: Path) -> tuple[Header, bytes]:
     data = stream.read(64)
     if problem := _not_vcd(data):
         raise VcdError(path, None, problem)
-    while b"$enddefinitions" not in data:
+    # Up to the `$end` after `$enddefinitions` (a pipe hands the text over in pieces of any size).
+    while not (at := data.find(b"$enddefinitions")) >= 0 or data.find(b"$end", at + 15) < 0:
         more = stream.read(CHUNK_BYTES)
         if not more:
+            if at >= 0:
+                break
             raise VcdError(path, data.count(b"\n") + 1, "no `$enddefinitions $end`: the file is truncated or not a VCD")
         data += more
-    data += stream.read(64)
     header = _parse_definitions(data, path)
     return header, data[header.body_offset:]
 
@@ -706,6 +709,9 @@ def _text(path: Path) -> Iterator[BinaryIO]:
     if context == ffi.NULL:
         raise VcdError(path, None, "GTKWave's FST library cannot open this FST file: it is truncated or corrupt")
     read_end, write_end = os.pipe()
+    with contextlib.suppress(AttributeError, OSError):
+        # Linux: room for the decoder to run 1 MB ahead of the pass (a pipe holds 64 KB by default).
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
     handle = libc.fdopen(write_end, b"w")
     failed: list[BaseException] = []
 
@@ -723,7 +729,8 @@ def _text(path: Path) -> Iterator[BinaryIO]:
     writer = threading.Thread(target=write, name=f"fst2vcd {path.name}", daemon=True)
     writer.start()
     try:
-        with open(read_end, "rb") as stream:
+        # Unbuffered: a read returns what the pipe holds instead of waiting until the buffer is full.
+        with open(read_end, "rb", buffering=0) as stream:
             yield stream
             # Drain what a reader that stopped early left, so that the writer can finish.
             while stream.read(CHUNK_BYTES):
