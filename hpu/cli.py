@@ -316,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vcd", metavar="PATH.vcd",
                    help="write a dump of the HPU while rows are in flight (the dense run's: PATH_dense.vcd)")
     p.add_argument("--waves", choices=("vcd", "fst"), default="vcd",
-                   help="the dump's format: VCD, or FST (Icarus; many times smaller; `hpu power` reads both; "
-                        "--vcd then names PATH.fst) (default: vcd)")
+                   help="the dump's format: VCD, or FST (many times smaller; `hpu power` reads both; --vcd then "
+                        "names PATH.fst). Verilator dumps the whole harness for the whole run (it ignores $dumpvars' "
+                        "scope and $dumpoff) in two states, from a build of its own (default: vcd)")
     p.add_argument("--sim", choices=SIMULATORS, default="icarus", help="simulator (default: icarus)")
     p.add_argument("--gaps", type=float, help="probability per cycle of an idle key source (default 0)")
     p.add_argument("--backpressure", type=float, help="probability per cycle of a stalled sink (default 0)")

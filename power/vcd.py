@@ -34,7 +34,7 @@ import fcntl
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -628,6 +628,7 @@ def _parse_definitions(data: bytes, path: Path) -> Header:
             if sum(header.widths) > MAX_TOTAL_BITS:
                 raise VcdError(path, line_of(pos), f"the variables hold {sum(header.widths)} bits in all, beyond the "
                                                    f"{MAX_TOTAL_BITS} this reader counts in memory")
+            _fold_array_scopes(header)
             return header
         if word == b"$scope":
             words = until_end(pos)
@@ -675,6 +676,23 @@ def _parse_definitions(data: bytes, path: Path) -> Header:
         else:
             raise VcdError(path, line_of(pos), f"expected a `$` keyword in the definitions, found {word[:40].decode(errors='replace')!r}")
     raise VcdError(path, line_of(len(data)), "truncated definitions")
+
+
+def _fold_array_scopes(header: Header) -> None:
+    """Verilator's FST writer puts an array's elements (`mem[0]`, `mem[1]`, ...) under a scope named as the
+    array; its VCD writer, like every other, declares them in the scope that holds the array. Such a
+    scope (no sub-scopes, only elements of its own name) is folded into its parent, so that both dumps
+    name the design alike."""
+    parents = {scope[:-1] for scope in header.scopes}
+    inside: dict[tuple[str, ...], list[Var]] = {}
+    for var in header.vars:
+        inside.setdefault(var.scope, []).append(var)
+    folded = {scope for scope, members in inside.items()
+              if scope and scope not in parents and all(v.name.startswith(scope[-1] + "[") for v in members)}
+    if folded:
+        header.vars = [replace(v, scope=v.scope[:-1]) if v.scope in folded else v for v in header.vars]
+        for scope in folded:
+            del header.scopes[scope]
 
 
 def _timescale(path: Path, line: int, words: list[bytes]) -> float:

@@ -63,22 +63,23 @@ def _check_simulator(sim: str) -> dict:
 
 
 def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/sim",
-          verilog_dir: str | Path | None = None) -> Path:
+          verilog_dir: str | Path | None = None, waves: str | None = None) -> Path:
     """Generate (or reuse) the Verilog for cfg and build it with the harness; returns the build folder.
 
     A ``verilog_dir`` from an earlier ``hpu gen`` is used as it is, after checking
-    that its manifest was made for this very configuration.
+    that its manifest was made for this very configuration. ``waves`` ("vcd" or "fst") asks Verilator
+    for a build that can trace the harness's dump in that format (Icarus needs no build of its own).
     """
     env = _check_simulator(sim)
     build_root = Path(build_root)
     # Runs sharing a build folder share its cached Verilog and simulator builds: one builds, the
     # others wait and reuse it.
     with shared_lock(build_root):
-        return _build(cfg, sim, build_root, verilog_dir, env)
+        return _build(cfg, sim, build_root, verilog_dir, env, waves if sim == "verilator" else None)
 
 
 def _build(cfg: HPUConfig, sim: str, build_root: Path, verilog_dir: str | Path | None,
-           env: dict) -> Path:
+           env: dict, waves: str | None) -> Path:
     if verilog_dir is not None:
         manifest = load_manifest(Path(verilog_dir) / MANIFEST)
         if manifest_config(manifest) != cfg:
@@ -101,16 +102,21 @@ def _build(cfg: HPUConfig, sim: str, build_root: Path, verilog_dir: str | Path |
         runner = get_runner(sim)
         if sim == "verilator":
             build_args = ["--timing", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--no-public-flat-rw"]
+            # cocotb's waves build adds --trace (VCD) and turns tracing on (Verilated::traceEverOn), which
+            # the harness's $dumpfile needs; --trace-fst after it makes the dump FST.
+            build_args += ["--trace-fst"] if waves == "fst" else []
         else:
             # Yosys's Verilog starts each combinational block through a `reg ... = 0` initializer,
             # which triggers the block at time 0 only under Verilog-2005 semantics (under
             # SystemVerilog's, initializers run before any process and the blocks stay at x).
             build_args = ["-g2005"]
-        digest = hashlib.sha256(verilog.read_bytes() + HARNESS.read_bytes() + repr(build_args).encode()).hexdigest()
+        digest = hashlib.sha256(verilog.read_bytes() + HARNESS.read_bytes()
+                                + repr((build_args, waves)).encode()).hexdigest()
         build_dir = build_root / f"{sim}-{digest[:16]}"
         runner.build(sources=[verilog.resolve(), HARNESS], hdl_toplevel="hpu_harness", build_dir=build_dir,
                      parameters=harness_parameters(cfg),
-                     build_args=build_args, timescale=("1ns", "1ps"), log_file=build_dir / "build.log")
+                     build_args=build_args, timescale=("1ns", "1ps"), log_file=build_dir / "build.log",
+                     waves=waves is not None)
     except Exception as exc:  # the runner raises plain exceptions; name the log
         raise SimulationError(f"building the HPU for {sim} failed: {exc} (see {build_dir / 'build.log'})") from None
     finally:
@@ -130,11 +136,9 @@ def run(job: Job, sim: str = "icarus", build_root: str | Path = "build/sim", wor
     Without a `work_dir` the run gets a fresh folder of its own under `build_root`, so runs at once
     never read each other's job and outcome files. The VCD (``job.options.vcd``) is written under a
     temporary name and appears under its own only when the whole run succeeded."""
-    if job.options.vcd and sim != "icarus":
-        # cocotb's Verilator main turns tracing on (Verilated::traceEverOn) only for its own whole-design
-        # dump, so the harness's $dumpfile would abort the run at time 0.
-        raise SimulationError(f"a VCD needs --sim icarus: cocotb's {sim} build does not trace the harness's dump")
-    build_dir = build(job.cfg, sim, build_root, verilog_dir=verilog_dir)
+    dump = Path(job.options.vcd) if job.options.vcd else None
+    build_dir = build(job.cfg, sim, build_root, verilog_dir=verilog_dir,
+                      waves=dump.suffix.lstrip(".") if dump else None)
     own = work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_root) if own else work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

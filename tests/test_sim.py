@@ -10,6 +10,7 @@ from golden_model.sources import rows_from
 from golden_model.stimulus import blocks_from
 from hpu.cli import main
 from hpu.config import HPUConfig
+from power.vcd import scan
 from rtl_gen.generate import generate
 from rtl_gen.tools import ToolMissing
 from sim.job import Job, Options
@@ -134,7 +135,28 @@ def test_sim_command_summary(build_root, tmp_path, capsys):
     assert summary["runs"]["dense"]["kept_fraction"] == 1.0
     assert summary["runs"]["gated"]["kept_fraction"] < 1.0
     assert "simulated cycles/s" in capsys.readouterr().out
-    # Verilator under cocotb does not trace the harness's dump: refused in one line, nothing written.
-    assert main(["sim", "--config", f"{REPO}/configs/small.toml", "--rows", "2", "--sim", "verilator", "--vcd",
+    # A suffix that is not the format asked for is refused in one line, nothing written.
+    assert main(["sim", "--config", f"{REPO}/configs/small.toml", "--rows", "2", "--waves", "fst", "--vcd",
                  str(tmp_path / "v.vcd"), "--build", str(build_root), "-o", str(tmp_path / "v.json"), "--quiet"]) != 0
-    assert "a VCD needs --sim icarus" in capsys.readouterr().err and not (tmp_path / "v.json").exists()
+    assert "must end in .fst" in capsys.readouterr().err and not (tmp_path / "v.json").exists()
+
+
+def test_verilator_dumps_the_run_as_vcd_and_as_fst(build_root, tmp_path):
+    """Verilator traces the harness's dump in a build of its own, as VCD or FST; the FST reads as the VCD,
+    names included (its FST writer puts an array's elements under a scope of the array's name, which the
+    reader folds back), and `hpu power` reads it with the HPU's manifest."""
+    counts = {}
+    for waves in ("vcd", "fst"):
+        dump = tmp_path / f"v.{waves}"
+        assert main(["sim", "--config", f"{REPO}/configs/small.toml", "--rows", "2", "--sim", "verilator",
+                     "--waves", waves, "--vcd", str(dump), "--build", str(build_root), "-o",
+                     str(tmp_path / f"{waves}.json"), "--quiet"]) == 0
+        c = scan(dump)
+        counts[waves] = {var.reference:
+                         [getattr(c, f)[c.bits(var.code)].tolist() for f in ("rise", "fall", "xz", "t0", "t1", "tx")]
+                         for var in c.header.vars}
+    assert counts["fst"] == counts["vcd"]
+    assert sum(sum(v[0]) for v in counts["fst"].values()) > 1000
+    assert main(["gen", "--config", f"{REPO}/configs/small.toml", "-o", str(tmp_path / "rtl")]) == 0
+    assert main(["power", str(tmp_path / "v.fst"), "--manifest", str(tmp_path / "rtl" / "manifest.json"),
+                 "-o", str(tmp_path / "power")]) == 0
