@@ -9,9 +9,9 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 CELLS  := build/cells/osu018
 
-.PHONY: setup test test-all fuzz demo demo-full quality bench clean iverilog opensta cells data
+.PHONY: setup test test-all fuzz demo demo-full quality bench clean iverilog opensta cells data fst-headers
 
-setup: $(STAMP) iverilog opensta cells
+setup: $(STAMP) iverilog opensta cells fst-headers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,18 @@ iverilog:
 # OpenSTA writes the SDF delays of gate-level simulation (Debian's 2019 build).
 opensta:
 	$(call system_tool,sta,opensta,OpenSTA,echo "  elsewhere: build it from https://github.com/The-OpenROAD-Project/OpenSTA";)
+
+# Verilator's FST writer (hpu sim --sim verilator --waves fst) compiles against LZ4 and zlib.
+fst-headers:
+	@[ -f /usr/include/lz4.h ] && [ -f /usr/include/zlib.h ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing the LZ4 and zlib headers (apt-get install liblz4-dev zlib1g-dev)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liblz4-dev zlib1g-dev >/dev/null; \
+	else \
+		echo "Verilator's FST dumps need the LZ4 and zlib headers. Install them, then run make again:"; \
+		echo "  Debian/Ubuntu: sudo apt-get install -y liblz4-dev zlib1g-dev"; \
+		exit 1; \
+	fi
 
 # The OSU 0.18 um standard cells (Liberty with power tables, Verilog models), for gate-level power:
 # Debian's qflow-tech-osu018, unpacked without its dependencies. GPL: fetched here, never committed.
