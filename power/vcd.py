@@ -7,9 +7,9 @@ watched signals' changes in place. Memory is the buffer plus those tables: the r
 dump or its list of changes. FST files are read through GTKWave's FST library (`pylibfst`), which
 writes their changes as VCD text into a pipe that the same loop reads.
 
-The first call compiles the loop (about 10 s); numba caches it (`cache=True`) in `__pycache__` next to
+The first call compiles the loop (about 14 s); numba caches it (`cache=True`) in `__pycache__` next to
 this file, or in the user's cache folder when that is not writable, so later processes load it in
-under a second.
+about a second.
 
 Counting rules (IEEE 1364 section 18 for the format, the brief for the counts):
 - a toggle is a 0->1 (rise) or 1->0 (fall) change of one bit; a change to or from x or z (or any
