@@ -330,8 +330,9 @@ def test_a_compressed_or_binary_liberty_file_is_named(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (gzip.compress(b"$timescale 1ns $end\n$enddefinitions $end\n", mtime=0),
      "the file is gzip-compressed: gunzip it first"),
-    # GTKWave's FST: block FST_BL_HDR (0), its length FST_HDRSIZE (329) big-endian, then the header.
-    (b"\x00" + (329).to_bytes(8, "big") + bytes(329), "the file is an FST file, not VCD: name it .fst and convert it"),
+    # GTKWave's FST (block FST_BL_HDR (0), its length FST_HDRSIZE (329) big-endian, then the header) is
+    # read as FST whatever its name; a header of zeros is not one the FST library opens.
+    (b"\x00" + (329).to_bytes(8, "big") + bytes(329), "GTKWave's FST library cannot open this FST file"),
     (bytes(range(256)), "the file is binary, not VCD text"),
 ], ids=["gzip", "fst", "binary"])
 def test_a_compressed_fst_or_binary_file_named_vcd_is_named(tmp_path, capsys, content, message):
