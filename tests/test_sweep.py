@@ -1,0 +1,176 @@
+"""hpu sweep: the spec, the Pareto front, and sweeps on a local Dask cluster and on a real scheduler."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hpu.cli import main
+from hpu.errors import InputError
+from sweep import report, spec as sweep_spec
+
+SPEC = """[sweep]
+base = "small"
+metrics = ["cycles", "energy"]
+seed = 3
+
+[sweep.fields]
+lanes = [2, 3]
+permeability = [0.25, 0.5]
+
+[[sweep.workload]]
+source = "random"
+rows = 2
+"""
+
+
+def write_spec(tmp_path, text=SPEC):
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def test_grid_and_random_points_are_fixed_by_the_spec(tmp_path):
+    spec = sweep_spec.load(write_spec(tmp_path, SPEC.replace("permeability = [0.25, 0.5]",
+                                                             "permeability = {from = 0.25, to = 0.75, step = 0.25}")))
+    points = [p.assignment() for p in spec.enumerate()]
+    assert points == [{"lanes": l, "permeability": p} for l in (2, 3) for p in (0.25, 0.5, 0.75)]
+    sampled = write_spec(tmp_path, SPEC.replace('metrics', 'sample = "random"\npoints = 3\nmetrics'))
+    first = [p.assignment() for p in sweep_spec.load(sampled).enumerate()]
+    assert len(first) == 3 and first == [p.assignment() for p in sweep_spec.load(sampled).enumerate()]
+    assert all(a in points[:2] + [{"lanes": 3, "permeability": 0.25}, {"lanes": 3, "permeability": 0.5},
+                                  {"lanes": 2, "permeability": 0.25}, {"lanes": 2, "permeability": 0.5}] for a in first)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("lanes = [2, 3]", "lane = [2, 3]"), "lane is not a configuration field"),
+    (("lanes = [2, 3]", "lanes = []"), "lanes has no values"),
+    (('"cycles", "energy"', '"cycles", "speed"'), "unknown metric"),
+    (('source = "random"', 'source = "nope"'), "workload source 'nope'"),
+    (("rows = 2", "rows = 0"), "rows must be a whole number of at least 1"),
+    (("seed = 3", "seed = 3\nworkers = 2"), "unknown [sweep] entry workers"),
+])
+def test_bad_specs_are_refused_in_one_line(tmp_path, change, message):
+    with pytest.raises(InputError, match=message.replace("[", "\\[").replace("]", "\\]")):
+        sweep_spec.load(write_spec(tmp_path, SPEC.replace(*change)))
+
+
+def test_pareto_front_keeps_the_unbeaten_per_workload():
+    rows = [{"status": "ok", "workload": "w", "energy_pj_per_row_gated": 1.0, "area_nand2": 5.0, "cycles_per_row": 9},
+            {"status": "ok", "workload": "w", "energy_pj_per_row_gated": 2.0, "area_nand2": 4.0, "cycles_per_row": 9},
+            {"status": "ok", "workload": "w", "energy_pj_per_row_gated": 2.0, "area_nand2": 5.0, "cycles_per_row": 9},
+            {"status": "ok", "workload": "v", "energy_pj_per_row_gated": 9.0, "area_nand2": 9.0, "cycles_per_row": 9},
+            {"status": "refused", "workload": "w"}]
+    assert report.pareto(rows) == [0, 1, 3]
+
+
+def _table(out):
+    with open(out / "sweep.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    spec = write_spec(root)
+    assert main(["sweep", str(spec), "--workers", "2", "-o", str(root / "local")]) == 0
+    return root, spec
+
+
+def test_local_sweep_measures_caches_and_records_refusals(local_sweep, capsys):
+    root, spec = local_sweep
+    out = root / "local"
+    rows = _table(out)
+    assert [(r["lanes"], r["permeability"], r["status"]) for r in rows] == [
+        ("2", "0.25", "ok"), ("2", "0.5", "ok"), ("3", "0.25", "refused"), ("3", "0.5", "refused")]
+    assert "lanes = 3: must divide head_dim" in rows[2]["message"]
+    for r in rows[:2]:
+        assert (r["rows_checked"], r["mismatches"]) == ("2", "0")
+        assert 0 < float(r["energy_pj_per_row_gated"]) < float(r["energy_pj_per_row_dense"])
+        assert float(r["cycles_per_row"]) >= float(r["ideal_cycles_per_row"]) > 0
+    # A lower permeability keeps fewer keys.
+    assert float(rows[0]["kept_fraction"]) < float(rows[1]["kept_fraction"])
+    for name in report.FILES.values():
+        assert (out / name).stat().st_size > 0
+    assert json.loads((out / "pareto.json").read_text())["points"]
+    # Run again: everything comes from the cache, and the table is the same.
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--workers", "2", "-o", str(out)]) == 0
+    assert "4 cached, 0 to compute" in capsys.readouterr().out
+    assert _table(out) == rows
+
+
+def test_a_real_scheduler_and_two_workers_give_the_same_table(local_sweep, tmp_path):
+    root, spec = local_sweep
+    address_file = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen(dask + ["--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                      "--scheduler-file", str(address_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(300):
+            if address_file.exists() and address_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(address_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                           "--nthreads", "1", "--no-dashboard"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        assert main(["sweep", str(spec), "--scheduler", address, "-o", str(tmp_path / "remote")]) == 0
+    finally:
+        for p in reversed(procs):
+            p.kill()
+            p.wait(timeout=30)
+    assert _table(tmp_path / "remote") == _table(root / "local")
+
+
+def test_no_scheduler_at_the_address_is_refused_in_one_line(tmp_path, capsys):
+    assert main(["sweep", str(write_spec(tmp_path)), "--scheduler", "tcp://127.0.0.1:9", "-o",
+                 str(tmp_path / "out")]) == 2
+    assert "no Dask scheduler answers there" in capsys.readouterr().err
+
+
+def test_a_worker_killed_mid_sweep_loses_and_doubles_nothing(local_sweep, tmp_path):
+    """The scheduler runs a dead worker's task again on the other worker: every point once, as measured."""
+    from dask.distributed import Client
+
+    root, spec = local_sweep
+    address_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file", str(address_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(300):
+            if address_file.exists() and address_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(address_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                           "--nthreads", "1", "--no-dashboard", "--no-nanny"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        sweep = subprocess.Popen([sys.executable, "-m", "hpu.cli", "sweep", str(spec), "--scheduler", address,
+                                  "-o", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        with Client(address, timeout="10s") as client:
+            for _ in range(600):
+                busy = [w for w, keys in client.processing().items() if keys]
+                if busy:
+                    break
+                time.sleep(0.1)
+            assert busy, "no task ever started"
+            pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+        subprocess.run(["kill", "-9", str(pid)], check=True)
+        output, _ = sweep.communicate(timeout=600)
+        assert sweep.returncode == 0, output
+    finally:
+        for p in reversed(procs):
+            p.kill()
+            p.wait(timeout=30)
+    assert _table(tmp_path / "out") == _table(root / "local")
+    assert len(list((tmp_path / "out" / "cache").glob("*.json"))) == 4
