@@ -102,11 +102,11 @@ data: setup
 	$(BIN)/hpu data $(EXPERIMENT)
 
 test: setup
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 # Slow simulations as well (kept out of the default run; faster tests cover the same paths).
 test-all: setup
-	$(BIN)/python -m pytest -n 2 -q -m ""
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m ""
 
 # Opt-in: the whole suite, slow simulations included, FUZZ_ROUNDS times with fresh seeds for every
 # randomized test and cocotb bench and FUZZ_EXAMPLES hypothesis examples per property. Every seed
@@ -117,7 +117,7 @@ fuzz: setup
 	@for round in $$(seq $(FUZZ_ROUNDS)); do \
 		hseed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
 		echo "fuzz round $$round: hypothesis seed $$hseed"; \
-		HPU_FUZZ=1 HPU_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -n 2 -q -m "" \
+		HPU_FUZZ=1 HPU_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "" \
 			--hypothesis-seed=$$hseed || { echo "fuzz round $$round failed: hypothesis seed $$hseed"; exit 1; }; \
 	done
 

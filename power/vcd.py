@@ -364,6 +364,21 @@ def _start(s, since, time):
 
 
 @njit(cache=True, inline="always")
+def _flip(k, new, now, state, since, tally):
+    """Bit k changes to `new`: count the change and the time its old state held; 1 if it toggled."""
+    old = state[k]
+    toggled = (old | new) <= ONE
+    if toggled:
+        tally[_FALL - new, k] += 1
+    else:
+        tally[_XZ, k] += 1
+    tally[_T0 + min(old, 2), k] += now - since[k]
+    since[k] = now
+    state[k] = new
+    return 1 if toggled else 0
+
+
+@njit(cache=True, inline="always")
 def _change(buf, vstart, vlen, code, s, cfg, state, since, tally, width, offset, role, pending, dirty, log_code,
             log_time, log_bits):
     """Apply one value change (its text at buf[vstart:vstart + vlen], MSB first). Returns the status."""
@@ -388,29 +403,13 @@ def _change(buf, vstart, vlen, code, s, cfg, state, since, tally, width, offset,
     for j in range(vlen):
         k = base + j
         new = _STATE[buf[last - j]]
-        old = state[k]
-        if old != new:
+        if state[k] != new:
             if new == 255:
                 return _BAD_CHAR
-            if (old | new) <= ONE:
-                tally[_FALL - new, k] += 1
-                toggles += 1
-            else:
-                tally[_XZ, k] += 1
-            tally[_T0 + min(old, 2), k] += now - since[k]
-            since[k] = now
-            state[k] = new
+            toggles += _flip(k, new, now, state, since, tally)
     for k in range(base + vlen, base + w):
-        old = state[k]
-        if old != pad:
-            if (old | pad) <= ONE:
-                tally[_FALL - pad, k] += 1
-                toggles += 1
-            else:
-                tally[_XZ, k] += 1
-            tally[_T0 + min(old, 2), k] += now - since[k]
-            since[k] = now
-            state[k] = pad
+        if state[k] != pad:
+            toggles += _flip(k, pad, now, state, since, tally)
     if role[code] & _LOGGED:
         n = s[_LOG]
         log_code[n] = code

@@ -53,7 +53,7 @@ def client(scheduler: str | None, workers: int | None):
 
     if scheduler:
         try:
-            c = Client(scheduler, timeout="10s")
+            c = Client(scheduler, timeout="5s")
         except OSError as exc:
             raise InputError(f"--scheduler {scheduler}: no Dask scheduler answers there ({exc}); start one with "
                              "`dask scheduler` and workers with `dask worker ADDRESS`") from None

@@ -77,7 +77,7 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
         options = Options(seed=seed)
         if "energy" in metrics:
             summary, power = run_workload(cfg, "run", source, rows, options, work,
-                                          rtl, Path(energy) if energy else None)
+                                          rtl, Path(energy) if energy else None, log=lambda *a, **k: None)
             gated, dense = power["runs"]["gated"], power["runs"]["dense"]
             c = power["comparison"]
             result.update({
