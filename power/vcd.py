@@ -278,6 +278,12 @@ def _interval(values, e, cycle, value):
     values[0, e] = value
 
 
+@njit(cache=True, inline="always")
+def _phase(s):
+    """The phase's value, since and cycles high, laid out as one enable's column for `_interval`."""
+    return s[_PHASE_VALUE:_PHASE_HIGH + 1].reshape(3, 1)
+
+
 @njit(cache=True)
 def _settle(s, cfg, trk, cycle):
     """Cycle `cycle` is over: count the instances that toggled in it."""
@@ -323,11 +329,7 @@ def _end_step(s, cfg, state, offset, trk):
         code = dirty[0, k]
         dirty[1, code] = 0
         if code == cfg[_PHASE]:
-            value = 1 if state[offset[code]] == ONE else 0
-            if at > s[_PHASE_SINCE]:
-                s[_PHASE_HIGH] += (at - s[_PHASE_SINCE]) * s[_PHASE_VALUE]
-                s[_PHASE_SINCE] = at
-            s[_PHASE_VALUE] = value
+            _interval(_phase(s), 0, at, 1 if state[offset[code]] == ONE else 0)
         for e in range(enable_ptr[code], enable_ptr[code + 1]):
             _interval(enables, e, at, 1 if state[offset[code] + enable_bit[e]] == ONE else 0)
     s[_DIRTY] = 0
@@ -346,9 +348,7 @@ def _finish(s, cfg, bits, codes, trk):
         enables = trk[4]
         for e in range(enables.shape[1]):
             _interval(enables, e, n, enables[0, e])
-        if n > s[_PHASE_SINCE]:
-            s[_PHASE_HIGH] += (n - s[_PHASE_SINCE]) * s[_PHASE_VALUE]
-            s[_PHASE_SINCE] = n
+        _interval(_phase(s), 0, n, s[_PHASE_VALUE])
     end = s[_NOW]
     for k in range(len(state)):
         tally[_T0 + min(state[k], 2), k] += end - since[k]
@@ -584,7 +584,7 @@ def _definitions(stream: BinaryIO, path: Path) -> tuple[Header, bytes]:
     if problem := _not_vcd(data):
         raise VcdError(path, None, problem)
     # Up to the `$end` after `$enddefinitions` (a pipe hands the text over in pieces of any size).
-    while not (at := data.find(b"$enddefinitions")) >= 0 or data.find(b"$end", at + 15) < 0:
+    while (at := data.find(b"$enddefinitions")) < 0 or data.find(b"$end", at + 15) < 0:
         more = stream.read(CHUNK_BYTES)
         if not more:
             if at >= 0:

@@ -81,7 +81,7 @@ def run(spec: Spec, out: Path, scheduler: str | None = None, workers: int | None
             results[t.key] = json.loads(path.read_text())
     missing = list({t.key: t for t in todo if t.key not in results}.values())
     cached, failed, done, started = len(todo) - len(missing), 0, 0, time.perf_counter()
-    log(f"sweep: {len(todo)} tasks ({len(spec.enumerate())} points x {len(spec.workloads)} workloads), "
+    log(f"sweep: {len(todo)} tasks ({len({t.point for t in todo})} points x {len(spec.workloads)} workloads), "
         f"{cached} cached, {len(missing)} to compute")
     if missing:
         from dask.distributed import as_completed

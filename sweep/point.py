@@ -95,8 +95,7 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
         result.update({"rows_checked": run["rows_checked"], "mismatches": run["mismatches"],
                        "kept_fraction": kept})
         if "cycles" in metrics:
-            # The MAC array's own cycles: every key slot of a row in lockstep, only the kept keys otherwise.
-            ideal = (cfg.max_keys if cfg.schedule == "lockstep" else run["kept_keys"] / rows) * cfg.chunks
+            ideal = cfg.ideal_mac_cycles(run["kept_keys"] / rows)
             result.update({"cycles_per_row": run["hpu_cycles"] / rows, "ideal_cycles_per_row": ideal,
                            "cycles_vs_ideal": run["hpu_cycles"] / rows / ideal})
         if "quality" in metrics:

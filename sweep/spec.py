@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from golden_model.sources import SOURCES
@@ -63,7 +63,6 @@ class Spec:
     points: int = 0
     seed: int = 1
     energy: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     def enumerate(self) -> list[Point]:
         """Every point of the grid, or `points` distinct draws from it (seeded): the same spec and seed
