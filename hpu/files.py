@@ -55,8 +55,8 @@ def output_folder(path: str | Path, what: str = "output folder") -> Path:
 def output_file(path: str | Path, what: str = "output file", suffix: str | None = None) -> Path:
     """Check that `path` can be written as a file (its folder is created); refuses a folder in its place."""
     path = Path(path)
-    if suffix and path.suffix != suffix:
-        raise OutputError(f"{what} {path} must end in {suffix} (e.g. {path.with_suffix(suffix)})")
+    if suffix and not path.name.endswith(suffix):
+        raise OutputError(f"{what} {path} must end in {suffix} (e.g. {path.with_name(path.name + suffix)})")
     if path.is_dir():
         raise OutputError(f"{what} {path} is a folder: name a file")
     if path.exists() and not os.access(path, os.W_OK):

@@ -12,8 +12,8 @@ from tokenizers import Tokenizer
 
 from hpu.config import ConfigError
 from hpu.errors import InputError
-from hpu.files import OutputError
-from training.data import EOS, DataConfig, Corpus, pack, position, prepare, split_of
+from hpu.files import OutputError, output_file
+from training.data import EOS, PACK_SUFFIX, DataConfig, Corpus, pack, position, prepare, split_of
 
 WORDS = ("the gate keeps keys until the mass target is reached and drops the rest so lanes stay silent "
          "energy attention query value row permeability").split()
@@ -212,6 +212,10 @@ def test_bad_sources_are_refused_in_one_line(tmp_path):
         prepare(small(fake, tmp_path / "cache"), progress=False)
     with pytest.raises(OutputError, match=r"^data pack .*data.zip must end in .tar.xz \(e.g. data.zip.tar.xz\)$"):
         pack(small(binary, tmp_path / "cache"), tmp_path / "data.zip", progress=False)
+    # The CLI checks the name before tokenizing; a suffix of two dots is one ending, not Path.suffix.
+    assert output_file(tmp_path / "d.tar.xz", "data pack", suffix=PACK_SUFFIX) == tmp_path / "d.tar.xz"
+    with pytest.raises(OutputError, match=r"^data pack .*d\.xz must end in .tar.xz \(e.g. .*d\.xz\.tar\.xz\)$"):
+        output_file(tmp_path / "d.xz", "data pack", suffix=PACK_SUFFIX)
     one = tmp_path / "one"
     one.mkdir()
     (one / "a.txt").write_text("a single file lands in one split\n")
