@@ -11,8 +11,9 @@ from pathlib import Path
 from hpu.errors import HPUError
 
 
-# The simulators the cocotb runner drives; what differs between them lives in sim/runner.py.
-SIMULATORS = ("icarus", "verilator")
+# The simulators `hpu sim` runs: cocotb drives Icarus and Verilator; verilator-native is Verilator
+# driven by our C++ bench (sim/native.py). What differs between them lives in sim/runner.py.
+SIMULATORS = ("icarus", "verilator", "verilator-native")
 
 
 class ToolMissing(HPUError):

@@ -18,7 +18,6 @@ from pathlib import Path
 import cocotb
 from cocotb.triggers import First, ReadOnly, RisingEdge, SimTimeoutError, Timer, with_timeout
 
-from hpu.top import slowest_stage_cycles
 from sim.job import Job, Outcome
 from sim.packing import key_ring_depth, logit_ring_depth, pack_logits, pack_scores, pack_values, unpack_result, \
     unpack_routed
@@ -92,9 +91,8 @@ class Collect:
 
 
 def cycle_bound(job: Job, rows: int) -> int:
-    """Generous upper bound on cycles for `rows` more rows (4x the slowest stage, plus the pipeline)."""
-    slow = 1.0 / ((1 - job.options.gaps) * (1 - job.options.backpressure))
-    return int(4 * slow * slowest_stage_cycles(job.cfg) * (rows + 4))
+    """Cycles to wait for `rows` more rows before calling the HPU stalled (the native bench's rule too)."""
+    return job.stall_cycles_per_row * (rows + 4)
 
 
 @cocotb.test()
@@ -183,7 +181,6 @@ async def run_job(dut):
                   file=sys.stderr, flush=True)
     dut.dump.value = 0
     await RisingEdge(dut.clk)
-    end_cycle = int(dut.cycles.value)
     wall = time.perf_counter() - start_wall
     if show_progress:
         print(file=sys.stderr)
@@ -191,7 +188,7 @@ async def run_job(dut):
     routing_mismatches = sum(got != want for got, want in zip(routed, job.routed)) + abs(len(routed) - len(job.routed))
     Outcome(rows_checked=board.checked, mismatches=board.mismatches, routed=routed,
             routing_mismatches=routing_mismatches,
-            hpu_cycles=end_cycle - (start_cycle or 0), wall_s=wall, first_mismatch=board.first,
+            hpu_cycles=int(dut.done_cycle.value) - (start_cycle or 0), wall_s=wall, first_mismatch=board.first,
             values_fetched=int(dut.values_sent.value),
             stalled=stalled, result_cycles=result_cycles, observed=board.observed).save(outcome_path)
     assert stalled is None, stalled

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from golden_model.stimulus import Row, RowResult, validate_blocks, validate_rows
 from hpu.config import HPUConfig
+from hpu.top import slowest_stage_cycles
 from hpu.errors import InputError
 from hpu.files import read_json, write_text
 
@@ -53,6 +54,13 @@ class Job:
     blocks: list[list[int]] = field(default_factory=list)   # blocks of router logits, routed first
     routed: list[list[int]] = field(default_factory=list)   # each block's expected routed positions
     token_keys: int | None = None   # routing: the keys of every token's row, the routed rows' and the rest
+
+    @property
+    def stall_cycles_per_row(self) -> int:
+        """Cycles a bench waits per row still due (plus four for the pipeline) before it calls the HPU
+        stalled: four times the slowest stage, stretched by the gaps and stalls."""
+        slow = 1.0 / ((1 - self.options.gaps) * (1 - self.options.backpressure))
+        return int(4 * slow * slowest_stage_cycles(self.cfg))
 
     def check(self) -> "Job":
         """Refuse rows and blocks the configured HPU cannot take, and expected results that do not pair

@@ -18,6 +18,7 @@ from hpu.files import shared_lock, staged
 from rtl_gen.generate import generate
 from rtl_gen.manifest import MANIFEST, config_difference, load_manifest, manifest_config
 from rtl_gen.tools import SIMULATORS, iverilog, verilator_env
+from sim import native
 from sim.job import Job, Options, Outcome
 from sim.packing import harness_parameters
 
@@ -54,6 +55,9 @@ def _check_simulator(sim: str) -> dict:
         iverilog()
         return {}
     exe, env = verilator_env()
+    if sim == "verilator-native":
+        native.check_headers()
+        return {}
     # The harness's clock is a timed `always #5`: Verilator's --timing needs C++20 coroutines,
     # which the PyPI package's own wrapper also asks for this way.
     return {"VERILATOR_ROOT": env["VERILATOR_ROOT"], "PATH": f"{Path(exe).parent}{os.pathsep}{os.environ['PATH']}",
@@ -75,11 +79,13 @@ def build(cfg: HPUConfig, sim: str = "icarus", build_root: str | Path = "build/s
     # Runs sharing a build folder share its cached Verilog and simulator builds: one builds, the
     # others wait and reuse it.
     with shared_lock(build_root):
-        return _build(cfg, sim, build_root, verilog_dir, env, waves if sim == "verilator" else None)
+        verilog = _verilog(cfg, build_root, verilog_dir)
+        if sim == "verilator-native":
+            return native.build(cfg, verilog, build_root, waves).parent
+        return _build(verilog, cfg, sim, build_root, env, waves if sim == "verilator" else None)
 
 
-def _build(cfg: HPUConfig, sim: str, build_root: Path, verilog_dir: str | Path | None,
-           env: dict, waves: str | None) -> Path:
+def _verilog(cfg: HPUConfig, build_root: Path, verilog_dir: str | Path | None) -> Path:
     if verilog_dir is not None:
         manifest = load_manifest(Path(verilog_dir) / MANIFEST)
         if manifest_config(manifest) != cfg:
@@ -92,7 +98,10 @@ def _build(cfg: HPUConfig, sim: str, build_root: Path, verilog_dir: str | Path |
         # simulator build below is cached by the Verilog's own hash.
         key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
         verilog = generate(cfg, build_root / f"rtl-{key}").verilog
+    return verilog
 
+
+def _build(verilog: Path, cfg: HPUConfig, sim: str, build_root: Path, env: dict, waves: str | None) -> Path:
     from cocotb_tools.runner import get_runner
 
     build_dir = None
@@ -154,25 +163,10 @@ def run(job: Job, sim: str = "icarus", build_root: str | Path = "build/sim", wor
 
 def _run(job: Job, sim: str, build_dir: Path, work_dir: Path, vcd: Path | None, progress: bool,
          check: bool) -> Outcome:
-    job_path, outcome_path = (work_dir / "job.json").resolve(), (work_dir / "outcome.json").resolve()
-    outcome_path.unlink(missing_ok=True)
-    job.save(job_path)
-    plusargs = [f"+vcd={vcd.resolve()}"] if vcd else []
-
-    env = _check_simulator(sim)
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    extra_env = {**env, "HPU_SIM_JOB": str(job_path), "HPU_SIM_OUTCOME": str(outcome_path),
-                 "HPU_SIM_PROGRESS": "1" if progress else "0",
-                 "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
-    runner = _runner(sim, Path(job.options.vcd) if job.options.vcd else None)
-    # cocotb's runner exits on a failed test (under pytest, or with a non-zero simulator status);
-    # the outcome file the testbench wrote says what failed, and is read below.
-    with contextlib.suppress(SystemExit):
-        runner.test(test_module="sim.hpu_tb", hdl_toplevel="hpu_harness", hdl_toplevel_lang="verilog",
-                    build_dir=build_dir, test_dir=work_dir, extra_env=extra_env, plusargs=plusargs,
-                    results_xml=str((work_dir / "results.xml").resolve()), log_file=work_dir / "sim.log")
-    if not outcome_path.exists():
-        raise SimulationError(f"the {sim} simulation ended without an outcome; see {work_dir / 'sim.log'}")
+    if sim == "verilator-native":
+        outcome_path = native.run(job, build_dir / native.PROGRAM, work_dir, vcd, job.stall_cycles_per_row, progress)
+    else:
+        outcome_path = _run_cocotb(job, sim, build_dir, work_dir, vcd, progress)
     outcome = Outcome.load(outcome_path)
     if outcome.stalled:
         raise SimulationError(f"HPU stalled under {sim}: {outcome.stalled}")
@@ -192,6 +186,28 @@ def _run(job: Job, sim: str, build_dir: Path, work_dir: Path, vcd: Path | None, 
             f"  expected {first['expected']}\n  observed {first['observed']}\n"
             f"  replay just that row: hpu sim --replay {replay}")
     return outcome
+
+
+def _run_cocotb(job: Job, sim: str, build_dir: Path, work_dir: Path, vcd: Path | None, progress: bool) -> Path:
+    job_path, outcome_path = (work_dir / "job.json").resolve(), (work_dir / "outcome.json").resolve()
+    outcome_path.unlink(missing_ok=True)
+    job.save(job_path)
+    plusargs = [f"+vcd={vcd.resolve()}"] if vcd else []
+    env = _check_simulator(sim)
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    extra_env = {**env, "HPU_SIM_JOB": str(job_path), "HPU_SIM_OUTCOME": str(outcome_path),
+                 "HPU_SIM_PROGRESS": "1" if progress else "0",
+                 "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+    runner = _runner(sim, Path(job.options.vcd) if job.options.vcd else None)
+    # cocotb's runner exits on a failed test (under pytest, or with a non-zero simulator status);
+    # the outcome file the testbench wrote says what failed, and is read below.
+    with contextlib.suppress(SystemExit):
+        runner.test(test_module="sim.hpu_tb", hdl_toplevel="hpu_harness", hdl_toplevel_lang="verilog",
+                    build_dir=build_dir, test_dir=work_dir, extra_env=extra_env, plusargs=plusargs,
+                    results_xml=str((work_dir / "results.xml").resolve()), log_file=work_dir / "sim.log")
+    if not outcome_path.exists():
+        raise SimulationError(f"the {sim} simulation ended without an outcome; see {work_dir / 'sim.log'}")
+    return outcome_path
 
 
 def write_replay(job: Job, outcome: Outcome, work_dir: Path) -> Path:

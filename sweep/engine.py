@@ -42,7 +42,7 @@ def tasks(spec: Spec, tools: dict) -> list[Task]:
         for workload in spec.workloads:
             w = asdict(workload)
             out.append(Task(point.index, point.assignment(), w, config,
-                            key(config, w, list(spec.metrics), spec.seed, energy, tools)))
+                            key(config, w, list(spec.metrics), spec.seed, energy, spec.simulator, tools)))
     return out
 
 
@@ -92,7 +92,7 @@ def run(spec: Spec, out: Path, scheduler: str | None = None, workers: int | None
         with client(scheduler, workers) as c:
             futures = c.map(evaluate, [t.config for t in missing], [t.workload for t in missing],
                             [metrics] * len(missing), [spec.seed] * len(missing), [energy] * len(missing),
-                            [root] * len(missing), key=[f"point-{t.key}" for t in missing], pure=False)
+                            [spec.simulator] * len(missing), [root] * len(missing), key=[f"point-{t.key}" for t in missing], pure=False)
             for future in as_completed(futures):
                 task_key = future.key.removeprefix("point-")
                 if future.status == "error":

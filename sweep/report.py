@@ -152,7 +152,8 @@ def _page(rows: list[dict], names: list[str], front: list[int], spec: Spec, path
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}tr.front{{background:#fde8e8}}</style></head><body>
 <h1>HPU sweep: {html.escape(spec.path.name)}</h1>
 <p>{len(rows)} measurements ({ok} measured, {len(refused)} refused, {len(failed)} failed); base configuration and
-fields: <code>{html.escape(json.dumps(spec.fields))}</code>; metrics {", ".join(spec.metrics)}; seed {spec.seed}.
+fields: <code>{html.escape(json.dumps(spec.fields))}</code>; metrics {", ".join(spec.metrics)}; seed {spec.seed};
+simulator {html.escape(spec.simulator)}.
 Rows on the Pareto front (energy per row, quality, area, cycles per row; per workload) are shaded.
 Files: {", ".join(f'<a href="{p.name}">{p.name}</a>' for p in paths.values() if p.name != "index.html")}.</p>
 <img src="{paths['energy_png'].name}"> <img src="{paths['sensitivity_png'].name}">

@@ -7,6 +7,7 @@
     seed = 1                         # the stimulus seed, and the sampler's
     metrics = ["area", "cycles", "energy"]   # and "quality" (the bit-accurate gate on MiniLM)
     energy = "out/cal/energy.toml"   # optional: a calibrated table (`hpu calibrate`)
+    simulator = "verilator-native"   # default; or icarus, verilator (cocotb)
 
     [sweep.fields]                   # per field: a list, or a range {from, to, step}
     lanes = [2, 4]
@@ -30,6 +31,7 @@ from golden_model.sources import SOURCES
 from hpu.config import HPUConfig, resolve
 from hpu.errors import InputError
 from hpu.files import read_toml
+from rtl_gen.tools import SIMULATORS
 
 METRICS = ("area", "cycles", "energy", "quality")
 SAMPLES = ("grid", "random")
@@ -63,6 +65,7 @@ class Spec:
     points: int = 0
     seed: int = 1
     energy: Path | None = None
+    simulator: str = "verilator-native"
 
     def enumerate(self) -> list[Point]:
         """Every point of the grid, or `points` distinct draws from it (seeded): the same spec and seed
@@ -96,7 +99,8 @@ def load(path: str | Path) -> Spec:
     sweep = data.get("sweep")
     if not isinstance(sweep, dict):
         raise InputError(f"{path}: a sweep spec is a [sweep] table (see `hpu sweep --help`)")
-    unknown = sorted(set(sweep) - {"base", "sample", "points", "seed", "metrics", "energy", "fields", "workload"})
+    unknown = sorted(set(sweep) - {"base", "sample", "points", "seed", "metrics", "energy", "simulator", "fields",
+                                 "workload"})
     if unknown:
         raise InputError(f"{path}: unknown [sweep] entr{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}")
     base = HPUConfig.load(resolve(sweep.get("base", "default"))).to_dict()
@@ -134,4 +138,8 @@ def load(path: str | Path) -> Spec:
     energy = sweep.get("energy")
     if energy is not None and not Path(energy).is_file():
         raise InputError(f"{path}: energy table {energy} does not exist (write one with `hpu calibrate`)")
-    return Spec(path, base, fields_, workloads, metrics, sample, points, seed, Path(energy) if energy else None)
+    simulator = sweep.get("simulator", "verilator-native")
+    if simulator not in SIMULATORS:
+        raise InputError(f"{path}: simulator {simulator!r}: choose one of {', '.join(SIMULATORS)}")
+    return Spec(path, base, fields_, workloads, metrics, sample, points, seed, Path(energy) if energy else None,
+                simulator)

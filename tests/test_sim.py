@@ -47,14 +47,6 @@ def test_dense_baseline_holds_the_gate_open(seed, build_root, tmp_path):
     assert run(job, "icarus", build_root=build_root, work_dir=tmp_path).mismatches == 0
 
 
-def test_verilator_run(seed, build_root, tmp_path):
-    cfg = SMALL.replace(mode="mass", schedule="compact")
-    rows = rows_from("random", cfg, 40, seed)
-    outcome = run(make_job(cfg, rows, "random", Options(backpressure=0.2, seed=seed)), "verilator",
-                  build_root=build_root, work_dir=tmp_path)
-    assert (outcome.rows_checked, outcome.mismatches) == (40, 0)
-
-
 def test_mismatch_reports_first_row_and_writes_a_replay(seed, build_root, tmp_path):
     cfg = SMALL
     rows = rows_from("random", cfg, 8, seed)
@@ -70,16 +62,47 @@ def test_mismatch_reports_first_row_and_writes_a_replay(seed, build_root, tmp_pa
         run(replay, "icarus", build_root=build_root, work_dir=tmp_path / "replay")
 
 
-@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
-def test_routing_bit_exact_beside_rows(simulator, seed, build_root, tmp_path):
+ROUTED = SMALL.replace(route_block=24, route_fraction=0.3, schedule="compact")
+
+
+def routed_job(seed: int) -> Job:
     """Blocks of router logits and attention rows in one run, with gaps and back-pressure on every stream."""
-    cfg = SMALL.replace(route_block=24, route_fraction=0.3)
-    blocks = blocks_from("adversarial", cfg, 9, seed) + blocks_from("random", cfg, 12, seed)
-    rows = rows_from("random", cfg, 10, seed)
-    job = make_job(cfg, rows, "random", Options(gaps=0.2, backpressure=0.3, seed=seed), blocks=blocks)
-    outcome = run(job, simulator, build_root=build_root, work_dir=tmp_path)
-    assert (outcome.rows_checked, outcome.mismatches, outcome.routing_mismatches) == (10, 0, 0)
+    blocks = blocks_from("adversarial", ROUTED, 9, seed) + blocks_from("random", ROUTED, 12, seed)
+    rows = rows_from("random", ROUTED, 10, seed) + rows_from("adversarial", ROUTED, 10, seed)
+    return make_job(ROUTED, rows, "random", Options(gaps=0.2, backpressure=0.3, seed=seed), blocks=blocks)
+
+
+def test_routing_bit_exact_beside_rows(seed, build_root, tmp_path):
+    job = routed_job(seed)
+    outcome = run(job, "icarus", build_root=build_root, work_dir=tmp_path)
+    assert (outcome.rows_checked, outcome.mismatches, outcome.routing_mismatches) == (20, 0, 0)
     assert outcome.routed == job.routed and len(outcome.routed) == 21
+
+
+def test_native_verilator_equals_cocotb(seed, build_root, tmp_path):
+    """The native bench and the cocotb bench (the reference) under Verilator, on one job: the same rows
+    checked, the same results in the same cycles, the same values fetched, the same routed tokens."""
+    job = routed_job(seed)
+    reference = run(job, "verilator", build_root=build_root, work_dir=tmp_path / "cocotb")
+    native = run(job, "verilator-native", build_root=build_root, work_dir=tmp_path / "native")
+    assert (native.rows_checked, native.mismatches, native.routing_mismatches) == (20, 0, 0)
+    assert native.observed == reference.observed
+    assert native.result_cycles == reference.result_cycles and native.hpu_cycles == reference.hpu_cycles
+    assert native.values_fetched == reference.values_fetched and native.routed == reference.routed == job.routed
+    assert native.hpu_cycles >= native.result_cycles[-1] > native.result_cycles[0] > 0
+
+
+def test_native_verilator_reports_mismatches_and_stalls(seed, build_root, tmp_path):
+    job = routed_job(seed)
+    job.expected[3] = dataclasses.replace(job.expected[3], kept=job.expected[3].kept + 1)
+    with pytest.raises(SimulationError, match=r"1 of 20 rows differ from the golden model under verilator-native; "
+                                              r"first: row 3 \(n = \d+\) differs in kept"):
+        run(job, "verilator-native", build_root=build_root, work_dir=tmp_path / "mismatch")
+    assert Job.load(tmp_path / "mismatch" / "replay_row.json").expected == [job.expected[3]]
+    job = make_job(ROUTED, rows_from("random", ROUTED, 3, 0), "random")
+    job.expected.append(job.expected[-1])   # waits for a fourth result that never comes
+    with pytest.raises(SimulationError, match="HPU stalled under verilator-native: no result within .* 3 of 4 rows done"):
+        run(job, "verilator-native", build_root=build_root, work_dir=tmp_path / "stall")
 
 
 def test_routing_mismatch_names_the_block(seed, build_root, tmp_path):

@@ -57,6 +57,9 @@ module hpu_harness #(
     // The first key of the row being requested: keys before it will not be asked for again.
     reg [31:0] row_base /*verilator public_flat_rw*/ = 0;
     reg [31:0] values_sent /*verilator public_flat_rw*/ = 0;
+    // The HPU's cycle count at the end of the cycle of the last result or routed position taken: the
+    // run's length, whenever the testbench wakes up to notice.
+    reg [31:0] done_cycle /*verilator public_flat_rw*/ = 0;
     // Lengths of the rows whose scores went out, for the request side (FIFO), and the requests
     // taken but not yet answered (FIFO of global key positions). Both hold FIFO_DEPTH entries; the
     // request pointers have one bit more, so that full and empty differ.
@@ -170,6 +173,7 @@ module hpu_harness #(
             rows_seen <= rows_seen + 1;
         end
         if (logits_valid && logits_ready) logits_sent <= logits_sent + 1;
+        if ((results_valid && results_ready) || (routed_valid && routed_ready)) done_cycle <= cycles + 1;
         if (routed_valid && routed_ready) begin
             routed[routed_seen[$clog2(LOGIT_DEPTH)-1:0]] <= routed_payload;
             routed_seen <= routed_seen + 1;
