@@ -9,9 +9,9 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 CELLS  := build/cells/osu018
 
-.PHONY: setup test test-all fuzz demo demo-full quality bench clean iverilog opensta cells data fst-headers
+.PHONY: setup test test-all fuzz demo demo-full quality bench clean iverilog opensta cells data native-headers
 
-setup: $(STAMP) iverilog opensta cells fst-headers
+setup: $(STAMP) iverilog opensta cells native-headers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,15 +44,16 @@ iverilog:
 opensta:
 	$(call system_tool,sta,opensta,OpenSTA,echo "  elsewhere: build it from https://github.com/The-OpenROAD-Project/OpenSTA";)
 
-# Verilator's FST writer (hpu sim --sim verilator --waves fst) compiles against LZ4 and zlib.
-fst-headers:
-	@[ -f /usr/include/lz4.h ] && [ -f /usr/include/zlib.h ] && exit 0; \
+# Headers the Verilator builds compile against: LZ4 and zlib for its FST writer (hpu sim --waves fst),
+# nlohmann/json for the native bench's job and outcome files (hpu sim --sim verilator-native).
+native-headers:
+	@[ -f /usr/include/lz4.h ] && [ -f /usr/include/zlib.h ] && [ -f /usr/include/nlohmann/json.hpp ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing the LZ4 and zlib headers (apt-get install liblz4-dev zlib1g-dev)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liblz4-dev zlib1g-dev >/dev/null; \
+		echo "installing the LZ4, zlib and JSON headers (apt-get install liblz4-dev zlib1g-dev nlohmann-json3-dev)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liblz4-dev zlib1g-dev nlohmann-json3-dev >/dev/null; \
 	else \
-		echo "Verilator's FST dumps need the LZ4 and zlib headers. Install them, then run make again:"; \
-		echo "  Debian/Ubuntu: sudo apt-get install -y liblz4-dev zlib1g-dev"; \
+		echo "Verilator's builds need the LZ4, zlib and nlohmann/json headers. Install them, then run make again:"; \
+		echo "  Debian/Ubuntu: sudo apt-get install -y liblz4-dev zlib1g-dev nlohmann-json3-dev"; \
 		exit 1; \
 	fi
 

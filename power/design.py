@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hpu.errors import InputError
-from power.vcd import Header, VcdError, read_header
+from power.vcd import Header, Var, VcdError, read_header
 from rtl_gen.manifest import load_manifest, load_nets
 
 _NOT_HARDWARE = {"function", "task", "begin", "fork"}
@@ -107,14 +107,18 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
         raise VcdError(vcd, None, f"scope {'.'.join(top)} is not in the dump")
     _check_same_design(vcd, header, top, manifest, manifest_path)
     offsets = header.bit_offsets
-    by_scope: dict[tuple[str, ...], dict[str, int]] = {}
+    # Yosys names internal nets with escaped identifiers (`\$1`): Icarus's dumps keep the escaping
+    # backslash, Verilator's write the identifier itself; both name the same net.
+    by_scope: dict[tuple[str, ...], dict[str, Var]] = {}
     for var in header.vars:
-        by_scope.setdefault(var.scope, {})[var.name] = var.code
+        by_scope.setdefault(var.scope, {})[var.name.removeprefix("\\")] = var
+
+    def var_of(scope: tuple[str, ...], name: str) -> Var | None:
+        return by_scope.get(scope, {}).get(name.removeprefix("\\"))
 
     def code_of(scope: tuple[str, ...], name: str) -> int | None:
-        return by_scope.get(scope, {}).get(name)
-
-    widths = {(var.scope, var.name): var.width for var in header.vars}
+        var = var_of(scope, name)
+        return var.code if var else None
 
     units, enables, missing = [], [], 0
     for path in sorted(manifest["instances"], key=lambda p: (p.count("."), p)):
@@ -131,8 +135,8 @@ def load(vcd: Path | str, manifest_path: Path | str, top_scope: str | None = Non
             if code is None:
                 missing += 1
                 continue
-            if widths[(scope, name)] != net["width"]:
-                raise InputError(f"{vcd}: {path}.{name} is {widths[(scope, name)]} bits wide in the dump but "
+            if var_of(scope, name).width != net["width"]:
+                raise InputError(f"{vcd}: {path}.{name} is {var_of(scope, name).width} bits wide in the dump but "
                                  f"{net['width']} in the manifest's design: the dump is of another configuration; "
                                  "pass the manifest of the Verilog that was simulated")
             bits.setdefault(net["class"], []).extend(int(offsets[code]) + b for b in net["owned"])

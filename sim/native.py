@@ -67,8 +67,9 @@ def build(cfg: HPUConfig, verilog: Path, build_root: Path, waves: str | None) ->
     ``waves`` ("vcd" or "fst") builds one that can trace."""
     exe, env = verilator_env()
     header = layout_header(cfg)
-    trace = {"vcd": ["--trace", "-CFLAGS", "-DHPU_WAVES_VCD"],
-             "fst": ["--trace-fst", "-CFLAGS", "-DHPU_WAVES_FST"]}.get(waves, [])
+    # Yosys's internal nets (`_0_`) are traced too: the power report reads every net of the manifest.
+    trace = {"vcd": ["--trace", "--trace-underscore", "-CFLAGS", "-DHPU_WAVES_VCD"],
+             "fst": ["--trace-fst", "--trace-underscore", "-CFLAGS", "-DHPU_WAVES_FST"]}.get(waves, [])
     digest = hashlib.sha256(verilog.read_bytes() + HARNESS.read_bytes() + header.encode()
                             + repr((VERILATOR_ARGS, MAKE_ARGS, trace)).encode()).hexdigest()
     build_dir = build_root / f"verilator-native-{digest[:16]}"

@@ -183,3 +183,32 @@ def test_verilator_dumps_the_run_as_vcd_and_as_fst(build_root, tmp_path):
     assert main(["gen", "--config", f"{REPO}/configs/small.toml", "-o", str(tmp_path / "rtl")]) == 0
     assert main(["power", str(tmp_path / "v.fst"), "--manifest", str(tmp_path / "rtl" / "manifest.json"),
                  "-o", str(tmp_path / "power")]) == 0
+
+
+def test_native_dumps_give_the_power_of_icarus_dumps(build_root, tmp_path):
+    """The native bench traces the HPU as VCD or FST (the same counts); `hpu power` finds every net of the
+    manifest in it that it finds in Icarus's dump of the same run (Verilator writes Yosys's escaped
+    names without their backslash) and gives the same energy, up to the dump's window: the native bench
+    dumps from the first cycle after reset through the cycle after the last result, as the harness does
+    give or take a cycle."""
+    small = ["--config", f"{REPO}/configs/small.toml", "--rows", "6", "--build", str(build_root), "--quiet"]
+    counts = {}
+    for waves in ("vcd", "fst"):
+        dump = tmp_path / f"native.{waves}"
+        assert main(["sim", *small, "--sim", "verilator-native", "--waves", waves, "--vcd", str(dump),
+                     "-o", str(tmp_path / f"native-{waves}.json")]) == 0
+        c = scan(dump)
+        counts[waves] = {var.reference: [getattr(c, f)[c.bits(var.code)].tolist() for f in ("rise", "fall", "t0", "t1")]
+                         for var in c.header.vars}
+    assert counts["fst"] == counts["vcd"]
+    assert main(["sim", *small, "--vcd", str(tmp_path / "icarus.vcd"), "-o", str(tmp_path / "icarus.json")]) == 0
+    assert main(["gen", "--config", f"{REPO}/configs/small.toml", "-o", str(tmp_path / "rtl")]) == 0
+    reports = {}
+    for name, dump, summary in (("native", "native.fst", "native-fst.json"), ("icarus", "icarus.vcd", "icarus.json")):
+        assert main(["power", str(tmp_path / dump), "--manifest", str(tmp_path / "rtl" / "manifest.json"),
+                     "--summary", str(tmp_path / summary), "-o", str(tmp_path / name)]) == 0
+        reports[name] = json.loads((tmp_path / name / "power.json").read_text())["runs"]["gated"]
+    native, icarus = reports["native"], reports["icarus"]
+    assert native["nets_not_in_dump"] == icarus["nets_not_in_dump"]
+    assert abs(native["cycles"] - icarus["cycles"]) <= 1
+    assert native["energy_fJ"] == pytest.approx(icarus["energy_fJ"], rel=0.01)
