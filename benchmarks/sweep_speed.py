@@ -3,7 +3,7 @@
     python -m benchmarks.sweep_speed [--points 16] [--metrics cycles energy] [-o JSON]
 
 The sweep is the small configuration over permeability x mass_target (legal points only), 2 random
-rows per point, under Icarus. Reported: wall seconds per run, the speed-up of two workers over one,
+rows per point, under the sweep's default simulator (native Verilator). Reported: wall seconds per run, the speed-up of two workers over one,
 and the per-point overhead (scheduling, caching, result handling): the workers' time not spent
 inside the points' own measurement, per point.
 """

@@ -106,11 +106,11 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
 def run_workload(cfg: HPUConfig, name: str, source: str, rows: int, options: Options, work: Path,
                  rtl: Path, energy: Path | None = None, log=print, sim: str = "icarus") -> tuple[dict, dict]:
     """Simulates `rows` rows of `source` gated and dense under `sim` (dumps work/name/gated.vcd and
-    gated_dense.vcd, the Verilog and manifest of `rtl`) and reads both dumps as `hpu power` does;
-    returns the simulation summary and power.json."""
+    gated_dense.vcd) from the Verilog of `rtl` (`hpu gen`'s folder), and reads both dumps with its
+    manifest as `hpu power` does; returns the simulation summary and power.json."""
     out = work / name
     summary = simulate(cfg, source, rows, options, Outputs(out / "summary.json", out / "gated.vcd"),
-                       True, sim, work / "build", progress=False, log=log)
+                       True, sim, work / "build", progress=False, log=log, verilog_dir=rtl)
     analyze(Request(vcd=out / "gated.vcd", baseline=out / "gated_dense.vcd", manifest=rtl / "manifest.json",
                     summary=out / "summary.json", energy=energy), out / "power", log=lambda *a, **k: None)
     return summary, json.loads((out / "power" / "power.json").read_text())

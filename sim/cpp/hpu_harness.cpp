@@ -16,16 +16,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "Vhpu.h"
+#include "job_io.h"
 #include "verilated.h"
 #if defined(HPU_WAVES_FST)
 #include "verilated_fst_c.h"
@@ -34,8 +32,6 @@ using Waves = VerilatedFstC;
 #include "verilated_vcd_c.h"
 using Waves = VerilatedVcdC;
 #endif
-
-using json = nlohmann::json;
 
 // A field of a payload: `width` bits from bit `offset`, two's complement when `is_signed`.
 struct Field {
@@ -126,15 +122,6 @@ struct Ring {
     }
 };
 
-struct Expected {
-    std::vector<int64_t> acc, out;
-    int64_t z_kept, kept;
-};
-
-json result_json(const std::vector<int64_t>& acc, const std::vector<int64_t>& out, int64_t z_kept, int64_t kept) {
-    return json{{"acc", acc}, {"out", out}, {"z_kept", z_kept}, {"kept", kept}};
-}
-
 int fail(const std::string& message) {
     std::cerr << "hpu_native: " << message << "\n";
     return 2;
@@ -155,53 +142,38 @@ int main(int argc, char** argv) {
         else return fail("unknown argument " + arg);
     }
 
-    json job;
-    {
-        std::ifstream in(job_path);
-        if (!in) return fail("cannot read the job " + job_path);
-        try {
-            in >> job;
-        } catch (const json::exception& e) {
-            return fail("the job " + job_path + " is not JSON: " + e.what());
-        }
+    JobFile job;
+    try {
+        job = read_job(job_path);
+    } catch (const std::runtime_error& e) {
+        return fail(e.what());
     }
-    const json& opts = job["options"];
-    const int gap_per_256 = static_cast<int>(std::lround(opts["gaps"].get<double>() * 256));
-    const int stall_per_256 = static_cast<int>(std::lround(opts["backpressure"].get<double>() * 256));
-    const uint64_t seed = opts["seed"].get<uint64_t>();
-    const bool gate_open = opts["gate_open"].get<bool>();
+    const int gap_per_256 = static_cast<int>(std::lround(job.gaps * 256));
+    const int stall_per_256 = static_cast<int>(std::lround(job.backpressure * 256));
 
     // The host's words, packed as sim/packing.py packs them for the cocotb bench.
     Ring keys(KEY_DEPTH, SCORE_WIDTH), values(KEY_DEPTH, VALUE_WIDTH), logits(LOGIT_DEPTH, LOGIT_WIDTH);
-    const json& rows = job["rows"];
-    for (const json& row : rows) {
-        const json& scores = row["scores"];
-        const json& vectors = row["values"];
+    for (std::size_t r = 0; r < job.scores.size(); ++r) {
+        const std::vector<int64_t>& scores = job.scores[r];
         for (std::size_t j = 0; j < scores.size(); ++j) {
             Bits s(SCORE_WIDTH);
-            s.put(SCORE_SCORE, scores[j].get<int64_t>());
+            s.put(SCORE_SCORE, scores[j]);
             s.put(SCORE_LAST, j + 1 == scores.size());
             keys.words.push_back(s);
             Bits v(VALUE_WIDTH);
-            for (int d = 0; d < HEAD_DIM; ++d) v.put(VALUE_ELEM, vectors[j][d].get<int64_t>(), d);
+            for (int d = 0; d < HEAD_DIM; ++d) v.put(VALUE_ELEM, job.values[r][j][d], d);
             values.words.push_back(v);
         }
     }
-    std::vector<int> block_sizes;
-    for (const json& block : job["blocks"]) {
-        block_sizes.push_back(static_cast<int>(block.size()));
+    for (const std::vector<int64_t>& block : job.blocks) {
         for (std::size_t t = 0; t < block.size(); ++t) {
             Bits l(LOGIT_WIDTH);
-            l.put(LOGIT_LOGIT, block[t].get<int64_t>());
+            l.put(LOGIT_LOGIT, block[t]);
             l.put(LOGIT_LAST, t + 1 == block.size());
             logits.words.push_back(l);
         }
     }
-    std::vector<Expected> expected;
-    for (const json& e : job["expected"])
-        expected.push_back({e["acc"].get<std::vector<int64_t>>(), e["out"].get<std::vector<int64_t>>(),
-                            e["z_kept"].get<int64_t>(), e["kept"].get<int64_t>()});
-    const std::vector<std::vector<int64_t>> want_routed = job["routed"].get<std::vector<std::vector<int64_t>>>();
+    const std::vector<RowResult>& expected = job.expected;
 
     auto context = std::make_unique<VerilatedContext>();
     context->commandArgs(1, argv);
@@ -227,14 +199,14 @@ int main(int argc, char** argv) {
     uint64_t asked[FIFO_DEPTH] = {};
     uint32_t ask_head = 0, ask_tail = 0;   // one bit wider than the FIFO, as in the Verilog
     uint32_t gap_rng = 1, stall_rng = 1;
-    const uint32_t gap_seed = static_cast<uint32_t>(seed * 2654435761u + 1), stall_seed = static_cast<uint32_t>(seed * 40503u + 7);
+    const uint32_t gap_seed = static_cast<uint32_t>(job.seed * 2654435761u + 1);
+    const uint32_t stall_seed = static_cast<uint32_t>(job.seed * 40503u + 7);
     uint64_t done_cycle = 0;
 
-    std::vector<json> observed;
-    std::vector<uint64_t> result_cycles;
-    std::vector<std::vector<int64_t>> got_routed(1);
-    uint64_t mismatches = 0;
-    json first_mismatch = nullptr;
+    OutcomeFile outcome;
+    std::vector<uint64_t>& result_cycles = outcome.result_cycles;
+    std::vector<std::vector<int64_t>>& got_routed = outcome.routed;
+    got_routed.emplace_back();
     bool dumping = false;
 
     // One clock cycle: the harness's inputs from its state, the falling and rising edges, then the
@@ -249,7 +221,7 @@ int main(int argc, char** argv) {
         const bool results_ready = !((stall_rng & 0xff) < static_cast<uint32_t>(stall_per_256));
         const bool routed_ready = !(((stall_rng >> 8) & 0xff) < static_cast<uint32_t>(stall_per_256));
         dut->rst = rst;
-        dut->gate_open = gate_open;
+        dut->gate_open = job.gate_open;
         drive(dut->PORT(scores, payload), keys.at(keys_sent));
         dut->PORT(scores, valid) = keys_valid;
         drive(dut->PORT(values, payload), values.at(asked[ask_head % FIFO_DEPTH]));
@@ -311,30 +283,30 @@ int main(int argc, char** argv) {
             ++values_sent;
         }
         if (result_taken) {
-            const std::size_t index = result_cycles.size();
-            std::vector<int64_t> acc(HEAD_DIM), out(HEAD_DIM);
+            RowResult got;
+            got.acc.resize(HEAD_DIM);
+            got.out.resize(HEAD_DIM);
             for (int d = 0; d < HEAD_DIM; ++d) {
-                acc[d] = result.get(RESULT_ACC, d);
-                out[d] = result.get(RESULT_OUT, d);
+                got.acc[d] = result.get(RESULT_ACC, d);
+                got.out[d] = result.get(RESULT_OUT, d);
             }
-            const int64_t z_kept = result.get(RESULT_Z_KEPT), kept = result.get(RESULT_KEPT);
+            got.z_kept = result.get(RESULT_Z_KEPT);
+            got.kept = result.get(RESULT_KEPT);
+            const std::size_t index = result_cycles.size();
             result_cycles.push_back(cycles);
-            observed.push_back(result_json(acc, out, z_kept, kept));
             if (index < expected.size()) {
-                const Expected& e = expected[index];
+                const RowResult& e = expected[index];
                 std::vector<std::string> fields;
-                if (acc != e.acc) fields.push_back("acc");
-                if (out != e.out) fields.push_back("out");
-                if (z_kept != e.z_kept) fields.push_back("z_kept");
-                if (kept != e.kept) fields.push_back("kept");
-                if (!fields.empty() && mismatches++ == 0) {
-                    const json& row = rows[index];
-                    first_mismatch = {{"row", index}, {"fields", fields}, {"n", row["scores"].size()},
-                                      {"scores", row["scores"]}, {"values", row["values"]},
-                                      {"expected", result_json(e.acc, e.out, e.z_kept, e.kept)},
-                                      {"observed", observed.back()}};
+                if (got.acc != e.acc) fields.push_back("acc");
+                if (got.out != e.out) fields.push_back("out");
+                if (got.z_kept != e.z_kept) fields.push_back("z_kept");
+                if (got.kept != e.kept) fields.push_back("kept");
+                if (!fields.empty() && outcome.mismatches++ == 0) {
+                    outcome.first_mismatch = static_cast<int64_t>(index);
+                    outcome.first_fields = fields;
                 }
             }
+            outcome.observed.push_back(std::move(got));
         }
         if (logit_taken) ++logits_sent;
         if (routed_taken) {
@@ -349,7 +321,7 @@ int main(int argc, char** argv) {
     const uint64_t start_cycle = dut->cycles;
     dumping = static_cast<bool>(waves_path.size());
 
-    const std::size_t blocks_expected = block_sizes.size();
+    const std::size_t blocks_expected = job.blocks.size();
     auto finished = [&] { return result_cycles.size() >= expected.size() && got_routed.size() > blocks_expected; };
     std::string stalled;
     uint64_t quiet = 0, seen = 0, last_report = 0;
@@ -370,7 +342,7 @@ int main(int argc, char** argv) {
         }
         if (progress && result_cycles.size() - last_report >= std::max<std::size_t>(1, expected.size() / 20)) {
             last_report = result_cycles.size();
-            std::cerr << "\r  rows " << result_cycles.size() << "/" << expected.size() << "  mismatches " << mismatches
+            std::cerr << "\r  rows " << result_cycles.size() << "/" << expected.size() << "  mismatches " << outcome.mismatches
                       << std::flush;
         }
     }
@@ -384,23 +356,20 @@ int main(int argc, char** argv) {
     dut->final();
 
     got_routed.pop_back();   // the list opened after the last block's final position
-    uint64_t routing_mismatches = 0;
+    const std::vector<std::vector<int64_t>>& want_routed = job.routed;
     for (std::size_t b = 0; b < std::min(got_routed.size(), want_routed.size()); ++b)
-        routing_mismatches += got_routed[b] != want_routed[b];
-    routing_mismatches += got_routed.size() > want_routed.size() ? got_routed.size() - want_routed.size()
-                                                                 : want_routed.size() - got_routed.size();
-    const json outcome = {
-        {"rows_checked", result_cycles.size()}, {"mismatches", mismatches},
-        {"hpu_cycles", done_cycle > start_cycle ? done_cycle - start_cycle : 0}, {"wall_s", wall},
-        {"values_fetched", values_sent}, {"first_mismatch", first_mismatch},
-        {"stalled", stalled.empty() ? json(nullptr) : json(stalled)}, {"result_cycles", result_cycles},
-        {"observed", observed}, {"routed", got_routed}, {"routing_mismatches", routing_mismatches}};
-    const std::string temp = outcome_path + ".partial";
-    {
-        std::ofstream out(temp);
-        out << outcome.dump();
-        if (!out) return fail("cannot write the outcome " + temp);
+        outcome.routing_mismatches += got_routed[b] != want_routed[b];
+    outcome.routing_mismatches += got_routed.size() > want_routed.size() ? got_routed.size() - want_routed.size()
+                                                                         : want_routed.size() - got_routed.size();
+    outcome.rows_checked = result_cycles.size();
+    outcome.hpu_cycles = done_cycle > start_cycle ? done_cycle - start_cycle : 0;
+    outcome.wall_s = wall;
+    outcome.values_fetched = values_sent;
+    outcome.stalled = stalled;
+    try {
+        write_outcome(outcome_path, job, outcome);
+    } catch (const std::runtime_error& e) {
+        return fail(e.what());
     }
-    if (std::rename(temp.c_str(), outcome_path.c_str()) != 0) return fail("cannot write the outcome " + outcome_path);
     return 0;
 }
