@@ -35,7 +35,7 @@ def measure(cfg: HPUConfig, rows_count: int, seed: int) -> dict:
     kept = statistics.mean(r.kept for r in want)
     steady = run.steady_cycles_per_row()
     lone = simulate_rows(cfg, rows[:1])
-    ideal = cfg.ideal_mac_cycles(kept)
+    ideal = cfg.ideal_mac_cycles(cfg.max_keys, kept)
     return {"mode": cfg.mode, "schedule": cfg.schedule, "n": cfg.max_keys, "rows": rows_count,
             "kept_mean": kept, "cycles_per_row": steady, "ideal_cycles_per_row": ideal,
             "overhead_vs_ideal": steady / ideal, "latency_one_row": lone.result_cycle[0],

@@ -230,10 +230,10 @@ class HPUConfig:
             changes.setdefault("acc_bits", 0)
         return dataclasses.replace(self, **changes)
 
-    def ideal_mac_cycles(self, kept_keys: float) -> float:
-        """The MAC array's own cycles for a row keeping `kept_keys` keys: every key slot in lockstep,
-        only the kept keys otherwise, one cycle per key and chunk."""
-        return (self.max_keys if self.schedule == "lockstep" else kept_keys) * self.chunks
+    def ideal_mac_cycles(self, keys: float, kept_keys: float) -> float:
+        """The MAC array's own cycles for a row of `keys` keys keeping `kept_keys`: every key's slot in
+        lockstep, only the kept keys' otherwise, one cycle per slot and chunk."""
+        return (keys if self.schedule == "lockstep" else kept_keys) * self.chunks
 
     def notes(self) -> list[str]:
         """What takes effect differently from what was written: the gate's 1/256 quantization."""

@@ -101,7 +101,7 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
         result.update({"rows_checked": run["rows_checked"], "mismatches": run["mismatches"],
                        "kept_fraction": kept})
         if "cycles" in metrics:
-            ideal = cfg.ideal_mac_cycles(run["kept_keys"] / rows)
+            ideal = cfg.ideal_mac_cycles(run["keys"] / rows, run["kept_keys"] / rows)
             result.update({"cycles_per_row": run["hpu_cycles"] / rows, "ideal_cycles_per_row": ideal,
                            "cycles_vs_ideal": run["hpu_cycles"] / rows / ideal})
         if "quality" in metrics:
@@ -114,15 +114,19 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
 
 def _quality(cfg: HPUConfig) -> dict:
     """The gate's quality through the bit-accurate model on MiniLM: the sentence embeddings' cosine to
-    the dense model's (`hpu quality`'s fixed-point row for this very configuration)."""
+    the dense model's (`hpu quality`'s fixed-point row for this very configuration), over the built-in
+    texts whose rows the configuration takes (a text longer than max_keys tokens cannot be run)."""
     from golden_model import quality
-    from hpu.errors import InputError
+    from golden_model.minilm import MiniLM
+    from golden_model.texts import TEXTS
 
-    try:
-        rows = quality.evaluate(cfg, [(cfg, 1.0)], progress=False)
-    except InputError as exc:
+    model = MiniLM()
+    texts = [t for t in TEXTS if model.token_count(t) <= cfg.max_keys]
+    if not texts:
         # Too small a configuration for MiniLM's texts: the point has no quality figure, and says why.
-        return {"quality_embedding_cos_mean": None, "quality_note": str(exc)}
+        return {"quality_embedding_cos_mean": None,
+                "quality_note": f"no built-in text fits max_keys = {cfg.max_keys} tokens"}
+    rows = quality.evaluate(cfg, [(cfg, 1.0)], texts=texts, progress=False)
     fixed = next(r for r in rows if r.path == "fixed")
     return {"quality_embedding_cos_mean": fixed.embedding_cos_mean, "quality_embedding_cos_min": fixed.embedding_cos_min,
-            "quality_kept_fraction": fixed.kept_fraction}
+            "quality_kept_fraction": fixed.kept_fraction, "quality_texts": len(texts)}

@@ -141,3 +141,9 @@ def test_gate_cap_is_one_rule_for_ints_and_tensors(keys, permeability, k_min):
     want = max(k_min, math.ceil(keys * cfg.rho_q / 256))
     assert cfg.gate_cap(keys) == want
     assert cfg.gate_cap(torch.tensor([keys]))[0].item() == want
+
+
+def test_ideal_mac_cycles_count_every_slot_in_lockstep_and_kept_keys_in_compact():
+    cfg = HPUConfig.load(f"{REPO}/configs/small.toml")   # head_dim 8 on 4 lanes: 2 chunks per key
+    assert cfg.replace(schedule="lockstep").ideal_mac_cycles(keys=10, kept_keys=3) == 20
+    assert cfg.replace(schedule="compact").ideal_mac_cycles(keys=10, kept_keys=3) == 6
