@@ -88,11 +88,12 @@ def build(cfg: HPUConfig, verilog: Path, build_root: Path, waves: str | None) ->
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / "layout.h").write_text(header)
     obj = build_dir / "obj"
-    log = build_dir / "build.log"
+    # Linked under a temporary name and renamed when whole: a build cut short leaves no program to reuse.
+    linked = build_dir / f"{PROGRAM}.partial"
     run_tool("verilator (native bench)",
-             [exe, *VERILATOR_ARGS, *trace, "--top-module", "hpu", "-Mdir", str(obj), "-o", str(program.resolve()),
+             [exe, *VERILATOR_ARGS, *trace, "--top-module", "hpu", "-Mdir", str(obj), "-o", str(linked.resolve()),
               "-CFLAGS", f"{' '.join(CXX_FLAGS)} -I{build_dir.resolve()} -I{CPP}",
-              str(verilog.resolve()), str(HARNESS), str(job_io.resolve())], log, env=env)
+              str(verilog.resolve()), str(HARNESS), str(job_io.resolve())], build_dir / "build.log", env=env)
     # Verilator's runtime (verilated.cpp, its tracer) compiles the same for every configuration, and
     # takes longer than a small model: its objects are kept once per trace format, and copied in fresh,
     # so make takes them as built.
@@ -104,6 +105,7 @@ def build(cfg: HPUConfig, verilog: Path, build_root: Path, waves: str | None) ->
     jobs = os.environ.get("HPU_BUILD_JOBS") or str(os.cpu_count() or 1)
     run_tool("make (native bench)", ["make", "-C", str(obj), "-f", "Vhpu.mk", f"-j{jobs}", *MAKE_ARGS.split()],
              build_dir / "make.log", env=env)
+    linked.replace(program)
     if not runtime.exists():
         temp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=runtime.parent))
         for built in obj.glob("verilated*.o"):

@@ -119,14 +119,18 @@ def _quality(cfg: HPUConfig) -> dict:
     from golden_model import quality
     from golden_model.minilm import MiniLM
     from golden_model.texts import TEXTS
+    from hpu.errors import InputError
 
     model = MiniLM()
     texts = [t for t in TEXTS if model.token_count(t) <= cfg.max_keys]
-    if not texts:
-        # Too small a configuration for MiniLM's texts: the point has no quality figure, and says why.
-        return {"quality_embedding_cos_mean": None,
-                "quality_note": f"no built-in text fits max_keys = {cfg.max_keys} tokens"}
-    rows = quality.evaluate(cfg, [(cfg, 1.0)], texts=texts, progress=False)
+    try:
+        if not texts:
+            raise InputError(f"no built-in text fits max_keys = {cfg.max_keys} tokens")
+        rows = quality.evaluate(cfg, [(cfg, 1.0)], texts=texts, progress=False)
+    except InputError as exc:
+        # A configuration MiniLM cannot run on (its heads are 32 wide): the point has no quality
+        # figure, and says why.
+        return {"quality_embedding_cos_mean": None, "quality_note": str(exc)}
     fixed = next(r for r in rows if r.path == "fixed")
     return {"quality_embedding_cos_mean": fixed.embedding_cos_mean, "quality_embedding_cos_min": fixed.embedding_cos_min,
             "quality_kept_fraction": fixed.kept_fraction, "quality_texts": len(texts)}
