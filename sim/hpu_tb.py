@@ -104,10 +104,8 @@ async def run_job(dut):
     result_cycles: list[int] = []
     show_progress = sys.stderr.isatty() or os.environ.get("HPU_SIM_PROGRESS") == "1"
 
-    dut.gap_per_256.value = opts.per_step("gaps")
-    dut.stall_per_256.value = opts.per_step("backpressure")
-    dut.gap_seed.value = (opts.seed * 2654435761 + 1) & 0xFFFFFFFF
-    dut.stall_seed.value = (opts.seed * 40503 + 7) & 0xFFFFFFFF
+    for name, value in opts.host().items():
+        getattr(dut, name).value = value
     dut.gate_open.value = int(opts.gate_open)
     await Timer(1, "ns")
     dut.rst.value = 1

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from golden_model.stimulus import Row, RowResult, validate_blocks, validate_rows
 from hpu.config import HPUConfig
-from hpu.top import slowest_stage_cycles
 from hpu.errors import InputError
 from hpu.files import read_json, write_text
+from hpu.top import slowest_stage_cycles
 
 # The harness draws idle sources and stalled sinks in steps of 1/256 per cycle (an 8-bit LFSR compare).
 RATE_STEPS = 256
@@ -42,6 +42,13 @@ class Options:
     def per_step(self, name: str) -> int:
         """gaps or backpressure as the harness draws it: a count of 1/RATE_STEPS."""
         return round(getattr(self, name) * RATE_STEPS)
+
+    def host(self) -> dict:
+        """The harness's settings for these options, as both benches set them: idle gaps and stalls per
+        RATE_STEPS, and the xorshift generators' seeds."""
+        return {"gap_per_256": self.per_step("gaps"), "stall_per_256": self.per_step("backpressure"),
+                "gap_seed": (self.seed * 2654435761 + 1) & 0xFFFFFFFF,
+                "stall_seed": (self.seed * 40503 + 7) & 0xFFFFFFFF}
 
 
 @dataclass
@@ -79,6 +86,7 @@ class Job:
     def save(self, path: Path) -> None:
         write_text(path, json.dumps({
             "config": self.cfg.to_dict(), "source": self.source, "options": asdict(self.options),
+            "host": self.options.host(),
             "rows": [{"scores": list(r.scores), "values": [list(v) for v in r.values]} for r in self.rows],
             "expected": [asdict(e) for e in self.expected],
             "blocks": self.blocks, "routed": self.routed, "token_keys": self.token_keys,

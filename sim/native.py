@@ -144,13 +144,12 @@ def _job_io() -> Path:
     return obj
 
 
-def run(job: Job, program: Path, work_dir: Path, waves: Path | None, stall_cycles_per_row: int,
-        progress: bool) -> Path:
+def run(job: Job, program: Path, work_dir: Path, waves: Path | None, progress: bool) -> Path:
     """Run one job through the bench program; returns the outcome file it wrote."""
     job_path, outcome_path = work_dir / "job.json", work_dir / "outcome.json"
     outcome_path.unlink(missing_ok=True)
     job.save(job_path)
-    command = [str(program), str(job_path), str(outcome_path), str(stall_cycles_per_row)]
+    command = [str(program), str(job_path), str(outcome_path), str(job.stall_cycles_per_row)]
     command += ["--waves", str(waves)] if waves else []
     command += ["--progress"] if progress else []
     log = work_dir / "sim.log"

@@ -164,7 +164,7 @@ def run(job: Job, sim: str = "icarus", build_root: str | Path = "build/sim", wor
 def _run(job: Job, sim: str, build_dir: Path, work_dir: Path, vcd: Path | None, progress: bool,
          check: bool) -> Outcome:
     if sim == "verilator-native":
-        outcome_path = native.run(job, build_dir / native.PROGRAM, work_dir, vcd, job.stall_cycles_per_row, progress)
+        outcome_path = native.run(job, build_dir / native.PROGRAM, work_dir, vcd, progress)
     else:
         outcome_path = _run_cocotb(job, sim, build_dir, work_dir, vcd, progress)
     outcome = Outcome.load(outcome_path)

@@ -95,7 +95,7 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
             })
         else:
             summary = simulate(cfg, source, rows, options, Outputs(), False, simulator, work / "build",
-                               progress=False, log=lambda *a, **k: None)
+                               progress=False, log=lambda *a, **k: None, verilog_dir=rtl)
         run = summary["runs"]["gated"]
         kept = run["kept_keys"] / max(run["keys"], 1)
         result.update({"rows_checked": run["rows_checked"], "mismatches": run["mismatches"],

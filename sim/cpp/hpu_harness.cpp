@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <iostream>
 #include <memory>
@@ -148,8 +147,6 @@ int main(int argc, char** argv) {
     } catch (const std::runtime_error& e) {
         return fail(e.what());
     }
-    const int gap_per_256 = static_cast<int>(std::lround(job.gaps * 256));
-    const int stall_per_256 = static_cast<int>(std::lround(job.backpressure * 256));
 
     // The host's words, packed as sim/packing.py packs them for the cocotb bench.
     Ring keys(KEY_DEPTH, SCORE_WIDTH), values(KEY_DEPTH, VALUE_WIDTH), logits(LOGIT_DEPTH, LOGIT_WIDTH);
@@ -199,8 +196,6 @@ int main(int argc, char** argv) {
     uint64_t asked[FIFO_DEPTH] = {};
     uint32_t ask_head = 0, ask_tail = 0;   // one bit wider than the FIFO, as in the Verilog
     uint32_t gap_rng = 1, stall_rng = 1;
-    const uint32_t gap_seed = static_cast<uint32_t>(job.seed * 2654435761u + 1);
-    const uint32_t stall_seed = static_cast<uint32_t>(job.seed * 40503u + 7);
     uint64_t done_cycle = 0;
 
     OutcomeFile outcome;
@@ -214,12 +209,12 @@ int main(int argc, char** argv) {
     // nonblocking assignments do.
     auto cycle = [&](bool rst) {
         // The testbench loads the rings when reset ends: nothing is offered before.
-        const bool keys_valid = !rst && keys_sent < keys.words.size() && !((gap_rng & 0xff) < static_cast<uint32_t>(gap_per_256));
-        const bool values_valid = ask_tail != ask_head && !(((gap_rng >> 8) & 0xff) < static_cast<uint32_t>(gap_per_256));
-        const bool logits_valid = !rst && logits_sent < logits.words.size() && !(((gap_rng >> 16) & 0xff) < static_cast<uint32_t>(gap_per_256));
+        const bool keys_valid = !rst && keys_sent < keys.words.size() && !((gap_rng & 0xff) < job.gap_per_256);
+        const bool values_valid = ask_tail != ask_head && !(((gap_rng >> 8) & 0xff) < job.gap_per_256);
+        const bool logits_valid = !rst && logits_sent < logits.words.size() && !(((gap_rng >> 16) & 0xff) < job.gap_per_256);
         const bool requests_ready = ((ask_tail - ask_head) & (2 * FIFO_DEPTH - 1)) < FIFO_DEPTH;
-        const bool results_ready = !((stall_rng & 0xff) < static_cast<uint32_t>(stall_per_256));
-        const bool routed_ready = !(((stall_rng >> 8) & 0xff) < static_cast<uint32_t>(stall_per_256));
+        const bool results_ready = !((stall_rng & 0xff) < job.stall_per_256);
+        const bool routed_ready = !(((stall_rng >> 8) & 0xff) < job.stall_per_256);
         dut->rst = rst;
         dut->gate_open = job.gate_open;
         drive(dut->PORT(scores, payload), keys.at(keys_sent));
@@ -255,11 +250,11 @@ int main(int argc, char** argv) {
         context->timeInc(HALF_PERIOD);
 
         if (rst) {
-            gap_rng = gap_seed | 1;
-            stall_rng = stall_seed | 1;
+            gap_rng = job.gap_seed | 1;
+            stall_rng = job.stall_seed | 1;
         } else {
-            if (gap_per_256) gap_rng = xorshift(gap_rng);
-            if (stall_per_256) stall_rng = xorshift(stall_rng);
+            if (job.gap_per_256) gap_rng = xorshift(gap_rng);
+            if (job.stall_per_256) stall_rng = xorshift(stall_rng);
         }
         if (key_taken) {
             ++row_count;

@@ -22,12 +22,13 @@ JobFile read_job(const std::string& path) {
     if (!in) throw std::runtime_error("cannot read the job " + path);
     try {
         const json job = json::parse(in);
-        const json& opts = job.at("options");
+        const json& host = job.at("host");
         JobFile out;
-        out.gaps = opts.at("gaps").get<double>();
-        out.backpressure = opts.at("backpressure").get<double>();
-        out.seed = opts.at("seed").get<uint64_t>();
-        out.gate_open = opts.at("gate_open").get<bool>();
+        out.gap_per_256 = host.at("gap_per_256").get<uint32_t>();
+        out.stall_per_256 = host.at("stall_per_256").get<uint32_t>();
+        out.gap_seed = host.at("gap_seed").get<uint32_t>();
+        out.stall_seed = host.at("stall_seed").get<uint32_t>();
+        out.gate_open = job.at("options").at("gate_open").get<bool>();
         for (const json& row : job.at("rows")) {
             out.scores.push_back(row.at("scores").get<std::vector<int64_t>>());
             out.values.push_back(row.at("values").get<std::vector<std::vector<int64_t>>>());

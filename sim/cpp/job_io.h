@@ -13,8 +13,7 @@ struct RowResult {
 };
 
 struct JobFile {
-    double gaps = 0, backpressure = 0;
-    uint64_t seed = 0;
+    uint32_t gap_per_256 = 0, stall_per_256 = 0, gap_seed = 0, stall_seed = 0;   // sim/job.py's Options.host()
     bool gate_open = false;
     std::vector<std::vector<int64_t>> scores;               // per row, per key
     std::vector<std::vector<std::vector<int64_t>>> values;  // per row, per key, per dimension
