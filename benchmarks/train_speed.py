@@ -37,6 +37,10 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
               profile: bool = False) -> dict:
     arm = cfg.arm(name)
     run = cfg.run
+    # Each arm compiles from scratch, as its own training process does: the arms' models share
+    # transformers' code objects, and entries left by earlier arms count towards dynamo's recompile
+    # limit, past which a later arm would run that code uncompiled.
+    torch._dynamo.reset()
     model = build_model(cfg, arm, corpus or _Vocabulary(cfg.data.vocab_size), seed=0).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, fused=device.type == "cuda")
     runner = torch.compile(model) if run.compile and device.type == "cuda" else model
@@ -64,8 +68,9 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
         if index >= warmup:
             elapsed += time.perf_counter() - tick
     kernels = _profile(lambda: step(warmup + steps), device) if profile else None
+    # Counted eagerly: a no-grad pass through the compiled runner would compile every graph again.
     with attention.counting() as kept, torch.no_grad(), autocast(device):
-        sequence_loss(runner, torch.from_numpy(batch(warmup + steps + 1)[:run.micro_batch]).to(device))
+        sequence_loss(model, torch.from_numpy(batch(warmup + steps + 1)[:run.micro_batch]).to(device))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     del model, optimizer, runner
     if device.type == "cuda":

@@ -201,6 +201,31 @@ def tiny_llama(implementation: str, gate: HPUConfig | None = None, kv_heads=2):
     return LlamaForCausalLM(config).eval()
 
 
+def test_compiled_gated_training_compiles_each_frame_once_for_any_depth(monkeypatch):
+    """The gate breaks torch.compile's graph around each attention call; training's forward keeps no
+    KV cache, so the attention's frame is not specialized per layer (12 layers > dynamo's limit of 8,
+    past which the attention would silently run uncompiled)."""
+    import torch._dynamo
+
+    from training.loop import sequence_loss
+
+    model = tiny_llama(attention.NAME, HPUConfig(mode="mass", mass_target=0.9, permeability=0.5))
+    layers = 12
+    model.model.layers.extend(type(model.model.layers[0])(model.config, i) for i in range(2, layers))
+    model.config.num_hidden_layers = layers
+    model.train()
+    assert layers > torch._dynamo.config.recompile_limit
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    torch._dynamo.reset()
+    runner = torch.compile(model, backend="eager")
+    tokens = torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(5))
+    try:
+        for _ in range(2):
+            sequence_loss(runner, tokens).backward()
+    finally:
+        torch._dynamo.reset()
+
+
 def test_dense_gate_in_a_llama_equals_sdpa():
     ids = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(3))
     dense = tiny_llama("sdpa")(ids).logits

@@ -137,7 +137,10 @@ def autocast(device: torch.device):
 
 
 def sequence_loss(model, tokens: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=tokens[:, :-1]).logits
+    # No KV cache: nothing decodes here, and a cache makes torch.compile guard on each layer's cache
+    # entry, one compiled attention frame per layer wherever the gate breaks the graph, until a
+    # change of grad mode passes dynamo's recompile limit and the attention runs uncompiled.
+    logits = model(input_ids=tokens[:, :-1], use_cache=False).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
