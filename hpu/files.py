@@ -169,6 +169,16 @@ def shared_lock(folder: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
+def not_text(head: bytes, kind: str) -> str | None:
+    """Why a file whose first bytes are `head` is certainly not `kind` text (compressed, binary);
+    None when it may be."""
+    if head.startswith(b"\x1f\x8b"):
+        return "the file is gzip-compressed: gunzip it first"
+    if b"\x00" in head:
+        return f"the file is binary, not {kind} text"
+    return None
+
+
 def _read(path: Path, what: str, hint: str) -> str:
     try:
         return path.read_text()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hpu.errors import InputError
+from hpu.files import not_text
 
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}();:,]|[^\s{}();:,"]+')
 _UNIT = re.compile(r"\s*([0-9.eE+-]*)\s*([a-zA-Z]+)\s*")
@@ -245,10 +246,8 @@ def load(path: Path | str) -> Library:
         data = path.read_bytes()
     except OSError as error:
         raise LibertyError(path, None, f"cannot read it: {error.strerror}") from None
-    if data.startswith(b"\x1f\x8b"):
-        raise LibertyError(path, None, "the file is gzip-compressed: gunzip it first")
-    if b"\x00" in data[:64]:
-        raise LibertyError(path, None, "the file is binary, not Liberty text")
+    if problem := not_text(data[:64], "Liberty"):
+        raise LibertyError(path, None, problem)
     lib = parse(data.decode(errors="replace"), path)
     units = {"time": _unit(path, lib, "time_unit", "1ns"), "cap": _unit(path, lib, "capacitive_load_unit", "1pf"),
              "leakage": _unit(path, lib, "leakage_power_unit", "1nW")}

@@ -42,6 +42,7 @@ import numpy as np
 from numba import njit
 
 from hpu.errors import InputError
+from hpu.files import not_text
 
 CHUNK_BYTES = 1 << 22
 # Counts take about 60 bytes per bit of every variable: these bounds keep a hostile or corrupt header
@@ -563,15 +564,6 @@ def _header_tokens(data: bytes) -> Iterator[tuple[bytes, int, int]]:
         yield m.group(), m.start(), m.end()
 
 
-def _not_vcd(head: bytes) -> str | None:
-    """What a file is, from its first bytes, when it is certainly not VCD text; None otherwise."""
-    if head.startswith(b"\x1f\x8b"):
-        return "the file is gzip-compressed: gunzip it first"
-    if b"\x00" in head:
-        return "the file is binary, not VCD text"
-    return None
-
-
 def read_header(path: Path | str) -> Header:
     """Parse the definitions up to `$enddefinitions $end` (of a VCD, or of the VCD an FST file reads as)."""
     with _text(Path(path)) as stream:
@@ -581,7 +573,7 @@ def read_header(path: Path | str) -> Header:
 def _definitions(stream: BinaryIO, path: Path) -> tuple[Header, bytes]:
     """The header, and the bytes read beyond it (the body's beginning)."""
     data = stream.read(64)
-    if problem := _not_vcd(data):
+    if problem := not_text(data, "VCD"):
         raise VcdError(path, None, problem)
     # Up to the `$end` after `$enddefinitions` (a pipe hands the text over in pieces of any size).
     while (at := data.find(b"$enddefinitions")) < 0 or data.find(b"$end", at + 15) < 0:
