@@ -541,7 +541,8 @@ def _result(arm: str, seed: int, loss: float, experiment: dict | None = None) ->
             "epochs": 0.5, "tokens_per_s": 100.0 if gate is None else 60.0, "versions": {"device": "cpu"},
             "final": {"loss": loss, "loss_code": loss - 1, "loss_prose": loss + 1, "kept_fraction": 0.5},
             "history": {"train": [[i, 100 * i, loss + 1 / (i + 1)] for i in range(10)],
-                        "val": [{"tokens": 0, "loss": 9.0}, {"tokens": 1000, "loss": loss}]}}
+                        "val": [{"tokens": 0, "loss": 9.0, "kept_fraction": 1.0},
+                                {"tokens": 1000, "loss": loss, "kept_fraction": 0.5 if gate else 1.0}]}}
 
 
 def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
@@ -568,7 +569,11 @@ def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
     assert gap["paired"]["seeds"] == [1, 2]
     assert gap["paired"]["differences"] == [3.05 - 3.0, 3.27 - 3.2]
     assert gap["paired"]["p"] == pytest.approx(stats.ttest_rel([3.05, 3.27], [3.0, 3.2]).pvalue, rel=1e-12)
-    assert "+0.050, +0.070" in (tmp_path / "out" / report.TABLE).read_text()
+    table = (tmp_path / "out" / report.TABLE).read_text()
+    assert "+0.050, +0.070" in table and "| mass50 | 0.90 | 0.50 | - | 2 |" in table
+    # The kept fraction over training, per gated arm, at the evaluations every seed recorded.
+    assert [(p["tokens"], p["mean"], p["n"]) for p in row["kept_over_training"]] == [(0, 1.0, 2), (1000, 0.5, 2)]
+    assert "kept_over_training" not in summary["arms"]["dense"] and "| mass50 | 1.000 | 0.500 |" in table
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {report.JSON, report.TABLE, report.PLOT}
     # A routed arm at half the attention FLOPs meets dense after half its tokens: between dense's
     # evaluations at 0 tokens (9.0) and 1000 (its final loss), so at (9.0 + loss) / 2 on average.

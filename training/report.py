@@ -10,7 +10,8 @@ they route).
 Runs join one report only when they share the experiment (model, schedule and token stream);
 anything else is refused. A run still training (no result.json) is listed as missing, not guessed.
 Outputs: ``ab.json`` (every figure, with each run's device and versions), ``ab.md`` (the table) and
-``ab.png`` (every arm's training and validation curves), written whole or not at all.
+``ab.png`` (every arm's training and validation curves, and each gated arm's kept fraction), written
+whole or not at all.
 """
 
 from __future__ import annotations
@@ -88,6 +89,13 @@ def equal_flops_gap(arm: list[dict], base: list[dict]) -> dict:
             "mean": float(np.mean([r["final"]["loss"] for r in arm]) - np.mean(at))}
 
 
+def kept_over_training(runs: list[dict]) -> list[dict]:
+    """The kept fraction at each evaluation that every one of `runs` (an arm's seeds) recorded, over seeds."""
+    points = [{v["tokens"]: v["kept_fraction"] for v in r["history"]["val"] if "kept_fraction" in v} for r in runs]
+    shared = sorted(set.intersection(*(set(p) for p in points)))
+    return [{"tokens": t, **_stats([p[t] for p in points])} for t in shared]
+
+
 def summarize(runs: list[dict]) -> dict:
     experiment = _experiment(runs[0])
     for run in runs[1:]:
@@ -109,6 +117,8 @@ def summarize(runs: list[dict]) -> dict:
                "tokens_per_s": _stats([r["tokens_per_s"] for r in rs]),
                "tokens": rs[0]["tokens"], "devices": sorted({r["versions"]["device"] for r in rs}),
                "router": rs[0].get("router")}
+        if row["gate"] is not None:
+            row["kept_over_training"] = kept_over_training(rs)
         for key in EVALUATED:
             if key in rs[0]["final"]:
                 row[key] = _stats([r["final"][key] for r in rs])
@@ -140,14 +150,15 @@ def markdown(summary: dict) -> str:
              "arm − baseline, Welch t-test p (two-sided); per seed: arm − baseline at each seed both ran (same "
              "initial weights, same token order), paired t-test p; gap at equal attention FLOPs: a routed arm against "
              "the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations).", "",
-             "| arm | permeability | router | seeds | val loss | gap | p | gap per seed | paired p | prose gap "
+             "| arm | mass target | permeability | router | seeds | val loss | gap | p | gap per seed | paired p | prose gap "
              "| code gap | kept fraction | attention FLOPs | gap at equal attention FLOPs | tokens/s (fastest run) | vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["arms"].items():
         gap = row.get("loss_gap", {})
         per_seed = gap.get("paired", {})
         lines.append("| " + " | ".join([
-            name, "-" if row["gate"] is None else fmt(row["gate"]["permeability"], 2),
+            name, "-" if row["gate"] is None else fmt(row["gate"].get("mass_target"), 2),
+            "-" if row["gate"] is None else fmt(row["gate"]["permeability"], 2),
             "-" if not row.get("router") else f"{row['router']['route']} {row['router']['route_fraction']:.2f}",
             str(len(row["seeds"])),
             f"{fmt(row['loss']['mean'])} ± {fmt(row['loss']['std'])}", fmt(gap.get("mean")), fmt(gap.get("p"), 3),
@@ -157,6 +168,16 @@ def markdown(summary: dict) -> str:
             fmt(row.get("loss_gap_equal_attention_flops", {}).get("mean")),
             f"{row['tokens_per_s']['max']:,.0f}",
             fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
+    kept = {name: row["kept_over_training"] for name, row in summary["arms"].items() if row.get("kept_over_training")}
+    if kept:
+        tokens = sorted({p["tokens"] for points in kept.values() for p in points})
+        lines += ["", "Kept fraction of the admissible keys at each evaluation (held-out text, mean over seeds; "
+                  "the permeability anneals from 1 over the first steps):", "",
+                  "| arm | " + " | ".join(f"{t / 1e6:.0f}M" for t in tokens) + " |",
+                  "|---|" + "---|" * len(tokens)]
+        for name, points in kept.items():
+            at = {p["tokens"]: p["mean"] for p in points}
+            lines.append(f"| {name} | " + " | ".join(fmt(at.get(t), 3) for t in tokens) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +189,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
     arms = sorted({r["arm"] for r in runs})
     colors = {arm: plt.cm.viridis(i / max(1, len(arms) - 1)) for i, arm in enumerate(arms)}
-    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (train_ax, val_ax, kept_ax) = plt.subplots(1, 3, figsize=(19, 5))
     for run in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
         label = run["arm"] if run["seed"] == min(r["seed"] for r in runs if r["arm"] == run["arm"]) else None
         steps = np.asarray(run["history"]["train"], dtype=np.float64)
@@ -180,12 +201,23 @@ def plot(runs: list[dict], path: Path) -> None:
         val = run["history"]["val"]
         val_ax.plot([v["tokens"] / 1e6 for v in val], [v["loss"] for v in val], color=colors[run["arm"]],
                     marker=".", lw=0.8, label=label)
+        if run["gate"] is not None:
+            kept = [v for v in val if "kept_fraction" in v]
+            kept_ax.plot([v["tokens"] / 1e6 for v in kept], [v["kept_fraction"] for v in kept],
+                         color=colors[run["arm"]], marker=".", lw=0.8, label=label)
     for ax, title in ((train_ax, "training loss (moving mean of 20 logs)"), (val_ax, "validation loss (held-out files)")):
         ax.set_xlabel("tokens (M)")
         ax.set_ylabel("loss (nats/token)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
+    kept_ax.set_xlabel("tokens (M)")
+    kept_ax.set_ylabel("kept fraction of admissible keys")
+    kept_ax.set_yscale("log")
+    kept_ax.set_title("kept fraction (gated arms, held-out files)")
+    kept_ax.grid(alpha=0.3, which="both")
+    if kept_ax.lines:
+        kept_ax.legend()
     lows = [v["loss"] for r in runs for v in r["history"]["val"][1:]] or [0]
     val_ax.set_ylim(min(lows) - 0.05, np.percentile(lows, 90) + 0.1)
     fig.tight_layout()
