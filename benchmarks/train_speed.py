@@ -68,10 +68,10 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
         if index >= warmup:
             elapsed += time.perf_counter() - tick
     kernels = _profile(lambda: step(warmup + steps), device) if profile else None
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     # Counted eagerly: a no-grad pass through the compiled runner would compile every graph again.
     with attention.counting() as kept, torch.no_grad(), autocast(device):
         sequence_loss(model, torch.from_numpy(batch(warmup + steps + 1)[:run.micro_batch]).to(device))
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     del model, optimizer, runner
     if device.type == "cuda":
         torch.cuda.empty_cache()

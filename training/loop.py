@@ -138,8 +138,9 @@ def autocast(device: torch.device):
 
 def sequence_loss(model, tokens: torch.Tensor) -> torch.Tensor:
     # No KV cache: nothing decodes here, and a cache makes torch.compile guard on each layer's cache
-    # entry, one compiled attention frame per layer wherever the gate breaks the graph, until a
-    # change of grad mode passes dynamo's recompile limit and the attention runs uncompiled.
+    # entry: one compiled attention frame per layer wherever the gate or the router breaks the graph,
+    # which reaches dynamo's recompile limit (8) at 8 layers, past which the attention runs uncompiled.
+    # For the same limit, no-grad passes (evaluation) run the eager model, never the compiled one.
     logits = model(input_ids=tokens[:, :-1], use_cache=False).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpu.config import HPUConfig
 from hpu.errors import InputError
 from hpu.files import read_json, staged, write_json, write_text
 from training.loop import RESULT
@@ -142,6 +143,11 @@ def summarize(runs: list[dict]) -> dict:
                                         "parameters", "epochs")} for r in runs]}
 
 
+def _mass_gate(gate: dict | None) -> bool:
+    """Whether a run's gate reads its mass target (an arm's table leaves the mode out for the default)."""
+    return gate is not None and gate.get("mode", HPUConfig.mode) == "mass" and "mass_target" in gate
+
+
 def markdown(summary: dict) -> str:
     def fmt(x, digits=4):
         return "-" if x is None else f"{x:.{digits}f}"
@@ -157,7 +163,7 @@ def markdown(summary: dict) -> str:
         gap = row.get("loss_gap", {})
         per_seed = gap.get("paired", {})
         lines.append("| " + " | ".join([
-            name, "-" if row["gate"] is None else fmt(row["gate"].get("mass_target"), 2),
+            name, f"{row['gate']['mass_target']:g}" if _mass_gate(row["gate"]) else "-",
             "-" if row["gate"] is None else fmt(row["gate"]["permeability"], 2),
             "-" if not row.get("router") else f"{row['router']['route']} {row['router']['route_fraction']:.2f}",
             str(len(row["seeds"])),
@@ -173,7 +179,7 @@ def markdown(summary: dict) -> str:
         tokens = sorted({p["tokens"] for points in kept.values() for p in points})
         lines += ["", "Kept fraction of the admissible keys at each evaluation (held-out text, mean over seeds; "
                   "the permeability anneals from 1 over the first steps):", "",
-                  "| arm | " + " | ".join(f"{t / 1e6:.0f}M" for t in tokens) + " |",
+                  "| arm | " + " | ".join(f"{t / 1e6:.3g}M" for t in tokens) + " |",
                   "|---|" + "---|" * len(tokens)]
         for name, points in kept.items():
             at = {p["tokens"]: p["mean"] for p in points}
