@@ -90,9 +90,14 @@ def equal_flops_gap(arm: list[dict], base: list[dict]) -> dict:
             "mean": float(np.mean([r["final"]["loss"] for r in arm]) - np.mean(at))}
 
 
+def _kept_history(run: dict) -> dict[int, float]:
+    """A run's kept fraction at each evaluation that recorded one, by tokens seen."""
+    return {v["tokens"]: v["kept_fraction"] for v in run["history"]["val"] if "kept_fraction" in v}
+
+
 def kept_over_training(runs: list[dict]) -> list[dict]:
     """The kept fraction at each evaluation that every one of `runs` (an arm's seeds) recorded, over seeds."""
-    points = [{v["tokens"]: v["kept_fraction"] for v in r["history"]["val"] if "kept_fraction" in v} for r in runs]
+    points = [_kept_history(r) for r in runs]
     shared = sorted(set.intersection(*(set(p) for p in points)))
     return [{"tokens": t, **_stats([p[t] for p in points])} for t in shared]
 
@@ -143,11 +148,6 @@ def summarize(runs: list[dict]) -> dict:
                                         "parameters", "epochs")} for r in runs]}
 
 
-def _mass_gate(gate: dict | None) -> bool:
-    """Whether a run's gate reads its mass target (an arm's table leaves the mode out for the default)."""
-    return gate is not None and gate.get("mode", HPUConfig.mode) == "mass" and "mass_target" in gate
-
-
 def markdown(summary: dict) -> str:
     def fmt(x, digits=4):
         return "-" if x is None else f"{x:.{digits}f}"
@@ -160,11 +160,13 @@ def markdown(summary: dict) -> str:
              "| code gap | kept fraction | attention FLOPs | gap at equal attention FLOPs | tokens/s (fastest run) | vs dense |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["arms"].items():
+        # The arm's gate as the run read it: its table over the HPU's defaults (`training.config.Arm.hpu`).
+        gate = None if row["gate"] is None else HPUConfig(**row["gate"])
         gap = row.get("loss_gap", {})
         per_seed = gap.get("paired", {})
         lines.append("| " + " | ".join([
-            name, f"{row['gate']['mass_target']:g}" if _mass_gate(row["gate"]) else "-",
-            "-" if row["gate"] is None else fmt(row["gate"]["permeability"], 2),
+            name, f"{gate.mass_target:g}" if gate is not None and gate.mode == "mass" else "-",
+            "-" if gate is None else fmt(gate.permeability, 2),
             "-" if not row.get("router") else f"{row['router']['route']} {row['router']['route_fraction']:.2f}",
             str(len(row["seeds"])),
             f"{fmt(row['loss']['mean'])} ± {fmt(row['loss']['std'])}", fmt(gap.get("mean")), fmt(gap.get("p"), 3),
@@ -208,9 +210,9 @@ def plot(runs: list[dict], path: Path) -> None:
         val_ax.plot([v["tokens"] / 1e6 for v in val], [v["loss"] for v in val], color=colors[run["arm"]],
                     marker=".", lw=0.8, label=label)
         if run["gate"] is not None:
-            kept = [v for v in val if "kept_fraction" in v]
-            kept_ax.plot([v["tokens"] / 1e6 for v in kept], [v["kept_fraction"] for v in kept],
-                         color=colors[run["arm"]], marker=".", lw=0.8, label=label)
+            kept = _kept_history(run)
+            kept_ax.plot([t / 1e6 for t in kept], list(kept.values()), color=colors[run["arm"]], marker=".",
+                         lw=0.8, label=label)
     for ax, title in ((train_ax, "training loss (moving mean of 20 logs)"), (val_ax, "validation loss (held-out files)")):
         ax.set_xlabel("tokens (M)")
         ax.set_ylabel("loss (nats/token)")
