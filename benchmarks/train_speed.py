@@ -25,7 +25,8 @@ import torch
 from benchmarks.common import write
 from training import attention
 from training.config import TrainConfig
-from training.loop import Ranks, autocast, build_model, learning_rate, sequence_loss, step_sequences, train_step
+from training.loop import (Ranks, autocast, build_model, compile_layers, learning_rate, sequence_loss, step_sequences,
+                           train_step)
 
 
 class _Vocabulary:
@@ -37,13 +38,10 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
               profile: bool = False) -> dict:
     arm = cfg.arm(name)
     run = cfg.run
-    # Each arm compiles from scratch, as its own training process does: the arms' models share
-    # transformers' code objects, and entries left by earlier arms count towards dynamo's recompile
-    # limit, past which a later arm would run that code uncompiled.
-    torch._dynamo.reset()
     model = build_model(cfg, arm, corpus or _Vocabulary(cfg.data.vocab_size), seed=0).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, fused=device.type == "cuda")
-    runner = torch.compile(model) if run.compile and device.type == "cuda" else model
+    if run.compile and device.type == "cuda":
+        compile_layers(model)   # each arm afresh, as its own training process does
     noise = np.random.default_rng(0).integers(0, cfg.data.vocab_size, (run.batch, run.context + 1))
     ranks = Ranks(device=device)
 
@@ -54,7 +52,7 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
     def step(index: int) -> None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(index, cfg)
-        train_step(model, model, runner, optimizer, batch(index), cfg, ranks)
+        train_step(model, model, optimizer, batch(index), cfg, ranks)
 
     torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
     elapsed = 0.0
@@ -69,10 +67,9 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
             elapsed += time.perf_counter() - tick
     kernels = _profile(lambda: step(warmup + steps), device) if profile else None
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    # Counted eagerly: a no-grad pass through the compiled runner would compile every graph again.
-    with attention.counting() as kept, torch.no_grad(), autocast(device):
+    with attention.counting() as kept, torch.no_grad(), torch.compiler.set_stance("force_eager"), autocast(device):
         sequence_loss(model, torch.from_numpy(batch(warmup + steps + 1)[:run.micro_batch]).to(device))
-    del model, optimizer, runner
+    del model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"arm": name, "attention": arm.attention, "steps": steps,

@@ -201,14 +201,24 @@ def tiny_llama(implementation: str, gate: HPUConfig | None = None, kv_heads=2):
     return LlamaForCausalLM(config).eval()
 
 
-def test_compiled_gated_training_stays_within_the_recompile_limit_at_any_depth(monkeypatch):
-    """The gate breaks torch.compile's graph around each attention call; training's forward keeps no
-    KV cache, so the attention's frame is not compiled once per layer (12 layers > dynamo's limit of
-    8, past which the attention would silently run uncompiled)."""
+def test_compiled_gated_training_takes_the_fused_path_within_the_recompile_limit_at_any_depth(monkeypatch):
+    """Training compiles each decoder layer (`compile_layers`): the gate sees no mask on plain causal
+    rows (so on a GPU it takes its fused causal kernel; compiled whole, transformers' traced mask
+    builder hands it a full mask), and one compiled frame serves every layer (12 layers > dynamo's
+    recompile limit of 8, past which a layer would silently run uncompiled); evaluation compiles nothing."""
     import torch._dynamo
 
-    from training.loop import sequence_loss
+    from training.loop import compile_layers, sequence_loss
 
+    masks = []
+    gated = attention._gated_attention
+
+    @torch.compiler.disable
+    def spy(module, query, key, value, attention_mask, *args):
+        masks.append(attention_mask)
+        return gated(module, query, key, value, attention_mask, *args)
+
+    monkeypatch.setattr(attention, "_gated_attention", spy)
     model = tiny_llama(attention.NAME, HPUConfig(mode="mass", mass_target=0.9, permeability=0.5))
     layers = 12
     model.model.layers.extend(type(model.model.layers[0])(model.config, i) for i in range(2, layers))
@@ -216,14 +226,19 @@ def test_compiled_gated_training_stays_within_the_recompile_limit_at_any_depth(m
     model.train()
     assert layers > torch._dynamo.config.recompile_limit
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    torch._dynamo.reset()
-    runner = torch.compile(model, backend="eager")
     tokens = torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(5))
+    eager = sequence_loss(model, tokens)
+    compile_layers(model, backend="eager")
     try:
         for _ in range(2):
-            sequence_loss(runner, tokens).backward()
+            loss = sequence_loss(model, tokens)
+            loss.backward()
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+            sequence_loss(model, tokens)
     finally:
         torch._dynamo.reset()
+    assert len(masks) == 4 * layers and all(mask is None for mask in masks)
+    assert torch.equal(loss, eager)
 
 
 def test_dense_gate_in_a_llama_equals_sdpa():
