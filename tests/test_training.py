@@ -670,6 +670,50 @@ def test_routed_attention_scales_routed_rows_and_zeros_the_rest(mode):
                                    use_cache=False).shape == (1, 6)
 
 
+def test_a_window_gives_unrouted_tokens_their_recent_keys():
+    """route_window W: a routed token's output is unchanged (times sigmoid(score)); an unrouted one's is
+    the attention over its last W keys, unscaled. The attention FLOPs count those windows, and
+    decoding with a cache (the window cut from the cached keys) picks what decoding without one does."""
+    from training import routing
+
+    window = 3
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(8))
+    plain, routed = tiny_llama("sdpa"), tiny_llama("sdpa")
+    (router, *_) = routing.attach(routed, routing.RouterConfig(route_fraction=0.5, route_block=8,
+                                                               route_window=window))
+    base, mine = _layer_zero(plain), _layer_zero(routed)
+    plain(ids)
+    routed(ids).logits.sum().backward()
+    chosen, full = router.last["top"], base["out"]   # (the band's pass below records over base)
+    position = torch.arange(16)
+    band = (position[None, :] <= position[:, None]) & (position[None, :] > position[:, None] - window)
+    near = plain.model.layers[0].self_attn(hidden_states=base["hidden_states"],
+                                           position_embeddings=base["position_embeddings"],
+                                           attention_mask=band)[0]
+    scale = torch.sigmoid(router.last["logits"]).detach()
+    want = torch.where(chosen.unsqueeze(-1), full * scale.unsqueeze(-1), near)
+    assert torch.allclose(mine["out"], want, atol=1e-6)
+    assert router.score.weight.grad.abs().sum() > 0
+    seen = position + 1.0
+    work = [float((r.last["top"] * seen + ~r.last["top"] * seen.clamp(max=window)).sum() / (2 * seen.sum()))
+            for r in routing.routers(routed)]
+    assert routing.statistics(routed)["attention_fraction"] == pytest.approx(sum(work) / len(work))
+    with routing.choosing(routed, "predictor"), torch.no_grad():
+        cached, fresh = (routed.generate(ids[:1, :5], max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                         use_cache=cache) for cache in (True, False))
+    assert torch.equal(cached, fresh)
+
+
+@pytest.mark.parametrize("fields, message", [({"route": "skip", "route_window": 4}, "needs route = 'sqdk'"),
+                                             ({"route_window": -1}, "route_window = -1"),
+                                             ({"route_window": 2.5}, "route_window = 2.5")])
+def test_a_bad_window_is_refused(fields, message):
+    from training.routing import RouterConfig
+
+    with pytest.raises(ConfigError, match=message):
+        RouterConfig(**fields)
+
+
 def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_config, corpus, tmp_path):
     """A routed arm trains; its evaluation carries the predictor's and the HPU's agreement, the routed
     and attention fractions and the predictor- and HPU-routed losses; the checkpoint reloads with its routers (same logits),
@@ -683,7 +727,7 @@ def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_con
     result = train(cfg, cfg.arm("sqdk50"), 1, corpus, tmp_path, progress=False)
     final = result["final"]
     assert result["router"] == {"route": "sqdk", "route_fraction": 0.5, "route_block": 16, "route_layers": "all",
-                                "route_bits": 16}
+                                "route_bits": 16, "route_window": 0}
     assert final["routed_fraction"] == pytest.approx(cfg.arm("sqdk50").router.hpu.route_capacity(16) / 16)
     assert 0 <= final["predictor_accuracy"] <= 1 and math.isfinite(final["loss_predicted"])
     # Each held-out split keeps its own loss beside the router's figures, and the whole is between them.

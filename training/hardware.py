@@ -114,6 +114,10 @@ def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
     if any(r.cfg.route == "skip" for r in chosen):
         raise InputError(f"{model_dir} routes by skipping (unrouted tokens are no keys either); the HPU routes "
                          "queries only (sparse queries, dense keys): take a run of an sqdk arm")
+    if any(r.cfg.route_window for r in chosen):
+        raise InputError(f"{model_dir} gives unrouted tokens a window of keys; the HPU's routed workload sends "
+                         "the routed rows only, so its energy would leave the windows out: take a run without "
+                         "route_window")
     _captured = []
     try:
         with torch.no_grad():

@@ -25,7 +25,7 @@ from hpu.config import HPUConfig
 from hpu.errors import InputError
 from hpu.files import read_json, staged, write_json, write_text
 from training.loop import RESULT
-from training.routing import EVALUATED
+from training.routing import EVALUATED, RouterConfig
 
 JSON, TABLE, PLOT = "ab.json", "ab.md", "ab.png"
 
@@ -167,7 +167,7 @@ def markdown(summary: dict) -> str:
         lines.append("| " + " | ".join([
             name, f"{gate.mass_target:g}" if gate is not None and gate.mode == "mass" else "-",
             "-" if gate is None else fmt(gate.permeability, 2),
-            "-" if not row.get("router") else f"{row['router']['route']} {row['router']['route_fraction']:.2f}",
+            "-" if not row.get("router") else _router_cell(RouterConfig(**row["router"])),
             str(len(row["seeds"])),
             f"{fmt(row['loss']['mean'])} ± {fmt(row['loss']['std'])}", fmt(gap.get("mean")), fmt(gap.get("p"), 3),
             ", ".join(f"{d:+.3f}" for d in per_seed.get("differences", [])) or "-", fmt(per_seed.get("p"), 3),
@@ -243,3 +243,9 @@ def report(root: str | Path, out: str | Path) -> dict:
     write_text(out / TABLE, markdown(summary))
     write_json(out / JSON, summary)
     return summary
+
+
+def _router_cell(router: RouterConfig) -> str:
+    return " ".join([router.route, f"{router.route_fraction:.2f}",
+                     *(["every other layer"] if router.route_layers == "alternate" else []),
+                     *([f"window {router.route_window}"] if router.route_window else [])])

@@ -6,7 +6,9 @@ by (score descending, position ascending) are routed: the golden model's routing
 (`golden_model.routing.order_topk`) with the HPU's capacity (`HPUConfig.route_capacity`), so the
 trained choice is the one the HPU's router makes. A routed token's attention output is multiplied by
 sigmoid(score), which is how the score gets a gradient; an unrouted token's is zero (the residual
-stream carries it). Two modes:
+stream carries it), or, with ``route_window`` W > 0, its attention over its last W keys (itself
+included), unscaled: a cheap stream that still lets every token read its recent context (the
+seed `004_*` gives unrouted tokens a linear-attention stream for the same reason). Two modes:
 
 - ``sqdk``: unrouted tokens still serve as keys and values (sparse queries, dense keys: the seeds'
   semantics and `gpu_kernels.sqdk`'s);
@@ -41,7 +43,7 @@ from golden_model.routing import order_topk
 from hpu.config import ConfigError, HPUConfig
 
 NAME = "hpu_routed"
-ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route_bits")
+ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route_bits", "route_window")
 # How a router chooses: its float top-k (training, teacher-forced evaluation), its predictor (token by
 # token, decoding), the HPU's routing step on its scores quantized to route_bits, or, for comparison,
 # the untrained router `hpu quality` uses (the top-k of the hidden state's L2 norm).
@@ -71,6 +73,9 @@ class RouterConfig:
         ``"all"``, or ``"alternate"``: every other layer from the second (as Mixture-of-Depths).
     route_bits : int
         Width of the quantized scores the HPU's router orders, `HPUConfig.route_bits`.
+    route_window : int
+        0: an unrouted token gets no attention output. W > 0 (``sqdk`` only): it attends to its last W
+        keys, itself included, unscaled.
 
     Raises
     ------
@@ -83,6 +88,7 @@ class RouterConfig:
     route_block: int = 1024
     route_layers: str = "all"
     route_bits: int = 16
+    route_window: int = 0
 
     def __post_init__(self):
         if self.route not in MODES:
@@ -93,6 +99,12 @@ class RouterConfig:
         if isinstance(self.route_block, bool) or not isinstance(self.route_block, int) or self.route_block < 1:
             raise ConfigError(f"illegal router: route_block = {self.route_block!r}: must be a whole number of "
                               "tokens, at least 1")
+        if isinstance(self.route_window, bool) or not isinstance(self.route_window, int) or self.route_window < 0:
+            raise ConfigError(f"illegal router: route_window = {self.route_window!r}: must be a whole number of "
+                              "keys, 0 for none")
+        if self.route_window and self.route != "sqdk":
+            raise ConfigError(f"illegal router: route_window = {self.route_window} needs route = 'sqdk' (under "
+                              "skip the unrouted tokens are no keys to attend to)")
         self.hpu  # route_fraction checked by the HPU's configuration
 
     @property
@@ -120,7 +132,8 @@ class Router(nn.Module):
         self.last: dict[str, torch.Tensor] = {}
 
     def decide(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, D) hidden states: (routed (B, T) bool, scale (B, T): sigmoid(score) where routed, else 0).
+        """(B, T, D) hidden states: (routed (B, T) bool, scale (B, T): sigmoid(score) where routed, else 0,
+        or 1 with a window).
         Keeps the scores, the predictor's logits, the choice made and the top-k choice (with the HPU's
         choice on the same scores when evaluating) for `auxiliary_loss` and `statistics`."""
         logits = self.score(hidden).squeeze(-1).float()
@@ -138,7 +151,7 @@ class Router(nn.Module):
             if not self.training:
                 self.last["hpu"] = hpu_routing(logits.detach(), self.cfg)
         self.last["routed"] = routed
-        return routed, torch.where(routed, torch.sigmoid(logits), torch.zeros_like(logits))
+        return routed, torch.where(routed, torch.sigmoid(logits), torch.full_like(logits, float(self.cfg.route_window > 0)))
 
 
 def _blocks(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
@@ -240,7 +253,31 @@ def _before(module, args, kwargs):
                              "tokens were routed (generate with use_cache=False, or route with sqdk)")
         kwargs = dict(kwargs)
         kwargs["attention_mask"] = _skip_mask(kwargs.get("attention_mask"), routed)
+    elif module.router.cfg.route_window:
+        kwargs = dict(kwargs)
+        keys = _keys(kwargs.get("cache", kwargs.get("past_key_values")), module.layer_idx, routed.shape[-1])
+        kwargs["attention_mask"] = _window_mask(kwargs.get("attention_mask"), routed, keys,
+                                                module.router.cfg.route_window)
     return args, kwargs
+
+
+def _keys(cache, layer: int, queries: int) -> int:
+    """Keys this layer's attention will see: the cached ones (decoding) and the new queries'."""
+    return queries + (cache.get_seq_length(layer) if cache is not None else 0)
+
+
+def _window_mask(mask: torch.Tensor | None, routed: torch.Tensor, keys: int, window: int) -> torch.Tensor:
+    """A (B, 1, Q, K) bool mask: the layer's own (causal when None; the queries are the last Q of K
+    positions) with each unrouted query cut to its last `window` keys, itself included."""
+    q = routed.shape[-1]
+    position = torch.arange(keys - q, keys, device=routed.device)[:, None]
+    key = torch.arange(keys, device=routed.device)
+    if mask is None:
+        mask = key <= position
+    elif mask.dtype != torch.bool:
+        mask = mask == 0  # an additive float mask: 0 where allowed
+    near = key > position - window
+    return mask & (routed[:, None, :, None] | near)
 
 
 def _skip_mask(mask: torch.Tensor | None, routed: torch.Tensor) -> torch.Tensor:
@@ -307,7 +344,7 @@ def statistics(model) -> dict[str, float]:
     """Of the last forward pass: the routed fraction, how often each predictor agrees with the top-k,
     and the attention FLOPs (score and value products) as a fraction of dense causal attention,
     counted from the positions routed (sqdk: routed rows over all their keys; skip: over routed keys
-    and themselves), unrouted layers counting whole; when evaluating, the share of tokens on which the
+    and themselves; with a window, unrouted rows over their window), unrouted layers counting whole; when evaluating, the share of tokens on which the
     HPU's routing step (quantized scores) agrees with the float top-k. Empty without routers, or when
     they chose otherwise."""
     chosen = [r for r in routers(model) if "top" in r.last]
@@ -319,7 +356,8 @@ def statistics(model) -> dict[str, float]:
         top = r.last["top"].float()
         seen = torch.arange(1, top.shape[-1] + 1, device=top.device, dtype=torch.float32)
         keys = seen if r.cfg.route == "sqdk" else top.cumsum(-1)  # a routed row: the routed keys up to itself
-        work.append(float((top * keys).sum() / (seen.sum() * top.shape[0])))
+        near = seen.clamp(max=r.cfg.route_window)  # an unrouted row's window (none without one)
+        work.append(float((top * keys + (1 - top) * near).sum() / (seen.sum() * top.shape[0])))
     chosen = [r.last for r in chosen]
     agree = torch.stack([((last["predicted"] > 0) == last["top"]).float().mean() for last in chosen])
     routed = torch.stack([last["top"].float().mean() for last in chosen])
