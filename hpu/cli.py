@@ -196,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in args.arm or []:
         cfg.arm(name)
     try:
-        results = run_experiment(cfg, args.output, args.arm, args.seed, progress=not args.quiet)
+        results = run_experiment(cfg, args.output, args.arm, args.seed, progress=not args.quiet, jobs=args.jobs)
     except KeyboardInterrupt:
         print("hpu: interrupted; finished runs are kept, and a run cut short resumes from its last state "
               f"(saved every {cfg.run.checkpoint_every} steps) when trained again", file=sys.stderr)
@@ -430,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_options(p)
     p.add_argument("--arm", nargs="+", action=_Distinct, help="arms to train (default: every arm)")
     p.add_argument("--seed", nargs="+", type=int, action=_Distinct, help="seeds (default: the experiment's)")
+    p.add_argument("--jobs", type=_positive, default=1, help="runs at a time, each its own process on this "
+                   "machine's device (a small model leaves a large GPU mostly idle); not under torchrun (default: 1)")
     p.add_argument("-o", "--output", default="out/train", help="results folder: one folder per arm and seed")
     p.set_defaults(func=cmd_train, memory_hint="lower micro_batch in the experiment's [run]")
 

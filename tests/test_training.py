@@ -382,6 +382,23 @@ def test_loss_decreases_and_the_run_is_deterministic(data_config, corpus, tmp_pa
     assert AutoTokenizer.from_pretrained(tmp_path / "a" / "mass50-seed1" / "model")("the task").input_ids
 
 
+def test_runs_side_by_side_equal_runs_one_after_another(data_config, corpus, tmp_path, monkeypatch):
+    """`--jobs 2`: two runs in worker processes of their own give the results one after another gives,
+    in the same order; under torchrun it is refused."""
+    from training.loop import run_experiment
+
+    cfg = tiny_experiment(data_config)
+    pairs = lambda results: [(r["arm"], r["seed"]) for r in results]
+    alone = run_experiment(cfg, tmp_path / "alone", ["dense", "mass50"], [1], progress=False)
+    side = run_experiment(cfg, tmp_path / "side", ["dense", "mass50"], [1], progress=False, jobs=2)
+    assert pairs(side) == pairs(alone) == [("dense", 1), ("mass50", 1)]
+    assert [r["history"] for r in side] == [r["history"] for r in alone]
+    assert [r["final"] for r in side] == [r["final"] for r in alone]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="leave --jobs out"):
+        run_experiment(cfg, tmp_path / "ranks", ["dense"], [1], progress=False, jobs=2)
+
+
 def test_arms_differ_only_in_attention(data_config, corpus):
     cfg = tiny_experiment(data_config)
     dense, gated = (build_model(cfg, cfg.arm(name), corpus, seed=7) for name in ("dense", "mass50"))

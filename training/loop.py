@@ -385,12 +385,40 @@ def _save_tokenizer(corpus: Corpus, folder: Path) -> None:
 
 
 def run_experiment(cfg: TrainConfig, root: str | Path, arms: list[str] | None = None, seeds: list[int] | None = None,
-                   progress: bool = True) -> list[dict]:
-    """Every (arm, seed) asked for, one after another into `root`; finished runs are read back, not retrained."""
+                   progress: bool = True, jobs: int = 1) -> list[dict]:
+    """Every (arm, seed) asked for into `root`, in seed-major order; finished runs are read back, not
+    retrained. One after another, or `jobs` at a time, each in a process of its own on this machine's
+    device: a run of this size leaves most of a large GPU idle, and runs side by side are as
+    independent as runs apart (same seeds, same token order, one output folder each)."""
     from training.data import prepare
 
     chosen = [cfg.arm(name) for name in arms] if arms else list(cfg.arms)
+    pairs = [(arm, seed) for seed in (seeds or cfg.run.seeds) for arm in chosen]
+    if jobs > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InputError("--jobs runs whole runs side by side on one device; under torchrun the ranks share "
+                             "each run: leave --jobs out")
+        prepare(cfg.data, progress=progress)   # once, here: the workers read the cache
+        import concurrent.futures
+        import multiprocessing
+
+        # spawn: a fork would copy this process's CUDA and thread state into the workers.
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = {pool.submit(_train_alone, cfg, arm.name, seed, str(root)): (arm, seed) for arm, seed in pairs}
+            results = {}
+            for done in concurrent.futures.as_completed(running):
+                arm, seed = running[done]
+                results[arm.name, seed] = done.result()
+                if progress:
+                    print(f"{arm.name} seed {seed}: finished ({len(results)} of {len(pairs)})", flush=True)
+        return [results[arm.name, seed] for arm, seed in pairs]
     ranks = start_ranks()
     corpus = prepare(cfg.data, progress=progress and ranks.main)
-    return [train(cfg, arm, seed, corpus, root, progress=progress, ranks=ranks)
-            for seed in (seeds or cfg.run.seeds) for arm in chosen]
+    return [train(cfg, arm, seed, corpus, root, progress=progress, ranks=ranks) for arm, seed in pairs]
+
+
+def _train_alone(cfg: TrainConfig, arm: str, seed: int, root: str) -> dict:
+    """One run in a worker process of `run_experiment` (no progress bar: several would interleave)."""
+    from training.data import prepare
+
+    return train(cfg, cfg.arm(arm), seed, prepare(cfg.data, progress=False), root, progress=False)
