@@ -17,6 +17,28 @@ def quantize_scores(scores: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
     return torch.clamp(torch.round(scores.double() * (1 << cfg.score_frac)), low, high).to(torch.int64)
 
 
+def clipped_rows(scores: torch.Tensor, valid: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
+    """(..., Q) bool: the rows of float scores (..., Q, K) whose largest admissible score (`valid`) falls
+    outside what score_bits with score_frac fractional bits holds. Such a row saturates where it
+    matters: its top keys meet at the end code and lose their order. (Softmax ignores a shift, but the
+    HPU takes scores as they stream in, before any row maximum is known: the range must hold them.)"""
+    low, high = signed_range(cfg.score_bits)
+    top = scores.double().masked_fill(~valid, float("-inf")).amax(-1) * (1 << cfg.score_frac)
+    return (top.round() > high) | (top.round() < low)
+
+
+def holding(cfg: HPUConfig, peak: float) -> HPUConfig:
+    """`cfg` with as few fractional score bits dropped as make scores up to |peak| fit score_bits, and
+    exp_shift lowered by as many (down to 0), so that the EXP_LUT keeps its step in nats. Refused
+    (InputError) where no score_frac of score_bits holds |peak|."""
+    _, high = signed_range(cfg.score_bits)
+    frac = min(cfg.score_frac, math.floor(math.log2(high / peak))) if peak > 0 else cfg.score_frac
+    if frac < 0:
+        raise InputError(f"scores up to {peak:g} do not fit score_bits = {cfg.score_bits} (+-{high:g} at "
+                         f"score_frac 0): widen score_bits")
+    return cfg.replace(score_frac=frac, exp_shift=max(0, cfg.exp_shift - (cfg.score_frac - frac)))
+
+
 def symmetric_scale(x: torch.Tensor, bits: int, dim, what: str = "values") -> torch.Tensor:
     """One scale per slice of `x` over `dim` (kept): the largest |x| maps to the top code of `bits`."""
     top = (1 << (bits - 1)) - 1

@@ -223,6 +223,7 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
     import dataclasses
 
     from hpu.files import read_json, write_json
+    from golden_model.quantize import holding
     from training import data, hardware
     from training.config import TrainConfig
     from training.loop import MODEL, RESULT
@@ -250,6 +251,14 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
                 print(f"attention file: {rows} (for hpu sim --source)")
         write_json(Path(args.output) / "hardware.json", result)
     for split, r in result.items():
+        if gate and r["rows_clipped"]:
+            try:
+                wider = holding(cfg, r["score_peak"])
+                remedy = f"at the same width --set score_frac={wider.score_frac} --set exp_shift={wider.exp_shift} holds them"
+            except InputError as exc:
+                remedy = str(exc)
+            print(f"hpu: note: {split}: {r['rows_clipped']:.1%} of the attention rows have a largest score outside "
+                  f"the score format (scores reach {r['score_peak']:.0f}) and clip; {remedy}", file=sys.stderr)
         if gate:
             print(f"{split}: loss dense {r['loss']['dense']:.4f}, float gate ({r['gate']}) {r['loss']['float_gate']:.4f}, HPU fixed "
                   f"point {r['loss']['fixed_point']:.4f}; kept {r['kept_fraction']['float_gate']:.3f} / "

@@ -202,3 +202,32 @@ def test_routing_refusals():
         run_routing(HPUConfig(route_block=4, route_bits=4), torch.tensor([[1, 8]]))
     with pytest.raises(InputError, match="block lengths must lie in 1..2"):
         run_routing(HPUConfig(route_block=4), torch.tensor([[1, 2]]), torch.tensor([3]))
+
+
+@given(st.lists(st.floats(-3000, 3000, allow_nan=False), min_size=1, max_size=12),
+       st.integers(2, 20), st.integers(0, 19), st.integers(0, 8))
+def test_a_row_clips_where_its_largest_score_leaves_the_format_and_holding_widens_it(scores, bits, frac, shift):
+    """`clipped_rows`: a row clips exactly when its largest score, quantized, falls outside score_bits.
+    `holding(cfg, peak)` keeps the width and gives a format in which no row of |score| <= peak clips,
+    with exp_shift lowered as far as score_frac (the EXP_LUT's step in score units kept where it can)."""
+    from golden_model.quantize import clipped_rows, holding, quantize_scores
+
+    frac, shift = min(frac, bits - 1), min(shift, bits)
+    cfg = HPUConfig(score_bits=bits, score_frac=frac, exp_shift=shift)
+    row = torch.tensor(scores, dtype=torch.float64)
+    valid = torch.ones_like(row, dtype=torch.bool)
+    low, high = signed_range(bits)
+    top = round(max(scores) * 2 ** frac)
+    assert bool(clipped_rows(row, valid, cfg)) == (not low <= top <= high)
+    # The largest score keeps its order above the others only when the row does not clip.
+    if not clipped_rows(row, valid, cfg):
+        assert int(quantize_scores(row, cfg).max()) == top
+    peak = max(abs(s) for s in scores)
+    try:
+        wider = holding(cfg, peak)
+    except InputError:
+        assert peak > high
+        return
+    assert wider.score_bits == bits and wider.score_frac <= frac
+    assert wider.exp_shift == max(0, shift - (frac - wider.score_frac))
+    assert not clipped_rows(row, valid, wider)

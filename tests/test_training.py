@@ -505,8 +505,34 @@ def test_a_trained_model_through_the_hpu_fixed_point(gated_checkpoint, corpus):
     assert abs(report["kept_fraction"]["fixed_point"] - report["kept_fraction"]["float_gate"]) < 0.05
     assert report["attention_cosine_mean"] > 0.95
     assert abs(report["fixed_minus_float"]) < 0.02
+    assert report["rows_clipped"] == 0 and 0 < report["score_peak"] < 2 ** 7
     with pytest.raises(InputError, match="head_dim 64"):
         fixed_point_quality(gated_checkpoint, HPUConfig(), corpus.train, sequences=1, length=32)
+
+
+def test_scores_outgrowing_the_score_format_are_reported_with_a_format_that_holds_them(gated_checkpoint, corpus,
+                                                                                       tmp_path):
+    """Scores past the score format's range clip rows, and the report says how many and how large;
+    `golden_model.quantize.holding` trades fractional bits for range at the same width until none
+    clips. (The tiny model's scores stay below 1, which every format holds: its queries are scaled up
+    here, as a trained model's peaked attention scales its scores.)"""
+    from transformers import AutoModelForCausalLM
+
+    from golden_model.quantize import holding
+    from training.hardware import fixed_point_quality
+
+    model = AutoModelForCausalLM.from_pretrained(gated_checkpoint)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(3000.0)
+    model.save_pretrained(tmp_path / "peaked")
+    hpu = HPUConfig(head_dim=8, lanes=8, max_keys=32)
+    report = fixed_point_quality(tmp_path / "peaked", hpu, corpus.train, sequences=2, length=32)
+    assert report["rows_clipped"] > 0 and report["score_peak"] > 2 ** 7
+    wider = holding(hpu, report["score_peak"])
+    assert (wider.score_bits, wider.exp_shift) == (hpu.score_bits, hpu.exp_shift - (hpu.score_frac - wider.score_frac))
+    held = fixed_point_quality(tmp_path / "peaked", wider, corpus.train, sequences=2, length=32)
+    assert held["rows_clipped"] == 0 and held["attention_cosine_mean"] > report["attention_cosine_mean"]
 
 
 def test_a_dense_run_is_gated_after_the_fact(data_config, corpus, tmp_path):

@@ -5,8 +5,10 @@ dense attention, the float gate it was trained with (``hpu_mass``), and the HPU'
 integer contract (``hpu_fixed``: every layer's attention computed by
 `golden_model.reference.fixed_point_attention`, scores quantized to score_bits, values to value_bits,
 probabilities from the EXP_LUT, the integer gate, the normalizer). It reports the next-token loss of
-each, the cosine of every layer's fixed-point attention output against the float gate's, and both kept
-fractions. The HPU configuration is the user's (`HPUConfig`: widths, max_keys), with its gate fields
+each, the cosine of every layer's fixed-point attention output against the float gate's, both kept
+fractions, and the share of attention rows whose largest score the score format clips (a trained
+model's scores can outgrow it: the mass-0.99 model's reach 365, past score_bits 16 at score_frac 8's
+128). The HPU configuration is the user's (`HPUConfig`: widths, max_keys), with its gate fields
 taken from the checkpoint's trained gate, so the hardware gates as the model was trained to be gated.
 
 `capture_rows` writes a sequence's attention as an attention file for `hpu sim --source`, recorded
@@ -30,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from golden_model.reference import fixed_point_attention
+from golden_model.quantize import attention_scores, clipped_rows
+from golden_model.reference import admissible_mask, fixed_point_attention
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 from training import attention, routing
@@ -40,11 +43,13 @@ CAPTURE = "hpu_capture"
 
 
 class _Recorder:
-    """Per layer call: the cosines of fixed-point against float-gate outputs, and the kept counts."""
+    """Per layer call: the cosines of fixed-point against float-gate outputs, the kept counts, the rows
+    whose scores the score format clips (`golden_model.quantize.clipped_rows`) and the largest score."""
 
     def __init__(self):
         self.cosines: list[torch.Tensor] = []
-        self.kept = self.admissible = 0
+        self.kept = self.admissible = self.rows = self.clipped = 0
+        self.peak = 0.0
 
 
 _recording: _Recorder | None = None
@@ -65,6 +70,11 @@ def fixed_forward(module, query, key, value, attention_mask, scaling=None, dropo
     k, v = (attention.repeat_heads(x, groups).double() for x in (key, value))
     result = fixed_point_attention(q, k, v, cfg, causal=True)
     if _recording is not None:
+        scores = attention_scores(q, k)
+        valid = admissible_mask(scores.shape, True, scores.device)
+        _recording.rows += scores.shape[:-1].numel()
+        _recording.clipped += int(clipped_rows(scores, valid, cfg).sum())
+        _recording.peak = max(_recording.peak, float(scores.masked_fill(~valid, 0).abs().max()))
         gated, _ = attention.mass_gate_forward(module, query, key, value, None, scaling=scaling)
         _recording.cosines.append(F.cosine_similarity(result.out.transpose(1, 2).double(), gated.double(), dim=-1))
         _recording.kept += int(result.kept.sum())
@@ -194,6 +204,7 @@ def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarra
             "loss": {"dense": dense_loss, "float_gate": float_loss, "fixed_point": fixed_loss},
             "fixed_minus_float": fixed_loss - float_loss,
             "kept_fraction": {"float_gate": float_kept, "fixed_point": fixed.kept / fixed.admissible},
+            "rows_clipped": fixed.clipped / fixed.rows, "score_peak": fixed.peak,
             "attention_cosine_mean": float(every.mean()), "attention_cosine_min": float(every.min()),
             "per_layer": [{"layer": i, "cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
                           for i, c in enumerate(per_layer)]}
