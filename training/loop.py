@@ -149,7 +149,7 @@ def compile_layers(model, backend: str = "inductor") -> None:
     Not the whole model: traced, transformers' mask builder cannot see that a cache-less batch holds one
     sequence a row (its packed-sequence check reads the position ids), so it builds a full boolean mask,
     and the gate, given a mask, leaves its fused causal kernel for the probabilities under the mask
-    (0.35x dense against 0.69x on the H200). Run eagerly, the builder gives plain causal rows no mask.
+    (docs/TRAINING.md, "Speed"). Run eagerly, the builder gives plain causal rows no mask.
     The layers share one code object, and with modules inlined (dynamo's default) one compiled frame
     serves every layer at any depth. Earlier models' entries are cleared because they count towards
     dynamo's recompile limit, past which a layer would silently run uncompiled. No-grad passes
@@ -210,8 +210,9 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
 
 def train_step(model, wrapped, optimizer, sequences: np.ndarray, cfg: TrainConfig, ranks: Ranks) -> torch.Tensor:
     """One optimizer step on the step's `sequences` (this rank takes its share): micro-batches under
-    autocast through `wrapped` (`model` or its DDP wrapper, gradients reduced on the last micro-batch only), the routers' predictor loss beside the model's, gradients
-    clipped. Returns this rank's loss, on the device (no host sync)."""
+    autocast through `wrapped` (`model` or its DDP wrapper, gradients reduced on the last micro-batch
+    only), the routers' predictor loss beside the model's, gradients clipped. Returns this rank's
+    loss, on the device (no host sync)."""
     micro = rank_micro_batches(sequences, ranks, cfg.run.micro_batch)
     loss_sum = torch.zeros((), device=ranks.device)
     for i, part in enumerate(micro):
@@ -389,32 +390,47 @@ def run_experiment(cfg: TrainConfig, root: str | Path, arms: list[str] | None = 
     """Every (arm, seed) asked for into `root`, in seed-major order; finished runs are read back, not
     retrained. One after another, or `jobs` at a time, each in a process of its own on this machine's
     device: a run of this size leaves most of a large GPU idle, and runs side by side are as
-    independent as runs apart (same seeds, same token order, one output folder each)."""
+    independent as runs apart (same seeds, same token order, one output folder each). A run that
+    fails stops the rest: the runs under way finish, none starts after, and its error is raised. An
+    interrupt reaches every worker (they share the terminal's process group) and stops them all;
+    each run resumes from its last saved state when trained again."""
     from training.data import prepare
 
     chosen = [cfg.arm(name) for name in arms] if arms else list(cfg.arms)
-    pairs = [(arm, seed) for seed in (seeds or cfg.run.seeds) for arm in chosen]
-    if jobs > 1:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise InputError("--jobs runs whole runs side by side on one device; under torchrun the ranks share "
-                             "each run: leave --jobs out")
-        prepare(cfg.data, progress=progress)   # once, here: the workers read the cache
-        import concurrent.futures
-        import multiprocessing
+    pairs = [(arm.name, seed) for seed in (seeds or cfg.run.seeds) for arm in chosen]
+    if jobs == 1:
+        ranks = start_ranks()
+        corpus = prepare(cfg.data, progress=progress and ranks.main)
+        return [train(cfg, cfg.arm(arm), seed, corpus, root, progress=progress, ranks=ranks) for arm, seed in pairs]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("--jobs runs whole runs side by side on one device; under torchrun the ranks share "
+                         "each run: leave --jobs out")
+    prepare(cfg.data, progress=progress)   # once, here: the workers read the cache
+    import concurrent.futures as futures
+    import multiprocessing
 
-        # spawn: a fork would copy this process's CUDA and thread state into the workers.
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            running = {pool.submit(_train_alone, cfg, arm.name, seed, str(root)): (arm, seed) for arm, seed in pairs}
-            results = {}
-            for done in concurrent.futures.as_completed(running):
-                arm, seed = running[done]
-                results[arm.name, seed] = done.result()
-                if progress:
-                    print(f"{arm.name} seed {seed}: finished ({len(results)} of {len(pairs)})", flush=True)
-        return [results[arm.name, seed] for arm, seed in pairs]
-    ranks = start_ranks()
-    corpus = prepare(cfg.data, progress=progress and ranks.main)
-    return [train(cfg, arm, seed, corpus, root, progress=progress, ranks=ranks) for arm, seed in pairs]
+    results, waiting = {}, list(reversed(pairs))
+    # spawn: a fork would copy this process's CUDA and thread state; one run a process, so that no
+    # run inherits another's allocator reservations. Only `jobs` runs are submitted at a time, so that
+    # a failure or an interrupt leaves nothing queued behind the running ones.
+    with futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     max_tasks_per_child=1) as pool:
+        running = {}
+        try:
+            while waiting or running:
+                while waiting and len(running) < jobs:
+                    arm, seed = waiting.pop()
+                    running[pool.submit(_train_alone, cfg, arm, seed, str(root))] = (arm, seed)
+                done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                for future in done:
+                    arm, seed = running.pop(future)
+                    results[arm, seed] = future.result()
+                    if progress:
+                        print(f"{arm} seed {seed}: finished ({len(results)} of {len(pairs)})", flush=True)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [results[pair] for pair in pairs]
 
 
 def _train_alone(cfg: TrainConfig, arm: str, seed: int, root: str) -> dict:

@@ -117,7 +117,8 @@ class RouterConfig:
         return self.route_layers == "all" or layer % 2 == 1
 
     def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in ROUTE_FIELDS}
+        # route_window came later: left out at its default, earlier runs keep their fingerprints.
+        return {name: getattr(self, name) for name in ROUTE_FIELDS if name != "route_window" or self.route_window}
 
 
 class Router(nn.Module):
@@ -151,7 +152,8 @@ class Router(nn.Module):
             if not self.training:
                 self.last["hpu"] = hpu_routing(logits.detach(), self.cfg)
         self.last["routed"] = routed
-        return routed, torch.where(routed, torch.sigmoid(logits), torch.full_like(logits, float(self.cfg.route_window > 0)))
+        unrouted = torch.full_like(logits, float(self.cfg.route_window > 0))
+        return routed, torch.where(routed, torch.sigmoid(logits), unrouted)
 
 
 def _blocks(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
@@ -198,7 +200,8 @@ def routed_forward(module, query, key, value, attention_mask, scaling=None, drop
     queries are gathered, attend to their causal keys in `gpu_kernels.kept_attention` (forward and
     backward; the key tiles past a query tile's last routed position are skipped) and are scattered
     back, every other row zero, which the router's scale makes it anyway. Otherwise (no router, the
-    predictor's or the HPU's choice, a mask, the CPU) it is SDPA on every row, the same result."""
+    predictor's or the HPU's choice, a mask, the CPU) it is SDPA on every row, the same result. A
+    router with a window always takes SDPA: its unrouted rows are not zero (the window's mask)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from training import attention
@@ -206,7 +209,7 @@ def routed_forward(module, query, key, value, attention_mask, scaling=None, drop
     router = getattr(module, "router", None)
     positions = router.last.get("positions") if router is not None and router.choice == "topk" else None
     dropout = dropout if module.training else 0.0
-    if (positions is None or attention_mask is not None or query.shape[2] != key.shape[2]
+    if (positions is None or router.cfg.route_window or attention_mask is not None or query.shape[2] != key.shape[2]
             or not attention.tiled_attention(attention.autocast_inputs(query, key, value)[0], dropout)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
@@ -246,50 +249,46 @@ def _before(module, args, kwargs):
     hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     routed, scale = module.router.decide(hidden)
     module.router.scale = scale
-    if module.router.cfg.route == "skip":
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None and cache.get_seq_length(module.layer_idx) > 0:
-            raise ValueError("skip routing cannot decode with a cache: the cache does not remember which earlier "
-                             "tokens were routed (generate with use_cache=False, or route with sqdk)")
-        kwargs = dict(kwargs)
-        kwargs["attention_mask"] = _skip_mask(kwargs.get("attention_mask"), routed)
-    elif module.router.cfg.route_window:
-        kwargs = dict(kwargs)
-        keys = _keys(kwargs.get("cache", kwargs.get("past_key_values")), module.layer_idx, routed.shape[-1])
-        kwargs["attention_mask"] = _window_mask(kwargs.get("attention_mask"), routed, keys,
-                                                module.router.cfg.route_window)
-    return args, kwargs
+    cfg = module.router.cfg
+    if cfg.route == "sqdk" and not cfg.route_window:
+        return args, kwargs
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    cached = cache.get_seq_length(module.layer_idx) if cache is not None else 0
+    if cfg.route == "skip" and cached:
+        raise ValueError("skip routing cannot decode with a cache: the cache does not remember which earlier "
+                         "tokens were routed (generate with use_cache=False, or route with sqdk)")
+    from transformers import DynamicCache
+
+    if cache is not None and not isinstance(cache, DynamicCache):
+        # A static or sliding cache's key axis is its buffer, not the tokens seen: the window would slip.
+        raise ValueError(f"a router's window decodes with transformers' DynamicCache, not {type(cache).__name__}: "
+                         "generate with cache_implementation='dynamic' or use_cache=False")
+    own = _own_mask(kwargs.get("attention_mask"), routed.shape[-1], routed.shape[-1] + cached, routed.device)
+    mask = _skip_mask(own, routed) if cfg.route == "skip" else _window_mask(own, routed, cfg.route_window)
+    return args, {**kwargs, "attention_mask": mask}
 
 
-def _keys(cache, layer: int, queries: int) -> int:
-    """Keys this layer's attention will see: the cached ones (decoding) and the new queries'."""
-    return queries + (cache.get_seq_length(layer) if cache is not None else 0)
-
-
-def _window_mask(mask: torch.Tensor | None, routed: torch.Tensor, keys: int, window: int) -> torch.Tensor:
-    """A (B, 1, Q, K) bool mask: the layer's own (causal when None; the queries are the last Q of K
-    positions) with each unrouted query cut to its last `window` keys, itself included."""
-    q = routed.shape[-1]
-    position = torch.arange(keys - q, keys, device=routed.device)[:, None]
-    key = torch.arange(keys, device=routed.device)
+def _own_mask(mask: torch.Tensor | None, queries: int, keys: int, device) -> torch.Tensor:
+    """The layer's own mask as bool: causal when None (the queries the last of the keys' positions),
+    an additive float mask allowed where 0."""
     if mask is None:
-        mask = key <= position
-    elif mask.dtype != torch.bool:
-        mask = mask == 0  # an additive float mask: 0 where allowed
-    near = key > position - window
-    return mask & (routed[:, None, :, None] | near)
+        return torch.arange(keys, device=device) <= torch.arange(keys - queries, keys, device=device)[:, None]
+    return mask if mask.dtype == torch.bool else mask == 0
 
 
-def _skip_mask(mask: torch.Tensor | None, routed: torch.Tensor) -> torch.Tensor:
-    """A (B, 1, T, T) bool mask: the layer's own (causal when None) restricted to routed keys, each
-    query keeping itself so that no row is empty (an unrouted row's output is zeroed anyway)."""
-    t = routed.shape[-1]
-    own = torch.eye(t, dtype=torch.bool, device=routed.device)
-    if mask is None:
-        mask = torch.ones(t, t, dtype=torch.bool, device=routed.device).tril()
-    elif mask.dtype != torch.bool:
-        mask = mask == 0  # an additive float mask: 0 where allowed
-    return (mask & routed[:, None, None, :]) | own
+def _window_mask(own: torch.Tensor, routed: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, 1, Q, K) bool: the layer's own mask with each unrouted query cut to its last `window` keys,
+    itself included."""
+    queries, keys = routed.shape[-1], own.shape[-1]
+    position = torch.arange(keys - queries, keys, device=routed.device)[:, None]
+    near = torch.arange(keys, device=routed.device) > position - window
+    return own & (routed[:, None, :, None] | near)
+
+
+def _skip_mask(own: torch.Tensor, routed: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) bool: the layer's own mask restricted to routed keys, each query keeping itself so
+    that no row is empty (an unrouted row's output is zeroed anyway)."""
+    return (own & routed[:, None, None, :]) | torch.eye(routed.shape[-1], dtype=torch.bool, device=routed.device)
 
 
 def _after(module, args, output):
