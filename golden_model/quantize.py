@@ -39,6 +39,17 @@ def holding(cfg: HPUConfig, peak: float) -> HPUConfig:
     return cfg.replace(score_frac=frac, exp_shift=max(0, cfg.exp_shift - (cfg.score_frac - frac)))
 
 
+def clipping_note(what: str, share: float, peak: float, cfg: HPUConfig) -> str:
+    """One line for the user: how many rows of `what` the score format clips, and the format that holds them."""
+    try:
+        wider = holding(cfg, peak)
+        remedy = f"at the same width --set score_frac={wider.score_frac} --set exp_shift={wider.exp_shift} holds them"
+    except InputError as exc:
+        remedy = str(exc)
+    return (f"{what}: {share:.1%} of the attention rows have a largest score outside the score format (scores "
+            f"reach {peak:.0f}) and clip; {remedy}")
+
+
 def symmetric_scale(x: torch.Tensor, bits: int, dim, what: str = "values") -> torch.Tensor:
     """One scale per slice of `x` over `dim` (kept): the largest |x| maps to the top code of `bits`."""
     top = (1 << (bits - 1)) - 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from golden_model.quantize import attention_scores, quantize_logits, quantize_scores, quantize_values
+from golden_model.quantize import attention_scores, clipped_rows, quantize_logits, quantize_scores, quantize_values
 from golden_model.stimulus import Row, adversarial_rows, random_blocks, random_rows
 from hpu.config import HPUConfig
 from hpu.errors import InputError
@@ -157,6 +157,20 @@ def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int) -> tuple[l
         rows = rows_from(source, cfg, count, seed)
     lengths = [min(cfg.route_block, count - start) for start in range(0, count, cfg.route_block)]
     return rows, random_blocks(cfg, len(lengths), random.Random(seed), lengths)
+
+
+def file_clipping(source: str, cfg: HPUConfig) -> tuple[float, float] | None:
+    """For an attention file: (the share of its rows whose largest score, over the keys the HPU takes
+    (the first min(length, max_keys)), the score format clips; the largest such |score|). None for a
+    built-in source, whose scores the format holds by construction."""
+    if Path(source).suffix not in FILE_SUFFIXES:
+        return None
+    what = f"attention file {source}"
+    with _reading(what):
+        scores, _, lengths, _ = _file_arrays(Path(source), what)
+    taken = torch.arange(scores.shape[-1]) < lengths.clamp(max=cfg.max_keys)[..., None]
+    return (float(clipped_rows(scores, taken, cfg).double().mean()),
+            float(scores.masked_fill(~taken, 0).abs().max()))
 
 
 def _named(what: str, make):

