@@ -7,8 +7,7 @@ integer contract (``hpu_fixed``: every layer's attention computed by
 probabilities from the EXP_LUT, the integer gate, the normalizer). It reports the next-token loss of
 each, the cosine of every layer's fixed-point attention output against the float gate's, both kept
 fractions, and the share of attention rows whose largest score the score format clips (a trained
-model's scores can outgrow it: the mass-0.99 model's reach 365, past score_bits 16 at score_frac 8's
-128). The HPU configuration is the user's (`HPUConfig`: widths, max_keys), with its gate fields
+model's peaked attention can outgrow the format; docs/TRAINING.md has the case). The HPU configuration is the user's (`HPUConfig`: widths, max_keys), with its gate fields
 taken from the checkpoint's trained gate, so the hardware gates as the model was trained to be gated.
 
 `capture_rows` writes a sequence's attention as an attention file for `hpu sim --source`, recorded
