@@ -17,26 +17,37 @@ def quantize_scores(scores: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
     return torch.clamp(torch.round(scores.double() * (1 << cfg.score_frac)), low, high).to(torch.int64)
 
 
+def row_tops(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(..., Q): each row's largest admissible score (`valid`), the score the format must hold."""
+    return scores.double().masked_fill(~valid, float("-inf")).amax(-1)
+
+
 def clipped_rows(scores: torch.Tensor, valid: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
     """(..., Q) bool: the rows of float scores (..., Q, K) whose largest admissible score (`valid`) falls
     outside what score_bits with score_frac fractional bits holds. Such a row saturates where it
     matters: its top keys meet at the end code and lose their order. (Softmax ignores a shift, but the
-    HPU takes scores as they stream in, before any row maximum is known: the range must hold them.)"""
+    HPU takes scores as they stream in, before any row maximum is known: the range must hold them.)
+    A key below the bottom code under a top that fits loses nothing: it lies past the EXP_LUT's reach."""
     low, high = signed_range(cfg.score_bits)
-    top = scores.double().masked_fill(~valid, float("-inf")).amax(-1) * (1 << cfg.score_frac)
-    return (top.round() > high) | (top.round() < low)
+    top = torch.round(row_tops(scores, valid) * (1 << cfg.score_frac))
+    return (top > high) | (top < low)
 
 
 def holding(cfg: HPUConfig, peak: float) -> HPUConfig:
-    """`cfg` with as few fractional score bits dropped as make scores up to |peak| fit score_bits, and
-    exp_shift lowered by as many (down to 0), so that the EXP_LUT keeps its step in nats. Refused
-    (InputError) where no score_frac of score_bits holds |peak|."""
+    """`cfg` with as few fractional score bits dropped as make row tops up to |peak| fit score_bits
+    (rounded as `quantize_scores` rounds), and exp_shift lowered by as many where it can (down to 0),
+    so that the EXP_LUT keeps its step in nats. Refused (InputError) where no score_frac holds |peak|."""
     _, high = signed_range(cfg.score_bits)
-    frac = min(cfg.score_frac, math.floor(math.log2(high / peak))) if peak > 0 else cfg.score_frac
-    if frac < 0:
-        raise InputError(f"scores up to {peak:g} do not fit score_bits = {cfg.score_bits} (+-{high:g} at "
-                         f"score_frac 0): widen score_bits")
-    return cfg.replace(score_frac=frac, exp_shift=max(0, cfg.exp_shift - (cfg.score_frac - frac)))
+    for frac in range(cfg.score_frac, -1, -1):
+        if round(abs(peak) * 2 ** frac) <= high:
+            return cfg.replace(score_frac=frac, exp_shift=max(0, cfg.exp_shift - (cfg.score_frac - frac)))
+    raise InputError(f"scores up to {peak:g} do not fit score_bits = {cfg.score_bits} (+-{high:g} at "
+                     f"score_frac 0): widen score_bits")
+
+
+def lut_step(cfg: HPUConfig) -> float:
+    """The EXP_LUT's step in nats: one entry per 2**exp_shift score LSBs of 2**-score_frac."""
+    return 2.0 ** (cfg.exp_shift - cfg.score_frac)
 
 
 def clipping_note(what: str, share: float, peak: float, cfg: HPUConfig) -> str:
@@ -44,10 +55,14 @@ def clipping_note(what: str, share: float, peak: float, cfg: HPUConfig) -> str:
     try:
         wider = holding(cfg, peak)
         remedy = f"at the same width --set score_frac={wider.score_frac} --set exp_shift={wider.exp_shift} holds them"
+        if lut_step(wider) != lut_step(cfg):
+            width = (round(abs(peak) * 2 ** cfg.score_frac)).bit_length() + 1
+            remedy += (f", though the EXP_LUT's step grows from {lut_step(cfg):g} to {lut_step(wider):g} nats "
+                       f"(--set score_bits={width} keeps both)")
     except InputError as exc:
         remedy = str(exc)
-    return (f"{what}: {share:.1%} of the attention rows have a largest score outside the score format (scores "
-            f"reach {peak:.0f}) and clip; {remedy}")
+    return (f"{what}: {share:.1%} of the attention rows have a largest score outside the score format (row "
+            f"tops reach {peak:.0f}) and clip; {remedy}")
 
 
 def symmetric_scale(x: torch.Tensor, bits: int, dim, what: str = "values") -> torch.Tensor:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from golden_model.quantize import attention_scores, clipped_rows, quantize_logits, quantize_scores, quantize_values
+from golden_model.quantize import (attention_scores, clipped_rows, quantize_logits, quantize_scores, quantize_values,
+                                   row_tops)
 from golden_model.stimulus import Row, adversarial_rows, random_blocks, random_rows
 from hpu.config import HPUConfig
 from hpu.errors import InputError
@@ -161,16 +162,15 @@ def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int) -> tuple[l
 
 def file_clipping(source: str, cfg: HPUConfig) -> tuple[float, float] | None:
     """For an attention file: (the share of its rows whose largest score, over the keys the HPU takes
-    (the first min(length, max_keys)), the score format clips; the largest such |score|). None for a
+    (the first min(length, max_keys)), the score format clips; the largest |row top|). None for a
     built-in source, whose scores the format holds by construction."""
     if Path(source).suffix not in FILE_SUFFIXES:
         return None
     what = f"attention file {source}"
     with _reading(what):
         scores, _, lengths, _ = _file_arrays(Path(source), what)
-    taken = torch.arange(scores.shape[-1]) < lengths.clamp(max=cfg.max_keys)[..., None]
-    return (float(clipped_rows(scores, taken, cfg).double().mean()),
-            float(scores.masked_fill(~taken, 0).abs().max()))
+        taken = torch.arange(scores.shape[-1]) < lengths.clamp(max=cfg.max_keys)[..., None]
+        return float(clipped_rows(scores, taken, cfg).double().mean()), float(row_tops(scores, taken).abs().max())
 
 
 def _named(what: str, make):

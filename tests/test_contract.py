@@ -208,9 +208,10 @@ def test_routing_refusals():
        st.integers(2, 20), st.integers(0, 19), st.integers(0, 8))
 def test_a_row_clips_where_its_largest_score_leaves_the_format_and_holding_widens_it(scores, bits, frac, shift):
     """`clipped_rows`: a row clips exactly when its largest score, quantized, falls outside score_bits.
-    `holding(cfg, peak)` keeps the width and gives a format in which no row of |score| <= peak clips,
-    with exp_shift lowered as far as score_frac (the EXP_LUT's step in score units kept where it can)."""
-    from golden_model.quantize import clipped_rows, holding, quantize_scores
+    `holding(cfg, peak)` keeps the width and drops the fewest fractional bits after which the row's top
+    fits, lowering exp_shift as far: the EXP_LUT is unchanged wherever exp_shift could follow."""
+    from golden_model.lut import exp_lut
+    from golden_model.quantize import clipped_rows, holding, lut_step, quantize_scores
 
     frac, shift = min(frac, bits - 1), min(shift, bits)
     cfg = HPUConfig(score_bits=bits, score_frac=frac, exp_shift=shift)
@@ -222,12 +223,27 @@ def test_a_row_clips_where_its_largest_score_leaves_the_format_and_holding_widen
     # The largest score keeps its order above the others only when the row does not clip.
     if not clipped_rows(row, valid, cfg):
         assert int(quantize_scores(row, cfg).max()) == top
-    peak = max(abs(s) for s in scores)
+    peak = abs(max(scores))
     try:
         wider = holding(cfg, peak)
     except InputError:
-        assert peak > high
+        assert round(peak) > high
         return
-    assert wider.score_bits == bits and wider.score_frac <= frac
-    assert wider.exp_shift == max(0, shift - (frac - wider.score_frac))
+    dropped = frac - wider.score_frac
+    assert wider.score_bits == bits and dropped >= 0 and wider.exp_shift == max(0, shift - dropped)
     assert not clipped_rows(row, valid, wider)
+    assert dropped == 0 or round(peak * 2 ** (wider.score_frac + 1)) > high   # the fewest bits dropped
+    if shift >= dropped:
+        assert lut_step(wider) == lut_step(cfg) and exp_lut(wider) == exp_lut(cfg)
+
+
+def test_holding_takes_a_tiny_peak_and_rounds_as_the_quantizer():
+    from golden_model.quantize import holding
+
+    cfg = HPUConfig()   # 16 bits, 8 fractional: +-32767 / 256
+    assert holding(cfg, 5e-324) == cfg
+    assert holding(cfg, 32767.4 / 256) == cfg                       # rounds to the top code: fits
+    assert holding(cfg, 511.989).score_frac == 6                    # 32765.3 at 6 bits: fits
+    assert holding(cfg, 32767.4).score_frac == 0
+    with pytest.raises(InputError, match="widen score_bits"):
+        holding(cfg, 32767.6)

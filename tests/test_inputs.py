@@ -358,19 +358,25 @@ def test_an_attention_file_whose_scores_outgrow_the_format_is_named_with_a_forma
     from golden_model.quantize import clipping_note
     from golden_model.sources import file_clipping
 
-    scores = torch.zeros(2, 4, 4, dtype=torch.float64)
+    scores = torch.zeros(2, 4, 5, dtype=torch.float64)
     scores[0, 1, 0] = 300.0      # a row whose largest score is past 16 bits at 8 fractional bits (+-128)
-    scores[1, 2, 3] = -500.0     # past every format's range, but on a key past the row's length: not taken
+    scores[1, 2, 3] = 900.0      # past the format, but on a key past the row's length: not taken
+    scores[1, 1, 4] = 900.0      # past the format, but past max_keys (4): not taken
+    scores[0, 2, 1] = -1000.0    # below the bottom code, under a top that fits: the row does not clip
     scores[1, 3, :] = -200.0     # a row whose largest score is below the bottom code
-    lengths = np.full((2, 4), 4)
+    lengths = np.full((2, 4), 5)
     lengths[1, 2] = 3
     path = tmp_path / "att.npz"
-    np.savez(path, scores=scores.numpy(), values=np.ones((2, 4, 8)), lengths=lengths)
-    cfg = HPUConfig()
+    np.savez(path, scores=scores.numpy(), values=np.ones((2, 5, 8)), lengths=lengths)
+    cfg = HPUConfig(max_keys=4)
     share, peak = file_clipping(str(path), cfg)
     assert (share, peak) == (2 / 8, 300.0)
     note = clipping_note("att.npz", share, peak, cfg)
-    assert note == ("att.npz: 25.0% of the attention rows have a largest score outside the score format (scores "
-                    "reach 300) and clip; at the same width --set score_frac=6 --set exp_shift=2 holds them")
+    assert note == ("att.npz: 25.0% of the attention rows have a largest score outside the score format (row "
+                    "tops reach 300) and clip; at the same width --set score_frac=6 --set exp_shift=2 holds them")
     assert file_clipping(str(path), cfg.replace(score_frac=6, exp_shift=2)) == (0.0, 300.0)
+    # Past what exp_shift can follow, the note says the EXP_LUT's step grows and which width keeps it.
+    assert clipping_note("f", 0.5, 3000.0, cfg).endswith(
+        "--set score_frac=3 --set exp_shift=0 holds them, though the EXP_LUT's step grows from 0.0625 to 0.125 "
+        "nats (--set score_bits=21 keeps both)")
     assert file_clipping("random", cfg) is None

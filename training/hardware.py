@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from golden_model.quantize import attention_scores, clipped_rows
+from golden_model.quantize import attention_scores, clipped_rows, row_tops
 from golden_model.reference import admissible_mask, fixed_point_attention
 from hpu.config import HPUConfig
 from hpu.errors import InputError
@@ -43,7 +43,7 @@ CAPTURE = "hpu_capture"
 
 class _Recorder:
     """Per layer call: the cosines of fixed-point against float-gate outputs, the kept counts, the rows
-    whose scores the score format clips (`golden_model.quantize.clipped_rows`) and the largest score."""
+    whose scores the score format clips (`golden_model.quantize.clipped_rows`) and the largest row top."""
 
     def __init__(self):
         self.cosines: list[torch.Tensor] = []
@@ -73,7 +73,7 @@ def fixed_forward(module, query, key, value, attention_mask, scaling=None, dropo
         valid = admissible_mask(scores.shape, True, scores.device)
         _recording.rows += scores.shape[:-1].numel()
         _recording.clipped += int(clipped_rows(scores, valid, cfg).sum())
-        _recording.peak = max(_recording.peak, float(scores.masked_fill(~valid, 0).abs().max()))
+        _recording.peak = max(_recording.peak, float(row_tops(scores, valid).abs().max()))
         gated, _ = attention.mass_gate_forward(module, query, key, value, None, scaling=scaling)
         _recording.cosines.append(F.cosine_similarity(result.out.transpose(1, 2).double(), gated.double(), dim=-1))
         _recording.kept += int(result.kept.sum())
