@@ -664,8 +664,11 @@ def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
     assert gap["paired"]["seeds"] == [1, 2]
     assert gap["paired"]["differences"] == [3.05 - 3.0, 3.27 - 3.2]
     assert gap["paired"]["p"] == pytest.approx(stats.ttest_rel([3.05, 3.27], [3.0, 3.2]).pvalue, rel=1e-12)
+    # Two differences 0.05 and 0.07: mean 0.06, standard error 0.01, t(0.975, 1 degree) = 12.7062...
+    half = 12.706204736174698 * 0.01
+    assert gap["paired"]["interval95"] == pytest.approx([0.06 - half, 0.06 + half], rel=1e-9)
     table = (tmp_path / "out" / report.TABLE).read_text()
-    assert "+0.050, +0.070" in table and "| mass50 | 0.9 | 0.50 | - | 2 |" in table
+    assert "| +0.050, +0.070 | 0.105 | -0.067..+0.187 |" in table and "| mass50 | 0.9 | 0.50 | - | 2 |" in table
     # The kept fraction over training, per gated arm, at the evaluations every seed recorded.
     assert [(p["tokens"], p["mean"], p["n"]) for p in row["kept_over_training"]] == [(0, 1.0, 2), (1000, 0.5, 2)]
     assert "kept_over_training" not in summary["arms"]["dense"] and "| mass50 | 1.000 | 0.500 |" in table

@@ -64,17 +64,20 @@ def welch(a: list[float], b: list[float]) -> dict:
 
 
 def paired(arm: dict[int, float], base: dict[int, float]) -> dict:
-    """The per-seed differences arm - base over the seeds both ran, and their paired t-test. A seed
-    gives both arms the same initial weights and token order, so its difference cancels the seed's
-    own luck, which Welch's test counts as noise; p is None with fewer than two shared seeds."""
+    """The per-seed differences arm - base over the seeds both ran, their paired t-test and the 95%
+    t interval of their mean. A seed gives both arms the same initial weights and token order, so its
+    difference cancels the seed's own luck, which Welch's test counts as noise. The interval says what
+    the seeds can bound (a target gap inside it is neither met nor refuted); p and the interval are
+    None with fewer than two shared seeds."""
     from scipy import stats
 
     seeds = sorted(set(arm) & set(base))
     differences = [arm[s] - base[s] for s in seeds]
-    result = {"seeds": seeds, "differences": differences, "t": None, "p": None}
+    result = {"seeds": seeds, "differences": differences, "t": None, "p": None, "interval95": None}
     if len(seeds) >= 2 and np.ptp(differences) > 0:
         t, p = stats.ttest_rel([arm[s] for s in seeds], [base[s] for s in seeds])
-        result.update(t=float(t), p=float(p) if math.isfinite(p) else None)
+        low, high = stats.t.interval(0.95, len(seeds) - 1, loc=np.mean(differences), scale=stats.sem(differences))
+        result.update(t=float(t), p=float(p) if math.isfinite(p) else None, interval95=[float(low), float(high)])
     return result
 
 
@@ -154,11 +157,12 @@ def markdown(summary: dict) -> str:
 
     lines = [f"Baseline: {summary['baseline']}. Final validation loss over seeds (mean ± sample std); gap = "
              "arm − baseline, Welch t-test p (two-sided); per seed: arm − baseline at each seed both ran (same "
-             "initial weights, same token order), paired t-test p; gap at equal attention FLOPs: a routed arm against "
+             "initial weights, same token order), paired t-test p and the 95% t interval of their mean; gap at equal attention FLOPs: a routed arm against "
              "the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations).", "",
-             "| arm | mass target | permeability | router | seeds | val loss | gap | p | gap per seed | paired p | prose gap "
+             "| arm | mass target | permeability | router | seeds | val loss | gap | p | gap per seed | paired p | paired 95% "
+             "interval | prose gap "
              "| code gap | kept fraction | attention FLOPs | gap at equal attention FLOPs | tokens/s (fastest run) | vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["arms"].items():
         # The arm's gate as the run read it: its table over the HPU's defaults (`training.config.Arm.hpu`).
         gate = None if row["gate"] is None else HPUConfig(**row["gate"])
@@ -171,6 +175,7 @@ def markdown(summary: dict) -> str:
             str(len(row["seeds"])),
             f"{fmt(row['loss']['mean'])} ± {fmt(row['loss']['std'])}", fmt(gap.get("mean")), fmt(gap.get("p"), 3),
             ", ".join(f"{d:+.3f}" for d in per_seed.get("differences", [])) or "-", fmt(per_seed.get("p"), 3),
+            "-" if not per_seed.get("interval95") else "{:+.3f}..{:+.3f}".format(*per_seed["interval95"]),
             fmt(row.get("loss_prose_gap", {}).get("mean")), fmt(row.get("loss_code_gap", {}).get("mean")),
             fmt(row["kept_fraction"]["mean"], 3), fmt(row.get("attention_fraction", {}).get("mean"), 3),
             fmt(row.get("loss_gap_equal_attention_flops", {}).get("mean")),
