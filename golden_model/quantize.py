@@ -22,14 +22,14 @@ def row_tops(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return scores.double().masked_fill(~valid, float("-inf")).amax(-1)
 
 
-def clipped_rows(scores: torch.Tensor, valid: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
-    """(..., Q) bool: the rows of float scores (..., Q, K) whose largest admissible score (`valid`) falls
-    outside what score_bits with score_frac fractional bits holds. Such a row saturates where it
+def clipped_rows(tops: torch.Tensor, cfg: HPUConfig) -> torch.Tensor:
+    """(..., Q) bool: the rows whose largest admissible score (`row_tops`) falls outside what
+    score_bits with score_frac fractional bits holds. Such a row saturates where it
     matters: its top keys meet at the end code and lose their order. (Softmax ignores a shift, but the
     HPU takes scores as they stream in, before any row maximum is known: the range must hold them.)
     A key below the bottom code under a top that fits loses nothing: it lies past the EXP_LUT's reach."""
     low, high = signed_range(cfg.score_bits)
-    top = torch.round(row_tops(scores, valid) * (1 << cfg.score_frac))
+    top = torch.round(tops * (1 << cfg.score_frac))
     return (top > high) | (top < low)
 
 

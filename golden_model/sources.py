@@ -170,7 +170,8 @@ def file_clipping(source: str, cfg: HPUConfig) -> tuple[float, float] | None:
     with _reading(what):
         scores, _, lengths, _ = _file_arrays(Path(source), what)
         taken = torch.arange(scores.shape[-1]) < lengths.clamp(max=cfg.max_keys)[..., None]
-        return float(clipped_rows(scores, taken, cfg).double().mean()), float(row_tops(scores, taken).abs().max())
+        tops = row_tops(scores, taken)
+        return float(clipped_rows(tops, cfg).double().mean()), float(tops.abs().max())
 
 
 def _named(what: str, make):

@@ -228,8 +228,8 @@ def cmd_train_report(args: argparse.Namespace) -> int:
 def cmd_train_hardware(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from hpu.files import read_json, write_json
     from golden_model.quantize import clipping_note
+    from hpu.files import read_json, write_json
     from training import data, hardware
     from training.config import TrainConfig
     from training.loop import MODEL, RESULT

@@ -211,7 +211,7 @@ def test_a_row_clips_where_its_largest_score_leaves_the_format_and_holding_widen
     `holding(cfg, peak)` keeps the width and drops the fewest fractional bits after which the row's top
     fits, lowering exp_shift as far: the EXP_LUT is unchanged wherever exp_shift could follow."""
     from golden_model.lut import exp_lut
-    from golden_model.quantize import clipped_rows, holding, lut_step, quantize_scores
+    from golden_model.quantize import clipped_rows, holding, lut_step, quantize_scores, row_tops
 
     frac, shift = min(frac, bits - 1), min(shift, bits)
     cfg = HPUConfig(score_bits=bits, score_frac=frac, exp_shift=shift)
@@ -219,9 +219,10 @@ def test_a_row_clips_where_its_largest_score_leaves_the_format_and_holding_widen
     valid = torch.ones_like(row, dtype=torch.bool)
     low, high = signed_range(bits)
     top = round(max(scores) * 2 ** frac)
-    assert bool(clipped_rows(row, valid, cfg)) == (not low <= top <= high)
+    tops = row_tops(row, valid)
+    assert bool(clipped_rows(tops, cfg)) == (not low <= top <= high)
     # The largest score keeps its order above the others only when the row does not clip.
-    if not clipped_rows(row, valid, cfg):
+    if not clipped_rows(tops, cfg):
         assert int(quantize_scores(row, cfg).max()) == top
     peak = abs(max(scores))
     try:
@@ -231,7 +232,7 @@ def test_a_row_clips_where_its_largest_score_leaves_the_format_and_holding_widen
         return
     dropped = frac - wider.score_frac
     assert wider.score_bits == bits and dropped >= 0 and wider.exp_shift == max(0, shift - dropped)
-    assert not clipped_rows(row, valid, wider)
+    assert not clipped_rows(tops, wider)
     assert dropped == 0 or round(peak * 2 ** (wider.score_frac + 1)) > high   # the fewest bits dropped
     if shift >= dropped:
         assert lut_step(wider) == lut_step(cfg) and exp_lut(wider) == exp_lut(cfg)

@@ -7,8 +7,9 @@ integer contract (``hpu_fixed``: every layer's attention computed by
 probabilities from the EXP_LUT, the integer gate, the normalizer). It reports the next-token loss of
 each, the cosine of every layer's fixed-point attention output against the float gate's, both kept
 fractions, and the share of attention rows whose largest score the score format clips (a trained
-model's peaked attention can outgrow the format; docs/TRAINING.md has the case). The HPU configuration is the user's (`HPUConfig`: widths, max_keys), with its gate fields
-taken from the checkpoint's trained gate, so the hardware gates as the model was trained to be gated.
+model's peaked attention can outgrow the format; docs/TRAINING.md has the case). The HPU
+configuration is the user's (`HPUConfig`: widths, max_keys), with its gate fields taken from the
+checkpoint's trained gate, so the hardware gates as the model was trained to be gated.
 
 `capture_rows` writes a sequence's attention as an attention file for `hpu sim --source`, recorded
 while the model runs as it was trained (``hpu_capture``: its float gate, its routers), so that the
@@ -70,10 +71,10 @@ def fixed_forward(module, query, key, value, attention_mask, scaling=None, dropo
     result = fixed_point_attention(q, k, v, cfg, causal=True)
     if _recording is not None:
         scores = attention_scores(q, k)
-        valid = admissible_mask(scores.shape, True, scores.device)
-        _recording.rows += scores.shape[:-1].numel()
-        _recording.clipped += int(clipped_rows(scores, valid, cfg).sum())
-        _recording.peak = max(_recording.peak, float(row_tops(scores, valid).abs().max()))
+        tops = row_tops(scores, admissible_mask(scores.shape, True, scores.device))
+        _recording.rows += tops.numel()
+        _recording.clipped += int(clipped_rows(tops, cfg).sum())
+        _recording.peak = max(_recording.peak, float(tops.abs().max()))
         gated, _ = attention.mass_gate_forward(module, query, key, value, None, scaling=scaling)
         _recording.cosines.append(F.cosine_similarity(result.out.transpose(1, 2).double(), gated.double(), dim=-1))
         _recording.kept += int(result.kept.sum())

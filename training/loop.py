@@ -53,9 +53,14 @@ class Ranks:
         return self.rank == 0
 
 
+def _world() -> int:
+    """The number of ranks torchrun started (1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def start_ranks() -> Ranks:
     """This process's rank from torchrun's environment (one rank without it); NCCL on GPUs, else gloo."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _world()
     if world == 1:
         return Ranks(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -402,14 +407,15 @@ def run_experiment(cfg: TrainConfig, root: str | Path, arms: list[str] | None = 
         ranks = start_ranks()
         corpus = prepare(cfg.data, progress=progress and ranks.main)
         return [train(cfg, cfg.arm(arm), seed, corpus, root, progress=progress, ranks=ranks) for arm, seed in pairs]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _world() > 1:
         raise InputError("--jobs runs whole runs side by side on one device; under torchrun the ranks share "
                          "each run: leave --jobs out")
     prepare(cfg.data, progress=progress)   # once, here: the workers read the cache
     import concurrent.futures as futures
     import multiprocessing
+    from collections import deque
 
-    results, waiting = {}, list(reversed(pairs))
+    results, waiting = {}, deque(pairs)
     # spawn: a fork would copy this process's CUDA and thread state; one run a process, so that no
     # run inherits another's allocator reservations. Only `jobs` runs are submitted at a time, so that
     # a failure or an interrupt leaves nothing queued behind the running ones.
@@ -419,7 +425,7 @@ def run_experiment(cfg: TrainConfig, root: str | Path, arms: list[str] | None = 
         try:
             while waiting or running:
                 while waiting and len(running) < jobs:
-                    arm, seed = waiting.pop()
+                    arm, seed = waiting.popleft()
                     running[pool.submit(_train_alone, cfg, arm, seed, str(root))] = (arm, seed)
                 done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
                 for future in done:

@@ -157,8 +157,8 @@ def markdown(summary: dict) -> str:
 
     lines = [f"Baseline: {summary['baseline']}. Final validation loss over seeds (mean ± sample std); gap = "
              "arm − baseline, Welch t-test p (two-sided); per seed: arm − baseline at each seed both ran (same "
-             "initial weights, same token order), paired t-test p and the 95% t interval of their mean; gap at equal attention FLOPs: a routed arm against "
-             "the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations).", "",
+             "initial weights, same token order), paired t-test p and the 95% t interval of their mean; gap at "
+             "equal attention FLOPs: a routed arm against the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations).", "",
              "| arm | mass target | permeability | router | seeds | val loss | gap | p | gap per seed | paired p | paired 95% "
              "interval | prose gap "
              "| code gap | kept fraction | attention FLOPs | gap at equal attention FLOPs | tokens/s (fastest run) | vs dense |",

@@ -343,9 +343,9 @@ def statistics(model) -> dict[str, float]:
     """Of the last forward pass: the routed fraction, how often each predictor agrees with the top-k,
     and the attention FLOPs (score and value products) as a fraction of dense causal attention,
     counted from the positions routed (sqdk: routed rows over all their keys; skip: over routed keys
-    and themselves; with a window, unrouted rows over their window), unrouted layers counting whole; when evaluating, the share of tokens on which the
-    HPU's routing step (quantized scores) agrees with the float top-k. Empty without routers, or when
-    they chose otherwise."""
+    and themselves; with a window, unrouted rows over their window), unrouted layers counting whole;
+    when evaluating, the share of tokens on which the HPU's routing step (quantized scores) agrees
+    with the float top-k. Empty without routers, or when they chose otherwise."""
     chosen = [r for r in routers(model) if "top" in r.last]
     if not chosen:
         return {}
