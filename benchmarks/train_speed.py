@@ -6,7 +6,9 @@ Each arm builds the experiment's model (same weights) and trains `--steps` optim
 experiment's batch after `--warmup` steps (compilation, and with `--data` the first steps of real
 training, which give the attention the peaked shape the gate works on); random tokens of its vocabulary
 without `--data`. Tokens/s counts the timed steps only, with the device synchronized; peak memory is
-the allocator's; `--profile` adds one step's device time by kernel.
+the allocator's; `--profile` adds one step's device time by kernel, the device's busy time against
+the timed step (well below 1: the host, not the GPU, sets the pace) and the host synchronisations that
+step makes (torch's sync debug mode), which is where a host-bound arm loses its time.
 Ratios are against the first arm (dense) of the same run. The selection is timed apart on the
 probabilities of one layer: the sort-free Triton kernels against the golden model's sort-based `select`,
 and the attention over the kept keys: `gpu_kernels.kept_attention` and SDPA under the mask against dense
@@ -35,10 +37,18 @@ class _Vocabulary:
 
 
 def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torch.device, corpus=None,
-              profile: bool = False) -> dict:
+              profile: bool = False, every_row: bool = False) -> dict:
+    """One arm's training throughput. `every_row`: a routed arm computes every row's attention through
+    SDPA (the router zeroes the unrouted rows: the same function) instead of gathering its routed rows
+    into `hpu_routed`'s kernel, so that one run says which of the two is faster at this shape."""
     arm = cfg.arm(name)
     run = cfg.run
+    if every_row and arm.implementation == arm.attention:
+        raise ValueError(f"arm {name} does not gather routed rows: nothing to compute on every row instead")
+    implementation = arm.attention if every_row else arm.implementation
     model = build_model(cfg, arm, corpus or _Vocabulary(cfg.data.vocab_size), seed=0).to(device)
+    if every_row:
+        model.set_attn_implementation(implementation)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, fused=device.type == "cuda")
     if run.compile and device.type == "cuda":
         compile_layers(model)   # each arm afresh, as its own training process does
@@ -65,35 +75,51 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
             torch.cuda.synchronize()
         if index >= warmup:
             elapsed += time.perf_counter() - tick
-    kernels = _profile(lambda: step(warmup + steps), device) if profile else None
+    profiled = _profile(lambda: step(warmup + steps), device) if profile else {}
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     with attention.counting() as kept, torch.no_grad(), torch.compiler.set_stance("force_eager"), autocast(device):
         sequence_loss(model, torch.from_numpy(batch(warmup + steps + 1)[:run.micro_batch]).to(device))
     del model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"arm": name, "attention": arm.attention, "steps": steps,
+    return {"arm": f"{name} (every row)" if every_row else name, "attention": implementation,
+            "steps": steps,
             "tokens_per_s": steps * run.batch * run.context / elapsed, "step_ms": 1e3 * elapsed / steps,
             "peak_memory_gib": peak, "warmup_on": "noise" if corpus is None else "text",
-            "kept_fraction": kept.fraction,
-            **({"kernels": kernels} if kernels is not None else {})}
+            "kept_fraction": kept.fraction, **profiled,
+            **({"device_busy": profiled["device_ms"] / (1e3 * elapsed / steps)} if profiled else {})}
 
 
-def _profile(step, device: torch.device, top: int = 25) -> list[dict]:
-    """The device time of one step by kernel, the largest first (self time, so nothing counts twice)."""
+def _profile(step, device: torch.device, top: int = 25) -> dict:
+    """One step's device time by kernel, the largest first (self time, so nothing counts twice); the
+    device time of every kernel summed; and on a GPU how many times the step made the host wait for the
+    device (``torch.cuda.set_sync_debug_mode``: item(), nonzero(), copies to the host...)."""
+    import warnings
+
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    rows = []
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+                torch.cuda.synchronize()
+    rows, busy = [], 0.0
     for event in prof.key_averages():
         ms = getattr(event, "self_device_time_total", 0) / 1e3
         if ms > 0:
             rows.append({"kernel": event.key[:120], "ms": round(ms, 3), "calls": event.count})
-    return sorted(rows, key=lambda r: -r["ms"])[:top]
+        if event.device_type == DeviceType.CUDA:
+            busy += ms   # the kernels themselves, not the operators that launched them
+    syncs = sum("synchroniz" in str(w.message) for w in caught) if cuda else None
+    return {"kernels": sorted(rows, key=lambda r: -r["ms"])[:top], "device_ms": busy, "host_syncs": syncs}
 
 
 def selection_speed(cfg: TrainConfig, name: str, device: torch.device, repeats: int = 10) -> dict:
@@ -160,6 +186,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", metavar="PATH", help="train on this text (the experiment's source, a folder or "
                         "a pack) instead of random tokens, so the attention the gate sees is a trained one")
     parser.add_argument("--profile", action="store_true", help="also record one step's device time by kernel")
+    parser.add_argument("--every-row", action="store_true", help="also time each arm that gathers its routed rows "
+                        "with every row's attention computed by SDPA instead")
     parser.add_argument("-o", "--output", default="benchmarks/results/train_speed.json", help="JSON to write")
     args = parser.parse_args(argv)
     cfg = TrainConfig.load(args.config)
@@ -169,12 +197,17 @@ def main(argv=None) -> int:
         from training.data import prepare
 
         corpus = prepare(dataclasses.replace(cfg.data, source=args.data), progress=False)
+    runs = [(name, False) for name in args.arms]
+    if args.every_row:
+        runs += [(name, True) for name in args.arms if cfg.arm(name).implementation != cfg.arm(name).attention]
     arms = []
-    for name in args.arms:
-        arms.append(arm_speed(cfg, name, args.steps, args.warmup, device, corpus, args.profile))
+    for name, every_row in runs:
+        arms.append(arm_speed(cfg, name, args.steps, args.warmup, device, corpus, args.profile, every_row))
         arms[-1]["vs_first"] = arms[-1]["tokens_per_s"] / arms[0]["tokens_per_s"]
-        print(f"{name}: {arms[-1]['tokens_per_s']:,.0f} tokens/s ({arms[-1]['vs_first']:.2f}x {args.arms[0]}), "
+        print(f"{arms[-1]['arm']}: {arms[-1]['tokens_per_s']:,.0f} tokens/s ({arms[-1]['vs_first']:.2f}x {args.arms[0]}), "
               f"peak {arms[-1]['peak_memory_gib']} GiB, kept {arms[-1]['kept_fraction']:.3f}", flush=True)
+        if "device_ms" in arms[-1]:
+            print(f"    device busy {arms[-1]['device_busy']:.2f} of the step, {arms[-1]['host_syncs']} host syncs")
         for row in arms[-1].get("kernels", [])[:12]:
             print(f"    {row['ms']:8.3f} ms {row['calls']:4d}x {row['kernel']}")
     selection = [selection_speed(cfg, name, device) for name in args.arms

@@ -1010,6 +1010,13 @@ def test_train_speed_times_the_loops_own_step(data_config, corpus):
     table["arms"]["sqdk50"] = {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.5, "route_block": 16}
     cfg = TrainConfig.from_dict(table)
     for name in ("mass50", "sqdk50"):
-        result = arm_speed(cfg, name, steps=1, warmup=1, device=torch.device("cpu"), corpus=corpus)
+        result = arm_speed(cfg, name, steps=1, warmup=1, device=torch.device("cpu"), corpus=corpus, profile=True)
         assert result["arm"] == name and result["steps"] == 1 and result["tokens_per_s"] > 0
         assert 0 < result["kept_fraction"] <= 1 and result["warmup_on"] == "text"
+        # On the CPU nothing runs on a device: no device time, no host synchronisation to count.
+        assert result["device_ms"] == 0 and result["device_busy"] == 0 and result["host_syncs"] is None
+        assert result["kernels"] == []
+    every = arm_speed(cfg, "sqdk50", steps=1, warmup=1, device=torch.device("cpu"), corpus=corpus, every_row=True)
+    assert every["arm"] == "sqdk50 (every row)" and every["attention"] == "sdpa" and result["attention"] == "hpu_routed"
+    with pytest.raises(ValueError, match="does not gather"):
+        arm_speed(cfg, "mass50", steps=1, warmup=1, device=torch.device("cpu"), corpus=corpus, every_row=True)
