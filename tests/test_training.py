@@ -672,6 +672,16 @@ def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
     # The kept fraction over training, per gated arm, at the evaluations every seed recorded.
     assert [(p["tokens"], p["mean"], p["n"]) for p in row["kept_over_training"]] == [(0, 1.0, 2), (1000, 0.5, 2)]
     assert "kept_over_training" not in summary["arms"]["dense"] and "| mass50 | 1.000 | 0.500 |" in table
+    # The gap over training: at each shared evaluation, the arm minus dense at the same seed (seeds 1, 2).
+    assert [(p["tokens"], p["values"]) for p in row["gap_over_training"]] == [(0, [0.0, 0.0]),
+                                                                             (1000, [3.05 - 3.0, 3.27 - 3.2])]
+    assert "gap_over_training" not in summary["arms"]["dense"] and "| mass50 | +0.000 | +0.060 |" in table
+    # An evaluation that one run lacks is left out, not guessed.
+    longer = _result("mass50", 1, 3.05)
+    longer["history"]["val"].append({"tokens": 2000, "loss": 2.0})
+    assert [p["tokens"] for p in report.gap_over_training(
+        [longer], [_result("dense", 1, 3.0), _result("dense", 4, 3.0)])] == [0, 1000]
+    assert report.gap_over_training([longer], [_result("dense", 2, 3.0)]) == []
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {report.JSON, report.TABLE, report.PLOT}
     # A routed arm at half the attention FLOPs meets dense after half its tokens: between dense's
     # evaluations at 0 tokens (9.0) and 1000 (its final loss), so at (9.0 + loss) / 2 on average.

@@ -10,8 +10,8 @@ they route).
 Runs join one report only when they share the experiment (model, schedule and token stream);
 anything else is refused. A run still training (no result.json) is listed as missing, not guessed.
 Outputs: ``ab.json`` (every figure, with each run's device and versions), ``ab.md`` (the table) and
-``ab.png`` (every arm's training and validation curves, and each gated arm's kept fraction), written
-whole or not at all.
+``ab.png`` (every arm's training and validation curves, its gap to the baseline over training, and
+each gated arm's kept fraction), written whole or not at all.
 """
 
 from __future__ import annotations
@@ -105,6 +105,20 @@ def kept_over_training(runs: list[dict]) -> list[dict]:
     return [{"tokens": t, **_stats([p[t] for p in points])} for t in shared]
 
 
+def gap_over_training(runs: list[dict], base: list[dict]) -> list[dict]:
+    """At each evaluation that every run of both arms recorded, over the seeds both ran: the arm's
+    validation loss minus the baseline's at the same seed (same initial weights, same token order).
+    Where along training a gap opens or closes is what a final figure cannot say."""
+    by_seed = {r["seed"]: r for r in base}
+    pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
+    if not pairs:
+        return []
+    histories = [{v["tokens"]: v["loss"] for v in run["history"]["val"]} for pair in pairs for run in pair]
+    shared = sorted(set.intersection(*(set(h) for h in histories)))
+    return [{"tokens": t, **_stats([arm[t] - baseline[t] for arm, baseline in zip(histories[::2], histories[1::2])])}
+            for t in shared]
+
+
 def summarize(runs: list[dict]) -> dict:
     experiment = _experiment(runs[0])
     for run in runs[1:]:
@@ -143,6 +157,8 @@ def summarize(runs: list[dict]) -> dict:
         if baseline:
             # Fastest run against fastest run: runs that share a device only ever slow down.
             row["tokens_per_s_vs_dense"] = row["tokens_per_s"]["max"] / max(r["tokens_per_s"] for r in arms[baseline])
+        if baseline and name != baseline:
+            row["gap_over_training"] = gap_over_training(rs, arms[baseline])
         if baseline and "attention_fraction" in row:
             row["loss_gap_equal_attention_flops"] = equal_flops_gap(rs, arms[baseline])
         table[name] = row
@@ -158,7 +174,9 @@ def markdown(summary: dict) -> str:
     lines = [f"Baseline: {summary['baseline']}. Final validation loss over seeds (mean ± sample std); gap = "
              "arm − baseline, Welch t-test p (two-sided); per seed: arm − baseline at each seed both ran (same "
              "initial weights, same token order), paired t-test p and the 95% t interval of their mean; gap at "
-             "equal attention FLOPs: a routed arm against the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations).", "",
+             "equal attention FLOPs: a routed arm against the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations); "
+             "tokens/s: the arm's fastest training run, a speed figure only where that run had the device to itself "
+             "(`benchmarks.train_speed` times the arms one after another, alone on the device).", "",
              "| arm | mass target | permeability | router | seeds | val loss | gap | p | gap per seed | paired p | paired 95% "
              "interval | prose gap "
              "| code gap | kept fraction | attention FLOPs | gap at equal attention FLOPs | tokens/s (fastest run) | vs dense |",
@@ -181,61 +199,99 @@ def markdown(summary: dict) -> str:
             fmt(row.get("loss_gap_equal_attention_flops", {}).get("mean")),
             f"{row['tokens_per_s']['max']:,.0f}",
             fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
-    kept = {name: row["kept_over_training"] for name, row in summary["arms"].items() if row.get("kept_over_training")}
-    if kept:
-        tokens = sorted({p["tokens"] for points in kept.values() for p in points})
-        lines += ["", "Kept fraction of the admissible keys at each evaluation (held-out text, mean over seeds; "
-                  "the permeability anneals from 1 over the first steps):", "",
-                  "| arm | " + " | ".join(f"{t / 1e6:.3g}M" for t in tokens) + " |",
+    for key, caption, form in (
+            ("gap_over_training", "Validation-loss gap to the baseline at each evaluation (held-out text; mean over "
+             "the seeds both arms ran of arm − baseline at the same seed):", "{:+.3f}"),
+            ("kept_over_training", "Kept fraction of the admissible keys at each evaluation (held-out text, mean "
+             "over seeds; the permeability anneals from 1 over the first steps):", "{:.3f}")):
+        curves = {name: row[key] for name, row in summary["arms"].items() if row.get(key)}
+        if not curves:
+            continue
+        tokens = sorted({p["tokens"] for points in curves.values() for p in points})
+        lines += ["", caption, "", "| arm | " + " | ".join(f"{t / 1e6:.3g}M" for t in tokens) + " |",
                   "|---|" + "---|" * len(tokens)]
-        for name, points in kept.items():
+        for name, points in curves.items():
             at = {p["tokens"]: p["mean"] for p in points}
-            lines.append(f"| {name} | " + " | ".join(fmt(at.get(t), 3) for t in tokens) + " |")
+            lines.append(f"| {name} | " + " | ".join("-" if t not in at else form.format(at[t]) for t in tokens) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def _smoothed_train(run: dict, width: int = 20) -> tuple[np.ndarray, np.ndarray] | None:
+    """(tokens, loss) of a run's logged training loss as a moving mean over `width` logs (single batches
+    are noisy)."""
+    steps = np.asarray(run["history"]["train"], dtype=np.float64)
+    if not len(steps):
+        return None
+    width = min(width, len(steps))
+    return steps[width - 1:, 1], np.convolve(steps[:, 2], np.ones(width) / width, mode="valid")
+
+
+def _band(ax, tokens, values: list[list[float]], style: dict, label: str) -> None:
+    """An arm's mean over seeds as a line, the seeds' range as a band around it."""
+    values = np.asarray(values, dtype=np.float64)
+    x = np.asarray(tokens, dtype=np.float64) / 1e6
+    ax.plot(x, values.mean(axis=0), label=label, **style)
+    if len(values) > 1:
+        ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=style["color"], alpha=0.15, lw=0)
+
+
+def plot(runs: list[dict], summary: dict, path: Path) -> None:
+    """Four panels over training, one line per arm (the mean over its seeds, their range shaded):
+    training loss, validation loss, the validation gap to the baseline at the same seed, and each
+    gated arm's kept fraction. The baseline is black; routed arms are dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = sorted({r["arm"] for r in runs})
-    colors = {arm: plt.cm.viridis(i / max(1, len(arms) - 1)) for i, arm in enumerate(arms)}
-    fig, (train_ax, val_ax, kept_ax) = plt.subplots(1, 3, figsize=(19, 5))
-    for run in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
-        label = run["arm"] if run["seed"] == min(r["seed"] for r in runs if r["arm"] == run["arm"]) else None
-        steps = np.asarray(run["history"]["train"], dtype=np.float64)
-        if len(steps):
-            # A moving mean over 20 logged steps: single batches are noisy.
-            width = min(20, len(steps))
-            smooth = np.convolve(steps[:, 2], np.ones(width) / width, mode="valid")
-            train_ax.plot(steps[width - 1:, 1] / 1e6, smooth, color=colors[run["arm"]], lw=0.8, label=label)
-        val = run["history"]["val"]
-        val_ax.plot([v["tokens"] / 1e6 for v in val], [v["loss"] for v in val], color=colors[run["arm"]],
-                    marker=".", lw=0.8, label=label)
-        if run["gate"] is not None:
-            kept = _kept_history(run)
-            kept_ax.plot([t / 1e6 for t in kept], list(kept.values()), color=colors[run["arm"]], marker=".",
-                         lw=0.8, label=label)
-    for ax, title in ((train_ax, "training loss (moving mean of 20 logs)"), (val_ax, "validation loss (held-out files)")):
+    baseline = summary["baseline"]
+    others = [name for name in summary["arms"] if name != baseline]
+    palette = plt.cm.tab20(np.linspace(0, 1, 20))
+    styles = {name: {"color": palette[i % 20], "lw": 1.1, "ls": "--" if summary["arms"][name].get("router") else "-"}
+              for i, name in enumerate(sorted(others))}
+    styles[baseline] = {"color": "black", "lw": 1.6, "ls": "-"}
+    fig, axes = plt.subplots(2, 2, figsize=(17, 11))
+    (train_ax, val_ax), (gap_ax, kept_ax) = axes
+    arms: dict[str, list[dict]] = {}
+    for run in sorted(runs, key=lambda r: r["seed"]):
+        arms.setdefault(run["arm"], []).append(run)
+    for name in [baseline, *sorted(others)]:
+        rs, row = arms[name], summary["arms"][name]
+        label = f"{name} ({len(rs)} seed{'s' if len(rs) > 1 else ''})"
+        curves = [c for c in map(_smoothed_train, rs) if c is not None]
+        shortest = min((len(c[0]) for c in curves), default=0)
+        if shortest:
+            _band(train_ax, curves[0][0][:shortest], [c[1][:shortest] for c in curves], styles[name], label)
+        histories = [{v["tokens"]: v["loss"] for v in r["history"]["val"]} for r in rs]
+        shared = sorted(set.intersection(*(set(h) for h in histories)))
+        _band(val_ax, shared, [[h[t] for t in shared] for h in histories], {**styles[name], "marker": "."}, label)
+        for key, ax in (("gap_over_training", gap_ax), ("kept_over_training", kept_ax)):
+            if row.get(key):
+                points = row[key]
+                _band(ax, [p["tokens"] for p in points], np.transpose([p["values"] for p in points]).tolist(),
+                      {**styles[name], "marker": "."}, label)
+    gap_ax.axhline(0, color="black", lw=1.0)
+    for ax, title, ylabel in (
+            (train_ax, "training loss (moving mean of 20 logs)", "loss (nats/token)"),
+            (val_ax, "validation loss (held-out files)", "loss (nats/token)"),
+            (gap_ax, f"validation gap to {baseline} at the same seed", "arm − baseline (nats/token)"),
+            (kept_ax, "kept fraction (gated arms, held-out files)", "kept fraction of admissible keys")):
         ax.set_xlabel("tokens (M)")
-        ax.set_ylabel("loss (nats/token)")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    kept_ax.set_xlabel("tokens (M)")
-    kept_ax.set_ylabel("kept fraction of admissible keys")
+        ax.grid(alpha=0.3, which="both")
+        if ax.lines:
+            ax.legend(fontsize=8, ncol=2)
     kept_ax.set_yscale("log")
-    kept_ax.set_title("kept fraction (gated arms, held-out files)")
-    kept_ax.grid(alpha=0.3, which="both")
-    if kept_ax.lines:
-        kept_ax.legend()
     lows = [v["loss"] for r in runs for v in r["history"]["val"][1:]] or [0]
     val_ax.set_ylim(min(lows) - 0.05, np.percentile(lows, 90) + 0.1)
+    # The first evaluation (before any step) sets no gap worth the axis: zoom past it.
+    gaps = [p["mean"] for row in summary["arms"].values() for p in row.get("gap_over_training", [])[1:]]
+    if gaps:
+        gap_ax.set_ylim(min(min(gaps), 0) - 0.05, max(gaps) + 0.05)
     fig.tight_layout()
     with staged(path) as temp:
-        fig.savefig(temp, format="png", dpi=120)
+        fig.savefig(temp, format="png", dpi=110)
     plt.close(fig)
 
 
@@ -244,7 +300,7 @@ def report(root: str | Path, out: str | Path) -> dict:
     runs = collect(root)
     summary = summarize(runs)
     out = Path(out)
-    plot(runs, out / PLOT)
+    plot(runs, summary, out / PLOT)
     write_text(out / TABLE, markdown(summary))
     write_json(out / JSON, summary)
     return summary
