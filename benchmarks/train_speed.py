@@ -6,7 +6,8 @@ Each arm builds the experiment's model (same weights) and trains `--steps` optim
 experiment's batch after `--warmup` steps (compilation, and with `--data` the first steps of real
 training, which give the attention the peaked shape the gate works on); random tokens of its vocabulary
 without `--data`. Tokens/s counts the timed steps only, with the device synchronized; peak memory is
-the allocator's; `--profile` adds one step's device time by kernel, the device's busy time against
+the allocator's; what torch.compile did (frames compiled, frames given up at the recompile limit) is
+counted over the arm's steps; `--profile` adds one step's device time by kernel, the device's busy time against
 the timed step (well below 1: the host, not the GPU, sets the pace) and the host synchronisations that
 step makes (torch's sync debug mode), which is where a host-bound arm loses its time.
 Ratios are against the first arm (dense) of the same run. The selection is timed apart on the
@@ -65,6 +66,7 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
         train_step(model, model, optimizer, batch(index), cfg, ranks)
 
     torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    before = _dynamo_counts()
     elapsed = 0.0
     for index in range(warmup + steps):
         if device.type == "cuda":
@@ -75,6 +77,7 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
             torch.cuda.synchronize()
         if index >= warmup:
             elapsed += time.perf_counter() - tick
+    dynamo = {key: count - before[key] for key, count in _dynamo_counts().items()}
     profiled = _profile(lambda: step(warmup + steps), device) if profile else {}
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     with attention.counting() as kept, torch.no_grad(), torch.compiler.set_stance("force_eager"), autocast(device):
@@ -86,8 +89,18 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
             "steps": steps,
             "tokens_per_s": steps * run.batch * run.context / elapsed, "step_ms": 1e3 * elapsed / steps,
             "peak_memory_gib": peak, "warmup_on": "noise" if corpus is None else "text",
-            "kept_fraction": kept.fraction, **profiled,
+            "kept_fraction": kept.fraction, "dynamo": dynamo, **profiled,
             **({"device_busy": profiled["device_ms"] / (1e3 * elapsed / steps)} if profiled else {})}
+
+
+def _dynamo_counts() -> dict[str, int]:
+    """torch.compile's process-wide tallies: frames it saw, frames it compiled, and frames it gave up
+    on at the recompile limit (which then run eagerly, silently: a host-bound step's usual cause)."""
+    from torch._dynamo.utils import counters
+
+    return {"frames": counters["frames"]["total"], "compiled": counters["frames"]["ok"],
+            "recompile_limit": sum(n for reason, n in counters["unimplemented"].items()
+                                   if "recompile limit" in reason.lower())}
 
 
 def _profile(step, device: torch.device, top: int = 25) -> dict:
@@ -206,6 +219,7 @@ def main(argv=None) -> int:
         arms[-1]["vs_first"] = arms[-1]["tokens_per_s"] / arms[0]["tokens_per_s"]
         print(f"{arms[-1]['arm']}: {arms[-1]['tokens_per_s']:,.0f} tokens/s ({arms[-1]['vs_first']:.2f}x {args.arms[0]}), "
               f"peak {arms[-1]['peak_memory_gib']} GiB, kept {arms[-1]['kept_fraction']:.3f}", flush=True)
+        print(f"    torch.compile: {arms[-1]['dynamo']}")
         if "device_ms" in arms[-1]:
             print(f"    device busy {arms[-1]['device_busy']:.2f} of the step, {arms[-1]['host_syncs']} host syncs")
         for row in arms[-1].get("kernels", [])[:12]:

@@ -1010,6 +1010,28 @@ def test_routed_attention_computes_the_routed_rows_only(seed, monkeypatch):
     assert torch.equal(full, sdpa_attention_forward(module, q.float(), k.float(), v.float(), None)[0])
 
 
+def test_train_speed_counts_frames_given_up_at_the_recompile_limit(monkeypatch):
+    """A frame past dynamo's recompile limit runs eagerly without an error; the benchmark counts it."""
+    import torch._dynamo
+
+    from benchmarks.train_speed import _dynamo_counts
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    before = _dynamo_counts()
+
+    @torch.compile(backend="eager")
+    def scaled(x, factor):
+        return x * factor
+
+    try:
+        for factor in range(4):   # each constant a new specialization
+            assert torch.equal(scaled(torch.ones(2), factor), torch.full((2,), float(factor)))
+    finally:
+        torch._dynamo.reset()
+    after = _dynamo_counts()
+    assert {key: after[key] - before[key] for key in after} == {"frames": 2, "compiled": 1, "recompile_limit": 1}
+
+
 def test_train_speed_times_the_loops_own_step(data_config, corpus):
     """`benchmarks.train_speed` trains through `training.loop.train_step` (the routers' predictor loss
     included): on the CPU one timed step per arm, gated and routed alike, reports its figures."""
@@ -1026,6 +1048,7 @@ def test_train_speed_times_the_loops_own_step(data_config, corpus):
         # On the CPU nothing runs on a device: no device time, no host synchronisation to count.
         assert result["device_ms"] == 0 and result["device_busy"] == 0 and result["host_syncs"] is None
         assert result["kernels"] == []
+        assert result["dynamo"] == {"frames": 0, "compiled": 0, "recompile_limit": 0}   # compiled on GPUs only
     every = arm_speed(cfg, "sqdk50", steps=1, warmup=1, device=torch.device("cpu"), corpus=corpus, every_row=True)
     assert every["arm"] == "sqdk50 (every row)" and every["attention"] == "sdpa" and result["attention"] == "hpu_routed"
     with pytest.raises(ValueError, match="does not gather"):
