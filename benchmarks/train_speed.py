@@ -28,8 +28,8 @@ import torch
 from benchmarks.common import write
 from training import attention
 from training.config import TrainConfig
-from training.loop import (Ranks, autocast, build_model, compile_layers, learning_rate, sequence_loss, step_sequences,
-                           train_step)
+from training.loop import (Ranks, autocast, build_model, compile_for_training, learning_rate, sequence_loss,
+                           step_sequences, train_step)
 
 
 class _Vocabulary:
@@ -51,8 +51,7 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
     if every_row:
         model.set_attn_implementation(implementation)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, fused=device.type == "cuda")
-    if run.compile and device.type == "cuda":
-        compile_layers(model)   # each arm afresh, as its own training process does
+    compile_for_training(model, cfg, device)   # each arm afresh, as its own training process does
     noise = np.random.default_rng(0).integers(0, cfg.data.vocab_size, (run.batch, run.context + 1))
     ranks = Ranks(device=device)
 

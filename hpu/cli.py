@@ -225,6 +225,39 @@ def cmd_train_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_predictors(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpu.files import read_json, write_json
+    from training import data, predictors, routing
+    from training.config import TrainConfig
+    from training.loop import MODEL, RESULT, save_checkpoint, start_ranks, versions
+
+    run = read_json(Path(args.run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
+    cfg = TrainConfig.from_dict(run["config"])
+    if args.data:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=args.data))
+    ranks = start_ranks()
+    if ranks.world > 1:
+        raise InputError("fit-predictors runs on one device: start it without torchrun")
+    corpus = data.prepare(cfg.data, progress=not args.quiet)
+    if corpus.fingerprint != run["data"]:
+        raise InputError(f"the text given is not the token stream {args.run} trained on: pass the run's --data")
+    model = routing.load(Path(args.run) / MODEL, attn_implementation=cfg.arm(run["arm"]).implementation)
+    with claim(args.output, "output folder", ("predictors.json", MODEL)):
+        fit = predictors.fit_predictors(model.to(ranks.device), cfg, corpus, args.steps, ranks, args.lr,
+                                        progress=not args.quiet)
+        save_checkpoint(model, corpus, Path(args.output) / MODEL)
+        write_json(Path(args.output) / "predictors.json",
+                   {"run": str(args.run), "arm": run["arm"], "seed": run["seed"], **fit, "versions": versions()})
+    for when in ("before", "after"):
+        r = fit[when]
+        print(f"{when}: predictors agree with the top-k on {r['predictor_accuracy']:.4f} of held-out tokens; loss "
+              f"{r['loss']:.4f} by the top-k, {r['loss_predicted']:.4f} by the predictors")
+    print(f"checkpoint: {Path(args.output) / MODEL}")
+    return 0
+
+
 def cmd_train_hardware(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -464,6 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/train-hardware", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_hardware, memory_hint="ask for fewer --sequences or a shorter --length")
+
+    p = sub.add_parser("fit-predictors", help="fit a routed run's causal predictors again on its finished, frozen "
+                                              "model; report their held-out agreement and loss before and after")
+    p.add_argument("run", metavar="RUN", help="folder of one finished run of a routed arm")
+    p.add_argument("--data", metavar="PATH", help="the run's text from this folder or data pack instead of its "
+                   "experiment's [data] source (it must be the same token stream)")
+    p.add_argument("--steps", type=_positive, default=300, help="optimizer steps of the run's batch")
+    p.add_argument("--lr", type=float, help="peak learning rate, decaying to the run's min_lr (default: the run's lr)")
+    p.add_argument("-o", "--output", default="out/fit-predictors", help="folder for the checkpoint (model/) and "
+                   "predictors.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_fit_predictors, memory_hint="the run's micro_batch sets the memory a step takes")
     return parser
 
 

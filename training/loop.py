@@ -164,6 +164,13 @@ def compile_layers(model, backend: str = "inductor") -> None:
         layer.compile(backend=backend)
 
 
+def compile_for_training(model, cfg: TrainConfig, device: torch.device) -> None:
+    """`compile_layers` where training compiles: ``run.compile`` set, on a GPU (the CPU trains eagerly,
+    so that its tests compare exactly and start at once)."""
+    if cfg.run.compile and device.type == "cuda":
+        compile_layers(model)
+
+
 @torch.no_grad()
 @torch.compiler.set_stance("force_eager")
 def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
@@ -297,8 +304,7 @@ def _train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, folder: Path, 
             optimizer.load_state_dict(state["optimizer"])
             start, tokens_seen, train_seconds = state["step"], state["tokens"], state["seconds"]
             history = state["history"]
-    if cfg.run.compile and ranks.device.type == "cuda":
-        compile_layers(model)
+    compile_for_training(model, cfg, ranks.device)
     wrapped = model
     if ranks.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -364,8 +370,7 @@ def _train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, folder: Path, 
         "final": final, "history": history,
     }
     if ranks.main:
-        model.save_pretrained(folder / MODEL, safe_serialization=True)
-        _save_tokenizer(corpus, folder / MODEL)
+        save_checkpoint(model, corpus, folder / MODEL)
         write_json(folder / RESULT, result)
         state_path.unlink(missing_ok=True)
     return result
@@ -384,9 +389,12 @@ def _save_state(path: Path, model, optimizer, step, tokens, seconds, history, fi
                     "fingerprint": fingerprint, "data": data}, temp)
 
 
-def _save_tokenizer(corpus: Corpus, folder: Path) -> None:
+def save_checkpoint(model, corpus: Corpus, folder: Path) -> None:
+    """The model in the Hugging Face layout (safetensors; routers' weights and settings included), with
+    its tokenizer, so that `AutoModelForCausalLM.from_pretrained` and `routing.load` read it."""
     from transformers import PreTrainedTokenizerFast
 
+    model.save_pretrained(folder, safe_serialization=True)
     PreTrainedTokenizerFast(tokenizer_file=str(corpus.tokenizer_path), eos_token=EOS).save_pretrained(folder)
 
 

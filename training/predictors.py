@@ -1,0 +1,76 @@
+"""A routed run's causal predictors fitted again on the finished, frozen model (`hpu fit-predictors`).
+
+During training each predictor chases a router that is still learning, and its agreement with the
+top-k is still rising when the run ends (docs/TRAINING.md, "Results so far"). Fitted after training,
+with every other weight frozen, the same predictor (the hidden state with its gradient stopped, the
+same MLP, binary cross-entropy on top-k membership, `routing.auxiliary_loss`) learns the routers'
+final choice on the run's own training text. Nothing else moves (tested): the loss by the top-k stays
+what it was, and what changes is decoding's choice, measured on the held-out text by the same
+evaluation as training's: the predictors' agreement with the top-k and the loss when they route.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hpu.errors import InputError
+from training import routing
+from training.config import TrainConfig
+from training.data import Corpus
+from training.loop import Ranks, compile_for_training, evaluate, step_sequences, train_step
+
+# What the fit reports of training's evaluation, before and after.
+REPORTED = ("loss", "predictor_accuracy", "loss_predicted", "routed_fraction")
+
+
+def fit_rate(step: int, steps: int, lr: float, min_lr: float) -> float:
+    """Cosine from `lr` to `min_lr` over the fit, no warm-up: the predictors start trained."""
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(1, steps - 1)))
+
+
+def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: Ranks, lr: float | None = None,
+                   progress: bool = False) -> dict:
+    """Train `model`'s predictors alone for `steps` optimizer steps of the run's batch, on its training
+    stream from the start, at `lr` (default: the run's peak) decaying to the run's min_lr, weight decay
+    as in training. Returns training's evaluation of the held-out text before and after (`REPORTED`).
+
+    Raises
+    ------
+    InputError
+        If the model has no routers, or `steps` is not positive.
+    """
+    chosen = routing.routers(model)
+    if not chosen:
+        raise InputError("the model has no routers: fit the predictors of a routed run (an arm with `route`)")
+    if steps < 1:
+        raise InputError(f"steps = {steps}: fit for at least one step")
+    before = evaluate(model, corpus, cfg, ranks)
+    model.requires_grad_(False)
+    weights = [p for r in chosen for p in r.predictor.parameters()]
+    for p in weights:
+        p.requires_grad_(True)
+    run = cfg.run
+    optimizer = torch.optim.AdamW([{"params": [p for p in weights if p.ndim >= 2], "weight_decay": run.weight_decay},
+                                   {"params": [p for p in weights if p.ndim < 2], "weight_decay": 0.0}],
+                                  lr=lr or run.lr, betas=(0.9, 0.95), fused=ranks.device.type == "cuda")
+    compile_for_training(model, cfg, ranks.device)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc="predictors", unit="step", dynamic_ncols=True)
+    model.train()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = fit_rate(step, steps, lr or run.lr, run.min_lr)
+        # The model's own loss carries no gradient here: only the predictors' cross-entropy does.
+        train_step(model, model, optimizer, step_sequences(corpus.train, step, run.batch, run.context), cfg, ranks)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    after = evaluate(model, corpus, cfg, ranks)
+    return {"steps": steps, "tokens": steps * run.batch * run.context, "lr": lr or run.lr, "min_lr": run.min_lr,
+            "before": {k: before[k] for k in REPORTED}, "after": {k: after[k] for k in REPORTED}}
