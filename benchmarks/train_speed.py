@@ -7,9 +7,10 @@ experiment's batch after `--warmup` steps (compilation, and with `--data` the fi
 training, which give the attention the peaked shape the gate works on); random tokens of its vocabulary
 without `--data`. Tokens/s counts the timed steps only, with the device synchronized; peak memory is
 the allocator's; what torch.compile did (frames compiled, frames given up at the recompile limit) is
-counted over the arm's steps; `--profile` adds one step's device time by kernel, the device's busy time against
-the timed step (well below 1: the host, not the GPU, sets the pace) and the host synchronisations that
-step makes (torch's sync debug mode), which is where a host-bound arm loses its time.
+counted over the arm's steps; `--profile` adds one step's device time by operator and kernel, the
+device's busy time against the timed step (when well below 1, the host, not the GPU, sets the pace)
+and the host synchronisations that step makes (torch's sync debug mode), which is where a host-bound
+arm loses its time.
 Ratios are against the first arm (dense) of the same run. The selection is timed apart on the
 probabilities of one layer: the sort-free Triton kernels against the golden model's sort-based `select`,
 and the attention over the kept keys: `gpu_kernels.kept_attention` and SDPA under the mask against dense
@@ -44,12 +45,15 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
     into `hpu_routed`'s kernel, so that one run says which of the two is faster at this shape."""
     arm = cfg.arm(name)
     run = cfg.run
-    if every_row and arm.implementation == arm.attention:
+    if every_row and not gathers(arm):
         raise ValueError(f"arm {name} does not gather routed rows: nothing to compute on every row instead")
     implementation = arm.attention if every_row else arm.implementation
     model = build_model(cfg, arm, corpus or _Vocabulary(cfg.data.vocab_size), seed=0).to(device)
     if every_row:
         model.set_attn_implementation(implementation)
+        # transformers declines (with a warning only) for a model it judges cannot switch.
+        if model.config._attn_implementation != implementation:
+            raise RuntimeError(f"{name}: the model kept attention {model.config._attn_implementation!r}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, fused=device.type == "cuda")
     compile_for_training(model, cfg, device)   # each arm afresh, as its own training process does
     noise = np.random.default_rng(0).integers(0, cfg.data.vocab_size, (run.batch, run.context + 1))
@@ -92,20 +96,32 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
             **({"device_busy": profiled["device_ms"] / (1e3 * elapsed / steps)} if profiled else {})}
 
 
+def gathers(arm) -> bool:
+    """Whether an arm's routed rows are gathered into their own kernel (`hpu_routed`) rather than
+    computed with every row by its attention."""
+    return arm.implementation != arm.attention
+
+
 def _dynamo_counts() -> dict[str, int]:
-    """torch.compile's process-wide tallies: frames it saw, frames it compiled, and frames it gave up
-    on at the recompile limit (which then run eagerly, silently: a host-bound step's usual cause)."""
+    """torch.compile's process-wide tallies: its compile attempts (frames not found in its cache), the
+    frames it compiled, and the code objects it gave up on at the recompile limit (their frames then
+    run eagerly, silently: a host-bound step's usual cause). Older torch names that limit the cache
+    limit."""
     from torch._dynamo.utils import counters
 
+    def at_limit(reason: str) -> bool:
+        reason = reason.lower()
+        return "limit exceeded" in reason and ("recompile" in reason or "cache" in reason)
+
     return {"frames": counters["frames"]["total"], "compiled": counters["frames"]["ok"],
-            "recompile_limit": sum(n for reason, n in counters["unimplemented"].items()
-                                   if "recompile limit" in reason.lower())}
+            "recompile_limit": sum(n for reason, n in counters["unimplemented"].items() if at_limit(reason))}
 
 
 def _profile(step, device: torch.device, top: int = 25) -> dict:
-    """One step's device time by kernel, the largest first (self time, so nothing counts twice); the
-    device time of every kernel summed; and on a GPU how many times the step made the host wait for the
-    device (``torch.cuda.set_sync_debug_mode``: item(), nonzero(), copies to the host...)."""
+    """One step's device time by operator and by kernel (each row its self time; an operator's row
+    repeats its kernels' time), the largest first; the device time of the kernels alone, summed; and on
+    a GPU how many times the step made the host wait for the device (``torch.cuda.set_sync_debug_mode``:
+    item(), nonzero(), copies to the host...)."""
     import warnings
 
     from torch.autograd import DeviceType
@@ -115,21 +131,22 @@ def _profile(step, device: torch.device, top: int = 25) -> dict:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        mode = torch.cuda.get_sync_debug_mode() if cuda else None
         if cuda:
             torch.cuda.set_sync_debug_mode("warn")
         try:
             step()
         finally:
             if cuda:
-                torch.cuda.set_sync_debug_mode("default")
+                torch.cuda.set_sync_debug_mode(mode)
                 torch.cuda.synchronize()
     rows, busy = [], 0.0
     for event in prof.key_averages():
         ms = getattr(event, "self_device_time_total", 0) / 1e3
         if ms > 0:
             rows.append({"kernel": event.key[:120], "ms": round(ms, 3), "calls": event.count})
-        if event.device_type == DeviceType.CUDA:
-            busy += ms   # the kernels themselves, not the operators that launched them
+        if event.device_type == DeviceType.CUDA and not event.is_user_annotation:
+            busy += ms   # kernels, not the operators that launched them nor record_function's GPU spans
     syncs = sum("synchroniz" in str(w.message) for w in caught) if cuda else None
     return {"kernels": sorted(rows, key=lambda r: -r["ms"])[:top], "device_ms": busy, "host_syncs": syncs}
 
@@ -211,7 +228,7 @@ def main(argv=None) -> int:
         corpus = prepare(dataclasses.replace(cfg.data, source=args.data), progress=False)
     runs = [(name, False) for name in args.arms]
     if args.every_row:
-        runs += [(name, True) for name in args.arms if cfg.arm(name).implementation != cfg.arm(name).attention]
+        runs += [(name, True) for name in args.arms if gathers(cfg.arm(name))]
     arms = []
     for name, every_row in runs:
         arms.append(arm_speed(cfg, name, args.steps, args.warmup, device, corpus, args.profile, every_row))

@@ -172,14 +172,16 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace):
-    import dataclasses
-
     from training.config import TrainConfig
 
-    cfg = TrainConfig.load(args.config)
-    if getattr(args, "data", None):
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=args.data))
-    return cfg
+    return _with_data(TrainConfig.load(args.config), getattr(args, "data", None))
+
+
+def _with_data(cfg, data: str | None):
+    """The experiment with its text read from `data` (a folder or a data pack) when one is given."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data)) if data else cfg
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -226,20 +228,21 @@ def cmd_train_report(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_predictors(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from hpu.files import read_json, write_json
     from training import data, predictors, routing
     from training.config import TrainConfig
-    from training.loop import MODEL, RESULT, save_checkpoint, start_ranks, versions
+    from training.loop import MODEL, RESULT, save_checkpoint, start_ranks, versions, world_size
 
-    run = read_json(Path(args.run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
-    cfg = TrainConfig.from_dict(run["config"])
-    if args.data:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=args.data))
-    ranks = start_ranks()
-    if ranks.world > 1:
+    if world_size() > 1:
         raise InputError("fit-predictors runs on one device: start it without torchrun")
+    run = read_json(Path(args.run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
+    if not run.get("router"):
+        raise InputError(f"{args.run} is a run of arm {run['arm']}, which has no routers: take a run of an arm with "
+                         "`route`")
+    if Path(args.output).resolve() == Path(args.run).resolve():
+        raise InputError("-o names the run's own folder, whose checkpoint the fit would replace: choose another")
+    cfg = _with_data(TrainConfig.from_dict(run["config"]), args.data)
+    ranks = start_ranks()
     corpus = data.prepare(cfg.data, progress=not args.quiet)
     if corpus.fingerprint != run["data"]:
         raise InputError(f"the text given is not the token stream {args.run} trained on: pass the run's --data")
@@ -259,8 +262,6 @@ def cmd_fit_predictors(args: argparse.Namespace) -> int:
 
 
 def cmd_train_hardware(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from golden_model.quantize import clipping_note
     from hpu.files import read_json, write_json
     from training import data, hardware
@@ -273,10 +274,7 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
     gated, routed = hardware.trained_with(model)
     # A dense run gets the configuration's gate after the fact: how sparse the rule finds it.
     gate = gated or not routed
-    text = TrainConfig.from_dict(run["config"]).data
-    if args.data:
-        text = dataclasses.replace(text, source=args.data)
-    corpus = data.prepare(text, progress=not args.quiet)
+    corpus = data.prepare(_with_data(TrainConfig.from_dict(run["config"]), args.data).data, progress=not args.quiet)
     splits = {split: stream for split, stream in sorted(corpus.val.items()) if len(stream) > args.length}
     with claim(args.output, "report folder", ("hardware.json", "rows-*.npz")):
         result = {split: {} for split in splits}
@@ -305,6 +303,16 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
 
 
 # -- argument types: a bad value is refused by argparse with the option's name ------------------
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive, finite number")
+    return value
+
 
 def _positive(text: str) -> int:
     try:
@@ -504,11 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", help="the run's text from this folder or data pack instead of its "
                    "experiment's [data] source (it must be the same token stream)")
     p.add_argument("--steps", type=_positive, default=300, help="optimizer steps of the run's batch")
-    p.add_argument("--lr", type=float, help="peak learning rate, decaying to the run's min_lr (default: the run's lr)")
+    p.add_argument("--lr", type=_positive_float, help="peak learning rate, decaying to the run's min_lr (default: the run's lr)")
     p.add_argument("-o", "--output", default="out/fit-predictors", help="folder for the checkpoint (model/) and "
                    "predictors.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_fit_predictors, memory_hint="the run's micro_batch sets the memory a step takes")
+    p.set_defaults(func=cmd_fit_predictors)
     return parser
 
 

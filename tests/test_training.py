@@ -697,6 +697,21 @@ def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
         report.summarize(report.collect(tmp_path / "runs"))
 
 
+def test_a_report_without_a_dense_arm_has_no_gaps(tmp_path):
+    """Gated runs alone report their losses and kept fractions, and no gap (nothing to pair with)."""
+    from hpu.files import write_json
+    from training import report
+
+    for seed, loss in ((1, 3.05), (2, 3.27)):
+        (tmp_path / "runs" / f"mass50-seed{seed}").mkdir(parents=True)
+        write_json(tmp_path / "runs" / f"mass50-seed{seed}" / RESULT, _result("mass50", seed, loss))
+    (tmp_path / "out").mkdir()
+    summary = report.report(tmp_path / "runs", tmp_path / "out")
+    assert summary["baseline"] is None and "gap_over_training" not in summary["arms"]["mass50"]
+    assert summary["arms"]["mass50"]["loss"]["values"] == [3.05, 3.27]
+    assert (tmp_path / "out" / report.PLOT).stat().st_size > 0
+
+
 # -- the learned router -------------------------------------------------------------------------------
 
 def test_router_top_k_per_block_is_the_hpu_routing_step(seed):
@@ -900,7 +915,7 @@ def test_fit_predictors_moves_the_predictors_only(routed_checkpoint, gated_check
     """`hpu fit-predictors` trains the finished run's predictors alone: every other weight of the
     checkpoint it writes is the run's, bit for bit, so the loss by the top-k is unchanged; the predictors
     move, and their agreement with the top-k on the held-out text rises. A run without routers, or
-    another token stream, is refused in one line."""
+    another token stream, is refused in one line, as is an output folder that is the run's own."""
     from safetensors.torch import load_file
 
     from hpu.cli import main
@@ -921,8 +936,14 @@ def test_fit_predictors_moves_the_predictors_only(routed_checkpoint, gated_check
     assert len(routing.routers(routing.load(out / "model"))) == 1
     assert "by the predictors" in capsys.readouterr().out
 
-    assert main(["fit-predictors", str(gated_checkpoint.parent), "-o", str(tmp_path / "no")]) == 2
+    assert main(["fit-predictors", str(gated_checkpoint.parent), "-o", str(out)]) == 2
     assert "has no routers" in capsys.readouterr().err
+    assert (out / "predictors.json").exists()   # refused before anything was cleared
+    assert main(["fit-predictors", str(routed_checkpoint.parent), "-o", str(routed_checkpoint.parent)]) == 2
+    assert "the run's own folder" in capsys.readouterr().err and (routed_checkpoint / "model.safetensors").exists()
+    with pytest.raises(SystemExit):
+        main(["fit-predictors", str(routed_checkpoint.parent), "--lr", "0"])
+    assert "must be a positive, finite number" in capsys.readouterr().err
     (tmp_path / "other").mkdir()
     for i in range(10):
         (tmp_path / "other" / f"{i}.txt").write_text(f"other text entirely {i}, " * 400)

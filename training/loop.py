@@ -53,14 +53,14 @@ class Ranks:
         return self.rank == 0
 
 
-def _world() -> int:
+def world_size() -> int:
     """The number of ranks torchrun started (1 without it)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def start_ranks() -> Ranks:
     """This process's rank from torchrun's environment (one rank without it); NCCL on GPUs, else gloo."""
-    world = _world()
+    world = world_size()
     if world == 1:
         return Ranks(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -415,7 +415,7 @@ def run_experiment(cfg: TrainConfig, root: str | Path, arms: list[str] | None = 
         ranks = start_ranks()
         corpus = prepare(cfg.data, progress=progress and ranks.main)
         return [train(cfg, cfg.arm(arm), seed, corpus, root, progress=progress, ranks=ranks) for arm, seed in pairs]
-    if _world() > 1:
+    if world_size() > 1:
         raise InputError("--jobs runs whole runs side by side on one device; under torchrun the ranks share "
                          "each run: leave --jobs out")
     prepare(cfg.data, progress=progress)   # once, here: the workers read the cache

@@ -34,7 +34,9 @@ def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: R
                    progress: bool = False) -> dict:
     """Train `model`'s predictors alone for `steps` optimizer steps of the run's batch, on its training
     stream from the start, at `lr` (default: the run's peak) decaying to the run's min_lr, weight decay
-    as in training. Returns training's evaluation of the held-out text before and after (`REPORTED`).
+    as in training. The gradient norm is clipped at the run's grad_clip as in training, though over
+    the predictors alone (training clipped the whole model's). Returns training's evaluation of the
+    held-out text before and after (`REPORTED`).
 
     Raises
     ------
@@ -46,15 +48,16 @@ def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: R
         raise InputError("the model has no routers: fit the predictors of a routed run (an arm with `route`)")
     if steps < 1:
         raise InputError(f"steps = {steps}: fit for at least one step")
+    run = cfg.run
+    lr = run.lr if lr is None else lr
     before = evaluate(model, corpus, cfg, ranks)
     model.requires_grad_(False)
     weights = [p for r in chosen for p in r.predictor.parameters()]
     for p in weights:
         p.requires_grad_(True)
-    run = cfg.run
     optimizer = torch.optim.AdamW([{"params": [p for p in weights if p.ndim >= 2], "weight_decay": run.weight_decay},
                                    {"params": [p for p in weights if p.ndim < 2], "weight_decay": 0.0}],
-                                  lr=lr or run.lr, betas=(0.9, 0.95), fused=ranks.device.type == "cuda")
+                                  lr=lr, betas=(0.9, 0.95), fused=ranks.device.type == "cuda")
     compile_for_training(model, cfg, ranks.device)
     bar = None
     if progress:
@@ -64,7 +67,7 @@ def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: R
     model.train()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = fit_rate(step, steps, lr or run.lr, run.min_lr)
+            group["lr"] = fit_rate(step, steps, lr, run.min_lr)
         # The model's own loss carries no gradient here: only the predictors' cross-entropy does.
         train_step(model, model, optimizer, step_sequences(corpus.train, step, run.batch, run.context), cfg, ranks)
         if bar is not None:
@@ -72,5 +75,5 @@ def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: R
     if bar is not None:
         bar.close()
     after = evaluate(model, corpus, cfg, ranks)
-    return {"steps": steps, "tokens": steps * run.batch * run.context, "lr": lr or run.lr, "min_lr": run.min_lr,
+    return {"steps": steps, "tokens": steps * run.batch * run.context, "lr": lr, "min_lr": run.min_lr,
             "before": {k: before[k] for k in REPORTED}, "after": {k: after[k] for k in REPORTED}}

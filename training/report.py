@@ -106,7 +106,7 @@ def kept_over_training(runs: list[dict]) -> list[dict]:
 
 
 def gap_over_training(runs: list[dict], base: list[dict]) -> list[dict]:
-    """At each evaluation that every run of both arms recorded, over the seeds both ran: the arm's
+    """At each evaluation that every paired run recorded, over the seeds both arms ran: the arm's
     validation loss minus the baseline's at the same seed (same initial weights, same token order).
     Where along training a gap opens or closes is what a final figure cannot say."""
     by_seed = {r["seed"]: r for r in base}
@@ -245,17 +245,21 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     baseline = summary["baseline"]
-    others = [name for name in summary["arms"] if name != baseline]
-    palette = plt.cm.tab20(np.linspace(0, 1, 20))
+    others = sorted(name for name in summary["arms"] if name != baseline)
+    # tab20's even entries first: neighbouring arms get different hues, not a dark and a light one.
+    palette = plt.cm.tab20(np.r_[0:20:2, 1:20:2] / 19)
     styles = {name: {"color": palette[i % 20], "lw": 1.1, "ls": "--" if summary["arms"][name].get("router") else "-"}
-              for i, name in enumerate(sorted(others))}
-    styles[baseline] = {"color": "black", "lw": 1.6, "ls": "-"}
+              for i, name in enumerate(others)}
+    order = others
+    if baseline is not None:
+        styles[baseline] = {"color": "black", "lw": 1.6, "ls": "-"}
+        order = [baseline, *others]
     fig, axes = plt.subplots(2, 2, figsize=(17, 11))
     (train_ax, val_ax), (gap_ax, kept_ax) = axes
     arms: dict[str, list[dict]] = {}
     for run in sorted(runs, key=lambda r: r["seed"]):
         arms.setdefault(run["arm"], []).append(run)
-    for name in [baseline, *sorted(others)]:
+    for name in order:
         rs, row = arms[name], summary["arms"][name]
         label = f"{name} ({len(rs)} seed{'s' if len(rs) > 1 else ''})"
         curves = [c for c in map(_smoothed_train, rs) if c is not None]
@@ -270,11 +274,11 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
                 points = row[key]
                 _band(ax, [p["tokens"] for p in points], np.transpose([p["values"] for p in points]).tolist(),
                       {**styles[name], "marker": "."}, label)
-    gap_ax.axhline(0, color="black", lw=1.0)
     for ax, title, ylabel in (
             (train_ax, "training loss (moving mean of 20 logs)", "loss (nats/token)"),
             (val_ax, "validation loss (held-out files)", "loss (nats/token)"),
-            (gap_ax, f"validation gap to {baseline} at the same seed", "arm − baseline (nats/token)"),
+            (gap_ax, f"validation gap to {baseline or 'a baseline (none here)'} at the same seed",
+             "arm − baseline (nats/token)"),
             (kept_ax, "kept fraction (gated arms, held-out files)", "kept fraction of admissible keys")):
         ax.set_xlabel("tokens (M)")
         ax.set_ylabel(ylabel)
@@ -282,13 +286,14 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         if ax.lines:
             ax.legend(fontsize=8, ncol=2)
+    gap_ax.axhline(0, color="black", lw=1.0)
     kept_ax.set_yscale("log")
     lows = [v["loss"] for r in runs for v in r["history"]["val"][1:]] or [0]
     val_ax.set_ylim(min(lows) - 0.05, np.percentile(lows, 90) + 0.1)
     # The first evaluation (before any step) sets no gap worth the axis: zoom past it.
-    gaps = [p["mean"] for row in summary["arms"].values() for p in row.get("gap_over_training", [])[1:]]
+    gaps = [v for row in summary["arms"].values() for p in row.get("gap_over_training", [])[1:] for v in p["values"]]
     if gaps:
-        gap_ax.set_ylim(min(min(gaps), 0) - 0.05, max(gaps) + 0.05)
+        gap_ax.set_ylim(min(min(gaps), 0) - 0.05, max(max(gaps), 0) + 0.05)
     fig.tight_layout()
     with staged(path) as temp:
         fig.savefig(temp, format="png", dpi=110)
