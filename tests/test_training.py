@@ -547,6 +547,18 @@ def test_a_trained_model_through_the_hpu_fixed_point(gated_checkpoint, corpus):
         fixed_point_quality(gated_checkpoint, HPUConfig(), corpus.train, sequences=1, length=32)
 
 
+def test_the_language_model_configuration_holds_its_scores_at_the_defaults_width_and_lut_step():
+    """configs/lm.toml is the default HPU with the score format `holding` names for the trained model's
+    scores (row tops up to 365) and its mass target: same width, same EXP_LUT step in nats."""
+    from conftest import REPO
+    from golden_model.quantize import holding, lut_step
+
+    default, lm = HPUConfig.load(f"{REPO}/configs/default.toml"), HPUConfig.load(f"{REPO}/configs/lm.toml")
+    assert holding(default, 365.0) == default.replace(score_frac=lm.score_frac, exp_shift=lm.exp_shift)
+    assert lm == default.replace(score_frac=6, exp_shift=2, mass_target=0.99) and holding(lm, 365.0) == lm
+    assert lut_step(lm) == lut_step(default) == 1 / 16
+
+
 def test_scores_outgrowing_the_score_format_are_reported_with_a_format_that_holds_them(gated_checkpoint, corpus,
                                                                                        tmp_path):
     """Scores past the score format's range clip rows, and the report says how many and how large;
