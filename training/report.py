@@ -212,7 +212,9 @@ def markdown(summary: dict) -> str:
                   "|---|" + "---|" * len(tokens)]
         for name, points in curves.items():
             at = {p["tokens"]: p["mean"] for p in points}
-            lines.append(f"| {name} | " + " | ".join("-" if t not in at else form.format(at[t]) for t in tokens) + " |")
+            # round, then + 0.0: a difference of -1e-17 prints as 0.000, not -0.000.
+            lines.append(f"| {name} | " + " | ".join("-" if t not in at else form.format(round(at[t], 3) + 0.0)
+                                                     for t in tokens) + " |")
     return "\n".join(lines) + "\n"
 
 
