@@ -255,7 +255,8 @@ def cmd_fit_predictors(args: argparse.Namespace) -> int:
                    {"run": str(args.run), "arm": run["arm"], "seed": run["seed"], **fit, "versions": versions()})
     for when in ("before", "after"):
         r = fit[when]
-        print(f"{when}: predictors agree with the top-k on {r['predictor_accuracy']:.4f} of held-out tokens; loss "
+        print(f"{when}: predictors agree with the top-k on {r['predictor_accuracy']:.4f} of held-out tokens and "
+              f"route {r['predicted_fraction']:.4f} of them (top-k {r['routed_fraction']:.4f}); loss "
               f"{r['loss']:.4f} by the top-k, {r['loss_predicted']:.4f} by the predictors")
     print(f"checkpoint: {Path(args.output) / MODEL}")
     return 0

@@ -781,7 +781,13 @@ def test_routed_attention_scales_routed_rows_and_zeros_the_rest(mode):
     assert all(p.grad is None for p in router.predictor.parameters())
     routing.auxiliary_loss(routed).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in router.predictor.parameters())
-    assert routing.statistics(routed)["routed_fraction"] == 0.5
+    stats = routing.statistics(routed)
+    assert stats["routed_fraction"] == 0.5
+    # The predictors' own choice, uncapped: the share of tokens whose logit is positive, over layers.
+    predicted = torch.stack([(r.last["predicted"] > 0).float().mean() for r in routing.routers(routed)])
+    assert stats["predicted_fraction"] == float(predicted.mean())
+    assert stats["predictor_accuracy"] == float(torch.stack([((r.last["predicted"] > 0) == r.last["top"]).float().mean()
+                                                             for r in routing.routers(routed)]).mean())
     if mode == "skip":
         # A cache does not remember which earlier tokens were routed: refused, and decoding without one works.
         with routing.choosing(routed, "predictor"), torch.no_grad():

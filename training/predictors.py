@@ -22,7 +22,7 @@ from training.data import Corpus
 from training.loop import Ranks, compile_for_training, evaluate, step_sequences, train_step
 
 # What the fit reports of training's evaluation, before and after.
-REPORTED = ("loss", "predictor_accuracy", "loss_predicted", "routed_fraction")
+REPORTED = ("loss", "predictor_accuracy", "predicted_fraction", "loss_predicted", "routed_fraction")
 
 
 def fit_rate(step: int, steps: int, lr: float, min_lr: float) -> float:

@@ -143,7 +143,7 @@ def summarize(runs: list[dict]) -> dict:
         if row["gate"] is not None:
             row["kept_over_training"] = kept_over_training(rs)
         for key in EVALUATED:
-            if key in rs[0]["final"]:
+            if all(key in r["final"] for r in rs):   # runs before a figure was recorded lack it
                 row[key] = _stats([r["final"][key] for r in rs])
         # The whole held-out loss and each split's (loss_code, ...); the router's losses are figures above.
         for split in ("loss", *sorted(k for k in rs[0]["final"] if k.startswith("loss_") and k not in EVALUATED)):

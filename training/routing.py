@@ -53,8 +53,8 @@ LAYERS = ("all", "alternate")
 PREDICTOR_WIDTH = 64
 # What an evaluation records of a routed model (`statistics`, and the loss when the predictors or the
 # HPU's step route), in this order.
-EVALUATED = ("predictor_accuracy", "routed_fraction", "attention_fraction", "hpu_agreement", "loss_predicted",
-             "loss_hpu")
+EVALUATED = ("predictor_accuracy", "predicted_fraction", "routed_fraction", "attention_fraction", "hpu_agreement",
+             "loss_predicted", "loss_hpu")
 
 
 @dataclass(frozen=True)
@@ -340,8 +340,8 @@ def auxiliary_loss(model) -> torch.Tensor | None:
 
 
 def statistics(model) -> dict[str, float]:
-    """Of the last forward pass: the routed fraction, how often each predictor agrees with the top-k,
-    and the attention FLOPs (score and value products) as a fraction of dense causal attention,
+    """Of the last forward pass: the routed fraction, how often each predictor agrees with the top-k and
+    the share of tokens it would route (decoding does not hold the top-k's capacity), and the attention FLOPs (score and value products) as a fraction of dense causal attention,
     counted from the positions routed (sqdk: routed rows over all their keys; skip: over routed keys
     and themselves; with a window, unrouted rows over their window), unrouted layers counting whole;
     when evaluating, the share of tokens on which the HPU's routing step (quantized scores) agrees
@@ -360,7 +360,9 @@ def statistics(model) -> dict[str, float]:
     chosen = [r.last for r in chosen]
     agree = torch.stack([((last["predicted"] > 0) == last["top"]).float().mean() for last in chosen])
     routed = torch.stack([last["top"].float().mean() for last in chosen])
-    stats = {"predictor_accuracy": float(agree.mean()), "routed_fraction": float(routed.mean()),
+    predicted = torch.stack([(last["predicted"] > 0).float().mean() for last in chosen])
+    stats = {"predictor_accuracy": float(agree.mean()), "predicted_fraction": float(predicted.mean()),
+             "routed_fraction": float(routed.mean()),
              "attention_fraction": (layers - len(work) + sum(work)) / layers}
     if all("hpu" in last for last in chosen):
         stats["hpu_agreement"] = float(torch.stack([(last["hpu"] == last["top"]).float().mean()
