@@ -20,7 +20,6 @@ causal SDPA (random q and k: nearly every tile keeps a key, unlike a trained mod
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import numpy as np
@@ -225,7 +224,7 @@ def main(argv=None) -> int:
     if args.data:
         from training.data import prepare
 
-        corpus = prepare(dataclasses.replace(cfg.data, source=args.data), progress=False)
+        corpus = prepare(cfg.with_source(args.data).data, progress=False)
     runs = [(name, False) for name in args.arms]
     if args.every_row:
         runs += [(name, True) for name in args.arms if gathers(cfg.arm(name))]

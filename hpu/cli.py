@@ -174,14 +174,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _experiment(args: argparse.Namespace):
     from training.config import TrainConfig
 
-    return _with_data(TrainConfig.load(args.config), getattr(args, "data", None))
-
-
-def _with_data(cfg, data: str | None):
-    """The experiment with its text read from `data` (a folder or a data pack) when one is given."""
-    import dataclasses
-
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data)) if data else cfg
+    return TrainConfig.load(args.config).with_source(getattr(args, "data", None))
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -241,17 +234,17 @@ def cmd_fit_predictors(args: argparse.Namespace) -> int:
                          "`route`")
     if Path(args.output).resolve() == Path(args.run).resolve():
         raise InputError("-o names the run's own folder, whose checkpoint the fit would replace: choose another")
-    cfg = _with_data(TrainConfig.from_dict(run["config"]), args.data)
+    cfg = TrainConfig.from_dict(run["config"]).with_source(args.data)
     ranks = start_ranks()
     corpus = data.prepare(cfg.data, progress=not args.quiet)
     if corpus.fingerprint != run["data"]:
         raise InputError(f"the text given is not the token stream {args.run} trained on: pass the run's --data")
     model = routing.load(Path(args.run) / MODEL, attn_implementation=cfg.arm(run["arm"]).implementation)
-    with claim(args.output, "output folder", ("predictors.json", MODEL)):
+    with claim(args.output, "output folder", (predictors.RESULT, MODEL)):
         fit = predictors.fit_predictors(model.to(ranks.device), cfg, corpus, args.steps, ranks, args.lr,
                                         progress=not args.quiet)
         save_checkpoint(model, corpus, Path(args.output) / MODEL)
-        write_json(Path(args.output) / "predictors.json",
+        write_json(Path(args.output) / predictors.RESULT,
                    {"run": str(args.run), "arm": run["arm"], "seed": run["seed"], **fit, "versions": versions()})
     for when in ("before", "after"):
         r = fit[when]
@@ -275,7 +268,7 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
     gated, routed = hardware.trained_with(model)
     # A dense run gets the configuration's gate after the fact: how sparse the rule finds it.
     gate = gated or not routed
-    corpus = data.prepare(_with_data(TrainConfig.from_dict(run["config"]), args.data).data, progress=not args.quiet)
+    corpus = data.prepare(TrainConfig.from_dict(run["config"]).with_source(args.data).data, progress=not args.quiet)
     splits = {split: stream for split, stream in sorted(corpus.val.items()) if len(stream) > args.length}
     with claim(args.output, "report folder", ("hardware.json", "rows-*.npz")):
         result = {split: {} for split in splits}

@@ -211,6 +211,10 @@ class TrainConfig:
                 return arm
         raise ConfigError(f"no arm named {name!r}: the arms are {', '.join(a.name for a in self.arms)}")
 
+    def with_source(self, source: str | Path | None) -> "TrainConfig":
+        """This experiment with its text read from `source` (a folder or a data pack) when one is given."""
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, source=str(source))) if source else self
+
     def to_dict(self) -> dict:
         return {"model": dataclasses.asdict(self.model), "run": dataclasses.asdict(self.run),
                 "data": dataclasses.asdict(self.data),

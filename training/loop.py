@@ -93,8 +93,20 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     run = cfg.run
     if step < run.warmup_steps:
         return run.lr * (step + 1) / run.warmup_steps
-    progress = (step - run.warmup_steps) / max(1, run.steps - run.warmup_steps)
-    return run.min_lr + 0.5 * (run.lr - run.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cosine((step - run.warmup_steps) / max(1, run.steps - run.warmup_steps), run.lr, run.min_lr)
+
+
+def cosine(progress: float, high: float, low: float) -> float:
+    """From `high` at progress 0 to `low` at progress 1 (and after) along a half cosine."""
+    return low + 0.5 * (high - low) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def adamw(parameters, cfg: TrainConfig, device: torch.device, lr: float) -> torch.optim.AdamW:
+    """Training's optimizer over `parameters`: weight decay on matrices only, fused on a GPU."""
+    parameters = list(parameters)
+    return torch.optim.AdamW([{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": cfg.run.weight_decay},
+                              {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
 def permeability(step: int, cfg: TrainConfig, arm: Arm) -> float:
@@ -285,11 +297,7 @@ def train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, root: str | Pat
 def _train(cfg: TrainConfig, arm: Arm, seed: int, corpus: Corpus, folder: Path, fingerprint: str, progress: bool,
            ranks: Ranks) -> dict:
     model = build_model(cfg, arm, corpus, seed).to(ranks.device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.run.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=cfg.run.lr, betas=(0.9, 0.95),
-                                  fused=ranks.device.type == "cuda")
+    optimizer = adamw(model.parameters(), cfg, ranks.device, cfg.run.lr)
     history = {"train": [], "val": []}
     start, tokens_seen, train_seconds = 0, 0, 0.0
     state_path = folder / STATE

@@ -11,23 +11,15 @@ evaluation as training's: the predictors' agreement with the top-k and the loss 
 
 from __future__ import annotations
 
-import math
-
-import torch
-
 from hpu.errors import InputError
 from training import routing
 from training.config import TrainConfig
 from training.data import Corpus
-from training.loop import Ranks, compile_for_training, evaluate, step_sequences, train_step
+from training.loop import Ranks, adamw, compile_for_training, cosine, evaluate, step_sequences, train_step
 
-# What the fit reports of training's evaluation, before and after.
+# What the fit reports of training's evaluation, before and after, and the file it writes them to.
 REPORTED = ("loss", "predictor_accuracy", "predicted_fraction", "loss_predicted", "routed_fraction")
-
-
-def fit_rate(step: int, steps: int, lr: float, min_lr: float) -> float:
-    """Cosine from `lr` to `min_lr` over the fit, no warm-up: the predictors start trained."""
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(1, steps - 1)))
+RESULT = "predictors.json"
 
 
 def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: Ranks, lr: float | None = None,
@@ -55,9 +47,7 @@ def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: R
     weights = [p for r in chosen for p in r.predictor.parameters()]
     for p in weights:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW([{"params": [p for p in weights if p.ndim >= 2], "weight_decay": run.weight_decay},
-                                   {"params": [p for p in weights if p.ndim < 2], "weight_decay": 0.0}],
-                                  lr=lr, betas=(0.9, 0.95), fused=ranks.device.type == "cuda")
+    optimizer = adamw(weights, cfg, ranks.device, lr)
     compile_for_training(model, cfg, ranks.device)
     bar = None
     if progress:
@@ -66,8 +56,8 @@ def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: R
         bar = tqdm(total=steps, desc="predictors", unit="step", dynamic_ncols=True)
     model.train()
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = fit_rate(step, steps, lr, run.min_lr)
+        for group in optimizer.param_groups:   # no warm-up: the predictors start trained
+            group["lr"] = cosine(step / max(1, steps - 1), lr, run.min_lr)
         # The model's own loss carries no gradient here: only the predictors' cross-entropy does.
         train_step(model, model, optimizer, step_sequences(corpus.train, step, run.batch, run.context), cfg, ranks)
         if bar is not None:

@@ -98,11 +98,20 @@ def _kept_history(run: dict) -> dict[int, float]:
     return {v["tokens"]: v["kept_fraction"] for v in run["history"]["val"] if "kept_fraction" in v}
 
 
+def _val_history(run: dict) -> dict[int, float]:
+    """A run's validation loss at each evaluation, by tokens seen."""
+    return {v["tokens"]: v["loss"] for v in run["history"]["val"]}
+
+
+def _shared(histories: list[dict[int, float]]) -> list[int]:
+    """The evaluations (tokens seen) that every one of `histories` recorded, in order."""
+    return sorted(set.intersection(*(set(h) for h in histories)))
+
+
 def kept_over_training(runs: list[dict]) -> list[dict]:
     """The kept fraction at each evaluation that every one of `runs` (an arm's seeds) recorded, over seeds."""
     points = [_kept_history(r) for r in runs]
-    shared = sorted(set.intersection(*(set(p) for p in points)))
-    return [{"tokens": t, **_stats([p[t] for p in points])} for t in shared]
+    return [{"tokens": t, **_stats([p[t] for p in points])} for t in _shared(points)]
 
 
 def gap_over_training(runs: list[dict], base: list[dict]) -> list[dict]:
@@ -113,10 +122,9 @@ def gap_over_training(runs: list[dict], base: list[dict]) -> list[dict]:
     pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
     if not pairs:
         return []
-    histories = [{v["tokens"]: v["loss"] for v in run["history"]["val"]} for pair in pairs for run in pair]
-    shared = sorted(set.intersection(*(set(h) for h in histories)))
+    histories = [_val_history(run) for pair in pairs for run in pair]
     return [{"tokens": t, **_stats([arm[t] - baseline[t] for arm, baseline in zip(histories[::2], histories[1::2])])}
-            for t in shared]
+            for t in _shared(histories)]
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -268,8 +276,8 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
         shortest = min((len(c[0]) for c in curves), default=0)
         if shortest:
             _band(train_ax, curves[0][0][:shortest], [c[1][:shortest] for c in curves], styles[name], label)
-        histories = [{v["tokens"]: v["loss"] for v in r["history"]["val"]} for r in rs]
-        shared = sorted(set.intersection(*(set(h) for h in histories)))
+        histories = [_val_history(r) for r in rs]
+        shared = _shared(histories)
         _band(val_ax, shared, [[h[t] for t in shared] for h in histories], {**styles[name], "marker": "."}, label)
         for key, ax in (("gap_over_training", gap_ax), ("kept_over_training", kept_ax)):
             if row.get(key):

@@ -358,10 +358,11 @@ def statistics(model) -> dict[str, float]:
         near = seen.clamp(max=r.cfg.route_window)  # an unrouted row's window (none without one)
         work.append(float((top * keys + (1 - top) * near).sum() / (seen.sum() * top.shape[0])))
     chosen = [r.last for r in chosen]
-    agree = torch.stack([((last["predicted"] > 0) == last["top"]).float().mean() for last in chosen])
+    predicted = [last["predicted"] > 0 for last in chosen]   # decoding's choice, uncapped
+    agree = torch.stack([(p == last["top"]).float().mean() for p, last in zip(predicted, chosen)])
     routed = torch.stack([last["top"].float().mean() for last in chosen])
-    predicted = torch.stack([(last["predicted"] > 0).float().mean() for last in chosen])
-    stats = {"predictor_accuracy": float(agree.mean()), "predicted_fraction": float(predicted.mean()),
+    stats = {"predictor_accuracy": float(agree.mean()),
+             "predicted_fraction": float(torch.stack([p.float().mean() for p in predicted]).mean()),
              "routed_fraction": float(routed.mean()),
              "attention_fraction": (layers - len(work) + sum(work)) / layers}
     if all("hpu" in last for last in chosen):
