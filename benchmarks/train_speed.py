@@ -38,21 +38,11 @@ class _Vocabulary:
 
 
 def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torch.device, corpus=None,
-              profile: bool = False, every_row: bool = False) -> dict:
-    """One arm's training throughput. `every_row`: a routed arm computes every row's attention through
-    SDPA (the router zeroes the unrouted rows: the same function) instead of gathering its routed rows
-    into `hpu_routed`'s kernel, so that one run says which of the two is faster at this shape."""
+              profile: bool = False) -> dict:
+    """One arm's training throughput."""
     arm = cfg.arm(name)
     run = cfg.run
-    if every_row and not gathers(arm):
-        raise ValueError(f"arm {name} does not gather routed rows: nothing to compute on every row instead")
-    implementation = arm.attention if every_row else arm.implementation
     model = build_model(cfg, arm, corpus or _Vocabulary(cfg.data.vocab_size), seed=0).to(device)
-    if every_row:
-        model.set_attn_implementation(implementation)
-        # transformers declines (with a warning only) for a model it judges cannot switch.
-        if model.config._attn_implementation != implementation:
-            raise RuntimeError(f"{name}: the model kept attention {model.config._attn_implementation!r}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, fused=device.type == "cuda")
     compile_for_training(model, cfg, device)   # each arm afresh, as its own training process does
     noise = np.random.default_rng(0).integers(0, cfg.data.vocab_size, (run.batch, run.context + 1))
@@ -87,18 +77,12 @@ def arm_speed(cfg: TrainConfig, name: str, steps: int, warmup: int, device: torc
     del model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"arm": f"{name} (every row)" if every_row else name, "attention": implementation,
+    return {"arm": name, "attention": arm.attention,
             "steps": steps,
             "tokens_per_s": steps * run.batch * run.context / elapsed, "step_ms": 1e3 * elapsed / steps,
             "peak_memory_gib": peak, "warmup_on": "noise" if corpus is None else "text",
             "kept_fraction": kept.fraction, "dynamo": dynamo, **profiled,
             **({"device_busy": profiled["device_ms"] / (1e3 * elapsed / steps)} if profiled else {})}
-
-
-def gathers(arm) -> bool:
-    """Whether an arm's routed rows are gathered into their own kernel (`hpu_routed`) rather than
-    computed with every row by its attention."""
-    return arm.implementation != arm.attention
 
 
 def _dynamo_counts() -> dict[str, int]:
@@ -214,8 +198,6 @@ def main(argv=None) -> int:
     parser.add_argument("--data", metavar="PATH", help="train on this text (the experiment's source, a folder or "
                         "a pack) instead of random tokens, so the attention the gate sees is a trained one")
     parser.add_argument("--profile", action="store_true", help="also record one step's device time by kernel")
-    parser.add_argument("--every-row", action="store_true", help="also time each arm that gathers its routed rows "
-                        "with every row's attention computed by SDPA instead")
     parser.add_argument("-o", "--output", default="benchmarks/results/train_speed.json", help="JSON to write")
     args = parser.parse_args(argv)
     cfg = TrainConfig.load(args.config)
@@ -225,12 +207,9 @@ def main(argv=None) -> int:
         from training.data import prepare
 
         corpus = prepare(cfg.with_source(args.data).data, progress=False)
-    runs = [(name, False) for name in args.arms]
-    if args.every_row:
-        runs += [(name, True) for name in args.arms if gathers(cfg.arm(name))]
     arms = []
-    for name, every_row in runs:
-        arms.append(arm_speed(cfg, name, args.steps, args.warmup, device, corpus, args.profile, every_row))
+    for name in args.arms:
+        arms.append(arm_speed(cfg, name, args.steps, args.warmup, device, corpus, args.profile))
         arms[-1]["vs_first"] = arms[-1]["tokens_per_s"] / arms[0]["tokens_per_s"]
         print(f"{arms[-1]['arm']}: {arms[-1]['tokens_per_s']:,.0f} tokens/s ({arms[-1]['vs_first']:.2f}x {args.arms[0]}), "
               f"peak {arms[-1]['peak_memory_gib']} GiB, kept {arms[-1]['kept_fraction']:.3f}", flush=True)
@@ -240,7 +219,7 @@ def main(argv=None) -> int:
         for row in arms[-1].get("kernels", [])[:12]:
             print(f"    {row['ms']:8.3f} ms {row['calls']:4d}x {row['kernel']}")
     selection = [selection_speed(cfg, name, device) for name in args.arms
-                 if cfg.arm(name).attention != "sdpa"] if device.type == "cuda" else []
+                 if cfg.arm(name).attention == attention.NAME] if device.type == "cuda" else []
     for s in selection:
         print(f"selection {s['arm']}: {s['layer_ms']}, rows differing {s['rows_differing']} of {s['rows']} "
               f"({s['keys_differing']} keys)", flush=True)

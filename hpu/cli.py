@@ -239,7 +239,7 @@ def cmd_fit_predictors(args: argparse.Namespace) -> int:
     corpus = data.prepare(cfg.data, progress=not args.quiet)
     if corpus.fingerprint != run["data"]:
         raise InputError(f"the text given is not the token stream {args.run} trained on: pass the run's --data")
-    model = routing.load(Path(args.run) / MODEL, attn_implementation=cfg.arm(run["arm"]).implementation)
+    model = routing.load(Path(args.run) / MODEL, attn_implementation=cfg.arm(run["arm"]).attention)
     with claim(args.output, "output folder", (predictors.RESULT, MODEL)):
         fit = predictors.fit_predictors(model.to(ranks.device), cfg, corpus, args.steps, ranks, args.lr,
                                         progress=not args.quiet)

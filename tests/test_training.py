@@ -513,6 +513,9 @@ def test_bad_experiments_are_refused_in_one_line(data_config):
         ({**base, "arms": {"x": {"route": "sqdk", "route_fraction": 0}}}, "route_fraction"),
         ({**base, "arms": {"x": {"route": "skip", "route_block": 5}}}, "must divide the context (32)"),
         ({**base, "arms": {"x": {"route": "sqdk", "route_layers": "odd"}}}, "route_layers = 'odd'"),
+        ({**base, "arms": {"x": {"attention": "hpu_routed"}}}, "[arms.x] attention = 'hpu_routed': gathers"),
+        ({**base, "arms": {"x": {"attention": "hpu_routed", "route": "skip"}}}, "add route = \"sqdk\""),
+        ({**base, "arms": {"x": {"attention": "hpu_routed", "route": "sqdk", "route_window": 4}}}, "no route_window"),
     ]:
         with pytest.raises(ConfigError) as error:
             TrainConfig.from_dict(table)
@@ -1115,16 +1118,14 @@ def test_train_speed_times_the_loops_own_step(data_config, corpus):
     cfg = tiny_experiment(data_config)
     table = cfg.to_dict()
     table["arms"]["sqdk50"] = {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.5, "route_block": 16}
+    table["arms"]["sqdk50_gathered"] = {**table["arms"]["sqdk50"], "attention": "hpu_routed"}
     cfg = TrainConfig.from_dict(table)
-    for name in ("mass50", "sqdk50"):
+    for name in ("mass50", "sqdk50", "sqdk50_gathered"):
         result = arm_speed(cfg, name, steps=1, warmup=1, device=torch.device("cpu"), corpus=corpus, profile=True)
         assert result["arm"] == name and result["steps"] == 1 and result["tokens_per_s"] > 0
+        assert result["attention"] == cfg.arm(name).attention
         assert 0 < result["kept_fraction"] <= 1 and result["warmup_on"] == "text"
         # On the CPU nothing runs on a device: no device time, no host synchronisation to count.
         assert result["device_ms"] == 0 and result["device_busy"] == 0 and result["host_syncs"] is None
         assert result["kernels"] == []
         assert result["dynamo"] == {"frames": 0, "compiled": 0, "recompile_limit": 0}   # compiled on GPUs only
-    every = arm_speed(cfg, "sqdk50", steps=1, warmup=1, device=torch.device("cpu"), corpus=corpus, every_row=True)
-    assert every["arm"] == "sqdk50 (every row)" and every["attention"] == "sdpa" and result["attention"] == "hpu_routed"
-    with pytest.raises(ValueError, match="does not gather"):
-        arm_speed(cfg, "mass50", steps=1, warmup=1, device=torch.device("cpu"), corpus=corpus, every_row=True)

@@ -32,7 +32,7 @@ from training.routing import MODES as ROUTE_MODES
 from training.routing import NAME as ROUTED_ATTENTION
 from training.routing import ROUTE_FIELDS, RouterConfig
 
-ATTENTIONS = ("sdpa", GATE_ATTENTION)
+ATTENTIONS = ("sdpa", GATE_ATTENTION, ROUTED_ATTENTION)
 
 
 def _refuse(table: str, name: str, value, rule: str):
@@ -139,6 +139,11 @@ class Arm:
             _refuse(f"arms.{self.name}", "attention", self.attention, f"gate fields need attention = {GATE_ATTENTION!r}")
         if self.attention == GATE_ATTENTION:
             self.hpu  # validated by HPUConfig now, not at the first step
+        if self.attention == ROUTED_ATTENTION and (self.router is None or self.router.route != "sqdk"
+                                                   or self.router.route_window):
+            _refuse(f"arms.{self.name}", "attention", self.attention,
+                    "gathers the routed queries of an sqdk router without a window: add route = \"sqdk\" "
+                    "(and no route_window), or use attention = \"sdpa\"")
 
     def table(self) -> dict:
         """The arm as its TOML table (an arm without a router has no route keys, as before routers)."""
@@ -148,14 +153,6 @@ class Arm:
     def hpu(self) -> HPUConfig:
         """The arm's target gate as the HPU's one configuration object."""
         return HPUConfig(**self.gate)
-
-    @property
-    def implementation(self) -> str:
-        """The model's ``attn_implementation``: an sqdk router on SDPA takes ``hpu_routed``, which computes
-        the routed rows only (the same result); otherwise the arm's attention."""
-        if self.router is not None and self.router.route == "sqdk" and self.attention == "sdpa":
-            return ROUTED_ATTENTION
-        return self.attention
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def build_model(cfg: TrainConfig, arm: Arm, corpus: Corpus, seed: int):
                          max_position_embeddings=cfg.run.context,
                          rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta},
                          bos_token_id=None, eos_token_id=corpus.eos_id, pad_token_id=None,
-                         tie_word_embeddings=True, attn_implementation=arm.implementation)
+                         tie_word_embeddings=True, attn_implementation=arm.attention)
     if arm.attention == attention.NAME:
         config.hpu_gate = {name: getattr(arm.hpu, name) for name in attention.GATE_FIELDS}
     torch.manual_seed(seed)
