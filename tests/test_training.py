@@ -881,7 +881,7 @@ def test_the_committed_runs_keep_their_fingerprints():
         assert cfg.fingerprint(cfg.arm(result["arm"])) == result["fingerprint"], path.parent.name
 
 
-def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_config, corpus, tmp_path):
+def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_config, corpus, tmp_path, capfd):
     """A routed arm trains; its evaluation carries the predictor's and the HPU's agreement, the routed
     and attention fractions and the predictor- and HPU-routed losses; the checkpoint reloads with its routers (same logits),
     and generation routes token by token through the predictors."""
@@ -908,7 +908,9 @@ def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_con
     from safetensors.torch import load_file
 
     folder = tmp_path / "sqdk50-seed1" / "model"
+    capfd.readouterr()
     model = routing.load(folder).eval()
+    assert "UNEXPECTED" not in "".join(capfd.readouterr())   # the routers' weights are expected ones
     saved = load_file(folder / "model.safetensors")
     trained = {name: tensor for name, tensor in model.state_dict().items() if ".router." in name}
     assert len(routing.routers(model)) == 2 and len(trained) == 2 * 6

@@ -395,21 +395,26 @@ def choosing(model, choice: str, route_bits: int | None = None):
 def load(path, **kwargs):
     """A checkpoint written by `hpu train`, its routers reattached with their trained weights."""
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from training import attention
 
     attention.register()
     register()
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    state = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        state.update(load_file(file))
+    # The routers are not the model class's own modules: transformers is handed the weights it owns
+    # only, so that its load report does not list the routers' as unexpected.
+    trained = {name: state.pop(name) for name in list(state) if ".router." in name}
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM._model_mapping[type(config)].from_pretrained(None, config=config, state_dict=state,
+                                                                               **kwargs)
     table = getattr(model.config, "hpu_router", None)
     if table:
         attach(model, RouterConfig(**table))
-        state = {}
-        for file in sorted(Path(path).glob("*.safetensors")):
-            state.update({k: v for k, v in load_file(file).items() if ".router." in k})
-        missing = [k for k in model.state_dict() if ".router." in k and k not in state]
+        missing = [k for k in model.state_dict() if ".router." in k and k not in trained]
         if missing:
             raise ValueError(f"{path}: the checkpoint lacks router weights ({missing[0]}, ...)")
-        model.load_state_dict(state, strict=False)
+        model.load_state_dict(trained, strict=False)
     return model
