@@ -10,7 +10,9 @@ gated keys.
 - Order: (logit descending, position ascending), the rule of the gate's `topk`; the routed positions
   are returned in ascending order.
 - Streaming (decode time): a token is routed when its logit reaches a threshold, decided from the
-  token alone, so it needs no look-ahead.
+  token alone, so it needs no look-ahead. Or causally by the top-k's own rule (`route_causal`):
+  a token is routed when it would be if its block ended with it, decided from the block's logits
+  so far.
 - Causal: query position p (of T) sees keys j <= p + S - T (of S), the last query the last key.
 - Grouped-query attention: query head h reads key/value head h // (Hq / Hkv).
 """
@@ -71,6 +73,27 @@ def order_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
 def route_streaming(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B, T) logits: (B, T) bool, routed where the token's own logit reaches `threshold`."""
     return logits >= threshold
+
+
+def route_causal(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.Tensor:
+    """(B, N) logits of a sequence's tokens 0..N-1: (B, N - first) bool, the decisions for tokens
+    first..N-1. Token t is routed when it is among the first ``hpu.route_capacity(n)`` of the n tokens
+    of its block (``hpu.route_block`` tokens from position 0) up to and including itself, by (logit
+    descending, position ascending): the top-k's decision had the block ended with it. It reads no
+    later token, so decoding can take it token by token; at a block's last token it is the top-k's
+    decision for that token, and earlier ones rest on a shorter prefix."""
+    if logits.dim() != 2 or not 0 <= first < logits.shape[-1]:
+        raise InputError(f"router logits {tuple(logits.shape)} and first {first}: must be (B, N) with 0 <= first < N")
+    if torch.isnan(logits).any():
+        raise InputError("router logits hold NaN: a NaN has no place in the order")
+    n = logits.shape[-1]
+    position = torch.arange(n, device=logits.device)
+    mine = position[first:, None]
+    start = mine - mine % hpu.route_block
+    earlier = (position >= start) & (position < mine)                       # (N - first, N)
+    # An earlier token of the block with an equal logit comes first in the order.
+    ahead = ((logits[:, None, :] >= logits[:, first:, None]) & earlier).sum(-1)
+    return ahead < hpu.route_capacity(mine[:, 0] - start[:, 0] + 1)
 
 
 def routed_mask(routed: torch.Tensor, tokens: int) -> torch.Tensor:

@@ -12,7 +12,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from golden_model.routing import capacity, route_streaming, route_topk, router_logits, sqdk_attention
+from golden_model.routing import (capacity, order_topk, route_causal, route_streaming, route_topk, router_logits,
+                                  sqdk_attention)
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 from gpu_kernels import DEVICE
@@ -51,6 +52,28 @@ def test_route_topk_orders_by_logit_then_position(logits, fraction):
     assert routed == expected
 
 
+@given(st.lists(st.one_of(st.integers(-3, 3).map(float), SPECIAL, st.floats(allow_nan=False, width=32)),
+                min_size=1, max_size=40), st.sampled_from([0.2, 0.5, 0.8, 1.0]), st.integers(1, 12),
+       st.integers(0, 39))
+def test_route_causal_is_the_top_k_of_the_block_so_far(logits, fraction, block, first):
+    """Each token: routed when it is among the HPU's capacity of its block's tokens up to itself by
+    (logit desc, position asc), the top-k's decision had the block ended with it; `first` gives the
+    tail of the same decisions, and a block's last token decides as the whole block's top-k does."""
+    first = first % len(logits)
+    hpu = HPUConfig(route_fraction=fraction, route_block=block)
+    x = torch.tensor([logits], dtype=torch.float32)
+    expected = []
+    for t in range(len(logits)):
+        start = t - t % block
+        prefix = sorted(range(start, t + 1), key=lambda i: (-logits[i], i))
+        expected.append(t in prefix[:int(hpu.route_capacity(t - start + 1))])
+    assert route_causal(x, hpu)[0].tolist() == expected
+    assert route_causal(x, hpu, first=first)[0].tolist() == expected[first:]
+    for end in range(block - 1, len(logits), block):
+        whole = order_topk(x[:, end - block + 1:end + 1], int(hpu.route_capacity(block)))[0] + end - block + 1
+        assert expected[end] == (end in whole.tolist())
+
+
 def test_router_and_refusals():
     hidden = torch.ones(2, 5, 4)
     logits = router_logits(hidden, torch.tensor([1.0, 2.0, 3.0, 4.0]), bias=-1.0)
@@ -60,6 +83,10 @@ def test_router_and_refusals():
         capacity(10, 0)
     with pytest.raises(InputError, match="NaN"):
         route_topk(torch.tensor([[0.0, float("nan")]]), 0.5)
+    with pytest.raises(InputError, match="NaN"):
+        route_causal(torch.tensor([[0.0, float("nan")]]), HPUConfig(route_fraction=0.5, route_block=2))
+    with pytest.raises(InputError, match=r"must be \(B, N\) with 0 <= first < N"):
+        route_causal(torch.zeros(1, 3), HPUConfig(route_fraction=0.5, route_block=2), first=3)
     q, k, v = qkv(0, 8, 16, heads=3, kv_heads=2)
     with pytest.raises(InputError, match="3 query heads cannot share 2 key/value heads"):
         sqdk_attention(q, k, v, torch.tensor([[0]]), causal=False)

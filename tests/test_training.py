@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import gpu_kernels  # chooses Triton's interpreter on a machine without a GPU
 from golden_model.gate import select as reference_select
 from golden_model.reference import mass_gated_attention
+from golden_model.routing import route_causal
 from hpu.config import ConfigError, HPUConfig
 from hpu.errors import InputError
 from training import attention
@@ -791,6 +792,10 @@ def test_routed_attention_scales_routed_rows_and_zeros_the_rest(mode):
     assert stats["predicted_fraction"] == float(predicted.mean())
     assert stats["predictor_accuracy"] == float(torch.stack([((r.last["predicted"] > 0) == r.last["top"]).float().mean()
                                                              for r in routing.routers(routed)]).mean())
+    causal = [route_causal(r.last["logits"].detach(), r.cfg.hpu) for r in routing.routers(routed)]
+    assert stats["causal_fraction"] == float(torch.stack([c.float().mean() for c in causal]).mean())
+    assert stats["causal_accuracy"] == float(torch.stack([(c == r.last["top"]).float().mean()
+                                                          for c, r in zip(causal, routing.routers(routed))]).mean())
     if mode == "skip":
         # A cache does not remember which earlier tokens were routed: refused, and decoding without one works.
         with routing.choosing(routed, "predictor"), torch.no_grad():
@@ -798,6 +803,41 @@ def test_routed_attention_scales_routed_rows_and_zeros_the_rest(mode):
                 routed.generate(ids[:1, :4], max_new_tokens=2, do_sample=False, pad_token_id=0)
             assert routed.generate(ids[:1, :4], max_new_tokens=2, do_sample=False, pad_token_id=0,
                                    use_cache=False).shape == (1, 6)
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(window):
+    """Under choosing(model, "causal") each router routes by the top-k's rule over its block so far:
+    `generate` with a cache (the router keeps the block's earlier scores) makes the decisions and
+    scores that the generated sequence gets whole, each block's last token the whole-block top-k's
+    decision; a cache the router did not see filled is refused."""
+    from training import routing
+
+    prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(9))
+    model = tiny_llama("sdpa").eval()
+    routing.attach(model, routing.RouterConfig(route_fraction=0.25, route_block=8, route_window=window))
+    decided = []
+    hooks = [m.register_forward_hook(lambda m, a, o: decided.append(m.router.last["routed"]))
+             for m in routing.attention_modules(model) if hasattr(m, "router")]
+    with torch.no_grad(), routing.choosing(model, "causal"):
+        out = model.generate(prompt, max_new_tokens=11, do_sample=False, pad_token_id=0, output_scores=True,
+                             return_dict_in_generate=True, cache_implementation="dynamic")
+        for hook in hooks:
+            hook.remove()
+        whole = model(out.sequences).logits
+        routed = [r.last["routed"] for r in routing.routers(model)]
+        with pytest.raises(ValueError, match="holds no scores for the 3 cached tokens"):
+            with routing.choosing(model, "causal"):
+                routing.routers(model)[0].decide(torch.zeros(2, 1, model.config.hidden_size), cached=3)
+    with torch.no_grad():
+        model(out.sequences)
+    top = [r.last["top"] for r in routing.routers(model)]
+    layers = len(routed)
+    for layer, (mine, best) in enumerate(zip(routed, top)):
+        assert torch.equal(torch.cat(decided[layer::layers], 1), mine[:, :15])   # the last token is never fed
+        assert torch.equal(mine[:, 7::8], best[:, 7::8])
+        assert 0 < mine.sum() < mine.numel()
+    assert torch.allclose(torch.stack(out.scores, 1), whole[:, 4:15], atol=1e-5)
 
 
 def test_a_window_gives_unrouted_tokens_their_recent_keys():
@@ -898,7 +938,7 @@ def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_con
     assert final["routed_fraction"] == pytest.approx(cfg.arm("sqdk50").router.hpu.route_capacity(16) / 16)
     assert 0 <= final["predictor_accuracy"] <= 1 and math.isfinite(final["loss_predicted"])
     # Each held-out split keeps its own loss beside the router's figures, and the whole is between them.
-    assert sorted(k for k in final if k.startswith("loss_")) == ["loss_code", "loss_hpu", "loss_predicted",
+    assert sorted(k for k in final if k.startswith("loss_")) == ["loss_causal", "loss_code", "loss_hpu", "loss_predicted",
                                                                  "loss_prose"]
     assert min(final["loss_code"], final["loss_prose"]) <= final["loss"] <= max(final["loss_code"], final["loss_prose"])
     # 16-bit scores keep the order of a few hundred distinct float scores but for rounding ties.
@@ -990,7 +1030,7 @@ def test_a_trained_router_through_the_hpu_routing_step(routed_checkpoint, corpus
     quality = router_quality(routed_checkpoint, corpus.val["prose"], sequences=2)
     assert quality["routed_fraction"] == 0.5 and quality["agreement_with_topk"]["topk"] == 1.0
     assert quality["agreement_with_topk"]["hpu16"] == 1.0 and quality["loss"]["hpu16"] == quality["loss"]["topk"]
-    assert set(quality["loss"]) == {"topk", "predictor", "norm", "hpu16", "hpu12", "hpu8", "hpu6", "hpu4"}
+    assert set(quality["loss"]) == {"topk", "predictor", "causal", "norm", "hpu16", "hpu12", "hpu8", "hpu6", "hpu4"}
     assert all(0 <= a <= 1 for a in quality["agreement_with_topk"].values())
 
     tokens = corpus.val["prose"][:32]

@@ -213,8 +213,9 @@ def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarra
 def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
                    bits: tuple[int, ...] = (16, 12, 8, 6, 4)) -> dict:
     """A routed checkpoint's held-out loss by how its routers choose (`routing.CHOICES`): the float
-    top-k, the predictors, the hidden-state norm, and the HPU's routing step at each of `bits`; for
-    each choice the share of routed layers' tokens on which it agrees with the top-k. In float32 (the
+    top-k, the predictors, the causal choice, the hidden-state norm, and the HPU's routing step at
+    each of `bits`; for each choice the share of routed layers' tokens on which it agrees with the
+    top-k. In float32 (the
     model trained in bfloat16 autocast), on `sequences` sequences of one router block each
     (route_block tokens), so that each top-k is the one the model was trained with."""
     implementation = attention.NAME if trained_with(model_dir)[0] else "sdpa"
@@ -225,7 +226,7 @@ def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
         raise InputError(f"the held-out text has {len(stream)} tokens, fewer than {sequences} x {length}")
     seqs = torch.from_numpy(np.stack([stream[i * length:(i + 1) * length + 1] for i in range(sequences)])
                             .astype(np.int64))
-    choices = [("topk", None), ("predictor", None), ("norm", None)] + [("hpu", b) for b in bits]
+    choices = [("topk", None), ("predictor", None), ("causal", None), ("norm", None)] + [("hpu", b) for b in bits]
     losses = {f"{c}{'' if b is None else b}": 0.0 for c, b in choices}
     agree = dict.fromkeys(losses, 0.0)
     with torch.no_grad():

@@ -190,9 +190,10 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
     model.eval()
     context, losses = cfg.run.context, {}
     total = count = 0.0
-    # With routers: the predictors' and the HPU's agreement with the top-k, the routed and attention-FLOP
-    # fractions, and the loss when the predictors route (decoding's choice, teacher-forced) and when the
-    # HPU's routing step does (scores quantized to route_bits), summed per sequence.
+    # With routers: the predictors', the causal choice's and the HPU's agreement with the top-k, the
+    # routed and attention-FLOP fractions, and the loss when the predictors or the causal choice route
+    # (decoding's choices, teacher-forced) and when the HPU's routing step does (scores quantized to
+    # route_bits), summed per sequence.
     routed = torch.zeros(len(routing.EVALUATED), dtype=torch.float64, device=ranks.device)
     kept = attention.KeptCount()   # of the main pass only (not the predictors' or the HPU's passes)
     for name, stream in sorted(corpus.val.items()):
@@ -210,7 +211,8 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
                     loss_sum += sequence_loss(model, batch).double() * len(batch)
                 stats = routing.statistics(model)
                 if stats:
-                    for choice, figure in (("predictor", "loss_predicted"), ("hpu", "loss_hpu")):
+                    for choice, figure in (("predictor", "loss_predicted"), ("hpu", "loss_hpu"),
+                                           ("causal", "loss_causal")):
                         with routing.choosing(model, choice):
                             stats[figure] = float(sequence_loss(model, batch))
                     routed += torch.tensor([stats[k] for k in routing.EVALUATED], dtype=torch.float64,

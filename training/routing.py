@@ -18,7 +18,10 @@ seed `004_*` gives unrouted tokens a linear-attention stream for the same reason
 Top-k over a block looks ahead, which decoding cannot. So each router also has a predictor: a small
 MLP on the hidden state with its gradient stopped, trained by binary cross-entropy to say whether the
 token is in the top-k. Inside `choosing(model, "predictor")` the predictor decides instead
-(probability above one half), token by token, as in `model.generate`; inside `choosing(model, "hpu")`
+(probability above one half), token by token, as in `model.generate`. Inside `choosing(model,
+"causal")` the router's own scores decide, also token by token, by the top-k's rule over the block so
+far (`golden_model.routing.route_causal`): decoding keeps the scores of the block's earlier tokens.
+Inside `choosing(model, "hpu")`
 the HPU's routing step decides on the scores quantized to ``route_bits``. The predictor's loss
 reaches only its own weights, and `auxiliary_loss` hands it to the training loop.
 
@@ -39,22 +42,23 @@ import torch.nn.functional as F
 
 from golden_model.contract import run_routing
 from golden_model.quantize import quantize_logits
-from golden_model.routing import order_topk
+from golden_model.routing import order_topk, route_causal
 from hpu.config import ConfigError, HPUConfig
 
 NAME = "hpu_routed"
 ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route_bits", "route_window")
 # How a router chooses: its float top-k (training, teacher-forced evaluation), its predictor (token by
 # token, decoding), the HPU's routing step on its scores quantized to route_bits, or, for comparison,
-# the untrained router `hpu quality` uses (the top-k of the hidden state's L2 norm).
-CHOICES = ("topk", "predictor", "hpu", "norm")
+# the untrained router `hpu quality` uses (the top-k of the hidden state's L2 norm), or the top-k's rule
+# over the block so far (causal, decoding).
+CHOICES = ("topk", "predictor", "hpu", "norm", "causal")
 MODES = ("sqdk", "skip")
 LAYERS = ("all", "alternate")
 PREDICTOR_WIDTH = 64
 # What an evaluation records of a routed model (`statistics`, and the loss when the predictors or the
 # HPU's step route), in this order.
 EVALUATED = ("predictor_accuracy", "predicted_fraction", "routed_fraction", "attention_fraction", "hpu_agreement",
-             "loss_predicted", "loss_hpu")
+             "loss_predicted", "loss_hpu", "causal_accuracy", "causal_fraction", "loss_causal")
 
 
 @dataclass(frozen=True)
@@ -131,10 +135,11 @@ class Router(nn.Module):
         self.predictor = nn.Sequential(nn.Linear(hidden, PREDICTOR_WIDTH), nn.SiLU(), nn.Linear(PREDICTOR_WIDTH, 1))
         self.choice = "topk"
         self.last: dict[str, torch.Tensor] = {}
+        self.earlier: torch.Tensor | None = None   # the causal choice's scores of the tokens before these
 
-    def decide(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, D) hidden states: (routed (B, T) bool, scale (B, T): sigmoid(score) where routed, else 0,
-        or 1 with a window).
+    def decide(self, hidden: torch.Tensor, cached: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) hidden states of the tokens after the `cached` ones a cache holds: (routed (B, T)
+        bool, scale (B, T): sigmoid(score) where routed, else 0, or 1 with a window).
         Keeps the scores, the predictor's logits, the choice made and the top-k choice (with the HPU's
         choice on the same scores when evaluating) for `auxiliary_loss` and `statistics`."""
         logits = self.score(hidden).squeeze(-1).float()
@@ -142,6 +147,8 @@ class Router(nn.Module):
         self.last = {"logits": logits, "predicted": predicted}
         if self.choice == "predictor":
             routed = predicted > 0
+        elif self.choice == "causal":
+            routed = self._causal(logits.detach(), cached)
         elif self.choice == "hpu":
             routed = hpu_routing(logits.detach(), self.cfg)
         elif self.choice == "norm":
@@ -154,6 +161,14 @@ class Router(nn.Module):
         self.last["routed"] = routed
         unrouted = torch.full_like(logits, float(self.cfg.route_window > 0))
         return routed, torch.where(routed, torch.sigmoid(logits), unrouted)
+
+    def _causal(self, logits: torch.Tensor, cached: int) -> torch.Tensor:
+        if cached and (self.earlier is None or self.earlier.shape != (logits.shape[0], cached)):
+            raise ValueError(f"the causal router holds no scores for the {cached} cached tokens of this batch: "
+                             "decode from the prompt's first token within one choosing(model, 'causal') block")
+        scores = torch.cat([self.earlier, logits], 1) if cached else logits
+        self.earlier = scores
+        return route_causal(scores, self.cfg.hpu, first=cached)
 
 
 def _blocks(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
@@ -247,13 +262,13 @@ def register() -> str:
 
 def _before(module, args, kwargs):
     hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-    routed, scale = module.router.decide(hidden)
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    cached = cache.get_seq_length(module.layer_idx) if cache is not None else 0
+    routed, scale = module.router.decide(hidden, cached)
     module.router.scale = scale
     cfg = module.router.cfg
     if cfg.route == "sqdk" and not cfg.route_window:
         return args, kwargs
-    cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    cached = cache.get_seq_length(module.layer_idx) if cache is not None else 0
     if cfg.route == "skip" and cached:
         raise ValueError("skip routing cannot decode with a cache: the cache does not remember which earlier "
                          "tokens were routed (generate with use_cache=False, or route with sqdk)")
@@ -340,8 +355,9 @@ def auxiliary_loss(model) -> torch.Tensor | None:
 
 
 def statistics(model) -> dict[str, float]:
-    """Of the last forward pass: the routed fraction, how often each predictor agrees with the top-k and
-    the share of tokens it would route (decoding does not hold the top-k's capacity), and the attention FLOPs (score and value products) as a fraction of dense causal attention,
+    """Of the last forward pass: the routed fraction, how often each predictor and the causal choice
+    agree with the top-k and the share of tokens each would route (decoding does not hold the top-k's
+    capacity), and the attention FLOPs (score and value products) as a fraction of dense causal attention,
     counted from the positions routed (sqdk: routed rows over all their keys; skip: over routed keys
     and themselves; with a window, unrouted rows over their window), unrouted layers counting whole;
     when evaluating, the share of tokens on which the HPU's routing step (quantized scores) agrees
@@ -357,12 +373,16 @@ def statistics(model) -> dict[str, float]:
         keys = seen if r.cfg.route == "sqdk" else top.cumsum(-1)  # a routed row: the routed keys up to itself
         near = seen.clamp(max=r.cfg.route_window)  # an unrouted row's window (none without one)
         work.append(float((top * keys + (1 - top) * near).sum() / (seen.sum() * top.shape[0])))
+    # Decoding's choices, uncapped: the predictors', and the top-k's rule over each block so far.
+    decoding = {"predict": [r.last["predicted"] > 0 for r in chosen],
+                "causal": [route_causal(r.last["logits"].detach(), r.cfg.hpu) for r in chosen]}
     chosen = [r.last for r in chosen]
-    predicted = [last["predicted"] > 0 for last in chosen]   # decoding's choice, uncapped
-    agree = torch.stack([(p == last["top"]).float().mean() for p, last in zip(predicted, chosen)])
+    agree = {name: float(torch.stack([(d == last["top"]).float().mean() for d, last in zip(choice, chosen)]).mean())
+             for name, choice in decoding.items()}
+    share = {name: float(torch.stack([d.float().mean() for d in choice]).mean()) for name, choice in decoding.items()}
     routed = torch.stack([last["top"].float().mean() for last in chosen])
-    stats = {"predictor_accuracy": float(agree.mean()),
-             "predicted_fraction": float(torch.stack([p.float().mean() for p in predicted]).mean()),
+    stats = {"predictor_accuracy": agree["predict"], "predicted_fraction": share["predict"],
+             "causal_accuracy": agree["causal"], "causal_fraction": share["causal"],
              "routed_fraction": float(routed.mean()),
              "attention_fraction": (layers - len(work) + sum(work)) / layers}
     if all("hpu" in last for last in chosen):
@@ -373,8 +393,8 @@ def statistics(model) -> dict[str, float]:
 
 @contextlib.contextmanager
 def choosing(model, choice: str, route_bits: int | None = None):
-    """Every router chooses by `choice` inside the block: ``"predictor"`` (token by token, no
-    look-ahead: decoding, or the teacher-forced loss of decoding's choices), ``"hpu"`` (the HPU's
+    """Every router chooses by `choice` inside the block: ``"predictor"`` or ``"causal"`` (token by
+    token, no look-ahead: decoding, or the teacher-forced loss of decoding's choices), ``"hpu"`` (the HPU's
     routing step on the scores quantized to `route_bits`, by default the router's own) or ``"norm"``;
     ``"topk"`` is the default."""
     if choice not in CHOICES:
@@ -382,14 +402,14 @@ def choosing(model, choice: str, route_bits: int | None = None):
     chosen = routers(model)
     before = [(r.choice, r.cfg) for r in chosen]
     for r in chosen:
-        r.choice = choice
+        r.choice, r.earlier = choice, None
         if route_bits is not None:
             r.cfg = dataclasses.replace(r.cfg, route_bits=route_bits)
     try:
         yield
     finally:
         for r, (choice_was, cfg_was) in zip(chosen, before):
-            r.choice, r.cfg = choice_was, cfg_was
+            r.choice, r.cfg, r.earlier = choice_was, cfg_was, None
 
 
 def load(path, **kwargs):
