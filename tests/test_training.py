@@ -728,6 +728,34 @@ def test_a_report_without_a_dense_arm_has_no_gaps(tmp_path):
     assert (tmp_path / "out" / report.PLOT).stat().st_size > 0
 
 
+def test_the_report_says_what_routing_otherwise_than_by_the_top_k_costs(tmp_path):
+    """Per routed arm: each choice's agreement, share and loss minus the top-k's, mean over seeds; a
+    figure that one run of the arm predates is left out, not averaged over the others."""
+    from hpu.files import write_json
+    from training import report
+
+    figures = {"routed_fraction": 0.2, "attention_fraction": 0.2, "hpu_agreement": 1.0, "loss_hpu": 3.5,
+               "predictor_accuracy": 0.94, "predicted_fraction": 0.19, "loss_predicted": 3.51}
+    for seed, loss, causal in ((1, 3.5, {"causal_accuracy": 0.97, "causal_fraction": 0.2, "loss_causal": 3.52}),
+                               (2, 3.4, {})):
+        run = _result("sqdk20", seed, loss)
+        run.update(attention="sdpa", gate=None, router={"route": "sqdk", "route_fraction": 0.2})
+        run["final"].update(figures, **causal)
+        run["final"]["predictor_accuracy"] += seed / 100
+        (tmp_path / "runs" / f"sqdk20-seed{seed}").mkdir(parents=True)
+        write_json(tmp_path / "runs" / f"sqdk20-seed{seed}" / RESULT, run)
+    (tmp_path / "out").mkdir()
+    summary = report.report(tmp_path / "runs", tmp_path / "out")
+    row = summary["arms"]["sqdk20"]
+    assert summary["baseline"] is None   # a routed arm on SDPA is no dense baseline
+    assert row["predictor_accuracy"]["values"] == [0.95, 0.96]
+    assert row["loss_predicted_over_topk"]["values"] == pytest.approx([0.01, 0.11])
+    assert row["loss_hpu_over_topk"]["values"] == pytest.approx([0.0, 0.1])
+    assert "causal_accuracy" not in row and "loss_causal_over_topk" not in row
+    table = (tmp_path / "out" / report.TABLE).read_text()
+    assert "| sqdk20 | 2 | 0.200 | 0.9550 | 0.190 | +0.0600 | - | - | - | 1.0000 | +0.0500 |" in table
+
+
 # -- the learned router -------------------------------------------------------------------------------
 
 def test_router_top_k_per_block_is_the_hpu_routing_step(seed):

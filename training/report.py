@@ -5,8 +5,8 @@ deviation over seeds; the gap of the mean to the dense arm's with Welch's t-test
 two-sided p) and, seed by seed, the paired differences with their paired t-test; the kept fraction
 at the end and over training; tokens/s; and for a routed arm its router, the attention FLOPs as a
 fraction of dense, the gap at equal attention FLOPs, and the rest of what its evaluation recorded
-(`training.routing.EVALUATED`: the predictor's and the HPU's agreement with the top-k, the losses when
-they route).
+(`training.routing.EVALUATED`: the predictor's, the causal choice's and the HPU's agreement with the
+top-k, the losses when they route, and those losses minus the top-k's, in a table of their own).
 Runs join one report only when they share the experiment (model, schedule and token stream);
 anything else is refused. A run still training (no result.json) is listed as missing, not guessed.
 Outputs: ``ab.json`` (every figure, with each run's device and versions), ``ab.md`` (the table) and
@@ -28,6 +28,11 @@ from training.loop import RESULT
 from training.routing import EVALUATED, RouterConfig
 
 JSON, TABLE, PLOT = "ab.json", "ab.md", "ab.png"
+# The losses an evaluation records when a router chooses otherwise than by its top-k, with how that
+# choice is called in the report and its agreement and routed share (`training.routing.EVALUATED`).
+CHOICE_LOSSES = {"loss_predicted": ("predictor", "predictor_accuracy", "predicted_fraction"),
+                 "loss_causal": ("causal", "causal_accuracy", "causal_fraction"),
+                 "loss_hpu": ("HPU step", "hpu_agreement", None)}
 
 
 def collect(root: str | Path) -> list[dict]:
@@ -136,7 +141,7 @@ def summarize(runs: list[dict]) -> dict:
     arms: dict[str, list[dict]] = {}
     for run in runs:
         arms.setdefault(run["arm"], []).append(run)
-    dense = [name for name, rs in arms.items() if rs[0]["attention"] == "sdpa"]
+    dense = [name for name, rs in arms.items() if rs[0]["attention"] == "sdpa" and not rs[0].get("router")]
     baseline = "dense" if "dense" in dense else (dense[0] if dense else None)
     seeds = sorted({run["seed"] for run in runs})
     table = {}
@@ -153,6 +158,10 @@ def summarize(runs: list[dict]) -> dict:
         for key in EVALUATED:
             if all(key in r["final"] for r in rs):   # runs before a figure was recorded lack it
                 row[key] = _stats([r["final"][key] for r in rs])
+        # What routing otherwise than by the top-k costs: each run's loss by that choice minus its own.
+        for key in CHOICE_LOSSES:
+            if key in row:
+                row[f"{key}_over_topk"] = _stats([r["final"][key] - r["final"]["loss"] for r in rs])
         # The whole held-out loss and each split's (loss_code, ...); the router's losses are figures above.
         for split in ("loss", *sorted(k for k in rs[0]["final"] if k.startswith("loss_") and k not in EVALUATED)):
             row[split] = _stats([r["final"][split] for r in rs])
@@ -207,6 +216,23 @@ def markdown(summary: dict) -> str:
             fmt(row.get("loss_gap_equal_attention_flops", {}).get("mean")),
             f"{row['tokens_per_s']['max']:,.0f}",
             fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
+    routed = {name: row for name, row in summary["arms"].items() if "routed_fraction" in row}
+    if routed:
+        head = [f"{what} {figure}" for what, _, share in CHOICE_LOSSES.values()
+                for figure in ("agreement", *(["routes"] if share else []), "loss")]
+        lines += ["", "Routers at the final evaluation (held-out text, mean over seeds; '-' where a run of the arm "
+                  "predates the figure). Agreement: the share of routed layers' tokens on which a choice "
+                  "agrees with the top-k; routes: the share it routes (the predictor and the causal choice are "
+                  "not held to the capacity); loss: its loss minus the top-k's, teacher-forced. The predictor and "
+                  "the causal choice are decoding's; the HPU step routes the scores quantized to route_bits.", "",
+                  "| arm | seeds | top-k routes | " + " | ".join(head) + " |", "|---|" + "---|" * (2 + len(head))]
+        for name, row in routed.items():
+            cells = [name, str(len(row["seeds"])), fmt(row["routed_fraction"]["mean"], 3)]
+            for key, (_, agreement, share) in CHOICE_LOSSES.items():
+                cells += [fmt(row.get(agreement, {}).get("mean"), 4),
+                          *([fmt(row.get(share, {}).get("mean"), 3)] if share else []),
+                          "-" if f"{key}_over_topk" not in row else f"{row[f'{key}_over_topk']['mean']:+.4f}"]
+            lines.append("| " + " | ".join(cells) + " |")
     for key, caption, form in (
             ("gap_over_training", "Validation-loss gap to the baseline at each evaluation (held-out text; mean over "
              "the seeds both arms ran of arm − baseline at the same seed):", "{:+.3f}"),
