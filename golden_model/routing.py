@@ -84,6 +84,8 @@ def route_causal(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.
     decision for that token, and earlier ones rest on a shorter prefix."""
     if logits.dim() != 2 or not 0 <= first < logits.shape[-1]:
         raise InputError(f"router logits {tuple(logits.shape)} and first {first}: must be (B, N) with 0 <= first < N")
+    if hpu.route_block < 1:
+        raise InputError(f"route_block = {hpu.route_block}: causal routing needs blocks of at least one token")
     if torch.isnan(logits).any():
         raise InputError("router logits hold NaN: a NaN has no place in the order")
     n = logits.shape[-1]
@@ -92,7 +94,7 @@ def route_causal(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.
     start = mine - mine % hpu.route_block
     earlier = (position >= start) & (position < mine)                       # (N - first, N)
     # An earlier token of the block with an equal logit comes first in the order.
-    ahead = ((logits[:, None, :] >= logits[:, first:, None]) & earlier).sum(-1)
+    ahead = ((logits[:, None, :] >= logits[:, first:, None]) & earlier).sum(-1, dtype=torch.int32)
     return ahead < hpu.route_capacity(mine[:, 0] - start[:, 0] + 1)
 
 

@@ -87,6 +87,8 @@ def test_router_and_refusals():
         route_causal(torch.tensor([[0.0, float("nan")]]), HPUConfig(route_fraction=0.5, route_block=2))
     with pytest.raises(InputError, match=r"must be \(B, N\) with 0 <= first < N"):
         route_causal(torch.zeros(1, 3), HPUConfig(route_fraction=0.5, route_block=2), first=3)
+    with pytest.raises(InputError, match="route_block = 0: causal routing needs blocks"):
+        route_causal(torch.zeros(1, 3), HPUConfig(route_fraction=0.5))
     q, k, v = qkv(0, 8, 16, heads=3, kv_heads=2)
     with pytest.raises(InputError, match="3 query heads cannot share 2 key/value heads"):
         sqdk_attention(q, k, v, torch.tensor([[0]]), causal=False)

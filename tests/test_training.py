@@ -29,7 +29,7 @@ from hpu.errors import InputError
 from training import attention
 from training.config import TrainConfig
 from training.data import DataConfig, prepare
-from training.loop import RESULT, Ranks, build_model, step_sequences, train
+from training.loop import RESULT, Ranks, build_model, evaluate, sequence_loss, step_sequences, train
 
 GATES = [HPUConfig(permeability=0.5, mass_target=0.9), HPUConfig(permeability=0.2, mass_target=0.9, k_min=3),
          HPUConfig(mode="topk", permeability=0.3), HPUConfig(permeability=1.0, mass_target=0.5)]
@@ -834,11 +834,13 @@ def test_routed_attention_scales_routed_rows_and_zeros_the_rest(mode):
 
 
 @pytest.mark.parametrize("window", [0, 3])
-def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(window):
+def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(window, data_config):
     """Under choosing(model, "causal") each router routes by the top-k's rule over its block so far:
     `generate` with a cache (the router keeps the block's earlier scores) makes the decisions and
     scores that the generated sequence gets whole, each block's last token the whole-block top-k's
-    decision; a cache the router did not see filled is refused."""
+    decision. A cache the router did not see filled, or padding (which would count in the blocks),
+    is refused; a cache cropped back reads the scores it kept. Evaluation's `loss_causal` is the
+    loss under that choice."""
     from training import routing
 
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(9))
@@ -857,6 +859,17 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
         with pytest.raises(ValueError, match="holds no scores for the 3 cached tokens"):
             with routing.choosing(model, "causal"):
                 routing.routers(model)[0].decide(torch.zeros(2, 1, model.config.hidden_size), cached=3)
+        with routing.choosing(model, "causal"):
+            (router, *_) = routing.routers(model)
+            hidden = torch.randn(2, 16, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+            router.decide(hidden)
+            whole_choice = router.last["routed"]
+            router.decide(hidden[:, 10:], cached=10)   # as if the cache were cropped back to 10 tokens
+            assert torch.equal(router.last["routed"], whole_choice[:, 10:])
+        padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), prompt[:1, :3]], 1)
+        with routing.choosing(model, "causal"), pytest.raises(ValueError, match="routes unpadded sequences"):
+            model.generate(torch.cat([padded, prompt[1:, :5]]), attention_mask=(torch.arange(5) >= 2) | (
+                torch.arange(2)[:, None] == 1), max_new_tokens=1, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         model(out.sequences)
     top = [r.last["top"] for r in routing.routers(model)]
@@ -866,6 +879,15 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
         assert torch.equal(mine[:, 7::8], best[:, 7::8])
         assert 0 < mine.sum() < mine.numel()
     assert torch.allclose(torch.stack(out.scores, 1), whole[:, 4:15], atol=1e-5)
+    cfg = tiny_experiment(data_config)
+    stream = np.random.default_rng(2).integers(0, 64, 2 * cfg.run.context + 1)
+    final = evaluate(model, types.SimpleNamespace(val={"prose": stream}), cfg, Ranks())
+    batch = torch.from_numpy(np.stack([stream[:33], stream[32:]]).astype(np.int64))
+    with torch.no_grad():
+        for choice, (*_, figure) in routing.MEASURED.items():
+            with routing.choosing(model, choice):
+                assert final[figure] == pytest.approx(float(sequence_loss(model, batch)), abs=1e-6)
+    assert final["loss_causal"] != final["loss_predicted"] and 0 < final["causal_accuracy"] < 1
 
 
 def test_a_window_gives_unrouted_tokens_their_recent_keys():

@@ -211,8 +211,7 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
                     loss_sum += sequence_loss(model, batch).double() * len(batch)
                 stats = routing.statistics(model)
                 if stats:
-                    for choice, figure in (("predictor", "loss_predicted"), ("hpu", "loss_hpu"),
-                                           ("causal", "loss_causal")):
+                    for choice, (*_, figure) in routing.MEASURED.items():
                         with routing.choosing(model, choice):
                             stats[figure] = float(sequence_loss(model, batch))
                     routed += torch.tensor([stats[k] for k in routing.EVALUATED], dtype=torch.float64,

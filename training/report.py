@@ -25,14 +25,9 @@ from hpu.config import HPUConfig
 from hpu.errors import InputError
 from hpu.files import read_json, staged, write_json, write_text
 from training.loop import RESULT
-from training.routing import EVALUATED, RouterConfig
+from training.routing import EVALUATED, MEASURED, RouterConfig
 
 JSON, TABLE, PLOT = "ab.json", "ab.md", "ab.png"
-# The losses an evaluation records when a router chooses otherwise than by its top-k, with how that
-# choice is called in the report and its agreement and routed share (`training.routing.EVALUATED`).
-CHOICE_LOSSES = {"loss_predicted": ("predictor", "predictor_accuracy", "predicted_fraction"),
-                 "loss_causal": ("causal", "causal_accuracy", "causal_fraction"),
-                 "loss_hpu": ("HPU step", "hpu_agreement", None)}
 
 
 def collect(root: str | Path) -> list[dict]:
@@ -159,7 +154,7 @@ def summarize(runs: list[dict]) -> dict:
             if all(key in r["final"] for r in rs):   # runs before a figure was recorded lack it
                 row[key] = _stats([r["final"][key] for r in rs])
         # What routing otherwise than by the top-k costs: each run's loss by that choice minus its own.
-        for key in CHOICE_LOSSES:
+        for *_, key in MEASURED.values():
             if key in row:
                 row[f"{key}_over_topk"] = _stats([r["final"][key] - r["final"]["loss"] for r in rs])
         # The whole held-out loss and each split's (loss_code, ...); the router's losses are figures above.
@@ -218,17 +213,18 @@ def markdown(summary: dict) -> str:
             fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
     routed = {name: row for name, row in summary["arms"].items() if "routed_fraction" in row}
     if routed:
-        head = [f"{what} {figure}" for what, _, share in CHOICE_LOSSES.values()
+        head = [f"{choice} {figure}" for choice, (_, share, _) in MEASURED.items()
                 for figure in ("agreement", *(["routes"] if share else []), "loss")]
         lines += ["", "Routers at the final evaluation (held-out text, mean over seeds; '-' where a run of the arm "
                   "predates the figure). Agreement: the share of routed layers' tokens on which a choice "
                   "agrees with the top-k; routes: the share it routes (the predictor and the causal choice are "
                   "not held to the capacity); loss: its loss minus the top-k's, teacher-forced. The predictor and "
-                  "the causal choice are decoding's; the HPU step routes the scores quantized to route_bits.", "",
+                  "the causal choice are decoding's; hpu: the HPU's routing step on the scores quantized to "
+                  "route_bits.", "",
                   "| arm | seeds | top-k routes | " + " | ".join(head) + " |", "|---|" + "---|" * (2 + len(head))]
         for name, row in routed.items():
             cells = [name, str(len(row["seeds"])), fmt(row["routed_fraction"]["mean"], 3)]
-            for key, (_, agreement, share) in CHOICE_LOSSES.items():
+            for agreement, share, key in MEASURED.values():
                 cells += [fmt(row.get(agreement, {}).get("mean"), 4),
                           *([fmt(row.get(share, {}).get("mean"), 3)] if share else []),
                           "-" if f"{key}_over_topk" not in row else f"{row[f'{key}_over_topk']['mean']:+.4f}"]

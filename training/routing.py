@@ -18,12 +18,12 @@ seed `004_*` gives unrouted tokens a linear-attention stream for the same reason
 Top-k over a block looks ahead, which decoding cannot. So each router also has a predictor: a small
 MLP on the hidden state with its gradient stopped, trained by binary cross-entropy to say whether the
 token is in the top-k. Inside `choosing(model, "predictor")` the predictor decides instead
-(probability above one half), token by token, as in `model.generate`. Inside `choosing(model,
-"causal")` the router's own scores decide, also token by token, by the top-k's rule over the block so
-far (`golden_model.routing.route_causal`): decoding keeps the scores of the block's earlier tokens.
-Inside `choosing(model, "hpu")`
-the HPU's routing step decides on the scores quantized to ``route_bits``. The predictor's loss
-reaches only its own weights, and `auxiliary_loss` hands it to the training loop.
+(probability above one half), token by token, as in `model.generate`. Inside
+`choosing(model, "causal")` the router's own scores decide, also token by token, by the top-k's rule
+over the block so far (`golden_model.routing.route_causal`): decoding keeps the scores of the
+block's earlier tokens. Inside `choosing(model, "hpu")` the HPU's routing step decides on the scores
+quantized to ``route_bits``. The predictor's loss reaches only its own weights, and `auxiliary_loss`
+hands it to the training loop.
 
 The router's settings live in the model's config as ``hpu_router`` (saved with the checkpoint), its
 weights in the checkpoint beside the model's; `load` reattaches both.
@@ -55,10 +55,14 @@ CHOICES = ("topk", "predictor", "hpu", "norm", "causal")
 MODES = ("sqdk", "skip")
 LAYERS = ("all", "alternate")
 PREDICTOR_WIDTH = 64
-# What an evaluation records of a routed model (`statistics`, and the loss when the predictors or the
-# HPU's step route), in this order.
-EVALUATED = ("predictor_accuracy", "predicted_fraction", "routed_fraction", "attention_fraction", "hpu_agreement",
-             "loss_predicted", "loss_hpu", "causal_accuracy", "causal_fraction", "loss_causal")
+# What an evaluation measures of each choice besides the top-k: its agreement with the top-k, the share
+# of tokens it routes (None: it is held to the capacity), and the loss when it routes.
+MEASURED = {"predictor": ("predictor_accuracy", "predicted_fraction", "loss_predicted"),
+            "causal": ("causal_accuracy", "causal_fraction", "loss_causal"),
+            "hpu": ("hpu_agreement", None, "loss_hpu")}
+# What an evaluation records of a routed model (`statistics` and those losses), in this order.
+EVALUATED = ("routed_fraction", "attention_fraction",
+             *(figure for figures in MEASURED.values() for figure in figures if figure))
 
 
 @dataclass(frozen=True)
@@ -163,10 +167,13 @@ class Router(nn.Module):
         return routed, torch.where(routed, torch.sigmoid(logits), unrouted)
 
     def _causal(self, logits: torch.Tensor, cached: int) -> torch.Tensor:
-        if cached and (self.earlier is None or self.earlier.shape != (logits.shape[0], cached)):
+        # The scores of the tokens a cache holds, by row. A cache cropped back (assisted decoding) keeps
+        # a prefix of them; one whose rows were reordered (beam search) is not followed: see `choosing`.
+        if cached and (self.earlier is None or self.earlier.shape[0] != logits.shape[0]
+                       or self.earlier.shape[1] < cached):
             raise ValueError(f"the causal router holds no scores for the {cached} cached tokens of this batch: "
                              "decode from the prompt's first token within one choosing(model, 'causal') block")
-        scores = torch.cat([self.earlier, logits], 1) if cached else logits
+        scores = torch.cat([self.earlier[:, :cached], logits], 1) if cached else logits
         self.earlier = scores
         return route_causal(scores, self.cfg.hpu, first=cached)
 
@@ -264,6 +271,11 @@ def _before(module, args, kwargs):
     hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     cached = cache.get_seq_length(module.layer_idx) if cache is not None else 0
+    if module.router.choice == "causal" and kwargs.get("attention_mask") is not None:
+        own = _own_mask(kwargs["attention_mask"], hidden.shape[1], hidden.shape[1] + cached, hidden.device)
+        if not own.any(dim=-2).all():   # a key no query sees: padding, which would count in the blocks
+            raise ValueError("the causal choice routes unpadded sequences (padding would count among a block's "
+                             "tokens): generate one prompt at a time, or prompts of one length")
     routed, scale = module.router.decide(hidden, cached)
     module.router.scale = scale
     cfg = module.router.cfg
@@ -394,7 +406,9 @@ def statistics(model) -> dict[str, float]:
 @contextlib.contextmanager
 def choosing(model, choice: str, route_bits: int | None = None):
     """Every router chooses by `choice` inside the block: ``"predictor"`` or ``"causal"`` (token by
-    token, no look-ahead: decoding, or the teacher-forced loss of decoding's choices), ``"hpu"`` (the HPU's
+    token, no look-ahead: decoding, or the teacher-forced loss of decoding's choices; ``"causal"`` keeps
+    each row's scores, so it decodes greedily or by sampling, not by beam search, which reorders the
+    cache's rows behind it), ``"hpu"`` (the HPU's
     routing step on the scores quantized to `route_bits`, by default the router's own) or ``"norm"``;
     ``"topk"`` is the default."""
     if choice not in CHOICES:
@@ -415,7 +429,8 @@ def choosing(model, choice: str, route_bits: int | None = None):
 def load(path, **kwargs):
     """A checkpoint written by `hpu train`, its routers reattached with their trained weights."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, GenerationConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     from training import attention
 
@@ -428,8 +443,10 @@ def load(path, **kwargs):
     # only, so that its load report does not list the routers' as unexpected.
     trained = {name: state.pop(name) for name in list(state) if ".router." in name}
     config = AutoConfig.from_pretrained(path)
-    model = AutoModelForCausalLM._model_mapping[type(config)].from_pretrained(None, config=config, state_dict=state,
-                                                                               **kwargs)
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=state, **kwargs)
+    model.name_or_path = str(path)
+    if (Path(path) / "generation_config.json").is_file():   # read by from_pretrained only given a path
+        model.generation_config = GenerationConfig.from_pretrained(path)
     table = getattr(model.config, "hpu_router", None)
     if table:
         attach(model, RouterConfig(**table))
