@@ -879,6 +879,23 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
         assert torch.equal(mine[:, 7::8], best[:, 7::8])
         assert 0 < mine.sum() < mine.numel()
     assert torch.allclose(torch.stack(out.scores, 1), whole[:, 4:15], atol=1e-5)
+    # Beam search reorders the cache's rows between steps, and the routers' scores with them: at each
+    # step the first router holds the scores of the rows' own tokens so far.
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    first, layer = routing.routers(model)[0], model.model.layers[0]
+    drift = []
+
+    class Compare(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            own = first.score(layer.input_layernorm(model.model.embed_tokens(input_ids))).squeeze(-1).float()
+            drift.append(float((own - first.earlier).abs().max()))
+            return scores
+
+    with torch.no_grad(), routing.choosing(model, "causal"):
+        model.generate(prompt[:1], max_new_tokens=10, num_beams=3, do_sample=False, pad_token_id=0,
+                       logits_processor=LogitsProcessorList([Compare()]), cache_implementation="dynamic")
+    assert len(drift) == 10 and max(drift) < 1e-5 and "_reorder_cache" not in model.__dict__
     cfg = tiny_experiment(data_config)
     stream = np.random.default_rng(2).integers(0, 64, 2 * cfg.run.context + 1)
     final = evaluate(model, types.SimpleNamespace(val={"prose": stream}), cfg, Ranks())

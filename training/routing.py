@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,8 +169,8 @@ class Router(nn.Module):
         return routed, torch.where(routed, torch.sigmoid(logits), unrouted)
 
     def _causal(self, logits: torch.Tensor, cached: int) -> torch.Tensor:
-        # The scores of the tokens a cache holds, by row. A cache cropped back (assisted decoding) keeps
-        # a prefix of them; one whose rows were reordered (beam search) is not followed: see `choosing`.
+        # The scores of the tokens a cache holds, by row: a cache cropped back (assisted decoding) keeps
+        # a prefix of them; beam search reorders their rows (`choosing`).
         if cached and (self.earlier is None or self.earlier.shape[0] != logits.shape[0]
                        or self.earlier.shape[1] < cached):
             raise ValueError(f"the causal router holds no scores for the {cached} cached tokens of this batch: "
@@ -405,12 +407,11 @@ def statistics(model) -> dict[str, float]:
 
 @contextlib.contextmanager
 def choosing(model, choice: str, route_bits: int | None = None):
-    """Every router chooses by `choice` inside the block: ``"predictor"`` or ``"causal"`` (token by
-    token, no look-ahead: decoding, or the teacher-forced loss of decoding's choices; ``"causal"`` keeps
-    each row's scores, so it decodes greedily or by sampling, not by beam search, which reorders the
-    cache's rows behind it), ``"hpu"`` (the HPU's
-    routing step on the scores quantized to `route_bits`, by default the router's own) or ``"norm"``;
-    ``"topk"`` is the default."""
+    """Every router of `model` (the model `generate` is called on) chooses by `choice` inside the block:
+    ``"predictor"`` or ``"causal"`` (token by token, no look-ahead: decoding, or the teacher-forced loss
+    of decoding's choices; ``"causal"`` keeps each row's scores beside the cache, and beam search
+    reorders them with the cache's rows), ``"hpu"`` (the HPU's routing step on the scores quantized
+    to `route_bits`, by default the router's own) or ``"norm"``; ``"topk"`` is the default."""
     if choice not in CHOICES:
         raise ValueError(f"a router chooses by one of {', '.join(CHOICES)}, not {choice!r}")
     chosen = routers(model)
@@ -419,11 +420,35 @@ def choosing(model, choice: str, route_bits: int | None = None):
         r.choice, r.earlier = choice, None
         if route_bits is not None:
             r.cfg = dataclasses.replace(r.cfg, route_bits=route_bits)
+    own = model.__dict__.get("_reorder_cache")
+    if choice == "causal":
+        # transformers' hook for state a model keeps beside its cache: beam search hands it the rows.
+        # The class's own hook (a static or a plain method), if any, still reorders the cache.
+        native = inspect.getattr_static(type(model), "_reorder_cache", None)
+        native = None if native is None else native.__get__(model, type(model))
+        model._reorder_cache = functools.partial(_reorder, native, chosen)
     try:
         yield
     finally:
         for r, (choice_was, cfg_was) in zip(chosen, before):
             r.choice, r.cfg, r.earlier = choice_was, cfg_was, None
+        if choice == "causal":
+            del model._reorder_cache
+            if own is not None:
+                model._reorder_cache = own
+
+
+def _reorder(reorder, chosen: list[Router], cache, beam_idx: torch.Tensor):
+    """Beam search's reordering of the cache's rows (by the model's own hook if it has one), and of
+    the causal routers' scores with them."""
+    if reorder is not None:
+        cache = reorder(cache, beam_idx)
+    else:
+        cache.reorder_cache(beam_idx)
+    for r in chosen:
+        if r.earlier is not None:
+            r.earlier = r.earlier.index_select(0, beam_idx.to(r.earlier.device))
+    return cache
 
 
 def load(path, **kwargs):
