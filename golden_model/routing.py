@@ -88,14 +88,16 @@ def route_causal(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.
         raise InputError(f"route_block = {hpu.route_block}: causal routing needs blocks of at least one token")
     if torch.isnan(logits).any():
         raise InputError("router logits hold NaN: a NaN has no place in the order")
-    n = logits.shape[-1]
-    position = torch.arange(n, device=logits.device)
-    mine = position[first:, None]
-    start = mine - mine % hpu.route_block
-    earlier = (position >= start) & (position < mine)                       # (N - first, N)
-    # An earlier token of the block with an equal logit comes first in the order.
-    ahead = ((logits[:, None, :] >= logits[:, first:, None]) & earlier).sum(-1, dtype=torch.int32)
-    return ahead < hpu.route_capacity(mine[:, 0] - start[:, 0] + 1)
+    n, block = logits.shape[-1], hpu.route_block
+    routed = []
+    for start in range(first - first % block, n, block):   # each block holding a decision: (B, Q, K) at most
+        tokens = logits[:, start:start + block]
+        mine = torch.arange(max(first, start) - start, tokens.shape[-1], device=logits.device)
+        earlier = torch.arange(tokens.shape[-1], device=logits.device) < mine[:, None]
+        # An earlier token of the block with an equal logit comes first in the order.
+        ahead = ((tokens[:, None, :] >= tokens[:, mine, None]) & earlier).sum(-1, dtype=torch.int32)
+        routed.append(ahead < hpu.route_capacity(mine + 1))
+    return torch.cat(routed, 1)
 
 
 def routed_mask(routed: torch.Tensor, tokens: int) -> torch.Tensor:
