@@ -75,29 +75,38 @@ def route_streaming(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return logits >= threshold
 
 
-def route_causal(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.Tensor:
-    """(B, N) logits of a sequence's tokens 0..N-1: (B, N - first) bool, the decisions for tokens
-    first..N-1. Token t is routed when it is among the first ``hpu.route_capacity(n)`` of the n tokens
-    of its block (``hpu.route_block`` tokens from position 0) up to and including itself, by (logit
-    descending, position ascending): the top-k's decision had the block ended with it. It reads no
-    later token, so decoding can take it token by token; at a block's last token it is the top-k's
-    decision for that token, and earlier ones rest on a shorter prefix."""
+def causal_ahead(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.Tensor:
+    """(B, N) logits of a sequence's tokens 0..N-1: (B, N - first) int32, for each of tokens
+    first..N-1 how many earlier tokens of its block (``hpu.route_block`` tokens from position 0) come
+    before it by (logit descending, position ascending): its rank in the block so far, from 0. It
+    reads no later token. NaN is not checked here (no host synchronisation inside a training step):
+    `route_causal` checks."""
     if logits.dim() != 2 or not 0 <= first < logits.shape[-1]:
         raise InputError(f"router logits {tuple(logits.shape)} and first {first}: must be (B, N) with 0 <= first < N")
     if hpu.route_block < 1:
         raise InputError(f"route_block = {hpu.route_block}: causal routing needs blocks of at least one token")
-    if torch.isnan(logits).any():
-        raise InputError("router logits hold NaN: a NaN has no place in the order")
     n, block = logits.shape[-1], hpu.route_block
-    routed = []
-    for start in range(first - first % block, n, block):   # each block holding a decision: (B, Q, K) at most
+    ranks = []
+    for start in range(first - first % block, n, block):   # each block holding a token asked: (B, Q, K) at most
         tokens = logits[:, start:start + block]
         mine = torch.arange(max(first, start) - start, tokens.shape[-1], device=logits.device)
         earlier = torch.arange(tokens.shape[-1], device=logits.device) < mine[:, None]
         # An earlier token of the block with an equal logit comes first in the order.
-        ahead = ((tokens[:, None, :] >= tokens[:, mine, None]) & earlier).sum(-1, dtype=torch.int32)
-        routed.append(ahead < hpu.route_capacity(mine + 1))
-    return torch.cat(routed, 1)
+        ranks.append(((tokens[:, None, :] >= tokens[:, mine, None]) & earlier).sum(-1, dtype=torch.int32))
+    return torch.cat(ranks, 1)
+
+
+def route_causal(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.Tensor:
+    """(B, N) logits of a sequence's tokens 0..N-1: (B, N - first) bool, the decisions for tokens
+    first..N-1. Token t is routed when it is among the first ``hpu.route_capacity(n)`` of the n tokens
+    of its block up to and including itself by `causal_ahead`'s order: the top-k's decision had the
+    block ended with it. It reads no later token, so decoding can take it token by token; at a
+    block's last token it is the top-k's decision for that token, and earlier ones rest on a shorter
+    prefix."""
+    if torch.isnan(logits).any():
+        raise InputError("router logits hold NaN: a NaN has no place in the order")
+    seen = torch.arange(first, logits.shape[-1], device=logits.device) % max(hpu.route_block, 1) + 1
+    return causal_ahead(logits, hpu, first) < hpu.route_capacity(seen)
 
 
 def routed_mask(routed: torch.Tensor, tokens: int) -> torch.Tensor:

@@ -867,7 +867,7 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
             router.decide(hidden[:, 10:], cached=10)   # as if the cache were cropped back to 10 tokens
             assert torch.equal(router.last["routed"], whole_choice[:, 10:])
         padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), prompt[:1, :3]], 1)
-        with routing.choosing(model, "causal"), pytest.raises(ValueError, match="routes unpadded sequences"):
+        with routing.choosing(model, "causal"), pytest.raises(ValueError, match="take unpadded sequences"):
             model.generate(torch.cat([padded, prompt[1:, :5]]), attention_mask=(torch.arange(5) >= 2) | (
                 torch.arange(2)[:, None] == 1), max_new_tokens=1, do_sample=False, pad_token_id=0)
     with torch.no_grad():
@@ -905,6 +905,59 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
             with routing.choosing(model, choice):
                 assert final[figure] == pytest.approx(float(sequence_loss(model, batch)), abs=1e-6)
     assert final["loss_causal"] != final["loss_predicted"] and 0 < final["causal_accuracy"] < 1
+
+
+def test_a_rank_predictor_reads_the_block_so_far_and_decodes_as_it_evaluates(data_config, corpus, tmp_path):
+    """route_predictor = "rank": the predictor reads the hidden state and `rank_features` of the
+    router's scores over the block so far (brute force here). It trains through `train` on its BCE
+    only, its checkpoint reloads, and `generate` with a cache routes by it as the whole sequence does.
+    The field stays out of an arm's table at its default, so earlier runs keep their fingerprints."""
+    from training import routing
+
+    assert "route_predictor" not in routing.RouterConfig().as_dict()
+    assert routing.RouterConfig(route_predictor="rank").as_dict()["route_predictor"] == "rank"
+    with pytest.raises(ConfigError, match="route_predictor = 'mlp'"):
+        routing.RouterConfig(route_predictor="mlp")
+    scores = torch.tensor([[1.0, 3.0, 2.0, 5.0, 0.0, 0.0, 9.0, 1.0]])
+    cfg = routing.RouterConfig(route_fraction=0.25, route_block=4)
+    seen = torch.arange(8) % 4 + 1
+    features = routing.rank_features(routing.causal_ahead(scores, cfg.hpu), seen, cfg)
+    ahead = [0, 0, 1, 0, 0, 1, 0, 1]   # earlier tokens of the block with a score at least as high
+    assert features[0, :, 0].tolist() == pytest.approx([a / n for a, n in zip(ahead, seen.tolist())])
+    assert features[0, :, 1].tolist() == pytest.approx([1 / n for n in seen.tolist()])   # capacity 1 of 4
+    assert features[0, :, 2].tolist() == pytest.approx([math.log(n) / math.log(5) for n in seen.tolist()])
+    assert features[0, :, 3].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+
+    experiment = tiny_experiment(data_config)
+    table = experiment.to_dict()
+    table["arms"] = {"rank": {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.25, "route_block": 16,
+                              "route_predictor": "rank"}}
+    experiment = TrainConfig.from_dict(table)
+    result = train(experiment, experiment.arm("rank"), 1, corpus, tmp_path, progress=False, ranks=Ranks())
+    assert result["router"]["route_predictor"] == "rank" and 0 < result["final"]["predictor_accuracy"] <= 1
+    model = routing.load(tmp_path / "rank-seed1" / "model").eval()
+    assert all(r.predictor[0].in_features == model.config.hidden_size + routing.RANK_FEATURES
+               for r in routing.routers(model))
+    # Token by token through a cache, each predictor reads the ranks that its scores so far give over
+    # the whole sequence at once, and those scores are the whole sequence's (to rounding: a repeated
+    # token ties its score, so ranks are compared on the same scores, not on a second pass).
+    read = []
+    hooks = [r.predictor.register_forward_pre_hook(lambda m, a: read.append(a[0][..., -routing.RANK_FEATURES:]))
+             for r in routing.routers(model)]
+    prompt = torch.from_numpy(step_sequences(corpus.val["prose"], 0, 2, 32)[:, :6].astype(np.int64))
+    with torch.no_grad(), routing.choosing(model, "predictor"):
+        out = model.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0,
+                             cache_implementation="dynamic")
+        kept = [r.earlier for r in routing.routers(model)]
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad(), routing.choosing(model, "predictor"):
+        model(out)
+    layers, seen = len(kept), torch.arange(25) % 16 + 1
+    for layer, (router, scores) in enumerate(zip(routing.routers(model), kept)):
+        assert scores.shape == (2, 25) and torch.allclose(scores, router.last["logits"][:, :25], atol=1e-5)
+        want = routing.rank_features(routing.causal_ahead(scores, router.cfg.hpu), seen, router.cfg)
+        assert torch.allclose(torch.cat(read[layer::layers], 1), want, atol=1e-6)
 
 
 def test_a_window_gives_unrouted_tokens_their_recent_keys():
@@ -947,6 +1000,7 @@ def test_a_window_gives_unrouted_tokens_their_recent_keys():
 
     assert _router_cell(router.cfg) == "sqdk 0.50 window 3"
     assert _router_cell(routing.RouterConfig(route_layers="alternate")) == "sqdk 0.20 every other layer"
+    assert _router_cell(routing.RouterConfig(route_predictor="rank")) == "sqdk 0.20 rank predictor"
 
 
 @pytest.mark.parametrize("fields, message", [({"route": "skip", "route_window": 4}, "needs route = 'sqdk'"),

@@ -346,4 +346,5 @@ def report(root: str | Path, out: str | Path) -> dict:
 def _router_cell(router: RouterConfig) -> str:
     return " ".join([router.route, f"{router.route_fraction:.2f}",
                      *(["every other layer"] if router.route_layers == "alternate" else []),
-                     *([f"window {router.route_window}"] if router.route_window else [])])
+                     *([f"window {router.route_window}"] if router.route_window else []),
+                     *(["rank predictor"] if router.route_predictor == "rank" else [])])

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +45,12 @@ import torch.nn.functional as F
 
 from golden_model.contract import run_routing
 from golden_model.quantize import quantize_logits
-from golden_model.routing import order_topk, route_causal
+from golden_model.routing import causal_ahead, order_topk, route_causal
 from hpu.config import ConfigError, HPUConfig
 
 NAME = "hpu_routed"
-ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route_bits", "route_window")
+ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route_bits", "route_window",
+                "route_predictor")
 # How a router chooses: its float top-k (training, teacher-forced evaluation), its predictor (token by
 # token, decoding), the HPU's routing step on its scores quantized to route_bits, or, for comparison,
 # the untrained router `hpu quality` uses (the top-k of the hidden state's L2 norm), or the top-k's rule
@@ -56,7 +58,11 @@ ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route
 CHOICES = ("topk", "predictor", "hpu", "norm", "causal")
 MODES = ("sqdk", "skip")
 LAYERS = ("all", "alternate")
+# What a predictor reads: the hidden state alone, or also the token's rank among its block's tokens so
+# far by the router's scores (`rank_features`), which says where the block's top-k threshold lies.
+PREDICTORS = ("hidden", "rank")
 PREDICTOR_WIDTH = 64
+RANK_FEATURES = 4
 # What an evaluation measures of each choice besides the top-k: its agreement with the top-k, the share
 # of tokens it routes (None: it is held to the capacity), and the loss when it routes.
 MEASURED = {"predictor": ("predictor_accuracy", "predicted_fraction", "loss_predicted"),
@@ -86,6 +92,9 @@ class RouterConfig:
     route_window : int
         0: an unrouted token gets no attention output. W > 0 (``sqdk`` only): it attends to its last W
         keys, itself included, unscaled.
+    route_predictor : str
+        What the decoding predictor reads: ``"hidden"`` (the hidden state) or ``"rank"`` (also
+        `rank_features` of the router's scores over the block so far).
 
     Raises
     ------
@@ -99,6 +108,7 @@ class RouterConfig:
     route_layers: str = "all"
     route_bits: int = 16
     route_window: int = 0
+    route_predictor: str = "hidden"
 
     def __post_init__(self):
         if self.route not in MODES:
@@ -112,6 +122,9 @@ class RouterConfig:
         if isinstance(self.route_window, bool) or not isinstance(self.route_window, int) or self.route_window < 0:
             raise ConfigError(f"illegal router: route_window = {self.route_window!r}: must be a whole number of "
                               "keys, 0 for none")
+        if self.route_predictor not in PREDICTORS:
+            raise ConfigError(f"illegal router: route_predictor = {self.route_predictor!r}: must be one of "
+                              f"{', '.join(PREDICTORS)}")
         if self.route_window and self.route != "sqdk":
             raise ConfigError(f"illegal router: route_window = {self.route_window} needs route = 'sqdk' (under "
                               "skip the unrouted tokens are no keys to attend to)")
@@ -127,8 +140,10 @@ class RouterConfig:
         return self.route_layers == "all" or layer % 2 == 1
 
     def as_dict(self) -> dict:
-        # route_window came later: left out at its default, earlier runs keep their fingerprints.
-        return {name: getattr(self, name) for name in ROUTE_FIELDS if name != "route_window" or self.route_window}
+        # Fields that came later are left out at their defaults: earlier runs keep their fingerprints.
+        later = {"route_window": 0, "route_predictor": "hidden"}
+        return {name: getattr(self, name) for name in ROUTE_FIELDS
+                if name not in later or getattr(self, name) != later[name]}
 
 
 class Router(nn.Module):
@@ -138,10 +153,12 @@ class Router(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.score = nn.Linear(hidden, 1)
-        self.predictor = nn.Sequential(nn.Linear(hidden, PREDICTOR_WIDTH), nn.SiLU(), nn.Linear(PREDICTOR_WIDTH, 1))
+        extra = RANK_FEATURES if cfg.route_predictor == "rank" else 0
+        self.predictor = nn.Sequential(nn.Linear(hidden + extra, PREDICTOR_WIDTH), nn.SiLU(),
+                                       nn.Linear(PREDICTOR_WIDTH, 1))
         self.choice = "topk"
         self.last: dict[str, torch.Tensor] = {}
-        self.earlier: torch.Tensor | None = None   # the causal choice's scores of the tokens before these
+        self.earlier: torch.Tensor | None = None   # the scores of the tokens a cache holds (causal ranks)
 
     def decide(self, hidden: torch.Tensor, cached: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) hidden states of the tokens after the `cached` ones a cache holds: (routed (B, T)
@@ -149,12 +166,19 @@ class Router(nn.Module):
         Keeps the scores, the predictor's logits, the choice made and the top-k choice (with the HPU's
         choice on the same scores when evaluating) for `auxiliary_loss` and `statistics`."""
         logits = self.score(hidden).squeeze(-1).float()
-        predicted = self.predictor(hidden.detach()).squeeze(-1).float()
+        ahead = None
+        if self.choice == "causal" or self.cfg.route_predictor == "rank":
+            ahead = self._ahead(logits.detach(), cached)
+        seen = (torch.arange(logits.shape[-1], device=logits.device) + cached) % self.cfg.route_block + 1
+        inputs = hidden.detach()
+        if self.cfg.route_predictor == "rank":
+            inputs = torch.cat([inputs, rank_features(ahead, seen, self.cfg).to(inputs.dtype)], -1)
+        predicted = self.predictor(inputs).squeeze(-1).float()
         self.last = {"logits": logits, "predicted": predicted}
         if self.choice == "predictor":
             routed = predicted > 0
         elif self.choice == "causal":
-            routed = self._causal(logits.detach(), cached)
+            routed = ahead < self.cfg.hpu.route_capacity(seen)
         elif self.choice == "hpu":
             routed = hpu_routing(logits.detach(), self.cfg)
         elif self.choice == "norm":
@@ -168,16 +192,30 @@ class Router(nn.Module):
         unrouted = torch.full_like(logits, float(self.cfg.route_window > 0))
         return routed, torch.where(routed, torch.sigmoid(logits), unrouted)
 
-    def _causal(self, logits: torch.Tensor, cached: int) -> torch.Tensor:
+    def _ahead(self, logits: torch.Tensor, cached: int) -> torch.Tensor:
+        """`golden_model.routing.causal_ahead` of these tokens, over the scores of the tokens before
+        them that the router kept (decoding with a cache) and theirs."""
         # The scores of the tokens a cache holds, by row: a cache cropped back (assisted decoding) keeps
         # a prefix of them; beam search reorders their rows (`choosing`).
         if cached and (self.earlier is None or self.earlier.shape[0] != logits.shape[0]
                        or self.earlier.shape[1] < cached):
-            raise ValueError(f"the causal router holds no scores for the {cached} cached tokens of this batch: "
-                             "decode from the prompt's first token within one choosing(model, 'causal') block")
+            raise ValueError(f"the router holds no scores for the {cached} cached tokens of this batch, which "
+                             "its causal ranks need: decode from the prompt's first token within one "
+                             "choosing(model, ...) block")
         scores = torch.cat([self.earlier[:, :cached], logits], 1) if cached else logits
         self.earlier = scores
-        return route_causal(scores, self.cfg.hpu, first=cached)
+        return causal_ahead(scores, self.cfg.hpu, first=cached)
+
+
+def rank_features(ahead: torch.Tensor, seen: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
+    """(B, T) ranks in the block so far (`causal_ahead`) of tokens that are each the `seen`-th (T,) of
+    their block: (B, T, RANK_FEATURES) float, what a rank predictor reads beside the hidden state: the
+    rank as a share of the tokens seen, the capacity's share of them, how far into the block the token
+    is (log scale), and the causal choice (1 routed, 0 not)."""
+    capacity = cfg.hpu.route_capacity(seen)
+    seen = seen.float().expand_as(ahead)
+    return torch.stack([ahead / seen, capacity / seen, torch.log(seen) / math.log(cfg.route_block + 1),
+                        (ahead < capacity).float()], -1)
 
 
 def _blocks(logits: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
@@ -273,11 +311,13 @@ def _before(module, args, kwargs):
     hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     cached = cache.get_seq_length(module.layer_idx) if cache is not None else 0
-    if module.router.choice == "causal" and kwargs.get("attention_mask") is not None:
+    ranks = module.router.choice == "causal" or module.router.cfg.route_predictor == "rank"
+    if ranks and not module.training and kwargs.get("attention_mask") is not None:
         own = _own_mask(kwargs["attention_mask"], hidden.shape[1], hidden.shape[1] + cached, hidden.device)
         if not own.any(dim=-2).all():   # a key no query sees: padding, which would count in the blocks
-            raise ValueError("the causal choice routes unpadded sequences (padding would count among a block's "
-                             "tokens): generate one prompt at a time, or prompts of one length")
+            raise ValueError("causal ranks (the causal choice, a rank predictor) take unpadded sequences (padding "
+                             "would count among a block's tokens): generate one prompt at a time, or prompts of "
+                             "one length")
     routed, scale = module.router.decide(hidden, cached)
     module.router.scale = scale
     cfg = module.router.cfg
@@ -409,8 +449,8 @@ def statistics(model) -> dict[str, float]:
 def choosing(model, choice: str, route_bits: int | None = None):
     """Every router of `model` (the model `generate` is called on) chooses by `choice` inside the block:
     ``"predictor"`` or ``"causal"`` (token by token, no look-ahead: decoding, or the teacher-forced loss
-    of decoding's choices; ``"causal"`` keeps each row's scores beside the cache, and beam search
-    reorders them with the cache's rows), ``"hpu"`` (the HPU's routing step on the scores quantized
+    of decoding's choices; ``"causal"`` and a rank predictor keep each row's scores beside the cache,
+    and beam search reorders them with the cache's rows), ``"hpu"`` (the HPU's routing step on the scores quantized
     to `route_bits`, by default the router's own) or ``"norm"``; ``"topk"`` is the default."""
     if choice not in CHOICES:
         raise ValueError(f"a router chooses by one of {', '.join(CHOICES)}, not {choice!r}")
@@ -420,22 +460,21 @@ def choosing(model, choice: str, route_bits: int | None = None):
         r.choice, r.earlier = choice, None
         if route_bits is not None:
             r.cfg = dataclasses.replace(r.cfg, route_bits=route_bits)
+    # transformers' hook for state a model keeps beside its cache (the scores causal ranks read): beam
+    # search hands it the rows. The class's own hook (a static or a plain method), if any, still
+    # reorders the cache.
     own = model.__dict__.get("_reorder_cache")
-    if choice == "causal":
-        # transformers' hook for state a model keeps beside its cache: beam search hands it the rows.
-        # The class's own hook (a static or a plain method), if any, still reorders the cache.
-        native = inspect.getattr_static(type(model), "_reorder_cache", None)
-        native = None if native is None else native.__get__(model, type(model))
-        model._reorder_cache = functools.partial(_reorder, native, chosen)
+    native = inspect.getattr_static(type(model), "_reorder_cache", None)
+    native = None if native is None else native.__get__(model, type(model))
+    model._reorder_cache = functools.partial(_reorder, native, chosen)
     try:
         yield
     finally:
         for r, (choice_was, cfg_was) in zip(chosen, before):
             r.choice, r.cfg, r.earlier = choice_was, cfg_was, None
-        if choice == "causal":
-            del model._reorder_cache
-            if own is not None:
-                model._reorder_cache = own
+        del model._reorder_cache
+        if own is not None:
+            model._reorder_cache = own
 
 
 def _reorder(reorder, chosen: list[Router], cache, beam_idx: torch.Tensor):
