@@ -203,7 +203,8 @@ class Router(nn.Module):
                              "its causal ranks need: decode from the prompt's first token within one "
                              "choosing(model, ...) block")
         scores = torch.cat([self.earlier[:, :cached], logits], 1) if cached else logits
-        self.earlier = scores
+        if not self.training:   # decoding's state; a training step (compiled) keeps none
+            self.earlier = scores
         return causal_ahead(scores, self.cfg.hpu, first=cached)
 
 
@@ -386,7 +387,7 @@ def attach(model, cfg: RouterConfig, seed: int = 0) -> list[Router]:
                 p.copy_(torch.randn(p.shape, generator=generator) * model.config.initializer_range if p.dim() > 1
                         else torch.zeros(p.shape))
         param = next(attn.parameters())
-        attn.router = router.to(device=param.device, dtype=param.dtype)
+        attn.router = router.to(device=param.device, dtype=param.dtype).train(attn.training)
         attn.register_forward_pre_hook(_before, with_kwargs=True)
         attn.register_forward_hook(_after)
         routers.append(attn.router)
