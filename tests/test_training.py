@@ -862,9 +862,9 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
         with routing.choosing(model, "causal"):
             (router, *_) = routing.routers(model)
             hidden = torch.randn(2, 16, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
-            router.decide(hidden)
+            router.decide(hidden, decoding=True)
             whole_choice = router.last["routed"]
-            router.decide(hidden[:, 10:], cached=10)   # as if the cache were cropped back to 10 tokens
+            router.decide(hidden[:, 10:], cached=10, decoding=True)   # as if the cache were cropped back to 10
             assert torch.equal(router.last["routed"], whole_choice[:, 10:])
         padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), prompt[:1, :3]], 1)
         with routing.choosing(model, "causal"), pytest.raises(ValueError, match="take unpadded sequences"):
@@ -910,9 +910,21 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
 def test_a_rank_predictor_reads_the_block_so_far_and_decodes_as_it_evaluates(data_config, corpus, tmp_path):
     """route_predictor = "rank": the predictor reads the hidden state and `rank_features` of the
     router's scores over the block so far (brute force here). It trains through `train` on its BCE
-    only, its checkpoint reloads, and `generate` with a cache routes by it as the whole sequence does.
-    The field stays out of an arm's table at its default, so earlier runs keep their fingerprints."""
+    only and its checkpoint reloads; decoding with a cache keeps the scores (to rounding the whole
+    sequence's) and reads the ranks they give. Its routers start as a hidden-state predictor's, and
+    the field stays out of an arm's table at its default, so earlier runs keep their fingerprints."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
     from training import routing
+
+    plain, ranked = tiny_llama("sdpa"), tiny_llama("sdpa")
+    plain_routers = routing.attach(plain, routing.RouterConfig(route_block=16), seed=3)
+    ranked_routers = routing.attach(ranked, routing.RouterConfig(route_block=16, route_predictor="rank"), seed=3)
+    for a, b in zip(plain_routers, ranked_routers):
+        assert torch.equal(a.score.weight, b.score.weight) and torch.equal(a.predictor[2].weight, b.predictor[2].weight)
+        hidden = a.predictor[0].in_features
+        assert torch.equal(b.predictor[0].weight[:, :hidden], a.predictor[0].weight)
+        assert not b.predictor[0].weight[:, hidden:].any()
 
     assert "route_predictor" not in routing.RouterConfig().as_dict()
     assert routing.RouterConfig(route_predictor="rank").as_dict()["route_predictor"] == "rank"
@@ -958,6 +970,27 @@ def test_a_rank_predictor_reads_the_block_so_far_and_decodes_as_it_evaluates(dat
         assert scores.shape == (2, 25) and torch.allclose(scores, router.last["logits"][:, :25], atol=1e-5)
         want = routing.rank_features(routing.causal_ahead(scores, router.cfg.hpu), seen, router.cfg)
         assert torch.allclose(torch.cat(read[layer::layers], 1), want, atol=1e-6)
+    # Beam search reorders the kept scores with the cache's rows; padding, which would count among a
+    # block's tokens, is refused; a pass without a cache (training, evaluation) keeps nothing.
+    (first, *_), layer = routing.routers(model), model.model.layers[0]
+    drift = []
+
+    class Compare(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            own = first.score(layer.input_layernorm(model.model.embed_tokens(input_ids))).squeeze(-1).float()
+            drift.append(float((own - first.earlier).abs().max()))
+            return scores
+
+    with torch.no_grad(), routing.choosing(model, "predictor"):
+        model.generate(prompt[:1], max_new_tokens=8, num_beams=2, do_sample=False, pad_token_id=0,
+                       logits_processor=LogitsProcessorList([Compare()]), cache_implementation="dynamic")
+        with pytest.raises(ValueError, match="take unpadded sequences"):
+            model.generate(prompt, attention_mask=torch.tensor([[0] * 2 + [1] * 4, [1] * 6]), max_new_tokens=1,
+                           do_sample=False, pad_token_id=0)
+    assert len(drift) == 8 and max(drift) < 1e-5
+    model.train()
+    model(prompt, use_cache=False)
+    assert all(r.earlier is None for r in routing.routers(model))
 
 
 def test_a_window_gives_unrouted_tokens_their_recent_keys():

@@ -9,10 +9,11 @@ value in one line naming the table, the key, the value and the rule.
     [run]     context, batch, micro_batch, tokens, lr, min_lr, warmup_steps, weight_decay, grad_clip,
               anneal_steps, eval_every, eval_tokens, log_every, checkpoint_every, compile, seeds
     [data]    `training.data.DataConfig`'s fields
-    [arms.NAME]  attention = "sdpa" | "hpu_mass", and for hpu_mass the gate: mode, permeability,
-                 mass_target, k_min (`HPUConfig` fields, validated by it); optionally a learned
-                 router: route = "sqdk" | "skip", route_fraction, route_block (default: the
-                 context), route_layers = "all" | "alternate" (`training.routing.RouterConfig`)
+    [arms.NAME]  attention = "sdpa" | "hpu_mass" | "hpu_routed", and for hpu_mass the gate: mode,
+                 permeability, mass_target, k_min (`HPUConfig` fields, validated by it); optionally
+                 a learned router: route = "sqdk" | "skip", route_fraction, route_block (default:
+                 the context), route_layers = "all" | "alternate", route_bits, route_window,
+                 route_predictor = "hidden" | "rank" (`training.routing.RouterConfig`)
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ seed `004_*` gives unrouted tokens a linear-attention stream for the same reason
   always sees itself, so no row is empty.
 
 Top-k over a block looks ahead, which decoding cannot. So each router also has a predictor: a small
-MLP on the hidden state with its gradient stopped, trained by binary cross-entropy to say whether the
-token is in the top-k. Inside `choosing(model, "predictor")` the predictor decides instead
+MLP on the hidden state (and with ``route_predictor = "rank"`` on `rank_features` of the router's
+scores over the block so far) with its gradient stopped, trained by binary cross-entropy to say
+whether the token is in the top-k. Inside `choosing(model, "predictor")` the predictor decides instead
 (probability above one half), token by token, as in `model.generate`. Inside
 `choosing(model, "causal")` the router's own scores decide, also token by token, by the top-k's rule
 over the block so far (`golden_model.routing.route_causal`): decoding keeps the scores of the
@@ -47,6 +48,7 @@ from golden_model.contract import run_routing
 from golden_model.quantize import quantize_logits
 from golden_model.routing import causal_ahead, order_topk, route_causal
 from hpu.config import ConfigError, HPUConfig
+from hpu.errors import InputError
 
 NAME = "hpu_routed"
 ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route_bits", "route_window",
@@ -147,7 +149,8 @@ class RouterConfig:
 
 
 class Router(nn.Module):
-    """One layer's router: ``score`` (hidden -> logit) and ``predictor`` (hidden, gradient stopped -> logit)."""
+    """One layer's router: ``score`` (hidden -> logit) and ``predictor`` (hidden, with a rank predictor
+    also `rank_features`, gradient stopped -> logit)."""
 
     def __init__(self, hidden: int, cfg: RouterConfig):
         super().__init__()
@@ -160,15 +163,17 @@ class Router(nn.Module):
         self.last: dict[str, torch.Tensor] = {}
         self.earlier: torch.Tensor | None = None   # the scores of the tokens a cache holds (causal ranks)
 
-    def decide(self, hidden: torch.Tensor, cached: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, D) hidden states of the tokens after the `cached` ones a cache holds: (routed (B, T)
-        bool, scale (B, T): sigmoid(score) where routed, else 0, or 1 with a window).
+    def decide(self, hidden: torch.Tensor, cached: int = 0,
+               decoding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) hidden states of the tokens after the `cached` ones a cache holds (`decoding`: a
+        cache is in use, so the scores are kept for the next tokens' ranks): (routed (B, T) bool, scale
+        (B, T): sigmoid(score) where routed, else 0, or 1 with a window).
         Keeps the scores, the predictor's logits, the choice made and the top-k choice (with the HPU's
         choice on the same scores when evaluating) for `auxiliary_loss` and `statistics`."""
         logits = self.score(hidden).squeeze(-1).float()
         ahead = None
         if self.choice == "causal" or self.cfg.route_predictor == "rank":
-            ahead = self._ahead(logits.detach(), cached)
+            ahead = self._ahead(logits.detach(), cached, decoding)
         seen = (torch.arange(logits.shape[-1], device=logits.device) + cached) % self.cfg.route_block + 1
         inputs = hidden.detach()
         if self.cfg.route_predictor == "rank":
@@ -192,7 +197,7 @@ class Router(nn.Module):
         unrouted = torch.full_like(logits, float(self.cfg.route_window > 0))
         return routed, torch.where(routed, torch.sigmoid(logits), unrouted)
 
-    def _ahead(self, logits: torch.Tensor, cached: int) -> torch.Tensor:
+    def _ahead(self, logits: torch.Tensor, cached: int, decoding: bool) -> torch.Tensor:
         """`golden_model.routing.causal_ahead` of these tokens, over the scores of the tokens before
         them that the router kept (decoding with a cache) and theirs."""
         # The scores of the tokens a cache holds, by row: a cache cropped back (assisted decoding) keeps
@@ -202,8 +207,10 @@ class Router(nn.Module):
             raise ValueError(f"the router holds no scores for the {cached} cached tokens of this batch, which "
                              "its causal ranks need: decode from the prompt's first token within one "
                              "choosing(model, ...) block")
+        if not self.training and torch.isnan(logits).any():   # no host synchronisation in a training step
+            raise InputError("router scores hold NaN: a NaN has no place in the order")
         scores = torch.cat([self.earlier[:, :cached], logits], 1) if cached else logits
-        if not self.training:   # decoding's state; a training step (compiled) keeps none
+        if decoding:   # a training step (no cache, compiled) keeps no state
             self.earlier = scores
         return causal_ahead(scores, self.cfg.hpu, first=cached)
 
@@ -312,14 +319,15 @@ def _before(module, args, kwargs):
     hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     cached = cache.get_seq_length(module.layer_idx) if cache is not None else 0
-    ranks = module.router.choice == "causal" or module.router.cfg.route_predictor == "rank"
-    if ranks and not module.training and kwargs.get("attention_mask") is not None:
+    router = module.router
+    ranks = router.choice == "causal" or (router.choice == "predictor" and router.cfg.route_predictor == "rank")
+    if ranks and kwargs.get("attention_mask") is not None:
         own = _own_mask(kwargs["attention_mask"], hidden.shape[1], hidden.shape[1] + cached, hidden.device)
         if not own.any(dim=-2).all():   # a key no query sees: padding, which would count in the blocks
             raise ValueError("causal ranks (the causal choice, a rank predictor) take unpadded sequences (padding "
                              "would count among a block's tokens): generate one prompt at a time, or prompts of "
                              "one length")
-    routed, scale = module.router.decide(hidden, cached)
+    routed, scale = router.decide(hidden, cached, decoding=cache is not None)
     module.router.scale = scale
     cfg = module.router.cfg
     if cfg.route == "sqdk" and not cfg.route_window:
@@ -382,10 +390,16 @@ def attach(model, cfg: RouterConfig, seed: int = 0) -> list[Router]:
             continue
         router = Router(hidden, cfg)
         with torch.no_grad():
-            for p in router.parameters():
-                # The model's own init: normal weights of std initializer_range, zero biases.
-                p.copy_(torch.randn(p.shape, generator=generator) * model.config.initializer_range if p.dim() > 1
-                        else torch.zeros(p.shape))
+            for name, p in router.named_parameters():
+                # The model's own init: normal weights of std initializer_range, zero biases. A rank
+                # predictor's rank columns start at zero, so the draws, and every router, are a hidden-
+                # state predictor's.
+                if p.dim() == 1:
+                    p.zero_()
+                    continue
+                drawn = p.shape if name != "predictor.0.weight" else (p.shape[0], hidden)
+                weight = torch.randn(drawn, generator=generator) * model.config.initializer_range
+                p.copy_(F.pad(weight, (0, p.shape[-1] - drawn[-1])))
         param = next(attn.parameters())
         attn.router = router.to(device=param.device, dtype=param.dtype).train(attn.training)
         attn.register_forward_pre_hook(_before, with_kwargs=True)
