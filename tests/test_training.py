@@ -833,6 +833,27 @@ def test_routed_attention_scales_routed_rows_and_zeros_the_rest(mode):
                                    use_cache=False).shape == (1, 6)
 
 
+def _beam_search_drift(model, prompt: torch.Tensor, steps: int, beams: int) -> list[float]:
+    """Beam search under the routers' current choice: at each step, how far the first router's kept
+    scores lie from the scores of each beam's own tokens so far (its layer reads the embeddings)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from training import routing
+
+    first, layer, drift = routing.routers(model)[0], model.model.layers[0], []
+
+    class Compare(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            own = first.score(layer.input_layernorm(model.model.embed_tokens(input_ids))).squeeze(-1).float()
+            drift.append(float((own - first.earlier).abs().max()))
+            return scores
+
+    with torch.no_grad():
+        model.generate(prompt, max_new_tokens=steps, num_beams=beams, do_sample=False, pad_token_id=0,
+                       logits_processor=LogitsProcessorList([Compare()]), cache_implementation="dynamic")
+    return drift
+
+
 @pytest.mark.parametrize("window", [0, 3])
 def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(window, data_config):
     """Under choosing(model, "causal") each router routes by the top-k's rule over its block so far:
@@ -879,22 +900,9 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
         assert torch.equal(mine[:, 7::8], best[:, 7::8])
         assert 0 < mine.sum() < mine.numel()
     assert torch.allclose(torch.stack(out.scores, 1), whole[:, 4:15], atol=1e-5)
-    # Beam search reorders the cache's rows between steps, and the routers' scores with them: at each
-    # step the first router holds the scores of the rows' own tokens so far.
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    first, layer = routing.routers(model)[0], model.model.layers[0]
-    drift = []
-
-    class Compare(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            own = first.score(layer.input_layernorm(model.model.embed_tokens(input_ids))).squeeze(-1).float()
-            drift.append(float((own - first.earlier).abs().max()))
-            return scores
-
-    with torch.no_grad(), routing.choosing(model, "causal"):
-        model.generate(prompt[:1], max_new_tokens=10, num_beams=3, do_sample=False, pad_token_id=0,
-                       logits_processor=LogitsProcessorList([Compare()]), cache_implementation="dynamic")
+    # Beam search reorders the cache's rows between steps, and the routers' scores with them.
+    with routing.choosing(model, "causal"):
+        drift = _beam_search_drift(model, prompt[:1], steps=10, beams=3)
     assert len(drift) == 10 and max(drift) < 1e-5 and "_reorder_cache" not in model.__dict__
     cfg = tiny_experiment(data_config)
     stream = np.random.default_rng(2).integers(0, 64, 2 * cfg.run.context + 1)
@@ -913,8 +921,6 @@ def test_a_rank_predictor_reads_the_block_so_far_and_decodes_as_it_evaluates(dat
     only and its checkpoint reloads; decoding with a cache keeps the scores (to rounding the whole
     sequence's) and reads the ranks they give. Its routers start as a hidden-state predictor's, and
     the field stays out of an arm's table at its default, so earlier runs keep their fingerprints."""
-    from transformers import LogitsProcessor, LogitsProcessorList
-
     from training import routing
 
     plain, ranked = tiny_llama("sdpa"), tiny_llama("sdpa")
@@ -972,18 +978,8 @@ def test_a_rank_predictor_reads_the_block_so_far_and_decodes_as_it_evaluates(dat
         assert torch.allclose(torch.cat(read[layer::layers], 1), want, atol=1e-6)
     # Beam search reorders the kept scores with the cache's rows; padding, which would count among a
     # block's tokens, is refused; a pass without a cache (training, evaluation) keeps nothing.
-    (first, *_), layer = routing.routers(model), model.model.layers[0]
-    drift = []
-
-    class Compare(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            own = first.score(layer.input_layernorm(model.model.embed_tokens(input_ids))).squeeze(-1).float()
-            drift.append(float((own - first.earlier).abs().max()))
-            return scores
-
     with torch.no_grad(), routing.choosing(model, "predictor"):
-        model.generate(prompt[:1], max_new_tokens=8, num_beams=2, do_sample=False, pad_token_id=0,
-                       logits_processor=LogitsProcessorList([Compare()]), cache_implementation="dynamic")
+        drift = _beam_search_drift(model, prompt[:1], steps=8, beams=2)
         with pytest.raises(ValueError, match="take unpadded sequences"):
             model.generate(prompt, attention_mask=torch.tensor([[0] * 2 + [1] * 4, [1] * 6]), max_new_tokens=1,
                            do_sample=False, pad_token_id=0)
