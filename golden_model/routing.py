@@ -96,6 +96,12 @@ def causal_ahead(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.
     return torch.cat(ranks, 1)
 
 
+def block_seen(first: int, n: int, hpu: HPUConfig, device=None) -> torch.Tensor:
+    """For each of tokens first..n-1: how many tokens of its block (``hpu.route_block`` tokens from
+    position 0) there are up to and including it."""
+    return torch.arange(first, n, device=device) % hpu.route_block + 1
+
+
 def route_causal(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.Tensor:
     """(B, N) logits of a sequence's tokens 0..N-1: (B, N - first) bool, the decisions for tokens
     first..N-1. Token t is routed when it is among the first ``hpu.route_capacity(n)`` of the n tokens
@@ -105,8 +111,8 @@ def route_causal(logits: torch.Tensor, hpu: HPUConfig, first: int = 0) -> torch.
     prefix."""
     if torch.isnan(logits).any():
         raise InputError("router logits hold NaN: a NaN has no place in the order")
-    seen = torch.arange(first, logits.shape[-1], device=logits.device) % max(hpu.route_block, 1) + 1
-    return causal_ahead(logits, hpu, first) < hpu.route_capacity(seen)
+    ahead = causal_ahead(logits, hpu, first)
+    return ahead < hpu.route_capacity(block_seen(first, logits.shape[-1], hpu, logits.device))
 
 
 def routed_mask(routed: torch.Tensor, tokens: int) -> torch.Tensor:

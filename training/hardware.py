@@ -226,7 +226,7 @@ def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
         raise InputError(f"the held-out text has {len(stream)} tokens, fewer than {sequences} x {length}")
     seqs = torch.from_numpy(np.stack([stream[i * length:(i + 1) * length + 1] for i in range(sequences)])
                             .astype(np.int64))
-    choices = [("topk", None), ("predictor", None), ("causal", None), ("norm", None)] + [("hpu", b) for b in bits]
+    choices = [(c, None) for c in routing.CHOICES if c != "hpu"] + [("hpu", b) for b in bits]
     losses = {f"{c}{'' if b is None else b}": 0.0 for c, b in choices}
     agree = dict.fromkeys(losses, 0.0)
     with torch.no_grad():

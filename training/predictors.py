@@ -18,7 +18,7 @@ from training.data import Corpus
 from training.loop import Ranks, adamw, compile_for_training, cosine, evaluate, step_sequences, train_step
 
 # What the fit reports of training's evaluation, before and after, and the file it writes them to.
-REPORTED = ("loss", "predictor_accuracy", "predicted_fraction", "loss_predicted", "routed_fraction")
+REPORTED = ("loss", "routed_fraction", *routing.MEASURED["predictor"])
 RESULT = "predictors.json"
 
 

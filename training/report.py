@@ -93,14 +93,10 @@ def equal_flops_gap(arm: list[dict], base: list[dict]) -> dict:
             "mean": float(np.mean([r["final"]["loss"] for r in arm]) - np.mean(at))}
 
 
-def _kept_history(run: dict) -> dict[int, float]:
-    """A run's kept fraction at each evaluation that recorded one, by tokens seen."""
-    return {v["tokens"]: v["kept_fraction"] for v in run["history"]["val"] if "kept_fraction" in v}
-
-
-def _val_history(run: dict) -> dict[int, float]:
-    """A run's validation loss at each evaluation, by tokens seen."""
-    return {v["tokens"]: v["loss"] for v in run["history"]["val"]}
+def _history(run: dict, figure: str = "loss") -> dict[int, float]:
+    """A run's `figure` (by default its validation loss) at each evaluation that recorded it, by tokens
+    seen."""
+    return {v["tokens"]: v[figure] for v in run["history"]["val"] if figure in v}
 
 
 def _shared(histories: list[dict[int, float]]) -> list[int]:
@@ -110,7 +106,7 @@ def _shared(histories: list[dict[int, float]]) -> list[int]:
 
 def kept_over_training(runs: list[dict]) -> list[dict]:
     """The kept fraction at each evaluation that every one of `runs` (an arm's seeds) recorded, over seeds."""
-    points = [_kept_history(r) for r in runs]
+    points = [_history(r, "kept_fraction") for r in runs]
     return [{"tokens": t, **_stats([p[t] for p in points])} for t in _shared(points)]
 
 
@@ -122,7 +118,7 @@ def gap_over_training(runs: list[dict], base: list[dict]) -> list[dict]:
     pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
     if not pairs:
         return []
-    histories = [_val_history(run) for pair in pairs for run in pair]
+    histories = [_history(run) for pair in pairs for run in pair]
     return [{"tokens": t, **_stats([arm[t] - baseline[t] for arm, baseline in zip(histories[::2], histories[1::2])])}
             for t in _shared(histories)]
 
@@ -298,7 +294,7 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
         shortest = min((len(c[0]) for c in curves), default=0)
         if shortest:
             _band(train_ax, curves[0][0][:shortest], [c[1][:shortest] for c in curves], styles[name], label)
-        histories = [_val_history(r) for r in rs]
+        histories = [_history(r) for r in rs]
         shared = _shared(histories)
         _band(val_ax, shared, [[h[t] for t in shared] for h in histories], {**styles[name], "marker": "."}, label)
         for key, ax in (("gap_over_training", gap_ax), ("kept_over_training", kept_ax)):

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from golden_model.contract import run_routing
 from golden_model.quantize import quantize_logits
-from golden_model.routing import causal_ahead, order_topk, route_causal
+from golden_model.routing import block_seen, causal_ahead, order_topk, route_causal
 from hpu.config import ConfigError, HPUConfig
 from hpu.errors import InputError
 
@@ -174,7 +174,7 @@ class Router(nn.Module):
         ahead = None
         if self.choice == "causal" or self.cfg.route_predictor == "rank":
             ahead = self._ahead(logits.detach(), cached, decoding)
-        seen = (torch.arange(logits.shape[-1], device=logits.device) + cached) % self.cfg.route_block + 1
+        seen = block_seen(cached, cached + logits.shape[-1], self.cfg.hpu, logits.device)
         inputs = hidden.detach()
         if self.cfg.route_predictor == "rank":
             inputs = torch.cat([inputs, rank_features(ahead, seen, self.cfg).to(inputs.dtype)], -1)
@@ -328,8 +328,8 @@ def _before(module, args, kwargs):
                              "would count among a block's tokens): generate one prompt at a time, or prompts of "
                              "one length")
     routed, scale = router.decide(hidden, cached, decoding=cache is not None)
-    module.router.scale = scale
-    cfg = module.router.cfg
+    router.scale = scale
+    cfg = router.cfg
     if cfg.route == "sqdk" and not cfg.route_window:
         return args, kwargs
     if cfg.route == "skip" and cached:
