@@ -8,6 +8,7 @@ Training runs a tiny Llama on text the test writes itself, on the CPU in float32
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -735,7 +736,8 @@ def test_the_report_says_what_routing_otherwise_than_by_the_top_k_costs(tmp_path
     from training import report
 
     figures = {"routed_fraction": 0.2, "attention_fraction": 0.2, "hpu_agreement": 1.0, "loss_hpu": 3.5,
-               "predictor_accuracy": 0.94, "predicted_fraction": 0.19, "loss_predicted": 3.51}
+               "predictor_accuracy": 0.94, "predicted_fraction": 0.19, "loss_predicted": 3.51,
+               "unread_fraction": 0.25, "unread_loss_part": 1.5}
     for seed, loss, causal in ((1, 3.5, {"causal_accuracy": 0.97, "causal_fraction": 0.2, "loss_causal": 3.52}),
                                (2, 3.4, {})):
         run = _result("sqdk20", seed, loss)
@@ -753,7 +755,11 @@ def test_the_report_says_what_routing_otherwise_than_by_the_top_k_costs(tmp_path
     assert row["loss_hpu_over_topk"]["values"] == pytest.approx([0.0, 0.1])
     assert "causal_accuracy" not in row and "loss_causal_over_topk" not in row
     table = (tmp_path / "out" / report.TABLE).read_text()
-    assert "| sqdk20 | 2 | 0.200 | 0.9550 | 0.190 | +0.0600 | - | - | - | 1.0000 | +0.0500 |" in table
+    # The tokens that read no other: 1.5 nats of the mean loss over a quarter of the tokens, 6 on each of them.
+    assert row["unread_loss"]["values"] == [6.0, 6.0]
+    assert row["read_loss"]["values"] == pytest.approx([2 / 0.75, 1.9 / 0.75])
+    assert ("| sqdk20 | 2 | 0.200 | 0.9550 | 0.190 | +0.0600 | - | - | - | 1.0000 | +0.0500 | 0.250 | 6.0000 | 2.6000 |"
+            in table)
 
 
 # -- the learned router -------------------------------------------------------------------------------
@@ -913,6 +919,11 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
             with routing.choosing(model, choice):
                 assert final[figure] == pytest.approx(float(sequence_loss(model, batch)), abs=1e-6)
     assert final["loss_causal"] != final["loss_predicted"] and 0 < final["causal_accuracy"] < 1
+    # The tokens that read no other, and their part of the loss: figures over tokens, whatever the batches.
+    with torch.no_grad():
+        stats = routing.statistics(model, sequence_loss(model, batch, reduction="none"))
+    assert 0 < final["unread_fraction"] == pytest.approx(stats["unread_fraction"], abs=1e-12)
+    assert final["unread_loss_part"] == pytest.approx(stats["unread_loss_part"], abs=1e-6)
 
 
 def test_a_rank_predictor_reads_the_block_so_far_and_decodes_as_it_evaluates(data_config, corpus, tmp_path):
@@ -987,6 +998,41 @@ def test_a_rank_predictor_reads_the_block_so_far_and_decodes_as_it_evaluates(dat
     model.train()
     model(prompt, use_cache=False)
     assert all(r.earlier is None for r in routing.routers(model))
+
+
+@pytest.mark.parametrize("router", [dict(route_fraction=0.25, route_block=8), dict(route="skip", route_fraction=0.5,
+                                    route_block=8), dict(route_fraction=0.25, route_block=8, route_window=2),
+                                    dict(route_fraction=0.25, route_block=8, route_window=1),
+                                    dict(route_fraction=0.25, route_block=8, route_layers="alternate")])
+def test_unread_tokens_are_those_whose_prediction_no_other_token_reaches(router):
+    """`unread` marks a token exactly when its logits have no gradient from any other token's input:
+    with every layer routed (sqdk, skip, a window of one key) some tokens are such, with a dense
+    layer or a wider window only the first. The evaluation's figures are its share and the mean-loss
+    part on those tokens."""
+    from training import routing
+    from training.loop import sequence_loss
+
+    model = tiny_llama("sdpa")
+    routing.attach(model, routing.RouterConfig(**router))
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(9))
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+    logits = model(inputs_embeds=embeds).logits
+    alone = routing.unread(model)
+    for b, t in itertools.product(range(2), range(16)):
+        (grad,) = torch.autograd.grad(logits[b, t].sum(), embeds, retain_graph=True)
+        reached = grad[b].abs().sum(-1) > 0
+        reached[t] = False
+        assert bool(alone[b, t]) == (not reached.any()), (b, t)
+    if "route_layers" in router or router.get("route_window", 0) > 1:
+        assert torch.equal(alone, (torch.arange(16) == 0).expand(2, 16))
+    else:
+        assert alone[:, 1:].any()
+    with torch.no_grad():
+        losses = sequence_loss(model, torch.cat([ids, ids[:, :1]], 1), reduction="none")
+        stats = routing.statistics(model, losses)
+    alone = routing.unread(model)
+    assert stats["unread_fraction"] == float(alone.float().mean())
+    assert stats["unread_loss_part"] == pytest.approx(float(losses[alone].sum() / 32), rel=1e-6)
 
 
 def test_a_window_gives_unrouted_tokens_their_recent_keys():

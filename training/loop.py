@@ -153,10 +153,12 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
-def sequence_loss(model, tokens: torch.Tensor) -> torch.Tensor:
+def sequence_loss(model, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """(B, T + 1) tokens: the mean next-token loss, or with ``reduction="none"`` each position's (B, T)."""
     # No KV cache: nothing decodes here, and a cache makes torch.compile guard on each layer's cache entry.
     logits = model(input_ids=tokens[:, :-1], use_cache=False).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction=reduction)
+    return loss.view(tokens.shape[0], -1) if reduction == "none" else loss
 
 
 def compile_layers(model, backend: str = "inductor") -> None:
@@ -208,8 +210,9 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
             batch = torch.from_numpy(mine[i:i + cfg.run.micro_batch]).to(ranks.device)
             with autocast(ranks.device):
                 with attention.counting(kept):
-                    loss_sum += sequence_loss(model, batch).double() * len(batch)
-                stats = routing.statistics(model)
+                    per_token = sequence_loss(model, batch, reduction="none")
+                loss_sum += per_token.double().mean() * len(batch)
+                stats = routing.statistics(model, per_token)
                 if stats:
                     for choice, (*_, figure) in routing.MEASURED.items():
                         with routing.choosing(model, choice):

@@ -6,7 +6,8 @@ two-sided p) and, seed by seed, the paired differences with their paired t-test;
 at the end and over training; tokens/s; and for a routed arm its router, the attention FLOPs as a
 fraction of dense, the gap at equal attention FLOPs, and the rest of what its evaluation recorded
 (`training.routing.EVALUATED`: the predictor's, the causal choice's and the HPU's agreement with the
-top-k, the losses when they route, and those losses minus the top-k's, in a table of their own).
+top-k, the losses when they route, and those losses minus the top-k's, in a table of their own, with
+the share of tokens that read no other token in any layer and the loss on them and on the rest).
 Runs join one report only when they share the experiment (model, schedule and token stream);
 anything else is refused. A run still training (no result.json) is listed as missing, not guessed.
 Outputs: ``ab.json`` (every figure, with each run's device and versions), ``ab.md`` (the table) and
@@ -149,6 +150,11 @@ def summarize(runs: list[dict]) -> dict:
         for key in EVALUATED:
             if all(key in r["final"] for r in rs):   # runs before a figure was recorded lack it
                 row[key] = _stats([r["final"][key] for r in rs])
+        # The loss on the tokens that read no other token in any layer, and on the rest.
+        if "unread_loss_part" in row:
+            final = [r["final"] for r in rs]
+            row["unread_loss"] = _stats([f["unread_loss_part"] / f["unread_fraction"] for f in final])
+            row["read_loss"] = _stats([(f["loss"] - f["unread_loss_part"]) / (1 - f["unread_fraction"]) for f in final])
         # What routing otherwise than by the top-k costs: each run's loss by that choice minus its own.
         for *_, key in MEASURED.values():
             if key in row:
@@ -216,14 +222,19 @@ def markdown(summary: dict) -> str:
                   "agrees with the top-k; routes: the share it routes (the predictor and the causal choice are "
                   "not held to the capacity); loss: its loss minus the top-k's, teacher-forced. The predictor and "
                   "the causal choice are decoding's; hpu: the HPU's routing step on the scores quantized to "
-                  "route_bits.", "",
-                  "| arm | seeds | top-k routes | " + " | ".join(head) + " |", "|---|" + "---|" * (2 + len(head))]
+                  "route_bits. Reads no token: the share of tokens that read no other token's value in any layer "
+                  "(routed in none of them), so that the next token is predicted from the token alone; the "
+                  "top-k's loss on them and on the other tokens.", "",
+                  "| arm | seeds | top-k routes | " + " | ".join(head) + " | reads no token | loss there | loss elsewhere |",
+                  "|---|" + "---|" * (5 + len(head))]
         for name, row in routed.items():
             cells = [name, str(len(row["seeds"])), fmt(row["routed_fraction"]["mean"], 3)]
             for agreement, share, key in MEASURED.values():
                 cells += [fmt(row.get(agreement, {}).get("mean"), 4),
                           *([fmt(row.get(share, {}).get("mean"), 3)] if share else []),
                           "-" if f"{key}_over_topk" not in row else f"{row[f'{key}_over_topk']['mean']:+.4f}"]
+            cells += [fmt(row.get("unread_fraction", {}).get("mean"), 3),
+                      fmt(row.get("unread_loss", {}).get("mean")), fmt(row.get("read_loss", {}).get("mean"))]
             lines.append("| " + " | ".join(cells) + " |")
     for key, caption, form in (
             ("gap_over_training", "Validation-loss gap to the baseline at each evaluation (held-out text; mean over "

@@ -70,8 +70,11 @@ RANK_FEATURES = 4
 MEASURED = {"predictor": ("predictor_accuracy", "predicted_fraction", "loss_predicted"),
             "causal": ("causal_accuracy", "causal_fraction", "loss_causal"),
             "hpu": ("hpu_agreement", None, "loss_hpu")}
-# What an evaluation records of a routed model (`statistics` and those losses), in this order.
-EVALUATED = ("routed_fraction", "attention_fraction",
+# What an evaluation records of a routed model (`statistics` and those losses), in this order. Beside
+# the fractions: the share of tokens that read no other token in any layer (`unread`: a next-token
+# prediction made from the token alone) and their part of the mean loss (so that the loss on them is
+# unread_loss_part / unread_fraction, exact over batches of any size).
+EVALUATED = ("routed_fraction", "attention_fraction", "unread_fraction", "unread_loss_part",
              *(figure for figures in MEASURED.values() for figure in figures if figure))
 
 
@@ -423,14 +426,37 @@ def auxiliary_loss(model) -> torch.Tensor | None:
     return torch.stack(losses).sum() if losses else None
 
 
-def statistics(model) -> dict[str, float]:
+def unread(model) -> torch.Tensor | None:
+    """(B, T) bool of the last forward pass (a whole sequence, no cache): the tokens that read no other
+    token's value in any layer, so that the model predicts the next token from the token alone. A
+    layer without a router reads every earlier token; a routed layer's routed tokens read theirs
+    (sqdk: every earlier token; skip: the earlier routed ones); with a window of more than one key the
+    unrouted tokens read their window. The first token reads no other anywhere. None without routers."""
+    chosen = routers(model)
+    if not chosen or any("routed" not in r.last for r in chosen):
+        return None
+    shape = chosen[0].last["routed"].shape
+    first = (torch.arange(shape[-1], device=chosen[0].last["routed"].device) == 0).expand(shape)
+    if len(chosen) < len(attention_modules(model)):
+        return first
+    alone = torch.ones(shape, dtype=torch.bool, device=first.device)
+    for r in chosen:
+        routed = r.last["routed"]
+        reads = routed & (routed.cumsum(-1) > 1) if r.cfg.route == "skip" else routed | (r.cfg.route_window > 1)
+        alone &= ~reads
+    return alone | first
+
+
+def statistics(model, losses: torch.Tensor | None = None) -> dict[str, float]:
     """Of the last forward pass: the routed fraction, how often each predictor and the causal choice
     agree with the top-k and the share of tokens each would route (decoding does not hold the top-k's
     capacity), and the attention FLOPs (score and value products) as a fraction of dense causal attention,
     counted from the positions routed (sqdk: routed rows over all their keys; skip: over routed keys
     and themselves; with a window, unrouted rows over their window), unrouted layers counting whole;
     when evaluating, the share of tokens on which the HPU's routing step (quantized scores) agrees
-    with the float top-k. Empty without routers, or when they chose otherwise."""
+    with the float top-k; the share of tokens that read no other token (`unread`) and, given the pass's
+    (B, T) next-token `losses`, their part of the mean loss. Empty without routers, or when they chose
+    otherwise."""
     chosen = [r for r in routers(model) if "top" in r.last]
     if not chosen:
         return {}
@@ -454,6 +480,10 @@ def statistics(model) -> dict[str, float]:
              "causal_accuracy": agree["causal"], "causal_fraction": share["causal"],
              "routed_fraction": float(routed.mean()),
              "attention_fraction": (layers - len(work) + sum(work)) / layers}
+    alone = unread(model)
+    stats["unread_fraction"] = float(alone.float().mean())
+    if losses is not None:
+        stats["unread_loss_part"] = float((losses * alone).sum() / losses.numel())
     if all("hpu" in last for last in chosen):
         stats["hpu_agreement"] = float(torch.stack([(last["hpu"] == last["top"]).float().mean()
                                                      for last in chosen]).mean())
