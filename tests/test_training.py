@@ -952,10 +952,17 @@ def test_a_rank_predictor_reads_the_block_so_far_and_decodes_as_it_evaluates(dat
     seen = torch.arange(8) % 4 + 1
     features = routing.rank_features(routing.causal_ahead(scores, cfg.hpu), seen, cfg)
     ahead = [0, 0, 1, 0, 0, 1, 0, 1]   # earlier tokens of the block with a score at least as high
-    assert features[0, :, 0].tolist() == pytest.approx([a / n for a, n in zip(ahead, seen.tolist())])
+    assert features[0, :, 0].tolist() == pytest.approx([(a - 1) / n for a, n in zip(ahead, seen.tolist())])
     assert features[0, :, 1].tolist() == pytest.approx([1 / n for n in seen.tolist()])   # capacity 1 of 4
     assert features[0, :, 2].tolist() == pytest.approx([math.log(n) / math.log(5) for n in seen.tolist()])
     assert features[0, :, 3].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+    # In bf16 (the predictor under autocast) the ranks around a 4096-token block's threshold stay apart (as
+    # shares of the tokens seen they would not: bf16 spaces numbers near 0.2 by 1/1024).
+    cfg = routing.RouterConfig(route_fraction=0.2, route_block=4096)
+    capacity = int(cfg.hpu.route_capacity(4096))
+    near = torch.arange(capacity - 3, capacity + 4, dtype=torch.float32)[None]
+    distance = routing.rank_features(near, torch.tensor([4096]), cfg)[0, :, 0].bfloat16()
+    assert len(set(distance.tolist())) == 7
 
     experiment = tiny_experiment(data_config)
     table = experiment.to_dict()

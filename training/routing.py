@@ -221,11 +221,13 @@ class Router(nn.Module):
 def rank_features(ahead: torch.Tensor, seen: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
     """(B, T) ranks in the block so far (`causal_ahead`) of tokens that are each the `seen`-th (T,) of
     their block: (B, T, RANK_FEATURES) float, what a rank predictor reads beside the hidden state: the
-    rank as a share of the tokens seen, the capacity's share of them, how far into the block the token
-    is (log scale), and the causal choice (1 routed, 0 not)."""
+    rank's distance past the capacity as a share of the tokens seen, the capacity's share of them, how
+    far into the block the token is (log scale), and the causal choice (1 routed, 0 not)."""
     capacity = cfg.hpu.route_capacity(seen)
     seen = seen.float().expand_as(ahead)
-    return torch.stack([ahead / seen, capacity / seen, torch.log(seen) / math.log(cfg.route_block + 1),
+    # The distance is zero at the threshold, where the choice is decided, so that half precision (the
+    # predictor runs under bf16 autocast) still tells one rank from the next there, at any block size.
+    return torch.stack([(ahead - capacity) / seen, capacity / seen, torch.log(seen) / math.log(cfg.route_block + 1),
                         (ahead < capacity).float()], -1)
 
 
