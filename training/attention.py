@@ -190,6 +190,9 @@ def _gated_attention(module, query, key, value, attention_mask, scaling, dropout
                     else torch.ones((), dtype=torch.bool, device=keep.device))
             _counting.kept = _counting.kept + (keep & rows).sum()
             _counting.admissible = _counting.admissible + (valid.expand(keep.shape) & rows).sum()
+        # Whether each query keeps a key besides its own in some head (`training.routing.unread`):
+        # recorded when evaluating only, and dropped in training so that no pass reads a stale one.
+        module.gate_reads = None if module.training else _reads_another(keep)
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_heads(key, groups), repeat_heads(value, groups)
     dropout = dropout if module.training else 0.0
@@ -203,6 +206,15 @@ def _gated_attention(module, query, key, value, attention_mask, scaling, dropout
                                              scale=scale, dropout_p=dropout)
         out = out if empty is None else out.masked_fill(empty, 0.0)
     return out, keep
+
+
+def _reads_another(keep: torch.Tensor) -> torch.Tensor:
+    """(B, H, Q, K) keep mask, the queries the last Q of the keys' positions: (B, Q) bool, whether the
+    query keeps a key other than its own in any head."""
+    n_q, n_k = keep.shape[-2:]
+    kept = keep.any(1)
+    own = kept[:, torch.arange(n_q, device=keep.device), torch.arange(n_k - n_q, n_k, device=keep.device)]
+    return kept.sum(-1) > own.int()
 
 
 def gate_mask(*args, **kwargs):

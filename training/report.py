@@ -223,8 +223,8 @@ def markdown(summary: dict) -> str:
                   "not held to the capacity); loss: its loss minus the top-k's, teacher-forced. The predictor and "
                   "the causal choice are decoding's; hpu: the HPU's routing step on the scores quantized to "
                   "route_bits. Reads no token: the share of tokens that read no other token's value in any layer "
-                  "(routed in none of them), so that the next token is predicted from the token alone; the "
-                  "top-k's loss on them and on the other tokens.", "",
+                  "(`training.routing.unread`; each sequence's first token among them), so that the next token "
+                  "is predicted from the token alone; the top-k's loss on them and on the other tokens.", "",
                   "| arm | seeds | top-k routes | " + " | ".join(head) + " | reads no token | loss there | loss elsewhere |",
                   "|---|" + "---|" * (5 + len(head))]
         for name, row in routed.items():

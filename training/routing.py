@@ -429,24 +429,34 @@ def auxiliary_loss(model) -> torch.Tensor | None:
 
 
 def unread(model) -> torch.Tensor | None:
-    """(B, T) bool of the last forward pass (a whole sequence, no cache): the tokens that read no other
-    token's value in any layer, so that the model predicts the next token from the token alone. A
-    layer without a router reads every earlier token; a routed layer's routed tokens read theirs
-    (sqdk: every earlier token; skip: the earlier routed ones); with a window of more than one key the
-    unrouted tokens read their window. The first token reads no other anywhere. None without routers."""
+    """(B, T) bool of the last forward pass (a whole sequence, no cache, evaluating): the tokens that
+    read no other token's value in any layer, so that the model predicts the next token from the token
+    alone. A layer without a router reads every earlier token; a routed layer's routed tokens read
+    theirs (sqdk: every earlier token; skip: the earlier routed ones, so the sequence's first routed
+    token reads none); with a window of more than one key the unrouted tokens read their window.
+    Under the mass gate a token reads only where the gate kept it a key besides its own
+    (`attention.py`'s ``gate_reads``). The first token reads no other anywhere. None without routers."""
     chosen = routers(model)
     if not chosen or any("routed" not in r.last for r in chosen):
         return None
     shape = chosen[0].last["routed"].shape
-    first = (torch.arange(shape[-1], device=chosen[0].last["routed"].device) == 0).expand(shape)
-    if len(chosen) < len(attention_modules(model)):
-        return first
-    alone = torch.ones(shape, dtype=torch.bool, device=first.device)
-    for r in chosen:
-        routed = r.last["routed"]
-        reads = routed & (routed.cumsum(-1) > 1) if r.cfg.route == "skip" else routed | (r.cfg.route_window > 1)
+    alone = torch.ones(shape, dtype=torch.bool, device=chosen[0].last["routed"].device)
+    for attn in attention_modules(model):
+        router = getattr(attn, "router", None)
+        reads = torch.ones_like(alone)
+        if router is not None:
+            # What `_skip_mask`, `_window_mask` and the router's scale let a row read.
+            routed = router.last["routed"]
+            if router.cfg.route == "skip":
+                reads = routed & (routed.cumsum(-1) > 1)
+            else:
+                reads = routed | (router.cfg.route_window > 1)
+        gated = getattr(attn, "gate_reads", None)
+        if gated is not None:
+            reads = reads & gated
         alone &= ~reads
-    return alone | first
+    alone[..., 0] = True
+    return alone
 
 
 def statistics(model, losses: torch.Tensor | None = None) -> dict[str, float]:
