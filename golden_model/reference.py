@@ -63,11 +63,16 @@ def fixed_point_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg
     Causal rows see a prefix of the keys, which is exactly the HPU's row length n.
     kept_mass is measured in the contract's own probabilities (z_kept / Z).
     """
-    scores = quantize_scores(attention_scores(q, k), cfg)
+    return scored_fixed_point_attention(attention_scores(q, k), v, cfg, causal)
+
+
+def scored_fixed_point_attention(scores: torch.Tensor, v: torch.Tensor, cfg: HPUConfig,
+                                 causal: bool = False) -> GatedAttention:
+    """`fixed_point_attention` of float scores q.k / sqrt(d) (`attention_scores`) already computed, for
+    a caller that reads them too (training.hardware records the rows whose scores the format clips)."""
     values, scale = quantize_values(v, cfg)
-    n_q, n_k = scores.shape[-2:]
     lengths = admissible_mask(scores.shape, causal, scores.device).sum(-1).expand(scores.shape[:-1])
-    result = run_contract(cfg, scores, values, lengths)
+    result = run_contract(cfg, quantize_scores(scores, cfg), values, lengths)
     out = dequantize_out(result.out, scale, cfg)
     return GatedAttention(out=out, keep=result.keep, kept=result.kept, admissible=lengths,
                           kept_mass=result.z_kept.double() / result.z.double())

@@ -9,17 +9,17 @@ import random
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from golden_model.quantize import (attention_scores, clipped_rows, quantize_logits, quantize_scores, quantize_values,
                                    row_tops)
+from golden_model.source_names import FILE_SUFFIXES, SOURCES
 from golden_model.stimulus import Row, adversarial_rows, random_blocks, random_rows
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 
-SOURCES = ("random", "adversarial", "minilm", "minilm-long")
-FILE_SUFFIXES = (".npz", ".pt")
 # Rows are held in memory as Python integers (and as the job file the testbench reads): a run's rows
 # may hold at most this many value elements at full length, about 2 GB of Python objects.
 MAX_RUN_VALUES = 1 << 25
@@ -114,37 +114,47 @@ def _passages(model, texts: list[str], cfg: HPUConfig, rng: random.Random) -> li
 # compressed archive cannot ask for more memory than a workstation has.
 MAX_FILE_ELEMENTS = 1 << 28
 ARRAY_KINDS = {"scores": "float", "values": "float", "lengths": "int", "router": "float"}
+# Given to the functions that read an attention file, called with its `clipping` figures: computed
+# from the arrays read for the rows, so that a caller reporting them reads a file of up to 2 GiB once.
+Clipped = Callable[[float, float], None]
 
 
-def file_rows(path: Path, cfg: HPUConfig, count: int, rng: random.Random) -> list[Row]:
+def file_rows(path: Path, cfg: HPUConfig, count: int, rng: random.Random, clipped: Clipped | None = None) -> list[Row]:
     """Rows from attention a user exported (docs/ARCHITECTURE.md, "Workloads"): an .npz (numpy,
     no pickle) or .pt (torch's zip format, weights only) holding float ``scores`` (..., Q, N) =
     q.k / sqrt(d), ``values`` (..., N, D), optionally integer ``lengths`` (..., Q) and float ``router``
-    (..., Q) logits of the query tokens (read by `file_tokens`), leading axes (layers, heads) alike.
-    Each row is a (set, query) drawn at random.
+    (..., Q) logits of the query tokens (read by `routed_tokens`), leading axes (layers, heads) alike.
+    Each row is a (set, query) drawn at random. `clipped`, if given, is called with the file's
+    `clipping` figures.
 
     Every array's kind, layout and shape is checked, and the elements counted against
     MAX_FILE_ELEMENTS, before any of its data is read or used."""
     what = f"attention file {path}"
     with _reading(what):
         scores, values, lengths, _ = _file_arrays(path, what)
+        if clipped:
+            clipped(*clipping(scores, lengths, cfg))
         return _named(what, lambda: head_rows(scores, values, lengths, cfg, random_picks(scores, count, rng)))
 
 
-def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int) -> tuple[list[Row], list[list[int]]]:
+def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int,
+                  clipped: Clipped | None = None) -> tuple[list[Row], list[list[int]]]:
     """`count` tokens' rows and their router logits in blocks of route_block (the last one shorter).
 
     From an attention file holding ``router`` logits, a routed model's own: one head set (layer,
     head) drawn at random, its first `count` query tokens' rows in token order, and their logits,
     each block quantized to route_bits as the trained model's HPU routing step quantizes it
     (`golden_model.quantize.quantize_logits`, symmetric per block). From any other source, its rows
-    (`rows_from`) with random logits."""
+    (`rows_from`) with random logits. `clipped`, if given, is called with an attention file's
+    `clipping` figures."""
     check_row_count(cfg, count)
     rng = random.Random(seed)
     if Path(source).suffix in FILE_SUFFIXES:
         what = f"attention file {source}"
         with _reading(what):
             scores, values, lengths, router = _file_arrays(Path(source), what)
+            if clipped:
+                clipped(*clipping(scores, lengths, cfg))
             if router is not None:
                 if count > scores.shape[1]:
                     raise InputError(f"--rows {count}: {what} holds {scores.shape[1]} tokens a head; ask for at most "
@@ -155,23 +165,18 @@ def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int) -> tuple[l
                               for start in range(0, count, cfg.route_block)]
             rows = _named(what, lambda: head_rows(scores, values, lengths, cfg, random_picks(scores, count, rng)))
     else:
-        rows = rows_from(source, cfg, count, seed)
+        rows = rows_from(source, cfg, count, seed, clipped)
     lengths = [min(cfg.route_block, count - start) for start in range(0, count, cfg.route_block)]
     return rows, random_blocks(cfg, len(lengths), random.Random(seed), lengths)
 
 
-def file_clipping(source: str, cfg: HPUConfig) -> tuple[float, float] | None:
-    """For an attention file: (the share of its rows whose largest score, over the keys the HPU takes
-    (the first min(length, max_keys)), the score format clips; the largest |row top|). None for a
-    built-in source, whose scores the format holds by construction."""
-    if Path(source).suffix not in FILE_SUFFIXES:
-        return None
-    what = f"attention file {source}"
-    with _reading(what):
-        scores, _, lengths, _ = _file_arrays(Path(source), what)
-        taken = torch.arange(scores.shape[-1]) < lengths.clamp(max=cfg.max_keys)[..., None]
-        tops = row_tops(scores, taken)
-        return float(clipped_rows(tops, cfg).double().mean()), float(tops.abs().max())
+def clipping(scores: torch.Tensor, lengths: torch.Tensor, cfg: HPUConfig) -> tuple[float, float]:
+    """Of an attention file's scores (S, Q, N) and lengths (S, Q): (the share of its rows whose largest
+    score, over the keys the HPU takes (the first min(length, max_keys)), the score format clips; the
+    largest |row top|). A built-in source has none: the format holds its scores by construction."""
+    taken = torch.arange(scores.shape[-1]) < lengths.clamp(max=cfg.max_keys)[..., None]
+    tops = row_tops(scores, taken)
+    return float(clipped_rows(tops, cfg).double().mean()), float(tops.abs().max())
 
 
 def _named(what: str, make):
@@ -378,9 +383,9 @@ def _pt_arrays(path: Path, what: str) -> dict[str, torch.Tensor]:
     return arrays
 
 
-def rows_from(source: str, cfg: HPUConfig, count: int, seed: int) -> list[Row]:
+def rows_from(source: str, cfg: HPUConfig, count: int, seed: int, clipped: Clipped | None = None) -> list[Row]:
     """`count` rows from a named source or an attention file (adversarial rows repeat their set with
-    fresh values)."""
+    fresh values). `clipped`, if given, is called with an attention file's `clipping` figures."""
     check_row_count(cfg, count)
     rng = random.Random(seed)
     if source == "random":
@@ -395,6 +400,6 @@ def rows_from(source: str, cfg: HPUConfig, count: int, seed: int) -> list[Row]:
     if source == "minilm-long":
         return minilm_rows(cfg, count, rng, long=True)
     if Path(source).suffix in FILE_SUFFIXES:
-        return file_rows(Path(source), cfg, count, rng)
+        return file_rows(Path(source), cfg, count, rng, clipped)
     raise InputError(f"unknown stimulus source {source!r}: choose one of {', '.join(SOURCES)}, "
                      f"or a file of exported attention ({' or '.join(FILE_SUFFIXES)})")

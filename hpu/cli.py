@@ -11,10 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from golden_model.sources import FILE_SUFFIXES, SOURCES
+# Only modules that load none of torch, Amaranth, SciPy or numba: building the parser (`hpu --help`) stays fast.
+from golden_model.source_names import FILE_SUFFIXES, SOURCES
 from hpu.config import MODES, SCHEDULES, HPUConfig
 from hpu.errors import HPUError, InputError
 from hpu.files import claim, output_file
+from power.calibration_plan import UNITS, WORKLOADS
 from rtl_gen.tools import SIMULATORS
 
 SIM_DEFAULTS = {"rows": 100, "source": "random", "seed": 1}
@@ -64,8 +66,6 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from golden_model.quantize import clipping_note
-    from golden_model.sources import file_clipping
     from sim.job import Options
     from sim.session import Outputs, replay, simulate
 
@@ -81,15 +81,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(args)
     source = args.source or SIM_DEFAULTS["source"]
-    clipped = file_clipping(source, cfg)
-    if clipped is not None and clipped[0]:
-        print(f"hpu: note: {clipping_note(source, *clipped, cfg)}", file=sys.stderr)
     options = Options(gaps=args.gaps or 0.0, backpressure=args.backpressure or 0.0,
                       seed=SIM_DEFAULTS["seed"] if args.seed is None else args.seed)
     outputs = Outputs(summary=Path(args.output) if args.output else None, vcd=Path(args.vcd) if args.vcd else None,
                       waves=args.waves)
     simulate(cfg, source, SIM_DEFAULTS["rows"] if args.rows is None else args.rows,
-             options, outputs, args.dense_baseline, args.sim, Path(args.build), progress=not args.quiet)
+             options, outputs, args.dense_baseline, args.sim, Path(args.build), progress=not args.quiet,
+             note=lambda line: print(f"hpu: note: {line}", file=sys.stderr))
     return 0
 
 
@@ -155,7 +153,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from power import calibrate
 
     cfg = load_config(args)
-    workloads = {name: calibrate.WORKLOADS[name] for name in args.workloads} if args.workloads else None
+    workloads = {name: WORKLOADS[name] for name in args.workloads} if args.workloads else None
     paths = calibrate.calibrate(cfg, args.config or "built-in defaults", args.units, args.rows, Path(args.work),
                                 Path(args.output), workloads)
     print(Path(paths["summary"]).read_text())
@@ -396,8 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/power", help="report folder")
     p.set_defaults(func=cmd_power, memory_hint="analyze a shorter dump (fewer rows in `hpu sim`) or pass a "
                                                 "larger --window")
-
-    from power.calibrate import UNITS, WORKLOADS
 
     p = sub.add_parser("calibrate", help="fit the energy model per unit against gate level (OSU 0.18 um cells, "
                                          "SDF delays): an energy table for `hpu power --energy`")

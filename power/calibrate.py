@@ -45,12 +45,13 @@ from hpu.config import HPUConfig
 from hpu.errors import InputError
 from hpu.files import claim, staged, write_json, write_text
 from power import gatesim, liberty
+from power.calibration_plan import UNITS, WORKLOADS
 from power.energy import DEFAULT_TABLE, FITTED_CLASSES, matches
 from power.flow import run_workload
 from power.vcd import scan
 from rtl_gen.generate import TOP_NAME, generate
 from rtl_gen.manifest import load_manifest, load_nets
-from sim.job import Options
+from sim.options import Options
 
 FEATURES = (*(f"{c} toggle" for c in FITTED_CLASSES), "enabled register bit-cycle")
 # Models fitted to the gate level, as (the columns of FEATURES they take, their names). The table is
@@ -64,24 +65,6 @@ MODELS = {
     "per_class": (lambda x: x, FEATURES),
 }
 MODEL = "per_toggle"
-# Unit name -> (the instance calibrated, the instances its coefficients apply to).
-UNITS = {
-    "lane": ("hpu.mac.lane0", "hpu.mac.lane*"),
-    "gate": ("hpu.exp_gate", "hpu.exp_gate"),
-    "normalizer": ("hpu.normalizer", "hpu.normalizer"),
-    "fetch": ("hpu.fetch", "hpu.fetch"),
-    "ingest": ("hpu.ingest", "hpu.ingest"),
-    "hpu": (TOP_NAME, TOP_NAME),
-}
-# Workload class -> (row source, simulation options): MiniLM, long and random rows, rows made to
-# defeat the gate, and MiniLM rows from a host that idles half the cycles.
-WORKLOADS = {
-    "random": ("random", Options(seed=1)),
-    "minilm": ("minilm", Options(seed=1)),
-    "minilm-long": ("minilm-long", Options(seed=1)),
-    "adversarial": ("adversarial", Options(seed=1)),
-    "minilm-idle": ("minilm", Options(seed=1, gaps=0.5)),
-}
 RUNS = {"gated": "gated.vcd", "dense": "gated_dense.vcd"}
 # What a calibration writes into its output folder.
 OUTPUTS = {"table": "energy.toml", "json": "calibration.json", "plot": "calibration.png", "summary": "calibration.md"}

@@ -20,12 +20,10 @@ from golden_model.lut import exp_lut
 from hpu.config import HPUConfig
 from hpu.files import output_folder, write_json
 from hpu.top import HPU, paths
-from rtl_gen.manifest import MANIFEST, MANIFEST_VERSION, NETS
+from rtl_gen.manifest import MANIFEST, MANIFEST_VERSION, NETS, TOP_NAME
 from rtl_gen.nets import write_nets
 from rtl_gen.processes import group_registers
 from rtl_gen.synth import AREA, log_path, synthesize
-
-TOP_NAME = "hpu"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from hpu.config import HPUConfig
 from hpu.errors import HPUError, InputError
 from hpu.files import read_json
 
+# The generated design's top module, which every manifest names as `top`.
+TOP_NAME = "hpu"
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 NETS = "nets.json"

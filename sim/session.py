@@ -11,7 +11,9 @@ import contextlib
 import glob
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
+from golden_model.quantize import clipping_note
 from golden_model.sources import routed_tokens, rows_from
 from hpu.config import HPUConfig
 from hpu.files import claim, output_file
@@ -43,17 +45,26 @@ class Outputs:
 
 def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: Outputs,
              dense_baseline: bool, sim: str, build: Path, progress: bool = True, log=print,
-             verilog_dir: Path | None = None) -> dict:
+             verilog_dir: Path | None = None, note: Callable[[str], None] | None = None) -> dict:
     """Simulate `rows` rows of `source` (drawn with options.seed) gated (and dense); returns the
     summary, written if asked.
 
     With a router (route_block > 0) the rows are tokens' rows, in blocks of route_block tokens with
     their router logits (a routed model's own from an attention file that holds them, else random;
     `golden_model.sources.routed_tokens`): the gated run routes each block and sends only the routed tokens' rows; the
-    dense baseline sends every token's row with the gate held open (dense queries and dense keys)."""
+    dense baseline sends every token's row with the gate held open (dense queries and dense keys).
+
+    `note`, if given, is called with one line for the user when the score format clips rows of an
+    attention file (`golden_model.quantize.clipping_note`)."""
     outputs.check()
-    chosen, blocks = routed_tokens(source, cfg, rows, options.seed) if cfg.route_block else \
-        (rows_from(source, cfg, rows, options.seed), [])
+
+    def clipped(share: float, peak: float) -> None:
+        if share:
+            note(clipping_note(source, share, peak, cfg))
+
+    report = clipped if note else None
+    chosen, blocks = routed_tokens(source, cfg, rows, options.seed, report) if cfg.route_block else \
+        (rows_from(source, cfg, rows, options.seed, report), [])
     files = outputs.files(dense_baseline)
     with contextlib.ExitStack() as stack:
         for folder in sorted({p.parent.resolve() for p in files}):

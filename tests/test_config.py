@@ -1,5 +1,7 @@
 import argparse
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -128,6 +130,16 @@ def test_every_cli_option_has_help():
 
     walk(build_parser(), "hpu")
     assert missing == []
+
+
+def test_building_the_parser_loads_no_heavy_library():
+    """`hpu --help` answers at once: the parser's names (sources, calibration units and workloads)
+    come from modules that load none of torch, Amaranth, SciPy or numba, which take seconds."""
+    code = ("import hpu.cli, sys; hpu.cli.build_parser(); "
+            "heavy = [m for m in ('torch', 'amaranth', 'scipy', 'numba') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
 
 
 @given(keys=st.integers(1, 1 << 20), permeability=st.integers(1, 256), k_min=st.integers(1, 64))

@@ -352,11 +352,11 @@ def test_a_missing_model_package_is_one_line(monkeypatch):
 
 
 def test_an_attention_file_whose_scores_outgrow_the_format_is_named_with_a_format_that_holds_it(tmp_path):
-    """`file_clipping`: the share of a file's rows whose largest score (over the keys the HPU takes)
-    leaves the score format, and the largest score; the note names the format of the same width
-    that holds them, and none of its rows clips there."""
+    """`clipping`, handed by the readers of an attention file to whoever asks: the share of its rows
+    whose largest score (over the keys the HPU takes) leaves the score format, and the largest score;
+    the note names the format of the same width that holds them, and none of its rows clips there."""
     from golden_model.quantize import clipping_note
-    from golden_model.sources import file_clipping
+    from golden_model.sources import routed_tokens
 
     scores = torch.zeros(2, 4, 5, dtype=torch.float64)
     scores[0, 1, 0] = 300.0      # a row whose largest score is past 16 bits at 8 fractional bits (+-128)
@@ -369,14 +369,46 @@ def test_an_attention_file_whose_scores_outgrow_the_format_is_named_with_a_forma
     path = tmp_path / "att.npz"
     np.savez(path, scores=scores.numpy(), values=np.ones((2, 5, 8)), lengths=lengths)
     cfg = HPUConfig(max_keys=4)
-    share, peak = file_clipping(str(path), cfg)
-    assert (share, peak) == (2 / 8, 300.0)
-    note = clipping_note("att.npz", share, peak, cfg)
+
+    def clipping(source, cfg, read=rows_from):
+        figures = []
+        read(source, cfg, 2, 0, lambda *f: figures.append(f))
+        return figures
+
+    assert clipping(str(path), cfg) == clipping(str(path), cfg.replace(route_block=2), routed_tokens) == \
+        [(2 / 8, 300.0)]
+    note = clipping_note("att.npz", 2 / 8, 300.0, cfg)
     assert note == ("att.npz: 25.0% of the attention rows have a largest score outside the score format (row "
                     "tops reach 300) and clip; at the same width --set score_frac=6 --set exp_shift=2 holds them")
-    assert file_clipping(str(path), cfg.replace(score_frac=6, exp_shift=2)) == (0.0, 300.0)
+    assert clipping(str(path), cfg.replace(score_frac=6, exp_shift=2)) == [(0.0, 300.0)]
     # Past what exp_shift can follow, the note says the EXP_LUT's step grows and which width keeps it.
     assert clipping_note("f", 0.5, 3000.0, cfg).endswith(
         "--set score_frac=3 --set exp_shift=0 holds them, though the EXP_LUT's step grows from 0.0625 to 0.125 "
         "nats (--set score_bits=21 keeps both)")
-    assert file_clipping("random", cfg) is None
+    assert clipping("random", cfg) == []
+
+
+@pytest.mark.parametrize("route_block", [0, 2])
+def test_hpu_sim_reads_an_attention_file_once_for_its_rows_and_its_clipping_note(tmp_path, capsys, monkeypatch,
+                                                                              route_block):
+    """A file may hold 2 GiB: `hpu sim` notes the rows the score format clips from the arrays it read
+    for the rows (with a router too), and the note reads as it always has."""
+    import sim.session
+
+    scores = np.zeros((2, 4, 5))
+    scores[0, 1, 0] = 300.0      # one row of 8 past score_bits 12 at score_frac 6 (+-32)
+    path = tmp_path / "att.npz"
+    np.savez(path, scores=scores, values=np.ones((2, 5, 8)))
+    reads = []
+    read = golden_model.sources._file_arrays
+    monkeypatch.setattr(golden_model.sources, "_file_arrays", lambda *a: reads.append(a) or read(*a))
+    # The simulator is not under test here: each run's job is kept instead of run.
+    jobs = []
+    monkeypatch.setattr(sim.session, "_run_one", lambda name, job, *a, **k: jobs.append(job) or {})
+    assert main(["sim", "--config", f"{REPO}/configs/small.toml", "--set", f"route_block={route_block}",
+                 "--source", str(path), "--rows", "2", "-o", str(tmp_path / "s.json"), "--quiet"]) == 0
+    assert len(reads) == 1 and [job.source for job in jobs] == [str(path)]
+    assert [line for line in capsys.readouterr().err.splitlines() if str(path) in line] == [
+        f"hpu: note: {path}: 12.5% of the attention rows have a largest score outside the score format (row tops "
+        "reach 300) and clip; at the same width --set score_frac=2 --set exp_shift=0 holds them, though the "
+        "EXP_LUT's step grows from 0.0625 to 0.25 nats (--set score_bits=16 keeps both)"]

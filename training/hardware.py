@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from golden_model.quantize import attention_scores, clipped_rows, row_tops
-from golden_model.reference import admissible_mask, fixed_point_attention
+from golden_model.reference import admissible_mask, scored_fixed_point_attention
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 from training import attention, routing
@@ -68,9 +68,9 @@ def fixed_forward(module, query, key, value, attention_mask, scaling=None, dropo
     scale = dim ** -0.5 if scaling is None else scaling
     q = query.double() * (scale * dim ** 0.5)
     k, v = (attention.repeat_heads(x, groups).double() for x in (key, value))
-    result = fixed_point_attention(q, k, v, cfg, causal=True)
+    scores = attention_scores(q, k)
+    result = scored_fixed_point_attention(scores, v, cfg, causal=True)
     if _recording is not None:
-        scores = attention_scores(q, k)
         tops = row_tops(scores, admissible_mask(scores.shape, True, scores.device))
         _recording.rows += tops.numel()
         _recording.clipped += int(clipped_rows(tops, cfg).sum())
