@@ -921,6 +921,7 @@ def test_the_causal_choice_decodes_token_by_token_as_it_routes_a_whole_sequence(
                 assert final[figure] == pytest.approx(float(sequence_loss(model, batch)), abs=1e-6)
     assert final["loss_causal"] != final["loss_predicted"] and 0 < final["causal_accuracy"] < 1
     # The tokens that read no other (with a window, only the first of each sequence), and their part of the loss.
+    model.eval()   # evaluate hands it back in training mode
     with torch.no_grad():
         stats = routing.statistics(model, sequence_loss(model, batch, reduction="none"))
     assert (final["unread_fraction"] == 1 / 32) == bool(window)
@@ -1052,6 +1053,10 @@ def test_unread_tokens_are_those_whose_prediction_no_other_token_reaches(router,
         stats = routing.statistics(model, losses)
     assert stats["unread_fraction"] == count / 32
     assert stats["unread_loss_part"] == pytest.approx(float(losses[alone].sum() / 32), rel=1e-6)
+    # A training pass records no gate reads (nothing extra in a training step): no figure, not a stale one.
+    model.train()
+    model(ids)
+    assert routing.unread(model) is None and "unread_fraction" not in routing.statistics(model)
 
 
 def test_a_window_gives_unrouted_tokens_their_recent_keys():

@@ -190,9 +190,8 @@ def _gated_attention(module, query, key, value, attention_mask, scaling, dropout
                     else torch.ones((), dtype=torch.bool, device=keep.device))
             _counting.kept = _counting.kept + (keep & rows).sum()
             _counting.admissible = _counting.admissible + (valid.expand(keep.shape) & rows).sum()
-        # Whether each query keeps a key besides its own in some head (`training.routing.unread`):
-        # recorded when evaluating only, and dropped in training so that no pass reads a stale one.
-        module.gate_reads = None if module.training else _reads_another(keep)
+        if not module.training:   # for `training.routing.unread`, which reads evaluating passes only
+            module.gate_reads = _reads_another(keep)
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_heads(key, groups), repeat_heads(value, groups)
     dropout = dropout if module.training else 0.0

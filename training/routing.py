@@ -435,9 +435,10 @@ def unread(model) -> torch.Tensor | None:
     theirs (sqdk: every earlier token; skip: the earlier routed ones, so the sequence's first routed
     token reads none); with a window of more than one key the unrouted tokens read their window.
     Under the mass gate a token reads only where the gate kept it a key besides its own
-    (`attention.py`'s ``gate_reads``). The first token reads no other anywhere. None without routers."""
+    (`attention.py`'s ``gate_reads``). The first token reads no other anywhere. None without routers,
+    or after a training pass (the gate records its reads when evaluating only)."""
     chosen = routers(model)
-    if not chosen or any("routed" not in r.last for r in chosen):
+    if not chosen or any("routed" not in r.last or r.training for r in chosen):
         return None
     shape = chosen[0].last["routed"].shape
     alone = torch.ones(shape, dtype=torch.bool, device=chosen[0].last["routed"].device)
@@ -466,7 +467,7 @@ def statistics(model, losses: torch.Tensor | None = None) -> dict[str, float]:
     counted from the positions routed (sqdk: routed rows over all their keys; skip: over routed keys
     and themselves; with a window, unrouted rows over their window), unrouted layers counting whole;
     when evaluating, the share of tokens on which the HPU's routing step (quantized scores) agrees
-    with the float top-k; the share of tokens that read no other token (`unread`) and, given the pass's
+    with the float top-k, the share of tokens that read no other token (`unread`) and, given the pass's
     (B, T) next-token `losses`, their part of the mean loss. Empty without routers, or when they chose
     otherwise."""
     chosen = [r for r in routers(model) if "top" in r.last]
@@ -493,9 +494,10 @@ def statistics(model, losses: torch.Tensor | None = None) -> dict[str, float]:
              "routed_fraction": float(routed.mean()),
              "attention_fraction": (layers - len(work) + sum(work)) / layers}
     alone = unread(model)
-    stats["unread_fraction"] = float(alone.float().mean())
-    if losses is not None:
-        stats["unread_loss_part"] = float((losses * alone).sum() / losses.numel())
+    if alone is not None:
+        stats["unread_fraction"] = float(alone.float().mean())
+        if losses is not None:
+            stats["unread_loss_part"] = float((losses * alone).sum() / losses.numel())
     if all("hpu" in last for last in chosen):
         stats["hpu_agreement"] = float(torch.stack([(last["hpu"] == last["top"]).float().mean()
                                                      for last in chosen]).mean())
