@@ -707,6 +707,14 @@ def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
     routed["final"].update(tokens=1000, attention_fraction=0.5)
     equal = report.equal_flops_gap([routed], [_result("dense", seed, loss) for seed, loss in dense.items()])
     assert equal["baseline_tokens"] == 500 and equal["mean"] == pytest.approx(3.3 - np.mean([6.0, 6.1, 6.05]))
+    # At equal training FLOPs: 6 a parameter a token (2,048 of them: 12,288) plus three times causal
+    # attention's 4 * 2 layers * 32 wide * (31 + 1) / 2 keys = 4,096 (12,288), the routed arm's half of
+    # that: 18,432 against dense's 24,576, so dense after 750 of its tokens, at 9.0 - 0.75 * (9.0 - loss).
+    experiment = {"model": {"hidden_size": 32, "layers": 2}, "run": {"context": 31, "seeds": [1, 2, 3]}}
+    routed.update(config=experiment, parameters=2048)
+    base = [dict(_result("dense", seed, loss, experiment), parameters=2048) for seed, loss in dense.items()]
+    equal = report.equal_flops_gap([routed], base, report.training_flops)
+    assert equal["baseline_tokens"] == 750 and equal["mean"] == pytest.approx(3.3 - (2.25 + 0.75 * 3.1))
     (tmp_path / "runs" / "dense-seed9").mkdir()
     write_json(tmp_path / "runs" / "dense-seed9" / RESULT,
                _result("dense", 9, 3.0, {"model": {"hidden_size": 64}, "run": {"context": 32, "seeds": [9]}}))

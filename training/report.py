@@ -4,7 +4,8 @@ Per arm: the final validation loss (all held-out text, code, prose) as mean and 
 deviation over seeds; the gap of the mean to the dense arm's with Welch's t-test (unequal variances;
 two-sided p) and, seed by seed, the paired differences with their paired t-test; the kept fraction
 at the end and over training; tokens/s; and for a routed arm its router, the attention FLOPs as a
-fraction of dense, the gap at equal attention FLOPs, and the rest of what its evaluation recorded
+fraction of dense, the gap at equal attention FLOPs and at equal training FLOPs (the whole step's), and
+the rest of what its evaluation recorded
 (`training.routing.EVALUATED`: the predictor's, the causal choice's and the HPU's agreement with the
 top-k, the losses when they route, and those losses minus the top-k's, in a table of their own, with
 the share of tokens that read no other token in any layer and the loss on them and on the rest).
@@ -82,12 +83,28 @@ def paired(arm: dict[int, float], base: dict[int, float]) -> dict:
     return result
 
 
-def equal_flops_gap(arm: list[dict], base: list[dict]) -> dict:
-    """A routed arm against the baseline at equal attention FLOPs: each of its runs spent
-    ``attention_fraction`` of dense attention's FLOPs per token, so it is compared with the baseline's
-    validation loss after that fraction of its tokens (linear between the baseline's evaluations,
-    averaged over its seeds)."""
-    tokens = np.mean([r["final"]["tokens"] * r["final"]["attention_fraction"] for r in arm])
+def attention_flops(run: dict) -> float:
+    """A run's attention FLOPs per token as a fraction of dense causal attention's (1 without a router)."""
+    return run["final"].get("attention_fraction", 1.0)
+
+
+def training_flops(run: dict) -> float:
+    """A run's training FLOPs per token: 6 a parameter (forward and backward of every product; the
+    embedding, tied to the output head, counted once as the head) plus three times the forward score
+    and value products of causal attention, 4 * hidden * (context + 1) / 2 a layer, times the run's
+    attention fraction. The routers' own weights are among the parameters."""
+    model, context = run["config"]["model"], run["config"]["run"]["context"]
+    attention = 4 * model["layers"] * model["hidden_size"] * (context + 1) / 2
+    return 6 * run["parameters"] + 3 * attention * attention_flops(run)
+
+
+def equal_flops_gap(arm: list[dict], base: list[dict], flops=attention_flops) -> dict:
+    """A routed arm against the baseline at equal FLOPs, by `flops` per token (`attention_flops`, or
+    `training_flops` for the whole step): the arm's runs spent their tokens times their FLOPs per
+    token, so each is compared with the baseline's validation loss after as many FLOPs (linear
+    between the baseline's evaluations, averaged over its seeds)."""
+    per_token = np.mean([flops(r) for r in base])
+    tokens = np.mean([r["final"]["tokens"] * flops(r) / per_token for r in arm])
     at = [float(np.interp(tokens, [v["tokens"] for v in r["history"]["val"]], [v["loss"] for v in r["history"]["val"]]))
           for r in base]
     return {"baseline_tokens": float(tokens), "baseline_loss": float(np.mean(at)),
@@ -175,6 +192,7 @@ def summarize(runs: list[dict]) -> dict:
             row["gap_over_training"] = gap_over_training(rs, arms[baseline])
         if baseline and "attention_fraction" in row:
             row["loss_gap_equal_attention_flops"] = equal_flops_gap(rs, arms[baseline])
+            row["loss_gap_equal_training_flops"] = equal_flops_gap(rs, arms[baseline], training_flops)
         table[name] = row
     return {"baseline": baseline, "experiment": experiment, "arms": table,
             "runs": [{k: r[k] for k in ("arm", "seed", "tokens_per_s", "final", "versions", "steps", "tokens",
@@ -189,12 +207,15 @@ def markdown(summary: dict) -> str:
              "arm − baseline, Welch t-test p (two-sided); per seed: arm − baseline at each seed both ran (same "
              "initial weights, same token order), paired t-test p and the 95% t interval of their mean; gap at "
              "equal attention FLOPs: a routed arm against the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations); "
+             "at equal training FLOPs: the same after the routed arm's whole training FLOPs (6 a parameter a token, plus "
+             "attention's score and value products; the step's matrix products dominate them at this context); "
              "tokens/s: the arm's fastest training run, a speed figure only where that run had the device to itself "
              "(`benchmarks.train_speed` times the arms one after another, alone on the device).", "",
              "| arm | mass target | permeability | router | seeds | val loss | gap | p | gap per seed | paired p | paired 95% "
              "interval | prose gap "
-             "| code gap | kept fraction | attention FLOPs | gap at equal attention FLOPs | tokens/s (fastest run) | vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| code gap | kept fraction | attention FLOPs | gap at equal attention FLOPs | gap at equal training FLOPs "
+             "| tokens/s (fastest run) | vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["arms"].items():
         # The arm's gate as the run read it: its table over the HPU's defaults (`training.config.Arm.hpu`).
         gate = None if row["gate"] is None else HPUConfig(**row["gate"])
@@ -211,6 +232,7 @@ def markdown(summary: dict) -> str:
             fmt(row.get("loss_prose_gap", {}).get("mean")), fmt(row.get("loss_code_gap", {}).get("mean")),
             fmt(row["kept_fraction"]["mean"], 3), fmt(row.get("attention_fraction", {}).get("mean"), 3),
             fmt(row.get("loss_gap_equal_attention_flops", {}).get("mean")),
+            fmt(row.get("loss_gap_equal_training_flops", {}).get("mean")),
             f"{row['tokens_per_s']['max']:,.0f}",
             fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
     routed = {name: row for name, row in summary["arms"].items() if "routed_fraction" in row}
