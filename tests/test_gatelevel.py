@@ -472,9 +472,12 @@ def test_ctrl_c_twice_ends_a_calibration_at_once_with_130(tmp_path):
     again half a second later: `hpu calibrate` says it was interrupted and ends within seconds,
     instead of hanging in its pool's shutdown."""
     work = tmp_path / "work"
-    command = [sys.executable, "-m", "hpu.cli", "calibrate", "--config", f"{REPO}/configs/small.toml", "--units",
-               "lane", "--workloads", "random", "minilm", "adversarial", "--rows", "2", "--work", str(work),
-               "-o", str(tmp_path / "out")]
+    args = ["calibrate", "--config", f"{REPO}/configs/small.toml", "--units", "lane", "--workloads", "random",
+            "minilm", "adversarial", "--rows", "2", "--work", str(work), "-o", str(tmp_path / "out")]
+    # As from a terminal: a suite started in the background (`make test &`, nohup) hands its children
+    # SIGINT ignored, and Python keeps an ignored SIGINT ignored, so `hpu` is given Python's own handler.
+    command = [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               f"sys.argv = ['hpu', *{args!r}]; runpy.run_module('hpu.cli', run_name='__main__')"]
     run = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
