@@ -7,20 +7,24 @@ routed ones (on the fixed path routed by the HPU's integer routing step on quant
 logits); and it records each layer's q, k, v and output so the same real
 attention rows can be fed to the RTL and the kernels.
 
-Routing is untrained: a layer's router logit for a token is the L2 norm of the
-hidden state entering that layer's attention. It is what a learned router would
-read (a projection of that state), it costs nothing beside the attention it
-saves (attention received, the other unsupervised score, needs the very dense
-attention routing avoids), and it is decided per token, so it works causally.
-An unrouted token's attention output is zero: the residual stream carries it.
+By default routing is untrained: a layer's router logit for a token is the L2
+norm of the hidden state entering that layer's attention. It is what a learned
+router would read (a projection of that state), it costs nothing beside the
+attention it saves (attention received, the other unsupervised score, needs the
+very dense attention routing avoids), and it is decided per token, so it works
+causally. A `LinearRouter` (fitted by `training.minilm_router`) scores that state
+with one learned projection a layer instead. An unrouted token's attention
+output is zero: the residual stream carries it.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path as FilePath
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 
 from golden_model.contract import run_routing
@@ -29,6 +33,7 @@ from golden_model.reference import fixed_point_attention, mass_gated_attention
 from golden_model.routing import route_topk, routed_mask
 from hpu.config import HPUConfig
 from hpu.errors import HPUError, InputError
+from hpu.files import staged
 
 Path = Literal["exact", "float", "fixed"]
 _ATTENTION_NAME = "hpu_gate"
@@ -50,6 +55,62 @@ class Forward:
     layers: list[LayerTrace] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class LinearRouter:
+    """A learned router for MiniLM: layer l scores a token by ``hidden @ weight[l] + bias[l]``, the hidden
+    state entering that layer's attention. ``route_fraction`` is the share it was fitted to route."""
+
+    weight: torch.Tensor   # (layers, hidden) float32
+    bias: torch.Tensor     # (layers,) float32
+    route_fraction: float
+
+    def logits(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.float() @ self.weight[layer] + self.bias[layer]
+
+    def save(self, path: str | FilePath) -> None:
+        """An .npz of plain arrays (no pickle), written whole or not at all."""
+        with staged(FilePath(path)) as temp, open(temp, "wb") as f:
+            np.savez(f, weight=self.weight.detach().numpy(), bias=self.bias.detach().numpy(),
+                     route_fraction=np.float64(self.route_fraction))
+
+    @classmethod
+    def load(cls, path: str | FilePath, layers: int, hidden: int) -> "LinearRouter":
+        """Read and check a router file for a model of `layers` layers `hidden` wide.
+
+        Raises
+        ------
+        InputError
+            The file is missing, not an .npz of the three arrays, or of another shape, in one line."""
+        what = f"router file {path}"
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                weight, bias, fraction = (np.asarray(arrays[k]) for k in ("weight", "bias", "route_fraction"))
+        except FileNotFoundError:
+            raise InputError(f"{what} does not exist: fit one with `hpu fit-minilm-router -o FOLDER`, which writes FOLDER/router.npz") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{what} is not a router file (an .npz holding weight, bias and route_fraction, as "
+                             f"`hpu fit-minilm-router` writes): {exc}") from None
+        if weight.shape != (layers, hidden) or bias.shape != (layers,) or fraction.shape != ():
+            raise InputError(f"{what}: weight {weight.shape}, bias {bias.shape}, route_fraction {fraction.shape}; "
+                             f"MiniLM needs ({layers}, {hidden}), ({layers},) and a scalar")
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all() and 0 < float(fraction) <= 1):
+            raise InputError(f"{what} holds non-finite weights or a route_fraction outside (0, 1]")
+        return cls(torch.from_numpy(weight.astype(np.float32)), torch.from_numpy(bias.astype(np.float32)),
+                   float(fraction))
+
+
+def _attention(module, *args, **kwargs):
+    # transformers holds one function per attention name, for every model loaded with it: each of the
+    # model's attention modules names the MiniLM it belongs to, so that two instances keep their own
+    # gate and router.
+    return module.hpu_minilm._attention(module, *args, **kwargs)
+
+
+def norm_logits(layer: int, hidden: torch.Tensor) -> torch.Tensor:
+    """The untrained router: the hidden state's L2 norm, whatever the layer."""
+    return hidden.float().norm(dim=-1)
+
+
 class MiniLM:
     """The real model, loaded offline, with a switchable gate in its attention."""
 
@@ -65,16 +126,20 @@ class MiniLM:
 
         path = get_model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        AttentionInterface.register(_ATTENTION_NAME, self._attention)
+        AttentionInterface.register(_ATTENTION_NAME, _attention)
         self.model = AutoModel.from_pretrained(path, attn_implementation=_ATTENTION_NAME).eval()
         self.heads = self.model.config.num_attention_heads
         self.head_dim = self.model.config.hidden_size // self.heads
         self._gate: Callable | None = None
         self._trace: list[LayerTrace] | None = None
-        self._router: Callable | None = None
+        self._rows: Callable | None = None
         self._hidden: dict[object, torch.Tensor] = {}
-        for layer in self.model.encoder.layer:
+        self._layer: dict[object, int] = {}
+        for index, layer in enumerate(self.model.encoder.layer):
             layer.attention.self.register_forward_pre_hook(self._keep_hidden, with_kwargs=True)
+            layer.attention.self.hpu_minilm = self
+            self._layer[layer.attention.self] = index
+        self.layers, self.hidden_size = len(self._layer), self.model.config.hidden_size
 
     def _keep_hidden(self, module, args, kwargs):
         self._hidden[module] = args[0] if args else kwargs["hidden_states"]
@@ -92,24 +157,41 @@ class MiniLM:
         else:
             gated = self._gate(query, key, value)
             out, kept, admissible = gated.out.to(query.dtype), gated.kept, gated.admissible
-        if self._router is not None:
+        if self._rows is not None:
             # An encoder's keys are all admissible to every query, so sparse-query attention is the
-            # attention above with the unrouted rows zeroed (golden_model.routing.sqdk_attention).
-            rows = self._router(self._hidden[module].float().norm(dim=-1))[:, None, :]
+            # attention above with the unrouted rows zeroed (golden_model.routing.sqdk_attention). A
+            # float row scale (fitting a router) multiplies the rows instead.
+            rows = self._rows(self._layer[module], self._hidden[module])[:, None, :]
             if kept is None:
                 kept = admissible = torch.full(rows.shape[:1] + query.shape[1:3], key.shape[2])
-            out = torch.where(rows[..., None], out, torch.zeros((), dtype=out.dtype))
-            kept = torch.where(rows, kept, 0)
+            if rows.dtype == torch.bool:
+                out = torch.where(rows[..., None], out, torch.zeros((), dtype=out.dtype))
+            else:
+                out = out * rows[..., None].to(out.dtype)
+            kept = torch.where(rows != 0, kept, 0)
         if self._trace is not None:
             self._trace.append(LayerTrace(query.detach(), key.detach(), value.detach(), out.detach(),
                                           kept, admissible))
         return out.transpose(1, 2).contiguous(), None
 
+    def hidden(self, text: str, rows: Callable | None = None) -> torch.Tensor:
+        """(T, hidden) last hidden states of one text with exact attention, gradients kept; `rows`, if
+        given, maps (layer, the (1, T, hidden) state entering its attention) to that layer's (1, T) row
+        mask or float row scale."""
+        self._rows = rows
+        try:
+            return self.model(**self.tokenizer(text, return_tensors="pt")).last_hidden_state[0]
+        finally:
+            self._rows = None
+            self._hidden.clear()
+
     @torch.no_grad()
     def run(self, text: str, cfg: HPUConfig | None = None, path: Path = "exact",
-            trace: bool = False, route_fraction: float | None = None) -> Forward:
+            trace: bool = False, route_fraction: float | None = None,
+            router: LinearRouter | None = None) -> Forward:
         """One forward pass of one text; ``path`` picks exact softmax, the float gate or the HPU contract,
-        on the top ``route_fraction`` of each layer's tokens (every token without one)."""
+        on the top ``route_fraction`` of each layer's tokens (every token without one) by `router`'s
+        scores (by default the hidden state's norm)."""
         if path != "exact":
             if cfg is None:
                 raise InputError(f"path {path!r} needs an HPUConfig")
@@ -126,12 +208,14 @@ class MiniLM:
             "fixed": lambda q, k, v: fixed_point_attention(q, k, v, cfg),
         }
         self._gate = gates[path]
-        self._router = None if route_fraction is None else _router(path, cfg, route_fraction)
+        scores = norm_logits if router is None else router.logits
+        choose = None if route_fraction is None else _router(path, cfg, route_fraction)
+        self._rows = None if choose is None else lambda layer, hidden: choose(scores(layer, hidden))
         self._trace = [] if trace else None
         try:
             hidden = self.model(**inputs).last_hidden_state[0]
         finally:
-            self._gate, self._router = None, None
+            self._gate, self._rows = None, None
             self._hidden.clear()
         embedding = torch.nn.functional.normalize(hidden.mean(0), dim=0)
         layers, self._trace = self._trace or [], None

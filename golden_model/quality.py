@@ -5,7 +5,8 @@ through the float gate and once through the HPU's integer contract, and is
 compared with the unmodified (dense, exact softmax) model. With route fractions,
 token routing (untrained: see golden_model.minilm) runs too, alone (every key
 of each routed query) and with the configuration's mass gate on the routed
-queries' keys.
+queries' keys; given a fitted router (`hpu fit-minilm-router`), each routed
+setting runs by its scores as well, next to the untrained ones.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from golden_model.minilm import MiniLM
+from golden_model.minilm import LinearRouter, MiniLM
 from golden_model.texts import TEXTS
 from hpu.config import HPUConfig
 from hpu.errors import InputError
@@ -39,6 +40,7 @@ class QualityRow:
     embedding_cos_mean: float  # sentence embedding vs the dense model
     embedding_cos_min: float
     layer_out_cos_mean: float  # per-layer attention outputs vs the dense model's, mean over layers, heads, rows
+    router: str = "-"          # what routed: "norm" (untrained), "fitted" (a LinearRouter); "-" unrouted
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -58,9 +60,13 @@ def settings(cfg: HPUConfig, permeabilities, mass_targets, route_fractions=()) -
 
 
 def evaluate(cfg: HPUConfig, swept: list[tuple[HPUConfig, float]], texts=TEXTS,
-             progress: bool = True) -> list[QualityRow]:
-    """Every text through each of `settings`' (gate setting, route fraction) pairs, float and fixed."""
+             progress: bool = True, router: str | Path | None = None) -> list[QualityRow]:
+    """Every text through each of `settings`' (gate setting, route fraction) pairs, float and fixed;
+    a routed pair by the untrained router and, given a `router` file, by that fitted router too."""
     model = MiniLM()
+    fitted = None if router is None else LinearRouter.load(router, model.layers, model.hidden_size)
+    runs = [(setting, route, None if route == 1.0 else chosen)
+            for setting, route in swept for chosen in ((None,) if route == 1.0 or fitted is None else (None, fitted))]
     too_long = [model.token_count(t) for t in texts if model.token_count(t) > cfg.max_keys]
     if too_long:
         raise InputError(f"{len(too_long)} text(s) are longer than max_keys = {cfg.max_keys} tokens "
@@ -68,12 +74,13 @@ def evaluate(cfg: HPUConfig, swept: list[tuple[HPUConfig, float]], texts=TEXTS,
                          "(configs/minilm.toml)")
     dense = [model.run(t, trace=True) for t in texts]
     rows = []
-    bar = tqdm(total=len(swept) * 2 * len(texts), desc="quality", unit="text", disable=not progress)
-    for setting, route in swept:
+    bar = tqdm(total=len(runs) * 2 * len(texts), desc="quality", unit="text", disable=not progress)
+    for setting, route, chosen in runs:
         for path in ("float", "fixed"):
             emb_cos, layer_cos, kept, admissible = [], [], 0, 0
             for text, reference in zip(texts, dense):
-                run = model.run(text, setting, path, trace=True, route_fraction=None if route == 1.0 else route)
+                run = model.run(text, setting, path, trace=True, route_fraction=None if route == 1.0 else route,
+                                router=chosen)
                 emb_cos.append(float(torch.dot(run.embedding.double(), reference.embedding.double())))
                 for gated, exact in zip(run.layers, reference.layers):
                     layer_cos.append(_cosine(gated.out, exact.out).flatten())
@@ -84,18 +91,19 @@ def evaluate(cfg: HPUConfig, swept: list[tuple[HPUConfig, float]], texts=TEXTS,
                 path=path, mode=setting.mode, permeability=setting.permeability,
                 mass_target=setting.mass_target, route_fraction=route, kept_fraction=kept / admissible,
                 embedding_cos_mean=sum(emb_cos) / len(emb_cos), embedding_cos_min=min(emb_cos),
-                layer_out_cos_mean=float(torch.cat(layer_cos).mean())))
+                layer_out_cos_mean=float(torch.cat(layer_cos).mean()),
+                router="-" if route == 1.0 else "norm" if chosen is None else "fitted"))
     bar.close()
     return rows
 
 
 def format_table(rows: list[QualityRow]) -> str:
-    head = (f"{'path':5} {'mode':5} {'perm':>5} {'mass':>5} {'route':>5} {'kept':>6} "
+    head = (f"{'path':5} {'mode':5} {'perm':>5} {'mass':>5} {'route':>5} {'router':6} {'kept':>6} "
             f"{'emb cos mean':>12} {'emb cos min':>11} {'layer cos':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.path:5} {r.mode:5} {r.permeability:5.2f} {r.mass_target:5.2f} {r.route_fraction:5.2f} "
-                     f"{r.kept_fraction:6.3f} "
+                     f"{r.router:6} {r.kept_fraction:6.3f} "
                      f"{r.embedding_cos_mean:12.6f} {r.embedding_cos_min:11.6f} {r.layer_out_cos_mean:9.6f}")
     return "\n".join(lines)
 
@@ -107,12 +115,11 @@ def plot(rows: list[QualityRow], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for kind, marker in (("float", "o"), ("fixed", "s")):
-        for routed, color in ((False, "#2c7fb8"), (True, "#d95f0e")):
-            chosen = sorted((r for r in rows if r.path == kind and (r.route_fraction < 1) == routed),
-                            key=lambda r: r.kept_fraction)
+        for router, color in (("-", "#2c7fb8"), ("norm", "#d95f0e"), ("fitted", "#31a354")):
+            chosen = sorted((r for r in rows if r.path == kind and r.router == router), key=lambda r: r.kept_fraction)
             if not chosen:
                 continue
-            what = f"{kind}{', routed' if routed else ''}"
+            what = kind + {"-": "", "norm": ", routed by the norm", "fitted": ", routed by the fitted router"}[router]
             ax.plot([r.kept_fraction for r in chosen], [r.embedding_cos_mean for r in chosen], marker=marker,
                     color=color, linestyle="", label=f"{what}: mean embedding cosine")
             ax.plot([r.kept_fraction for r in chosen], [r.embedding_cos_min for r in chosen], marker=marker,
@@ -127,12 +134,15 @@ def plot(rows: list[QualityRow], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(rows: list[QualityRow], cfg: HPUConfig, out_dir: Path) -> dict[str, Path]:
-    """quality.txt and the plot, then quality.json last (the record that the report is whole)."""
+def write_report(rows: list[QualityRow], cfg: HPUConfig, out_dir: Path, router: str | Path | None = None
+                 ) -> dict[str, Path]:
+    """quality.txt and the plot, then quality.json last (the record that the report is whole), naming
+    the fitted `router` file if one ran."""
     out_dir = output_folder(out_dir, "report folder")
     paths = {key: out_dir / name for key, name in REPORT.items()}
     write_text(paths["txt"], format_table(rows) + "\n")
     with staged(paths["png"]) as temp:
         plot(rows, temp)
-    write_json(paths["json"], {"config": cfg.to_dict(), "texts": len(TEXTS), "rows": [asdict(r) for r in rows]})
+    write_json(paths["json"], {"config": cfg.to_dict(), "texts": len(TEXTS), "router": None if router is None else str(router),
+                               "rows": [asdict(r) for r in rows]})
     return paths

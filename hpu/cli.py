@@ -134,10 +134,20 @@ def cmd_quality(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     swept = quality.settings(cfg, args.permeability, args.mass_target, args.route_fraction)
     with claim(args.output, "report folder", quality.OUTPUTS):
-        rows = quality.evaluate(cfg, swept, progress=not args.quiet)
-        paths = quality.write_report(rows, cfg, Path(args.output))
+        rows = quality.evaluate(cfg, swept, progress=not args.quiet, router=args.router)
+        paths = quality.write_report(rows, cfg, Path(args.output), args.router)
     print(quality.format_table(rows))
     print(f"report: {paths['json']} {paths['png']}")
+    return 0
+
+
+def cmd_fit_minilm_router(args: argparse.Namespace) -> int:
+    from training import minilm_router
+
+    paths = minilm_router.fit_to_folder(args.output, args.route_fraction, args.steps, args.texts, args.seed, args.lr,
+                                        Path(args.text) if args.text else minilm_router.PYDOC,
+                                        log=None if args.quiet else print)
+    print(f"router: {paths['router']} (hpu quality --router {paths['router']}); fit: {paths['result']}")
     return 0
 
 
@@ -442,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--route-fraction", type=float, nargs="*", default=[0.2, 0.5, 0.8], action=_Distinct,
                    help="token routing: fractions of queries routed, each alone and with the configuration's gate "
                         "(none: no routing)")
+    p.add_argument("--router", metavar="FILE", help="a fitted router (`hpu fit-minilm-router`): each routed setting "
+                   "also runs by its scores, next to the untrained norm router")
     p.add_argument("-o", "--output", default="out/quality", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_quality, memory_hint="free memory for the MiniLM model and its traces of the "
@@ -495,6 +507,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/train-hardware", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_hardware, memory_hint="ask for fewer --sequences or a shorter --length")
+
+    p = sub.add_parser("fit-minilm-router", help="fit a learned token router for all-MiniLM-L6-v2, the model frozen, "
+                                                 "so that its routed sentence embeddings stay the dense ones")
+    p.add_argument("--route-fraction", type=_positive_float, default=0.2, help="share of each text's tokens routed "
+                   "in every layer")
+    p.add_argument("--steps", type=_positive, default=1500, help="optimizer steps, one text each")
+    p.add_argument("--texts", type=_positive, default=1500, help="prose paragraphs to fit on")
+    p.add_argument("--text", metavar="FOLDER", help="reStructuredText or text files to draw the paragraphs from "
+                   "(default: the Python documentation's sources)")
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam's learning rate")
+    p.add_argument("--seed", type=int, default=0, help="draws the paragraphs, their order and the first weights")
+    p.add_argument("-o", "--output", default="out/minilm-router", help="folder for router.npz and fit.json")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_fit_minilm_router, memory_hint="free memory for the MiniLM model")
 
     p = sub.add_parser("fit-predictors", help="fit a routed run's causal predictors again on its finished, frozen "
                                               "model; report their held-out agreement and loss before and after")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from golden_model.minilm import MiniLM
+from golden_model.minilm import LinearRouter, MiniLM
 from golden_model.texts import TEXTS
 from hpu.cli import main
 from hpu.config import HPUConfig
@@ -122,3 +122,148 @@ def test_fixed_path_routes_by_the_hpus_integer_step():
     close = torch.tensor([[1.0, 1.0 + 1e-6, 0.5, 0.25]])   # apart in float32, one code of 16 bits apart they are not
     assert _router("fixed", cfg, 0.25)(close)[0].tolist() == [True, False, False, False]
     assert _router("float", cfg, 0.25)(close)[0].tolist() == [False, True, False, False]
+
+
+# -- a fitted router (training/minilm_router.py) ----------------------------------------------------------
+
+def _router_file(tmp_path, weight, bias=None, fraction=0.5):
+    from golden_model.minilm import LinearRouter
+
+    router = LinearRouter(weight, torch.zeros(weight.shape[0]) if bias is None else bias, fraction)
+    router.save(tmp_path / "router.npz")
+    return tmp_path / "router.npz"
+
+
+def test_a_fitted_router_routes_the_top_k_of_its_own_scores(model, tmp_path):
+    """A LinearRouter's file reloads exactly; routing by it is the top-k of its scores of each layer's
+    hidden state: all scores equal, the first tokens (ties to the earlier token), on both paths; any
+    scores, the routed rows the golden order picks from them."""
+    from golden_model.minilm import LinearRouter
+    from golden_model.routing import route_topk, routed_mask
+
+    weight = torch.randn(model.layers, model.hidden_size, generator=torch.Generator().manual_seed(3))
+    path = _router_file(tmp_path, weight)
+    router = LinearRouter.load(path, model.layers, model.hidden_size)
+    assert torch.equal(router.weight, weight) and router.route_fraction == 0.5
+    tied = LinearRouter(torch.zeros_like(weight), torch.zeros(model.layers), 0.5)
+    text = TEXTS[0]
+    n = model.token_count(text)
+    for path_name in ("float", "fixed"):
+        run = model.run(text, CFG.replace(mode="dense"), path_name, trace=True, route_fraction=0.5, router=tied)
+        for layer in run.layers:
+            assert (layer.kept[0, 0] > 0).tolist() == [i < (n + 1) // 2 for i in range(n)]
+    chosen = []
+
+    def rows(layer, hidden):
+        chosen.append(routed_mask(route_topk(router.logits(layer, hidden), 0.5), hidden.shape[1]))
+        return chosen[-1]
+
+    want = torch.nn.functional.normalize(model.hidden(text, rows).mean(0), dim=0)
+    run = model.run(text, route_fraction=0.5, router=router, trace=False)
+    assert torch.allclose(run.embedding, want, atol=1e-6) and len(chosen) == model.layers
+    assert not torch.equal(chosen[0], routed_mask(route_topk(torch.zeros(1, n), 0.5), n))
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (None, "does not exist: fit one"),
+    ({"weight": torch.zeros(6, 384).numpy()}, "is not a router file"),
+    ({"weight": torch.zeros(5, 384).numpy(), "bias": torch.zeros(5).numpy(), "route_fraction": 0.5},
+     r"weight \(5, 384\)"),
+    ({"weight": torch.full((6, 384), float("nan")).numpy(), "bias": torch.zeros(6).numpy(), "route_fraction": 0.5},
+     "non-finite"),
+    ({"weight": [object()], "bias": [0], "route_fraction": 0.5}, "is not a router file")])
+def test_a_bad_router_file_is_refused_in_one_line(tmp_path, arrays, message):
+    import numpy as np
+
+    from golden_model.minilm import LinearRouter
+    from hpu.errors import InputError
+
+    path = tmp_path / "router.npz"
+    if arrays is not None:
+        np.savez(path, **{k: np.asarray(v, dtype=object if k == "weight" and isinstance(v, list) else None)
+                          for k, v in arrays.items()})
+    with pytest.raises(InputError, match=message):
+        LinearRouter.load(path, 6, 384)
+
+
+def test_the_straight_through_row_scale_is_the_top_k_with_a_gradient_for_every_token():
+    from training.minilm_router import straight_through
+
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.0, 0.0]], requires_grad=True)
+    rows = straight_through(logits, 0.4, temperature=1.0)
+    assert rows.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0]]
+    (rows * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])).sum().backward()
+    # Around the midpoint 1.25 between the last routed (2.0) and the first unrouted (0.5) score.
+    soft = torch.sigmoid(logits.detach() - 1.25)
+    assert torch.allclose(logits.grad, soft * (1 - soft) * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+
+
+def test_fitting_a_router_brings_the_routed_embedding_closer_to_the_dense_one(model):
+    """A few steps on two texts, MiniLM frozen: the fitted router's embeddings of those texts are closer
+    to the dense model's than those of the router it started from, and the model's weights are
+    unchanged."""
+    from training.minilm_router import fit
+
+    texts = [TEXTS[5], TEXTS[30]]
+    before = {name: p.clone() for name, p in model.model.named_parameters()}
+    start, _ = fit(texts, 0.2, 0, seed=1, model=model)
+    fitted, losses = fit(texts, 0.2, 30, lr=3e-2, seed=1, model=model)
+    assert len(losses) == 30 and all(torch.equal(p, before[n]) for n, p in model.model.named_parameters())
+
+    def distance(router):
+        return sum(1 - float(torch.dot(model.run(t, route_fraction=0.2, router=router).embedding,
+                                       model.run(t).embedding)) for t in texts)
+
+    assert distance(fitted) < distance(start)
+
+
+def test_paragraphs_are_prose_without_markup_code_or_the_judging_texts(tmp_path):
+    from hpu.errors import InputError
+    from training.minilm_router import MIN_CHARS, paragraphs
+
+    prose = "The :func:`open` call returns a ``file object``; see `the tutorial <tut.html>`_ and **bold** words. "
+    prose = (prose * (MIN_CHARS // len(prose) + 1)).strip()
+    (tmp_path / "doc.rst.txt").write_text("\n\n".join([
+        "Title\n=====", prose, "Code::\n\n   x = 1", ".. note::\n   A note", "short", TEXTS[-1]]))
+    (got,) = paragraphs(tmp_path, 1)
+    assert got.startswith("The open call returns a file object; see the tutorial and bold words.")
+    with pytest.raises(InputError, match="holds 1 prose paragraphs"):
+        paragraphs(tmp_path, 2)
+
+
+def test_fit_minilm_router_command_writes_a_router_that_quality_runs_beside_the_norm(tmp_path, capsys,
+                                                                                     monkeypatch):
+    """`hpu fit-minilm-router` writes router.npz and fit.json; `quality.evaluate` runs every routed
+    setting by the norm and by that router (the fitted rows are the runs by it), and `hpu quality
+    --router` hands the file through and names it in quality.json."""
+    from golden_model import quality
+    from training.minilm_router import MIN_CHARS
+
+    text = "Routing picks which tokens attend in each layer of the encoder, and the rest keep their state. "
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("\n\n".join((f"{i}. " + text * (MIN_CHARS // len(text) + 1)).strip()
+                                                          for i in range(3)))
+    assert main(["fit-minilm-router", "--route-fraction", "0.5", "--steps", "3", "--texts", "3", "--text",
+                 str(tmp_path / "text"), "-o", str(tmp_path / "fit"), "--quiet"]) == 0
+    fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert fit["route_fraction"] == 0.5 and fit["steps"] == 3 and fit["curve"] == []
+    path = tmp_path / "fit" / "router.npz"
+    texts = TEXTS[:2]
+    dense = CFG.replace(mode="dense")
+    rows = quality.evaluate(CFG, [(dense, 1.0), (dense, 0.5)], texts=texts, progress=False, router=path)
+    assert [(r.path, r.route_fraction, r.router) for r in rows] == [
+        ("float", 1.0, "-"), ("fixed", 1.0, "-"), ("float", 0.5, "norm"), ("fixed", 0.5, "norm"),
+        ("float", 0.5, "fitted"), ("fixed", 0.5, "fitted")]
+    model = MiniLM()
+    router = LinearRouter.load(path, model.layers, model.hidden_size)
+    want = [float(torch.dot(model.run(t, dense, "float", route_fraction=0.5, router=router).embedding.double(),
+                            model.run(t).embedding.double())) for t in texts]
+    assert rows[4].embedding_cos_mean == pytest.approx(sum(want) / 2, abs=1e-9)
+    assert rows[4].embedding_cos_mean != rows[2].embedding_cos_mean
+    handed = {}
+    monkeypatch.setattr(quality, "evaluate", lambda *a, router=None, **k: handed.setdefault("router", router) and rows)
+    assert main(["quality", "--config", f"{REPO}/configs/minilm.toml", "--route-fraction", "0.5", "--router",
+                 str(path), "-o", str(tmp_path / "q"), "--quiet"]) == 0
+    assert handed["router"] == str(path)
+    assert json.loads((tmp_path / "q" / "quality.json").read_text())["router"] == str(path)
+    assert " fitted " in capsys.readouterr().out
