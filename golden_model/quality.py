@@ -11,6 +11,7 @@ setting runs by its scores as well, next to the untrained ones.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,13 +61,12 @@ def settings(cfg: HPUConfig, permeabilities, mass_targets, route_fractions=()) -
 
 
 def evaluate(cfg: HPUConfig, swept: list[tuple[HPUConfig, float]], texts=TEXTS,
-             progress: bool = True, router: str | Path | None = None) -> list[QualityRow]:
+             progress: bool = True, router: LinearRouter | None = None) -> list[QualityRow]:
     """Every text through each of `settings`' (gate setting, route fraction) pairs, float and fixed;
-    a routed pair by the untrained router and, given a `router` file, by that fitted router too."""
+    a routed pair by the untrained router and, given a fitted `router` (`minilm.load_router`), by it too."""
     model = MiniLM()
-    fitted = None if router is None else LinearRouter.load(router, model.layers, model.hidden_size)
-    runs = [(setting, route, None if route == 1.0 else chosen)
-            for setting, route in swept for chosen in ((None,) if route == 1.0 or fitted is None else (None, fitted))]
+    runs = [(setting, route, chosen)
+            for setting, route in swept for chosen in ((None,) if route == 1.0 or router is None else (None, router))]
     too_long = [model.token_count(t) for t in texts if model.token_count(t) > cfg.max_keys]
     if too_long:
         raise InputError(f"{len(too_long)} text(s) are longer than max_keys = {cfg.max_keys} tokens "
@@ -113,7 +113,7 @@ def plot(rows: list[QualityRow], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     for kind, marker in (("float", "o"), ("fixed", "s")):
         for router, color in (("-", "#2c7fb8"), ("norm", "#d95f0e"), ("fitted", "#31a354")):
             chosen = sorted((r for r in rows if r.path == kind and r.router == router), key=lambda r: r.kept_fraction)
@@ -128,7 +128,7 @@ def plot(rows: list[QualityRow], path: Path) -> None:
     ax.set_ylabel("cosine similarity to the dense model")
     ax.set_title("all-MiniLM-L6-v2 with the mass gate and token routing in every layer")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
@@ -137,12 +137,14 @@ def plot(rows: list[QualityRow], path: Path) -> None:
 def write_report(rows: list[QualityRow], cfg: HPUConfig, out_dir: Path, router: str | Path | None = None
                  ) -> dict[str, Path]:
     """quality.txt and the plot, then quality.json last (the record that the report is whole), naming
-    the fitted `router` file if one ran."""
+    the fitted `router` file if one ran, with its SHA-256."""
     out_dir = output_folder(out_dir, "report folder")
     paths = {key: out_dir / name for key, name in REPORT.items()}
     write_text(paths["txt"], format_table(rows) + "\n")
     with staged(paths["png"]) as temp:
         plot(rows, temp)
-    write_json(paths["json"], {"config": cfg.to_dict(), "texts": len(TEXTS), "router": None if router is None else str(router),
+    fitted = None if router is None else {"file": str(router),
+                                          "sha256": hashlib.sha256(Path(router).read_bytes()).hexdigest()}
+    write_json(paths["json"], {"config": cfg.to_dict(), "texts": len(TEXTS), "router": fitted,
                                "rows": [asdict(r) for r in rows]})
     return paths

@@ -130,11 +130,13 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
 
 def cmd_quality(args: argparse.Namespace) -> int:
     from golden_model import quality
+    from golden_model.minilm import load_router
 
     cfg = load_config(args)
     swept = quality.settings(cfg, args.permeability, args.mass_target, args.route_fraction)
+    router = None if args.router is None else load_router(args.router)   # refused before the folder is claimed
     with claim(args.output, "report folder", quality.OUTPUTS):
-        rows = quality.evaluate(cfg, swept, progress=not args.quiet, router=args.router)
+        rows = quality.evaluate(cfg, swept, progress=not args.quiet, router=router)
         paths = quality.write_report(rows, cfg, Path(args.output), args.router)
     print(quality.format_table(rows))
     print(f"report: {paths['json']} {paths['png']}")
@@ -316,11 +318,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
+def _whole(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
@@ -512,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "so that its routed sentence embeddings stay the dense ones")
     p.add_argument("--route-fraction", type=_positive_float, default=0.2, help="share of each text's tokens routed "
                    "in every layer")
-    p.add_argument("--steps", type=_positive, default=1500, help="optimizer steps, one text each")
+    p.add_argument("--steps", type=_whole, default=1500, help="optimizer steps, one text each (0: the random "
+                   "projections a fit starts from, a control)")
     p.add_argument("--texts", type=_positive, default=1500, help="prose paragraphs to fit on")
     p.add_argument("--text", metavar="FOLDER", help="reStructuredText or text files to draw the paragraphs from "
                    "(default: the Python documentation's sources)")

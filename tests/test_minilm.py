@@ -126,26 +126,18 @@ def test_fixed_path_routes_by_the_hpus_integer_step():
 
 # -- a fitted router (training/minilm_router.py) ----------------------------------------------------------
 
-def _router_file(tmp_path, weight, bias=None, fraction=0.5):
-    from golden_model.minilm import LinearRouter
-
-    router = LinearRouter(weight, torch.zeros(weight.shape[0]) if bias is None else bias, fraction)
-    router.save(tmp_path / "router.npz")
-    return tmp_path / "router.npz"
-
-
 def test_a_fitted_router_routes_the_top_k_of_its_own_scores(model, tmp_path):
     """A LinearRouter's file reloads exactly; routing by it is the top-k of its scores of each layer's
     hidden state: all scores equal, the first tokens (ties to the earlier token), on both paths; any
     scores, the routed rows the golden order picks from them."""
-    from golden_model.minilm import LinearRouter
+    from golden_model.minilm import load_router
     from golden_model.routing import route_topk, routed_mask
 
     weight = torch.randn(model.layers, model.hidden_size, generator=torch.Generator().manual_seed(3))
-    path = _router_file(tmp_path, weight)
-    router = LinearRouter.load(path, model.layers, model.hidden_size)
+    LinearRouter(weight, 0.5).save(tmp_path / "router.npz")
+    router = load_router(tmp_path / "router.npz")
     assert torch.equal(router.weight, weight) and router.route_fraction == 0.5
-    tied = LinearRouter(torch.zeros_like(weight), torch.zeros(model.layers), 0.5)
+    tied = LinearRouter(torch.zeros_like(weight), 0.5)
     text = TEXTS[0]
     n = model.token_count(text)
     for path_name in ("float", "fixed"):
@@ -164,69 +156,103 @@ def test_a_fitted_router_routes_the_top_k_of_its_own_scores(model, tmp_path):
     assert not torch.equal(chosen[0], routed_mask(route_topk(torch.zeros(1, n), 0.5), n))
 
 
-@pytest.mark.parametrize("arrays, message", [
-    (None, "does not exist: fit one"),
-    ({"weight": torch.zeros(6, 384).numpy()}, "is not a router file"),
-    ({"weight": torch.zeros(5, 384).numpy(), "bias": torch.zeros(5).numpy(), "route_fraction": 0.5},
-     r"weight \(5, 384\)"),
-    ({"weight": torch.full((6, 384), float("nan")).numpy(), "bias": torch.zeros(6).numpy(), "route_fraction": 0.5},
-     "non-finite"),
-    ({"weight": [object()], "bias": [0], "route_fraction": 0.5}, "is not a router file")])
-def test_a_bad_router_file_is_refused_in_one_line(tmp_path, arrays, message):
+def test_two_minilms_keep_their_own_router(model):
+    """transformers holds one attention function per name: a second MiniLM must not take over the
+    first one's routing (each attention module names its own MiniLM)."""
+    dense = model.run(TEXTS[0]).embedding
+    MiniLM()
+    assert float(torch.dot(model.run(TEXTS[0], route_fraction=0.2).embedding, dense)) < 0.99
+
+
+def _npz(path, **arrays):
     import numpy as np
 
-    from golden_model.minilm import LinearRouter
+    np.savez(path, **arrays)
+
+
+def _write(content):
+    return lambda path: path.write_bytes(content)
+
+
+@pytest.mark.parametrize("make, message", [
+    (None, "does not exist: fit one"),
+    (lambda p: _npz(p, weight=torch.zeros(6, 384).numpy()), "is not a router file"),
+    (lambda p: _npz(p, weight=torch.zeros(5, 384).numpy(), route_fraction=0.5), r"weight \(5, 384\)"),
+    (lambda p: _npz(p, weight=torch.full((6, 384), float("nan")).numpy(), route_fraction=0.5), "not finite"),
+    (lambda p: _npz(p, weight=torch.full((6, 384), 1e300, dtype=torch.float64).numpy(), route_fraction=0.5),
+     "not finite in float32"),
+    (lambda p: _npz(p, weight=torch.zeros(6, 384).numpy(), route_fraction=1.5), r"outside \(0, 1\]"),
+    (lambda p: _npz(p, weight=torch.zeros(6, 384).numpy(), route_fraction="abc"), "must be real numbers"),
+    (lambda p: _npz(p, weight=torch.zeros(6, 384, dtype=torch.complex64).numpy(), route_fraction=0.5),
+     "must be real numbers"),
+    (lambda p: __import__("numpy").savez(p, weight=__import__("numpy").array([object()]), route_fraction=0.5),
+     "is not a router file"),
+    (lambda p: __import__("numpy").save(open(p, "wb"), torch.zeros(6, 384).numpy()), "is not a router file"),
+    (_write(b""), "is not a router file"), (_write(b"PK\x03\x04 truncated"), "is not a router file"),
+    (lambda p: p.mkdir(), "is not a router file")])
+def test_a_bad_router_file_is_refused_in_one_line(tmp_path, make, message):
     from hpu.errors import InputError
 
     path = tmp_path / "router.npz"
-    if arrays is not None:
-        np.savez(path, **{k: np.asarray(v, dtype=object if k == "weight" and isinstance(v, list) else None)
-                          for k, v in arrays.items()})
-    with pytest.raises(InputError, match=message):
+    if make is not None:
+        make(path)
+    with pytest.raises(InputError, match=message) as caught:
         LinearRouter.load(path, 6, 384)
+    assert "\n" not in str(caught.value)
 
 
 def test_the_straight_through_row_scale_is_the_top_k_with_a_gradient_for_every_token():
-    from training.minilm_router import straight_through
+    """In value exactly the top-k's 0/1; in gradient a sigmoid of the scores' standardized distance to
+    the midpoint between the last routed and first unrouted score, the same at any scale of the
+    scores, and reaching every token."""
+    from training.minilm_router import TEMPERATURE, straight_through
 
-    logits = torch.tensor([[0.5, 3.0, -1.0, 2.0, 0.0]], requires_grad=True)
-    rows = straight_through(logits, 0.4, temperature=1.0)
-    assert rows.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0]]
-    (rows * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])).sum().backward()
-    # Around the midpoint 1.25 between the last routed (2.0) and the first unrouted (0.5) score.
-    soft = torch.sigmoid(logits.detach() - 1.25)
-    assert torch.allclose(logits.grad, soft * (1 - soft) * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    grads = []
+    for scale in (1.0, 10.0):
+        logits = (torch.tensor([[0.5, 3.0, -1.0, 2.0, 0.0]]) * scale).requires_grad_()
+        rows = straight_through(logits, 0.4)
+        assert torch.equal(rows, torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0]]))
+        (rows * weights).sum().backward()
+        z = (logits - logits.mean()) / (logits.std() + 1e-6)
+        middle = (z[0, 3] + z[0, 0]).detach() / 2   # between the last routed (2.0) and first unrouted (0.5)
+        (want,) = torch.autograd.grad((torch.sigmoid((z - middle) / TEMPERATURE) * weights).sum(), logits)
+        assert torch.allclose(logits.grad, want) and (logits.grad != 0).all()
+        grads.append(logits.grad * scale)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4)
 
 
 def test_fitting_a_router_brings_the_routed_embedding_closer_to_the_dense_one(model):
     """A few steps on two texts, MiniLM frozen: the fitted router's embeddings of those texts are closer
     to the dense model's than those of the router it started from, and the model's weights are
     unchanged."""
-    from training.minilm_router import fit
+    from training.minilm_router import fit, start
 
     texts = [TEXTS[5], TEXTS[30]]
     before = {name: p.clone() for name, p in model.model.named_parameters()}
-    start, _ = fit(texts, 0.2, 0, seed=1, model=model)
     fitted, losses = fit(texts, 0.2, 30, lr=3e-2, seed=1, model=model)
+    begun = start(model, 0.2, seed=1)
     assert len(losses) == 30 and all(torch.equal(p, before[n]) for n, p in model.model.named_parameters())
 
     def distance(router):
         return sum(1 - float(torch.dot(model.run(t, route_fraction=0.2, router=router).embedding,
                                        model.run(t).embedding)) for t in texts)
 
-    assert distance(fitted) < distance(start)
+    assert distance(fitted) < distance(begun)
 
 
 def test_paragraphs_are_prose_without_markup_code_or_the_judging_texts(tmp_path):
     from hpu.errors import InputError
     from training.minilm_router import MIN_CHARS, paragraphs
 
-    prose = "The :func:`open` call returns a ``file object``; see `the tutorial <tut.html>`_ and **bold** words. "
-    prose = (prose * (MIN_CHARS // len(prose) + 1)).strip()
+    prose = ("The :func:`open` call returns a ``file object``; see `the tutorial\n<tut.html>`_ and **bold** "
+             "words, 2 * 3 and *args. ")
+    prose = (prose * (2 * MIN_CHARS // len(prose) + 1)).strip()
+    judging = next(t for t in TEXTS if MIN_CHARS <= len(t) <= 700 and "\n" not in t)
     (tmp_path / "doc.rst.txt").write_text("\n\n".join([
-        "Title\n=====", prose, "Code::\n\n   x = 1", ".. note::\n   A note", "short", TEXTS[-1]]))
+        "Title\n=====", prose, "Code::\n\n   x = 1", ".. note::\n   A note", "short", judging]))
     (got,) = paragraphs(tmp_path, 1)
-    assert got.startswith("The open call returns a file object; see the tutorial and bold words.")
+    assert got.startswith("The open call returns a file object; see the tutorial and bold words, 2 * 3 and *args.")
     with pytest.raises(InputError, match="holds 1 prose paragraphs"):
         paragraphs(tmp_path, 2)
 
@@ -246,16 +272,16 @@ def test_fit_minilm_router_command_writes_a_router_that_quality_runs_beside_the_
     assert main(["fit-minilm-router", "--route-fraction", "0.5", "--steps", "3", "--texts", "3", "--text",
                  str(tmp_path / "text"), "-o", str(tmp_path / "fit"), "--quiet"]) == 0
     fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
-    assert fit["route_fraction"] == 0.5 and fit["steps"] == 3 and fit["curve"] == []
+    assert fit["route_fraction"] == 0.5 and fit["steps"] == 3 and fit["curve"] == [] and fit["temperature"] == 0.5
     path = tmp_path / "fit" / "router.npz"
     texts = TEXTS[:2]
     dense = CFG.replace(mode="dense")
-    rows = quality.evaluate(CFG, [(dense, 1.0), (dense, 0.5)], texts=texts, progress=False, router=path)
+    model = MiniLM()
+    router = LinearRouter.load(path, model.layers, model.hidden_size)
+    rows = quality.evaluate(CFG, [(dense, 1.0), (dense, 0.5)], texts=texts, progress=False, router=router)
     assert [(r.path, r.route_fraction, r.router) for r in rows] == [
         ("float", 1.0, "-"), ("fixed", 1.0, "-"), ("float", 0.5, "norm"), ("fixed", 0.5, "norm"),
         ("float", 0.5, "fitted"), ("fixed", 0.5, "fitted")]
-    model = MiniLM()
-    router = LinearRouter.load(path, model.layers, model.hidden_size)
     want = [float(torch.dot(model.run(t, dense, "float", route_fraction=0.5, router=router).embedding.double(),
                             model.run(t).embedding.double())) for t in texts]
     assert rows[4].embedding_cos_mean == pytest.approx(sum(want) / 2, abs=1e-9)
@@ -264,6 +290,13 @@ def test_fit_minilm_router_command_writes_a_router_that_quality_runs_beside_the_
     monkeypatch.setattr(quality, "evaluate", lambda *a, router=None, **k: handed.setdefault("router", router) and rows)
     assert main(["quality", "--config", f"{REPO}/configs/minilm.toml", "--route-fraction", "0.5", "--router",
                  str(path), "-o", str(tmp_path / "q"), "--quiet"]) == 0
-    assert handed["router"] == str(path)
-    assert json.loads((tmp_path / "q" / "quality.json").read_text())["router"] == str(path)
+    assert torch.equal(handed["router"].weight, router.weight)
+    import hashlib
+
+    assert json.loads((tmp_path / "q" / "quality.json").read_text())["router"] == {
+        "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    # A bad router file is refused before the report folder is claimed: the earlier report stays.
+    assert main(["quality", "--config", f"{REPO}/configs/minilm.toml", "--router", str(tmp_path / "no.npz"),
+                 "-o", str(tmp_path / "q"), "--quiet"]) == 2
+    assert (tmp_path / "q" / "quality.json").exists()
     assert " fitted " in capsys.readouterr().out

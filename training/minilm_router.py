@@ -29,7 +29,11 @@ from training.data import PYDOC
 
 # Paragraphs of prose, long enough to hold a few sentences, short enough for quick steps.
 MIN_CHARS, MAX_CHARS = 200, 700
-_MARKUP = re.compile(r":[a-z:]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`|``([^`]*)``|`([^`<]*?)(?:\s*<[^>]*>)?`_*|\*\*?([^*]+)\*\*?")
+TEMPERATURE = 0.5   # of the surrogate's sigmoid, in standard deviations of a text's scores
+# Inline markup reduced to its text: roles, literals, links, and emphasis (a star next to a word on
+# both sides, so that "2 * 3" and *args stay prose).
+_MARKUP = re.compile(r":[a-z:]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`|``([^`]*)``|`([^`<]*?)(?:\s*<[^>]*>)?`_*"
+                     r"|\*\*?([^*\s](?:[^*]*?[^*\s])?)\*\*?")
 
 
 def paragraphs(root: Path = PYDOC, count: int = 2000, seed: int = 0) -> list[str]:
@@ -44,8 +48,8 @@ def paragraphs(root: Path = PYDOC, count: int = 2000, seed: int = 0) -> list[str
             lines = block.strip("\n").splitlines()
             if not lines or any(not line or line[0] in " \t.=-*#|+" or line.rstrip().endswith("::") for line in lines):
                 continue
-            text = " ".join(_MARKUP.sub(lambda m: next(g for g in m.groups() if g is not None), line.strip())
-                            for line in lines)
+            text = _MARKUP.sub(lambda m: next(g for g in m.groups() if g is not None),
+                               " ".join(line.strip() for line in lines))
             if MIN_CHARS <= len(text) <= MAX_CHARS and text not in TEXTS:
                 found.append(text)
     if len(found) < count:
@@ -54,44 +58,54 @@ def paragraphs(root: Path = PYDOC, count: int = 2000, seed: int = 0) -> list[str
     return random.Random(seed).sample(found, count)
 
 
-def straight_through(logits: torch.Tensor, route_fraction: float, temperature: float) -> torch.Tensor:
-    """(1, T) scores: (1, T) row scales, the top-k's 0/1 in value and, in gradient, a sigmoid of each
-    score's distance to the midpoint between the last routed and the first unrouted score."""
+def straight_through(logits: torch.Tensor, route_fraction: float, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """(1, T) scores: (1, T) row scales, exactly the top-k's 0/1 in value and, in gradient, a sigmoid
+    of each score's distance to the midpoint between the last routed and the first unrouted score, in
+    standard deviations of the text's scores over `temperature`."""
+    # The top-k ignores the scores' scale, so the optimizer may grow it; measured in the scores' own
+    # spread, the sigmoid keeps its slope for every token (in raw units it flattened out for most).
+    z = (logits - logits.mean()) / (logits.std() + 1e-6)
     hard = routed_mask(route_topk(logits.detach(), route_fraction), logits.shape[-1])
     if hard.all():
-        threshold = logits.detach().min() - temperature
+        threshold = z.detach().min() - temperature
     else:
-        threshold = (logits.detach()[hard].min() + logits.detach()[~hard].max()) / 2
-    soft = torch.sigmoid((logits - threshold) / temperature)
-    return hard.float() + soft - soft.detach()
+        threshold = (z.detach()[hard].min() + z.detach()[~hard].max()) / 2
+    soft = torch.sigmoid((z - threshold) / temperature)
+    return hard.float() + (soft - soft.detach())
 
 
 def _embedding(hidden: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(hidden.mean(0), dim=0)
 
 
-def fit(texts: list[str], route_fraction: float, steps: int, lr: float = 3e-3, temperature: float = 1.0,
+def start(model: MiniLM, route_fraction: float, seed: int = 0) -> LinearRouter:
+    """The router a fit starts from: small random projections drawn by `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return LinearRouter(torch.randn(model.layers, model.hidden_size, generator=generator) * 0.02, route_fraction)
+
+
+def fit(texts: list[str], route_fraction: float, steps: int, lr: float = 3e-3, temperature: float = TEMPERATURE,
         seed: int = 0, model: MiniLM | None = None, log=None) -> tuple[LinearRouter, list[float]]:
-    """Fit one linear score a layer on `texts` (one text a step, in an order drawn by `seed`), MiniLM
-    frozen; returns the router and each step's loss (1 - the embedding cosine with the dense model).
-    The scores start as the norm router's order would not: small random projections, drawn by `seed`."""
+    """Fit one linear score a layer on `texts`, one text a step, passing through them in orders drawn
+    by `seed`, MiniLM frozen, from `start`; returns the router and each step's loss (1 - the embedding
+    cosine with the dense model)."""
     model = model or MiniLM()
     for p in model.model.parameters():
         p.requires_grad_(False)
-    generator = torch.Generator().manual_seed(seed)
-    weight = (torch.randn(model.layers, model.hidden_size, generator=generator) * 0.02).requires_grad_()
-    bias = torch.zeros(model.layers, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=lr)
+    weight = start(model, route_fraction, seed).weight.requires_grad_()
+    optimizer = torch.optim.Adam([weight], lr=lr)
     dense = {}
-    order = random.Random(seed)
+    shuffle = random.Random(seed)
+    order: list[str] = []
     losses = []
     for step in range(steps):
-        text = texts[order.randrange(len(texts))]
+        if not order:
+            order = shuffle.sample(texts, len(texts))
+        text = order.pop()
         if text not in dense:
             with torch.no_grad():
                 dense[text] = _embedding(model.hidden(text))
-        rows = lambda layer, hidden: straight_through(hidden.float() @ weight[layer] + bias[layer], route_fraction,
-                                                      temperature)
+        rows = lambda layer, hidden: straight_through(hidden.float() @ weight[layer], route_fraction, temperature)
         loss = 1 - torch.dot(_embedding(model.hidden(text, rows)), dense[text])
         optimizer.zero_grad()
         loss.backward()
@@ -100,7 +114,7 @@ def fit(texts: list[str], route_fraction: float, steps: int, lr: float = 3e-3, t
         if log and (step + 1) % 100 == 0:
             log(f"step {step + 1}/{steps}: mean embedding cosine over the last 100 texts "
                 f"{1 - sum(losses[-100:]) / 100:.4f}")
-    return LinearRouter(weight.detach().clone(), bias.detach().clone(), route_fraction), losses
+    return LinearRouter(weight.detach().clone(), route_fraction), losses
 
 
 ROUTER, RESULT = "router.npz", "fit.json"
@@ -122,5 +136,6 @@ def fit_to_folder(out: str | Path, route_fraction: float, steps: int, texts: int
         curve = [{"steps": end, "embedding_cos_mean": 1 - sum(losses[end - 100:end]) / 100}
                  for end in range(100, steps + 1, 100)]
         write_json(out / RESULT, {"route_fraction": route_fraction, "steps": steps, "lr": lr, "seed": seed,
-                                  "texts": texts, "text_root": str(root), "curve": curve})
+                                  "temperature": TEMPERATURE, "texts": texts, "text_root": str(root),
+                                  "curve": curve})
     return {"router": out / ROUTER, "result": out / RESULT}
