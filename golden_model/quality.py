@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from golden_model.minilm import LinearRouter, MiniLM
+from golden_model.minilm import LinearRouter, MiniLM, load_router
 from golden_model.texts import TEXTS
 from hpu.config import HPUConfig
 from hpu.errors import InputError
@@ -60,10 +60,25 @@ def settings(cfg: HPUConfig, permeabilities, mass_targets, route_fractions=()) -
     return swept
 
 
+def fitted_router(path: str | Path | None, swept: list[tuple[HPUConfig, float]]) -> LinearRouter | None:
+    """The router file `evaluate` is to run beside the norm router, checked before anything runs.
+
+    Raises
+    ------
+    InputError
+        A bad file (`minilm.LinearRouter.load`), or no routed setting for it to route."""
+    if path is None:
+        return None
+    if all(route == 1.0 for _, route in swept):
+        raise InputError(f"--router {path}: no setting routes (every route fraction is 1): give --route-fraction "
+                         "below 1 for it to route")
+    return load_router(path)
+
+
 def evaluate(cfg: HPUConfig, swept: list[tuple[HPUConfig, float]], texts=TEXTS,
              progress: bool = True, router: LinearRouter | None = None) -> list[QualityRow]:
     """Every text through each of `settings`' (gate setting, route fraction) pairs, float and fixed;
-    a routed pair by the untrained router and, given a fitted `router` (`minilm.load_router`), by it too."""
+    a routed pair by the untrained router and, given a fitted `router` (`fitted_router`), by it too."""
     model = MiniLM()
     runs = [(setting, route, chosen)
             for setting, route in swept for chosen in ((None,) if route == 1.0 or router is None else (None, router))]

@@ -130,11 +130,10 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
 
 def cmd_quality(args: argparse.Namespace) -> int:
     from golden_model import quality
-    from golden_model.minilm import load_router
 
     cfg = load_config(args)
     swept = quality.settings(cfg, args.permeability, args.mass_target, args.route_fraction)
-    router = None if args.router is None else load_router(args.router)   # refused before the folder is claimed
+    router = quality.fitted_router(args.router, swept)   # refused before the folder is claimed
     with claim(args.output, "report folder", quality.OUTPUTS):
         rows = quality.evaluate(cfg, swept, progress=not args.quiet, router=router)
         paths = quality.write_report(rows, cfg, Path(args.output), args.router)

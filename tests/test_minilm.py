@@ -290,7 +290,7 @@ def test_fit_minilm_router_command_writes_a_router_that_quality_runs_beside_the_
     monkeypatch.setattr(quality, "evaluate", lambda *a, router=None, **k: handed.setdefault("router", router) and rows)
     assert main(["quality", "--config", f"{REPO}/configs/minilm.toml", "--route-fraction", "0.5", "--router",
                  str(path), "-o", str(tmp_path / "q"), "--quiet"]) == 0
-    assert torch.equal(handed["router"].weight, router.weight)
+    assert torch.equal(handed["router"].weight, router.weight) and " fitted " in capsys.readouterr().out
     import hashlib
 
     assert json.loads((tmp_path / "q" / "quality.json").read_text())["router"] == {
@@ -299,4 +299,9 @@ def test_fit_minilm_router_command_writes_a_router_that_quality_runs_beside_the_
     assert main(["quality", "--config", f"{REPO}/configs/minilm.toml", "--router", str(tmp_path / "no.npz"),
                  "-o", str(tmp_path / "q"), "--quiet"]) == 2
     assert (tmp_path / "q" / "quality.json").exists()
-    assert " fitted " in capsys.readouterr().out
+    # So is a router with nothing to route, and text that is not a folder.
+    assert main(["quality", "--config", f"{REPO}/configs/minilm.toml", "--route-fraction", "--router", str(path),
+                 "-o", str(tmp_path / "q"), "--quiet"]) == 2
+    assert "no setting routes" in capsys.readouterr().err and (tmp_path / "q" / "quality.json").exists()
+    assert main(["fit-minilm-router", "--text", str(path), "-o", str(tmp_path / "fit2"), "--quiet"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -40,8 +40,9 @@ def paragraphs(root: Path = PYDOC, count: int = 2000, seed: int = 0) -> list[str
     """`count` prose paragraphs of the reStructuredText under `root` (no code, directives or tables),
     their inline markup reduced to its text, drawn at random by `seed`, none of them a built-in text."""
     if not root.is_dir():
-        raise InputError(f"no text to fit on: {root} does not exist (apt-get install python3.11-doc, as `make "
-                         "data` does, or pass --text FOLDER of .rst/.txt files)")
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise InputError(f"no text to fit on: {root} {problem} (apt-get install python3.11-doc, as `make data` "
+                         "does, or pass --text FOLDER of .rst/.txt files)")
     found = []
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".rst") and p.is_file()):
         for block in path.read_text(encoding="utf-8", errors="replace").split("\n\n"):
