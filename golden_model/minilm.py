@@ -197,16 +197,22 @@ class MiniLM:
                                           kept, admissible))
         return out.transpose(1, 2).contiguous(), None
 
+    def _forward(self, inputs, gate: Callable | None = None, rows: Callable | None = None,
+                 trace: list[LayerTrace] | None = None) -> torch.Tensor:
+        """(T, hidden) last hidden states of tokenized `inputs` with `gate`, `rows` and `trace` in place
+        for this pass only."""
+        self._gate, self._rows, self._trace = gate, rows, trace
+        try:
+            return self.model(**inputs).last_hidden_state[0]
+        finally:
+            self._gate, self._rows, self._trace = None, None, None
+            self._hidden.clear()
+
     def hidden(self, text: str, rows: Callable | None = None) -> torch.Tensor:
         """(T, hidden) last hidden states of one text with exact attention, gradients kept; `rows`, if
         given, maps (layer, the (1, T, hidden) state entering its attention) to that layer's (1, T) row
         mask or float row scale."""
-        self._gate, self._trace, self._rows = None, None, rows
-        try:
-            return self.model(**self.tokenizer(text, return_tensors="pt")).last_hidden_state[0]
-        finally:
-            self._rows = None
-            self._hidden.clear()
+        return self._forward(self.tokenizer(text, return_tensors="pt"), rows=rows)
 
     @torch.no_grad()
     def run(self, text: str, cfg: HPUConfig | None = None, path: Path = "exact",
@@ -230,19 +236,17 @@ class MiniLM:
             "float": lambda q, k, v: mass_gated_attention(q, k, v, cfg),
             "fixed": lambda q, k, v: fixed_point_attention(q, k, v, cfg),
         }
-        self._gate = gates[path]
         scores = norm_logits if router is None else router.logits
         choose = None if route_fraction is None else _router(path, cfg, route_fraction)
-        self._rows = None if choose is None else lambda layer, hidden: choose(scores(layer, hidden))
-        self._trace = [] if trace else None
-        try:
-            hidden = self.model(**inputs).last_hidden_state[0]
-        finally:
-            self._gate, self._rows = None, None
-            self._hidden.clear()
-        embedding = torch.nn.functional.normalize(hidden.mean(0), dim=0)
-        layers, self._trace = self._trace or [], None
-        return Forward(embedding=embedding, layers=layers)
+        rows = None if choose is None else lambda layer, hidden: choose(scores(layer, hidden))
+        layers = [] if trace else None
+        hidden = self._forward(inputs, gates[path], rows, layers)
+        return Forward(embedding=embedding(hidden), layers=layers or [])
+
+
+def embedding(hidden: torch.Tensor) -> torch.Tensor:
+    """(T, hidden) last hidden states: the sentence embedding, their mean L2-normalized."""
+    return torch.nn.functional.normalize(hidden.mean(0), dim=0)
 
 
 def _router(path: Path, cfg: HPUConfig | None, fraction: float) -> Callable:

@@ -146,7 +146,7 @@ def cmd_fit_minilm_router(args: argparse.Namespace) -> int:
     from training import minilm_router
 
     paths = minilm_router.fit_to_folder(args.output, args.route_fraction, args.steps, args.texts, args.seed, args.lr,
-                                        Path(args.text) if args.text else minilm_router.PYDOC,
+                                        Path(args.text) if args.text else None,
                                         log=None if args.quiet else print)
     print(f"router: {paths['router']} (hpu quality --router {paths['router']}); fit: {paths['result']}")
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from golden_model.minilm import LinearRouter, MiniLM
+from golden_model.minilm import LinearRouter, MiniLM, embedding
 from golden_model.routing import route_topk, routed_mask
 from golden_model.texts import TEXTS
 from hpu.errors import InputError
@@ -36,7 +36,7 @@ _MARKUP = re.compile(r":[a-z:]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`|``([^`]*)``|`([^`<]
                      r"|\*\*?([^*\s](?:[^*]*?[^*\s])?)\*\*?")
 
 
-def paragraphs(root: Path = PYDOC, count: int = 2000, seed: int = 0) -> list[str]:
+def paragraphs(root: Path, count: int, seed: int = 0) -> list[str]:
     """`count` prose paragraphs of the reStructuredText under `root` (no code, directives or tables),
     their inline markup reduced to its text, drawn at random by `seed`, none of them a built-in text."""
     if not root.is_dir():
@@ -75,10 +75,6 @@ def straight_through(logits: torch.Tensor, route_fraction: float, temperature: f
     return hard.float() + (soft - soft.detach())
 
 
-def _embedding(hidden: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(hidden.mean(0), dim=0)
-
-
 def start(model: MiniLM, route_fraction: float, seed: int = 0) -> LinearRouter:
     """The router a fit starts from: small random projections drawn by `seed`."""
     generator = torch.Generator().manual_seed(seed)
@@ -105,9 +101,9 @@ def fit(texts: list[str], route_fraction: float, steps: int, lr: float = 3e-3, t
         text = order.pop()
         if text not in dense:
             with torch.no_grad():
-                dense[text] = _embedding(model.hidden(text))
+                dense[text] = embedding(model.hidden(text))
         rows = lambda layer, hidden: straight_through(hidden.float() @ weight[layer], route_fraction, temperature)
-        loss = 1 - torch.dot(_embedding(model.hidden(text, rows)), dense[text])
+        loss = 1 - torch.dot(embedding(model.hidden(text, rows)), dense[text])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -122,13 +118,15 @@ ROUTER, RESULT = "router.npz", "fit.json"
 
 
 def fit_to_folder(out: str | Path, route_fraction: float, steps: int, texts: int, seed: int = 0, lr: float = 3e-3,
-                  root: Path = PYDOC, log=None) -> dict[str, Path]:
-    """`fit` on `texts` paragraphs under `root`, written to `out` as ROUTER (for `hpu quality --router`)
+                  root: Path | None = None, log=None) -> dict[str, Path]:
+    """`fit` on `texts` paragraphs under `root` (by default the Python documentation's sources), written
+    to `out` as ROUTER (for `hpu quality --router`)
     and RESULT (the settings and the fit's curve: the mean embedding cosine of each 100 steps' texts)."""
     from hpu.config import HPUConfig
     from hpu.files import claim, write_json
 
     route_fraction = HPUConfig(route_fraction=route_fraction).route_fraction   # checked as `hpu quality` checks it
+    root = root or PYDOC
     chosen = paragraphs(root, texts, seed)
     out = Path(out)
     with claim(out, "output folder", (ROUTER, RESULT)):
