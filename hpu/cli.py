@@ -305,6 +305,24 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_gap(args: argparse.Namespace) -> int:
+    from hpu.files import read_json
+    from training import attribution, data
+    from training.config import TrainConfig
+    from training.loop import RESULT
+
+    run = read_json(Path(args.arm_run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
+    corpus = data.prepare(TrainConfig.from_dict(run["config"]).with_source(args.data).data, progress=not args.quiet)
+    if corpus.fingerprint != run["data"]:
+        raise InputError(f"the text given is not the token stream {args.arm_run} trained on: pass the run's --data")
+    with claim(args.output, "report folder", (attribution.JSON, attribution.TABLE, attribution.PLOT)):
+        result = attribution.loss_gap(args.arm_run, args.base_run, corpus.val, args.sequences, args.device)
+        attribution.write(result, args.output)
+    print(attribution.markdown(result))
+    print(f"report: {Path(args.output) / attribution.JSON} {Path(args.output) / attribution.PLOT}")
+    return 0
+
+
 # -- argument types: a bad value is refused by argparse with the option's name ------------------
 
 def _positive_float(text: str) -> float:
@@ -515,6 +533,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/train-hardware", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_hardware, memory_hint="ask for fewer --sequences or a shorter --length")
+
+    p = sub.add_parser("train-gap", help="where an arm's loss gap to a baseline lives: both runs' checkpoints token "
+                                         "by token on the same held-out text, the gap split by what the arm's "
+                                         "routers let a token read and by position")
+    p.add_argument("arm_run", metavar="RUN", help="folder of one finished run (the arm)")
+    p.add_argument("base_run", metavar="BASELINE", help="folder of a finished run of the same experiment (dense)")
+    p.add_argument("--data", metavar="PATH", help="the runs' text from this folder or data pack instead of their "
+                   "experiment's [data] source (it must be the same token stream)")
+    p.add_argument("--sequences", type=_positive, help="held-out sequences of the runs' context per split "
+                   "(default: the runs' evaluation's, eval_tokens / context)")
+    p.add_argument("--device", default="cpu", help="torch device the checkpoints run on, e.g. cuda (default: cpu)")
+    p.add_argument("-o", "--output", default="out/train-gap", help="report folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train_gap, memory_hint="ask for fewer --sequences")
 
     p = sub.add_parser("fit-minilm-router", help="fit a learned token router for all-MiniLM-L6-v2, the model frozen, "
                                                  "so that its routed sentence embeddings stay the dense ones")

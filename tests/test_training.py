@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
 import gpu_kernels  # chooses Triton's interpreter on a machine without a GPU
 from golden_model.gate import select as reference_select
@@ -590,15 +592,22 @@ def test_scores_outgrowing_the_score_format_are_reported_with_a_format_that_hold
     assert held["rows_clipped"] == 0 and held["attention_cosine_mean"] > report["attention_cosine_mean"]
 
 
-def test_a_dense_run_is_gated_after_the_fact(data_config, corpus, tmp_path):
+@pytest.fixture(scope="module")
+def dense_checkpoint(data_config, corpus, tmp_path_factory) -> Path:
+    """The tiny experiment's dense arm, trained once: the baseline of the hardware view and of gaps."""
+    cfg = tiny_experiment(data_config)
+    root = tmp_path_factory.mktemp("dense")
+    train(cfg, cfg.arm("dense"), 1, corpus, root, progress=False, ranks=Ranks())
+    return root / "dense-seed1" / "model"
+
+
+def test_a_dense_run_is_gated_after_the_fact(dense_checkpoint, corpus):
     """A run trained without the gate gets the configuration's gate after the fact: how sparse the rule
     finds a model that never trained with it, and what that costs."""
     from training.hardware import fixed_point_quality
 
-    cfg = tiny_experiment(data_config)
-    train(cfg, cfg.arm("dense"), 1, corpus, tmp_path, progress=False, ranks=Ranks())
     hpu = HPUConfig(head_dim=8, lanes=8, max_keys=32, permeability=0.3, mass_target=0.8)
-    report = fixed_point_quality(tmp_path / "dense-seed1" / "model", hpu, corpus.train, sequences=2, length=32)
+    report = fixed_point_quality(dense_checkpoint, hpu, corpus.train, sequences=2, length=32)
     assert report["gate"] == "post hoc"
     assert (report["hpu"]["permeability"], report["hpu"]["mass_target"]) == (hpu.permeability, hpu.mass_target)
     assert 0 < report["kept_fraction"]["float_gate"] < 1 and report["loss"]["float_gate"] != report["loss"]["dense"]
@@ -1294,6 +1303,102 @@ def test_a_trained_router_through_the_hpu_routing_step(routed_checkpoint, corpus
     assert (gated["tokens"], gated["blocks"], gated["rows"], gated["routing_mismatches"], gated["mismatches"]) == \
         (32, 2, 16, 0, 0)
     assert gated["keys"] == sum(len(rows[t].scores) for t in top.nonzero().flatten().tolist())
+
+
+@given(st.integers(1, 5000))
+def test_position_bins_tile_the_sequence_in_doubling_widths(context):
+    from training.attribution import position_bins
+
+    bins = position_bins(context)
+    assert bins[0] == (0, 0) and bins[-1][1] == context - 1
+    assert all(last + 1 == first for (_, last), (first, _) in zip(bins, bins[1:]))
+    # Each bin holds the tokens that have read 2^i .. 2^(i+1) - 1 tokens; the last may be cut short.
+    assert all(last - first + 1 == 2 ** i for i, (first, last) in enumerate(bins[:-1]))
+    assert bins[-1][1] - bins[-1][0] + 1 <= 2 ** (len(bins) - 1)
+
+
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 40), st.booleans())
+def test_a_gap_is_the_sum_of_its_parts(seed, context, routed):
+    """However the tokens split (read or not, by position), the parts of the gap add up to it."""
+    from training.attribution import split_gap
+
+    g = torch.Generator().manual_seed(seed)
+    arm, base = torch.rand(3, context, generator=g, dtype=torch.float64) * 8, torch.rand(3, context, generator=g,
+                                                                                          dtype=torch.float64) * 8
+    unread = torch.rand(3, context, generator=g) < 0.3 if routed else None
+    out = split_gap(arm, base, unread)
+    assert out["gap"] == pytest.approx(float(arm.mean() - base.mean()), abs=1e-12)
+    assert sum(p["part"] for p in out["positions"]) == pytest.approx(out["gap"], abs=1e-12)
+    assert sum(p["tokens"] for p in out["positions"]) == arm.numel()
+    if routed:
+        assert out["unread"]["part"] + out["read"]["part"] == pytest.approx(out["gap"], abs=1e-12)
+        assert out["unread"]["tokens"] == int(unread.sum()) and out["read"]["tokens"] == int((~unread).sum())
+    else:
+        assert "unread" not in out and all("unread_share" not in p for p in out["positions"])
+
+
+def test_split_gap_by_hand():
+    from training.attribution import split_gap
+
+    arm = torch.tensor([[4.0, 3.0, 2.0, 1.0]], dtype=torch.float64)
+    base = torch.tensor([[4.0, 2.0, 2.0, 0.0]], dtype=torch.float64)
+    unread = torch.tensor([[True, True, False, False]])
+    out = split_gap(arm, base, unread)
+    assert out["gap"] == 0.5
+    assert (out["unread"]["share"], out["unread"]["gap"], out["unread"]["part"]) == (0.5, 0.5, 0.25)
+    assert (out["read"]["loss_arm"], out["read"]["loss_base"], out["read"]["part"]) == (1.5, 1.0, 0.25)
+    assert [(p["first"], p["last"], p["gap"], p["part"], p["unread_share"]) for p in out["positions"]] == [
+        (0, 0, 0.0, 0.0, 1.0), (1, 2, 0.5, 0.25, 0.5), (3, 3, 1.0, 0.25, 0.0)]
+
+
+def test_a_routed_runs_gap_to_dense_token_by_token(routed_checkpoint, dense_checkpoint, corpus, tmp_path, capsys):
+    """`hpu train-gap RUN BASELINE`: both checkpoints on the sequences their evaluation read, so each
+    model's loss is its run's recorded validation loss; the gap splits into the arm's unread tokens and
+    the rest, each part the model's own per-token losses. A run against itself has no gap anywhere.
+    Runs of different experiments, a folder that is no run and a device this machine lacks are refused
+    in one line."""
+    from hpu.cli import main
+    from hpu.files import read_json
+    from training import attribution, routing
+    from training.hardware import trained_model
+
+    arm_run, base_run = routed_checkpoint.parent, dense_checkpoint.parent
+    out = tmp_path / "gap"
+    assert main(["train-gap", str(arm_run), str(base_run), "--quiet", "-o", str(out)]) == 0
+    assert "read no other token" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["gap.json", "gap.md", "gap.png"]
+    result = read_json(out / "gap.json", "gap")
+    arm, base = (read_json(run / RESULT, "run")["final"] for run in (arm_run, base_run))
+    assert result["arm"] == "sqdk50" and result["base"] == "dense" and set(result["splits"]) == set(corpus.val)
+    for split, s in result["splits"].items():
+        assert s["loss_arm"] == pytest.approx(arm[f"loss_{split}"], abs=1e-5)
+        assert s["loss_base"] == pytest.approx(base[f"loss_{split}"], abs=1e-5)
+        assert s["unread"]["part"] + s["read"]["part"] == pytest.approx(s["gap"], abs=1e-9)
+    # The unread tokens are the routed model's own (`routing.unread`), here on the first sequences.
+    model = trained_model(routed_checkpoint, dtype=torch.float32)
+    seqs = np.stack([corpus.val["prose"][i * 32:i * 32 + 33] for i in range(2)])
+    losses, unread = attribution.token_losses(model, seqs, micro_batch=2)
+    with torch.no_grad():
+        direct = sequence_loss(model, torch.from_numpy(seqs.astype(np.int64)), reduction="none")
+    assert torch.equal(losses, direct.double()) and torch.equal(unread, routing.unread(model))
+    assert unread[:, 0].all() and not unread.all()
+
+    same = attribution.loss_gap(base_run, base_run, corpus.val, sequences=2)
+    assert all(s["gap"] == 0 and all(p["gap"] == 0 for p in s["positions"]) and "unread" not in s
+               for s in same["splits"].values())
+
+    other = tmp_path / "other"
+    (other / "model").mkdir(parents=True)
+    changed = read_json(base_run / RESULT, "run")
+    changed["config"]["run"]["context"] = 16
+    (other / RESULT).write_text(json.dumps(changed))
+    capsys.readouterr()
+    for argv, words in ((["train-gap", str(arm_run), str(other)], "differ in the context"),
+                        (["train-gap", str(arm_run), str(tmp_path)], "finished `hpu train` run"),
+                        (["train-gap", str(arm_run), str(base_run), "--device", "nonsense"], "no torch device")):
+        assert main([*argv, "--quiet", "-o", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
 
 
 def test_attention_files_name_bad_router_logits(tmp_path):

@@ -119,7 +119,7 @@ def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
     from golden_model.capture import write_attention_file
 
     global _captured
-    model = _trained_model(model_dir, CAPTURE)
+    model = trained_model(model_dir, CAPTURE)
     chosen = routing.routers(model)
     if any(r.cfg.route == "skip" for r in chosen):
         raise InputError(f"{model_dir} routes by skipping (unrouted tokens are no keys either); the HPU routes "
@@ -145,10 +145,14 @@ def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
     return write_attention_file(out, scores, values, (torch.arange(n) + 1).expand(layers, heads, n), router)
 
 
-def _trained_model(model_dir: str | Path, implementation: str, *needs: str, dtype=torch.float64):
-    """A run's checkpoint (routers reattached) with the attention implementation given, for evaluation;
-    with `needs`, refused unless its config holds one of them (``hpu_gate``, ``hpu_router``)."""
+def trained_model(model_dir: str | Path, implementation: str | None = None, needs: tuple[str, ...] = (),
+                  dtype=torch.float64):
+    """A run's checkpoint (routers reattached) for evaluation, with the attention implementation given
+    (by default the one it trained with: the float gate for a gated run, else SDPA); with `needs`,
+    refused unless its config holds one of them (``hpu_gate``, ``hpu_router``)."""
     register()
+    if implementation is None:
+        implementation = attention.NAME if trained_with(model_dir)[0] else "sdpa"
     model = routing.load(model_dir, attn_implementation=implementation, dtype=dtype).eval()
     if needs and not any(getattr(model.config, need, None) for need in needs):
         what = " or ".join({"hpu_gate": "the gate", "hpu_router": "a router"}[need] for need in needs)
@@ -178,7 +182,7 @@ def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarra
     """Loss and attention agreement of a checkpoint: dense, float gate and the HPU's fixed point. A gated
     run is gated as it was trained; any other run gets the gate of `hpu` after the fact (``gate``:
     ``"post hoc"``), which measures how sparse the rule finds a model that never trained with it."""
-    model = _trained_model(model_dir, "sdpa")
+    model = trained_model(model_dir, "sdpa")
     trained = getattr(model.config, "hpu_gate", None)
     if not trained:
         trained = model.config.hpu_gate = {name: getattr(hpu, name) for name in attention.GATE_FIELDS}
@@ -218,8 +222,7 @@ def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
     top-k. In float32 (the
     model trained in bfloat16 autocast), on `sequences` sequences of one router block each
     (route_block tokens), so that each top-k is the one the model was trained with."""
-    implementation = attention.NAME if trained_with(model_dir)[0] else "sdpa"
-    model = _trained_model(model_dir, implementation, "hpu_router", dtype=torch.float32)
+    model = trained_model(model_dir, needs=("hpu_router",), dtype=torch.float32)
     cfg = routing.routers(model)[0].cfg
     length = cfg.route_block
     if len(stream) < sequences * length + 1:

@@ -1,0 +1,200 @@
+"""Where a loss gap lives: an arm's run against a baseline's, token by token on the same held-out text.
+
+A validation loss is one number a run, and the gap between an arm and dense says how much the arm
+loses, not where. `loss_gap` evaluates both checkpoints (float32, each with the attention it was
+trained with) on the same sequences of the runs' context, the ones `training.loop.evaluate` reads, and
+splits the mean gap two ways, each a sum:
+
+- by what the arm lets a token read (`training.routing.unread`): the tokens that read no other token
+  in any layer, and the rest. Each part is the share of tokens times the mean gap on them, so the parts
+  add up to the gap. The baseline's loss on the same tokens says whether the arm left unread the tokens
+  that need no context (a good router's choice) or tokens that do.
+- by position in the sequence, in bins of doubling width (1, 2-3, 4-7, ...): a token deep into a
+  sequence has more context to read, so a model that reads its context gains there and one that cannot
+  does not. The bins' parts (share of tokens times their mean gap) add up to the gap as well.
+
+Both runs must share the experiment's model shape, context and token stream; anything else is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpu.errors import InputError
+from hpu.files import read_json, staged, write_json, write_text
+from training import routing
+from training.hardware import trained_model
+from training.loop import MODEL, RESULT, sequence_loss
+
+JSON, TABLE, PLOT = "gap.json", "gap.md", "gap.png"
+
+
+def position_bins(context: int) -> list[tuple[int, int]]:
+    """[first, last] positions (0-based: the token at position p predicts the next one having read
+    p + 1 tokens) of bins of doubling width over a sequence of `context` tokens: [0, 0], [1, 2], [3, 6], ..."""
+    bins, first = [], 0
+    while first < context:
+        bins.append((first, min(context, 2 * first + 1) - 1))
+        first = 2 * first + 1
+    return bins
+
+
+@torch.no_grad()
+def token_losses(model, sequences: np.ndarray, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, T + 1) token ids: each position's next-token loss (N, T) float64, and with routers the (N, T)
+    bool of the tokens that read no other token (`routing.unread`), else None."""
+    device = next(model.parameters()).device
+    losses, alone = [], []
+    for i in range(0, len(sequences), micro_batch):
+        batch = torch.from_numpy(sequences[i:i + micro_batch].astype(np.int64)).to(device)
+        losses.append(sequence_loss(model, batch, reduction="none").double().cpu())
+        mask = routing.unread(model)
+        alone.append(None if mask is None else mask.cpu())
+    return torch.cat(losses), None if alone[0] is None else torch.cat(alone)
+
+
+def _part(mask: torch.Tensor, arm: torch.Tensor, base: torch.Tensor) -> dict:
+    """The tokens under `mask`: their share, each model's mean loss on them, the mean gap there and
+    its part of the whole gap (share x gap)."""
+    n = int(mask.sum())
+    share = n / mask.numel()
+    if not n:
+        return {"tokens": 0, "share": 0.0, "loss_arm": None, "loss_base": None, "gap": None, "part": 0.0}
+    loss_arm, loss_base = float(arm[mask].mean()), float(base[mask].mean())
+    return {"tokens": n, "share": share, "loss_arm": loss_arm, "loss_base": loss_base,
+            "gap": loss_arm - loss_base, "part": share * (loss_arm - loss_base)}
+
+
+def split_gap(arm: torch.Tensor, base: torch.Tensor, unread: torch.Tensor | None) -> dict:
+    """(N, T) per-token losses of the arm and the baseline on the same tokens, and the arm's unread
+    tokens (None without routers): the gap, by what the arm lets a token read and by position."""
+    gap = float(arm.mean() - base.mean())
+    out = {"tokens": arm.numel(), "loss_arm": float(arm.mean()), "loss_base": float(base.mean()), "gap": gap}
+    if unread is not None:
+        out["unread"] = _part(unread, arm, base)
+        out["read"] = _part(~unread, arm, base)
+    positions = []
+    for first, last in position_bins(arm.shape[1]):
+        mask = torch.zeros_like(arm, dtype=torch.bool)
+        mask[:, first:last + 1] = True
+        part = _part(mask, arm, base)
+        if unread is not None:
+            part["unread_share"] = float(unread[:, first:last + 1].double().mean())
+        positions.append({"first": first, "last": last, **part})
+    out["positions"] = positions
+    return out
+
+
+def _run(folder: Path) -> dict:
+    run = read_json(folder / RESULT, "run result", "name the folder of a finished `hpu train` run")
+    if not (folder / MODEL).is_dir():
+        raise InputError(f"{folder} holds no checkpoint ({MODEL}/): name the folder of a finished `hpu train` run")
+    return run
+
+
+def loss_gap(arm_run: str | Path, base_run: str | Path, streams: dict[str, np.ndarray], sequences: int | None = None,
+             device: str | torch.device = "cpu") -> dict:
+    """The gap of `arm_run`'s checkpoint to `base_run`'s on each held-out split of `streams` (the runs'
+    token stream), split by what the arm lets a token read and by position (`split_gap`). `sequences`
+    per split: by default the runs' evaluation's (eval_tokens / context), so that the losses are the
+    runs' own validation losses up to float32.
+
+    Raises
+    ------
+    InputError
+        A folder that is no finished run, runs of different experiments (model, context, text), or a
+        device this machine lacks.
+    """
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"{device!r} is no torch device: name cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} asked for, and this machine has no CUDA GPU: run on cpu")
+    arm_run, base_run = Path(arm_run), Path(base_run)
+    arm, base = _run(arm_run), _run(base_run)
+    for what, key in (("the token stream", "data"), ("the model", "model"), ("the context", "context")):
+        get = {"data": lambda r: r["data"], "model": lambda r: r["config"]["model"],
+               "context": lambda r: r["config"]["run"]["context"]}[key]
+        if get(arm) != get(base):
+            raise InputError(f"{arm_run} and {base_run} differ in {what}: compare runs of one experiment")
+    run = arm["config"]["run"]
+    context = run["context"]
+    wanted = sequences or max(1, run["eval_tokens"] // context)
+    models = {name: trained_model(folder / MODEL, dtype=torch.float32).to(device)
+              for name, folder in (("arm", arm_run), ("base", base_run))}
+    splits = {}
+    for split, stream in sorted(streams.items()):
+        n = min(wanted, (len(stream) - 1) // context)
+        if n < 1:
+            continue
+        seqs = np.stack([np.asarray(stream[i * context:i * context + context + 1]) for i in range(n)])
+        arm_losses, unread = token_losses(models["arm"], seqs, run["micro_batch"])
+        base_losses, _ = token_losses(models["base"], seqs, run["micro_batch"])
+        splits[split] = {"sequences": n, **split_gap(arm_losses, base_losses, unread)}
+    if not splits:
+        raise InputError(f"no held-out split holds a sequence of {context + 1} tokens")
+    return {"arm": arm["arm"], "arm_seed": arm["seed"], "arm_run": str(arm_run), "base": base["arm"],
+            "base_seed": base["seed"], "base_run": str(base_run), "context": context, "router": arm.get("router"),
+            "recorded": {"arm": arm["final"]["loss"], "base": base["final"]["loss"]}, "splits": splits}
+
+
+def markdown(result: dict) -> str:
+    def f(x, sign=""):
+        return "-" if x is None else f"{x:{sign}.4f}"
+
+    lines = [f"# Where the gap lives: {result['arm']} (seed {result['arm_seed']}) against {result['base']} "
+             f"(seed {result['base_seed']})", ""]
+    for split, s in result["splits"].items():
+        lines += [f"## {split}: {s['sequences']} sequences of {result['context']} tokens", "",
+                  f"loss {s['loss_arm']:.4f} against {s['loss_base']:.4f}: gap {s['gap']:+.4f}", ""]
+        if "unread" in s:
+            lines += ["| tokens | share | loss, arm | loss, baseline | gap there | part of the gap |", "|---|---|---|---|---|---|"]
+            for name, label in (("unread", "read no other token"), ("read", "read another")):
+                p = s[name]
+                lines.append(f"| {label} | {p['share']:.3f} | {f(p['loss_arm'])} | {f(p['loss_base'])} | "
+                             f"{f(p['gap'], '+')} | {p['part']:+.4f} |")
+            lines.append("")
+        lines += ["| positions | loss, arm | loss, baseline | gap there | part of the gap |"
+                  + (" read nothing |" if "unread" in s else ""),
+                  "|---|---|---|---|---|" + ("---|" if "unread" in s else "")]
+        for p in s["positions"]:
+            lines.append(f"| {p['first']}-{p['last']} | {f(p['loss_arm'])} | {f(p['loss_base'])} | {f(p['gap'], '+')} | "
+                         f"{p['part']:+.4f} |" + (f" {p['unread_share']:.3f} |" if "unread" in s else ""))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Per split, each model's mean loss by position bin (log scale), the arm dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = result["splits"]
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4.5), squeeze=False)
+    for ax, (split, s) in zip(axes[0], splits.items()):
+        middle = [(p["first"] + p["last"]) / 2 + 1 for p in s["positions"]]
+        ax.plot(middle, [p["loss_base"] for p in s["positions"]], "k-o", label=f"{result['base']} (baseline)")
+        ax.plot(middle, [p["loss_arm"] for p in s["positions"]], "--o", color="tab:red", label=result["arm"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens read so far (bin middle)")
+        ax.set_ylabel("next-token loss (nats)")
+        ax.set_title(f"{split}: gap {s['gap']:+.3f}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with staged(path) as temp:
+        fig.savefig(temp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write(result: dict, out: str | Path) -> None:
+    out = Path(out)
+    plot(result, out / PLOT)
+    write_text(out / TABLE, markdown(result))
+    write_json(out / JSON, result)
