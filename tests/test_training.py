@@ -526,13 +526,16 @@ def test_bad_experiments_are_refused_in_one_line(data_config):
         assert words in str(error.value) and "\n" not in str(error.value)
 
 
+def _tiny_checkpoint(data_config, corpus, root: Path, arm: str) -> Path:
+    cfg = tiny_experiment(data_config)
+    train(cfg, cfg.arm(arm), 1, corpus, root, progress=False, ranks=Ranks())
+    return root / f"{arm}-seed1" / "model"
+
+
 @pytest.fixture(scope="module")
 def gated_checkpoint(data_config, corpus, tmp_path_factory) -> Path:
     """The tiny experiment's mass50 arm, trained once for the tests of the hardware view."""
-    cfg = tiny_experiment(data_config)
-    root = tmp_path_factory.mktemp("gated")
-    train(cfg, cfg.arm("mass50"), 1, corpus, root, progress=False, ranks=Ranks())
-    return root / "mass50-seed1" / "model"
+    return _tiny_checkpoint(data_config, corpus, tmp_path_factory.mktemp("gated"), "mass50")
 
 
 def test_a_trained_model_through_the_hpu_fixed_point(gated_checkpoint, corpus):
@@ -595,10 +598,7 @@ def test_scores_outgrowing_the_score_format_are_reported_with_a_format_that_hold
 @pytest.fixture(scope="module")
 def dense_checkpoint(data_config, corpus, tmp_path_factory) -> Path:
     """The tiny experiment's dense arm, trained once: the baseline of the hardware view and of gaps."""
-    cfg = tiny_experiment(data_config)
-    root = tmp_path_factory.mktemp("dense")
-    train(cfg, cfg.arm("dense"), 1, corpus, root, progress=False, ranks=Ranks())
-    return root / "dense-seed1" / "model"
+    return _tiny_checkpoint(data_config, corpus, tmp_path_factory.mktemp("dense"), "dense")
 
 
 def test_a_dense_run_is_gated_after_the_fact(dense_checkpoint, corpus):
