@@ -1351,6 +1351,40 @@ def test_split_gap_by_hand():
         (0, 0, 0.0, 0.0, 1.0), (1, 2, 0.5, 0.25, 0.5), (3, 3, 1.0, 0.25, 0.0)]
 
 
+class _Copier(torch.nn.Module):
+    """A model that only copies: where the current token occurred before, it predicts (logit 50) the
+    token that followed its latest earlier occurrence; elsewhere it knows nothing (uniform)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, use_cache=False):
+        b, t = input_ids.shape
+        logits = torch.zeros(b, t, self.vocab)
+        for row, p in itertools.product(range(b), range(t)):
+            earlier = (input_ids[row, :p] == input_ids[row, p]).nonzero()
+            if len(earlier):
+                logits[row, p, input_ids[row, int(earlier[-1]) + 1]] = 50.0
+        return types.SimpleNamespace(logits=logits)
+
+
+@pytest.mark.parametrize("context", [16, 17])
+def test_the_copy_probe_separates_copying_from_knowing(context):
+    """A pure copier knows nothing on the first pass (uniform: ln V) and everything on the repeat."""
+    from training.attribution import copy_probe
+
+    vocab = 50_000
+    probe = copy_probe(_Copier(vocab), np.arange(vocab), context, sequences=3, micro_batch=2)
+    assert (probe["half"], probe["sequences"]) == (8, 3)
+    assert probe["first"] == pytest.approx(math.log(vocab), abs=1e-5)
+    assert probe["repeat"] == pytest.approx(0.0, abs=1e-6)
+    assert probe["copied"] == pytest.approx(math.log(vocab), abs=1e-5)
+    with pytest.raises(InputError, match="no room for a repeat"):
+        copy_probe(_Copier(vocab), np.arange(vocab), 3, sequences=1, micro_batch=1)
+
+
 def test_a_routed_runs_gap_to_dense_token_by_token(routed_checkpoint, dense_checkpoint, corpus, tmp_path, capsys):
     """`hpu train-gap RUN BASELINE`: both checkpoints on the sequences their evaluation read, so each
     model's loss is its run's recorded validation loss; the gap splits into the arm's unread tokens and
@@ -1374,6 +1408,7 @@ def test_a_routed_runs_gap_to_dense_token_by_token(routed_checkpoint, dense_chec
         assert s["loss_arm"] == pytest.approx(arm[f"loss_{split}"], abs=1e-5)
         assert s["loss_base"] == pytest.approx(base[f"loss_{split}"], abs=1e-5)
         assert s["unread"]["part"] + s["read"]["part"] == pytest.approx(s["gap"], abs=1e-9)
+        assert set(s["copy"]) == {"arm", "base"} and s["copy"]["arm"]["sequences"] == s["sequences"]
     # The unread tokens are the routed model's own (`routing.unread`), here on the first sequences.
     model = trained_model(routed_checkpoint, dtype=torch.float32)
     seqs = np.stack([corpus.val["prose"][i * 32:i * 32 + 33] for i in range(2)])

@@ -13,6 +13,12 @@ splits the mean gap two ways, each a sum:
   sequence has more context to read, so a model that reads its context gains there and one that cannot
   does not. The bins' parts (share of tokens times their mean gap) add up to the gap as well.
 
+And it probes copying directly (`copy_probe`, the repeated-random-tokens test of induction heads, Olsson et
+al. 2022): a sequence of tokens drawn at random from the held-out text, then the same tokens again.
+Nothing predicts the first pass but the tokens' frequencies; a model that can look a token up in its
+context and copy what followed it predicts the repeat almost exactly. The drop from the first pass to
+the repeat is how much a model copies from its context.
+
 Both runs must share the experiment's model shape, context and token stream; anything else is refused.
 """
 
@@ -88,6 +94,23 @@ def split_gap(arm: torch.Tensor, base: torch.Tensor, unread: torch.Tensor | None
     return out
 
 
+@torch.no_grad()
+def copy_probe(model, stream: np.ndarray, context: int, sequences: int, micro_batch: int, seed: int = 0) -> dict:
+    """Sequences of `context` + 1 tokens: ``context // 2`` tokens drawn at random positions of `stream`,
+    repeated until the sequence is full. The mean loss on the first pass's tokens after its first
+    (``first``) and on the same tokens in the second pass (``repeat``), the repeat's start left out (no
+    model can know the repeat begins); ``copied`` = first - repeat."""
+    half = context // 2
+    if half < 2:
+        raise InputError(f"a context of {context} tokens leaves no room for a repeat: the copy probe needs 4 or more")
+    draws = np.random.default_rng(seed).integers(0, len(stream), (sequences, half))
+    seqs = np.tile(np.asarray(stream)[draws], (1, context // half + 1))[:, :context + 1]
+    losses, _ = token_losses(model, seqs, micro_batch)
+    # Position p predicts token p + 1: the first pass's tokens 1..half-1, then the same tokens repeated.
+    first, repeat = float(losses[:, :half - 1].mean()), float(losses[:, half:2 * half - 1].mean())
+    return {"sequences": sequences, "half": half, "first": first, "repeat": repeat, "copied": first - repeat}
+
+
 def _run(folder: Path) -> dict:
     run = read_json(folder / RESULT, "run result", "name the folder of a finished `hpu train` run")
     if not (folder / MODEL).is_dir():
@@ -134,7 +157,9 @@ def loss_gap(arm_run: str | Path, base_run: str | Path, streams: dict[str, np.nd
         seqs = np.stack([np.asarray(stream[i * context:i * context + context + 1]) for i in range(n)])
         arm_losses, unread = token_losses(models["arm"], seqs, run["micro_batch"])
         base_losses, _ = token_losses(models["base"], seqs, run["micro_batch"])
-        splits[split] = {"sequences": n, **split_gap(arm_losses, base_losses, unread)}
+        splits[split] = {"sequences": n, **split_gap(arm_losses, base_losses, unread),
+                         "copy": {name: copy_probe(model, stream, context, n, run["micro_batch"])
+                                  for name, model in models.items()}}
     if not splits:
         raise InputError(f"no held-out split holds a sequence of {context + 1} tokens")
     return {"arm": arm["arm"], "arm_seed": arm["seed"], "arm_run": str(arm_run), "base": base["arm"],
@@ -151,6 +176,14 @@ def markdown(result: dict) -> str:
     for split, s in result["splits"].items():
         lines += [f"## {split}: {s['sequences']} sequences of {result['context']} tokens", "",
                   f"loss {s['loss_arm']:.4f} against {s['loss_base']:.4f}: gap {s['gap']:+.4f}", ""]
+        copy = s["copy"]
+        lines += [f"Repeated random tokens ({copy['arm']['sequences']} sequences of {copy['arm']['half']} tokens drawn from "
+                  "this text, then the same again): the loss on the first pass and on the repeat.", "",
+                  "| model | first pass | repeat | copied |", "|---|---|---|---|"]
+        for name, label in (("arm", result["arm"]), ("base", f"{result['base']} (baseline)")):
+            c = copy[name]
+            lines.append(f"| {label} | {c['first']:.4f} | {c['repeat']:.4f} | {c['copied']:+.4f} |")
+        lines.append("")
         if "unread" in s:
             lines += ["| tokens | share | loss, arm | loss, baseline | gap there | part of the gap |", "|---|---|---|---|---|---|"]
             for name, label in (("unread", "read no other token"), ("read", "read another")):
