@@ -306,17 +306,16 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
 
 
 def cmd_train_gap(args: argparse.Namespace) -> int:
-    from hpu.files import read_json
     from training import attribution, data
     from training.config import TrainConfig
-    from training.loop import RESULT
 
-    run = read_json(Path(args.arm_run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
+    run, _, _ = attribution.check(args.arm_run, args.base_run, args.device)
     corpus = data.prepare(TrainConfig.from_dict(run["config"]).with_source(args.data).data, progress=not args.quiet)
     if corpus.fingerprint != run["data"]:
-        raise InputError(f"the text given is not the token stream {args.arm_run} trained on: pass the run's --data")
+        raise InputError(f"the text given is not the token stream {args.arm_run} trained on: pass the runs' --data")
     with claim(args.output, "report folder", (attribution.JSON, attribution.TABLE, attribution.PLOT)):
-        result = attribution.loss_gap(args.arm_run, args.base_run, corpus.val, args.sequences, args.device)
+        result = attribution.loss_gap(args.arm_run, args.base_run, corpus, args.sequences, args.device,
+                                      args.micro_batch)
         attribution.write(result, args.output)
     print(attribution.markdown(result))
     print(f"report: {Path(args.output) / attribution.JSON} {Path(args.output) / attribution.PLOT}")
@@ -543,10 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "experiment's [data] source (it must be the same token stream)")
     p.add_argument("--sequences", type=_positive, help="held-out sequences of the runs' context per split "
                    "(default: the runs' evaluation's, eval_tokens / context)")
-    p.add_argument("--device", default="cpu", help="torch device the checkpoints run on, e.g. cuda (default: cpu)")
+    p.add_argument("--device", default="cpu", help="where the checkpoints run: cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--micro-batch", type=_positive, help="sequences a pass (default: the run's micro_batch)")
     p.add_argument("-o", "--output", default="out/train-gap", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_train_gap, memory_hint="ask for fewer --sequences")
+    p.set_defaults(func=cmd_train_gap, memory_hint="ask for a smaller --micro-batch")
 
     p = sub.add_parser("fit-minilm-router", help="fit a learned token router for all-MiniLM-L6-v2, the model frozen, "
                                                  "so that its routed sentence embeddings stay the dense ones")
@@ -591,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except MemoryError:
         print(f"hpu: out of memory: {args.memory_hint} (hpu -E shows where)", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        # A GPU out of memory is torch.OutOfMemoryError, a RuntimeError; named here without importing torch.
+        if type(exc).__name__ != "OutOfMemoryError":
+            raise
+        print(f"hpu: out of GPU memory: {args.memory_hint} (hpu -E shows where)", file=sys.stderr)
         return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -188,6 +189,19 @@ def test_out_of_memory_and_unforeseen_os_errors_are_one_line(monkeypatch, capsys
 
     monkeypatch.setattr("hpu.cli.HPUConfig.describe", exhaust)
     refused(capsys, ["config", "--describe"], "out of memory")
+
+    def exhaust_gpu(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    monkeypatch.setattr("hpu.cli.HPUConfig.describe", exhaust_gpu)
+    refused(capsys, ["config", "--describe"], "out of GPU memory: ask for a smaller configuration")
+
+    def other(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("hpu.cli.HPUConfig.describe", other)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["config", "--describe"])
 
     def broken(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "/somewhere")

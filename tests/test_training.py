@@ -1150,7 +1150,7 @@ def test_a_windowed_arm_trains_and_the_hpu_capture_refuses_it(data_config, corpu
 def test_the_committed_runs_keep_their_fingerprints():
     """A field added to an arm's configuration leaves the runs already trained with their fingerprints
     (`hpu train` reads a finished run back only when they agree; a mismatch refuses the folder)."""
-    runs = sorted((Path(__file__).parent.parent / "benchmarks" / "results" / "training" / "runs").glob("*/result.json"))
+    runs = sorted((Path(__file__).parent.parent / "benchmarks" / "results").glob("training*/runs/*/result.json"))
     assert runs
     for path in runs:
         result = json.loads(path.read_text())
@@ -1310,11 +1310,15 @@ def test_position_bins_tile_the_sequence_in_doubling_widths(context):
     from training.attribution import position_bins
 
     bins = position_bins(context)
+    widths = [last - first + 1 for first, last in bins]
     assert bins[0] == (0, 0) and bins[-1][1] == context - 1
     assert all(last + 1 == first for (_, last), (first, _) in zip(bins, bins[1:]))
-    # Each bin holds the tokens that have read 2^i .. 2^(i+1) - 1 tokens; the last may be cut short.
-    assert all(last - first + 1 == 2 ** i for i, (first, last) in enumerate(bins[:-1]))
-    assert bins[-1][1] - bins[-1][0] + 1 <= 2 ** (len(bins) - 1)
+    # Each bin holds the tokens that have read 2^i .. 2^(i+1) - 1 tokens; the last takes the remainder,
+    # no narrower than the bin before it.
+    assert all(width == 2 ** i for i, width in enumerate(widths[:-1]))
+    assert widths[-1] < 2 ** len(widths) and (len(widths) == 1 or widths[-1] >= widths[-2])
+    if context == 1024:
+        assert bins[-1] == (511, 1023)
 
 
 @given(st.integers(0, 2 ** 32 - 1), st.integers(1, 40), st.booleans())
@@ -1347,8 +1351,10 @@ def test_split_gap_by_hand():
     assert out["gap"] == 0.5
     assert (out["unread"]["share"], out["unread"]["gap"], out["unread"]["part"]) == (0.5, 0.5, 0.25)
     assert (out["read"]["loss_arm"], out["read"]["loss_base"], out["read"]["part"]) == (1.5, 1.0, 0.25)
-    assert [(p["first"], p["last"], p["gap"], p["part"], p["unread_share"]) for p in out["positions"]] == [
-        (0, 0, 0.0, 0.0, 1.0), (1, 2, 0.5, 0.25, 0.5), (3, 3, 1.0, 0.25, 0.0)]
+    # Bins [0, 0], [1, 2], [3, 3]; the last, narrower than the one before, joins it.
+    assert [(p["first"], p["last"], p["part"], p["unread_share"]) for p in out["positions"]] == [
+        (0, 0, 0.0, 1.0), (1, 3, 0.5, pytest.approx(1 / 3))]
+    assert out["positions"][1]["gap"] == pytest.approx(2 / 3)
 
 
 class _Copier(torch.nn.Module):
@@ -1372,29 +1378,68 @@ class _Copier(torch.nn.Module):
 
 @pytest.mark.parametrize("context", [16, 17])
 def test_the_copy_probe_separates_copying_from_knowing(context):
-    """A pure copier knows nothing on the first pass (uniform: ln V) and everything on the repeat."""
+    """A pure copier knows nothing on the first pass (uniform: ln V) and everything on the repeat. The
+    draws are distinct tokens of the text other than EOS: a stream of few tokens, each repeated, still
+    gives the copier an unambiguous repeat (a token drawn twice would send it to the wrong successor)."""
     from training.attribution import copy_probe
 
     vocab = 50_000
-    probe = copy_probe(_Copier(vocab), np.arange(vocab), context, sequences=3, micro_batch=2)
+    probe = copy_probe(_Copier(vocab), np.arange(vocab), context, sequences=3, micro_batch=2, eos_id=0)
     assert (probe["half"], probe["sequences"]) == (8, 3)
     assert probe["first"] == pytest.approx(math.log(vocab), abs=1e-5)
     assert probe["repeat"] == pytest.approx(0.0, abs=1e-6)
     assert probe["copied"] == pytest.approx(math.log(vocab), abs=1e-5)
-    with pytest.raises(InputError, match="no room for a repeat"):
-        copy_probe(_Copier(vocab), np.arange(vocab), 3, sequences=1, micro_batch=1)
+    few = np.repeat(np.arange(20), 5)
+    probe = copy_probe(_Copier(20), few, context, sequences=4, micro_batch=4, eos_id=0)
+    assert probe["first"] == pytest.approx(math.log(20), abs=1e-5) and probe["repeat"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(InputError, match="4 or more tokens"):
+        copy_probe(_Copier(vocab), np.arange(vocab), 3, sequences=1, micro_batch=1, eos_id=0)
+    with pytest.raises(InputError, match="7 distinct tokens"):   # EOS does not count
+        copy_probe(_Copier(vocab), np.arange(8), context, sequences=1, micro_batch=1, eos_id=3)
+
+
+@pytest.fixture(scope="module")
+def routed_everywhere(data_config, corpus, tmp_path_factory) -> Path:
+    """The tiny experiment with a router on every layer (sqdk, 25% of each 16-token block), trained once."""
+    table = tiny_experiment(data_config).to_dict()
+    table["arms"] = {"sqdk25": {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.25, "route_block": 16}}
+    cfg = TrainConfig.from_dict(table)
+    root = tmp_path_factory.mktemp("routed-all")
+    train(cfg, cfg.arm("sqdk25"), 1, corpus, root, progress=False, ranks=Ranks())
+    return root / "sqdk25-seed1" / "model"
+
+
+def test_the_unread_tokens_of_a_gap_are_those_no_layer_routed(routed_everywhere, corpus):
+    """With a router on every layer (sqdk, no window) a token reads nothing exactly where no layer
+    routed it: `token_losses` hands back that mask, one micro-batch at a time, and the model's own
+    per-token losses."""
+    from training import attribution, routing
+    from training.hardware import trained_model
+
+    model = trained_model(routed_everywhere, dtype=torch.float32)
+    seqs = np.stack([corpus.val["prose"][i * 32:i * 32 + 33] for i in range(3)])
+    losses, unread = attribution.token_losses(model, seqs, micro_batch=1)
+    expected = []
+    for seq in seqs:
+        with torch.no_grad():
+            direct = sequence_loss(model, torch.from_numpy(seq[None].astype(np.int64)), reduction="none")
+        assert torch.equal(losses[len(expected)], direct[0].double())
+        never = torch.stack([~r.last["routed"][0] for r in routing.routers(model)]).all(0)
+        never[0] = True
+        expected.append(never)
+    assert torch.equal(unread, torch.stack(expected))
+    assert 0 < unread[:, 1:].float().mean() < 1   # some tokens read nothing, others something
 
 
 def test_a_routed_runs_gap_to_dense_token_by_token(routed_checkpoint, dense_checkpoint, corpus, tmp_path, capsys):
     """`hpu train-gap RUN BASELINE`: both checkpoints on the sequences their evaluation read, so each
     model's loss is its run's recorded validation loss; the gap splits into the arm's unread tokens and
     the rest, each part the model's own per-token losses. A run against itself has no gap anywhere.
-    Runs of different experiments, a folder that is no run and a device this machine lacks are refused
-    in one line."""
+    Runs of different experiments, a folder that is no run and a device that is no CPU or GPU of this
+    machine are refused in one line, before the report folder is touched."""
     from hpu.cli import main
     from hpu.files import read_json
-    from training import attribution, routing
-    from training.hardware import trained_model
+    from training import attribution
 
     arm_run, base_run = routed_checkpoint.parent, dense_checkpoint.parent
     out = tmp_path / "gap"
@@ -1407,18 +1452,13 @@ def test_a_routed_runs_gap_to_dense_token_by_token(routed_checkpoint, dense_chec
     for split, s in result["splits"].items():
         assert s["loss_arm"] == pytest.approx(arm[f"loss_{split}"], abs=1e-5)
         assert s["loss_base"] == pytest.approx(base[f"loss_{split}"], abs=1e-5)
+        assert s["recorded"] == {"arm": arm[f"loss_{split}"], "base": base[f"loss_{split}"]}
         assert s["unread"]["part"] + s["read"]["part"] == pytest.approx(s["gap"], abs=1e-9)
         assert set(s["copy"]) == {"arm", "base"} and s["copy"]["arm"]["sequences"] == s["sequences"]
-    # The unread tokens are the routed model's own (`routing.unread`), here on the first sequences.
-    model = trained_model(routed_checkpoint, dtype=torch.float32)
-    seqs = np.stack([corpus.val["prose"][i * 32:i * 32 + 33] for i in range(2)])
-    losses, unread = attribution.token_losses(model, seqs, micro_batch=2)
-    with torch.no_grad():
-        direct = sequence_loss(model, torch.from_numpy(seqs.astype(np.int64)), reduction="none")
-    assert torch.equal(losses, direct.double()) and torch.equal(unread, routing.unread(model))
-    assert unread[:, 0].all() and not unread.all()
+    # Every layer of this arm but the routed one reads every earlier token: only the first token reads none.
+    assert all(s["unread"]["tokens"] == s["sequences"] for s in result["splits"].values())
 
-    same = attribution.loss_gap(base_run, base_run, corpus.val, sequences=2)
+    same = attribution.loss_gap(base_run, base_run, corpus, sequences=2)
     assert all(s["gap"] == 0 and all(p["gap"] == 0 for p in s["positions"]) and "unread" not in s
                for s in same["splits"].values())
 
@@ -1428,12 +1468,15 @@ def test_a_routed_runs_gap_to_dense_token_by_token(routed_checkpoint, dense_chec
     changed["config"]["run"]["context"] = 16
     (other / RESULT).write_text(json.dumps(changed))
     capsys.readouterr()
+    before = (out / "gap.json").read_bytes()
     for argv, words in ((["train-gap", str(arm_run), str(other)], "differ in the context"),
                         (["train-gap", str(arm_run), str(tmp_path)], "finished `hpu train` run"),
-                        (["train-gap", str(arm_run), str(base_run), "--device", "nonsense"], "no torch device")):
-        assert main([*argv, "--quiet", "-o", str(tmp_path / "refused")]) == 2
+                        (["train-gap", str(arm_run), str(base_run), "--device", "mps"], "name cpu, cuda or cuda:N"),
+                        (["train-gap", str(arm_run), str(base_run), "--device", "cuda:7"], "CUDA GPUs")):
+        assert main([*argv, "--quiet", "-o", str(out)]) == 2
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1
+        assert (out / "gap.json").read_bytes() == before   # refused before the report folder was touched
 
 
 def test_attention_files_name_bad_router_logits(tmp_path):

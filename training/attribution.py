@@ -1,29 +1,36 @@
 """Where a loss gap lives: an arm's run against a baseline's, token by token on the same held-out text.
 
 A validation loss is one number a run, and the gap between an arm and dense says how much the arm
-loses, not where. `loss_gap` evaluates both checkpoints (float32, each with the attention it was
-trained with) on the same sequences of the runs' context, the ones `training.loop.evaluate` reads, and
-splits the mean gap two ways, each a sum:
+loses, not where. `loss_gap` evaluates both checkpoints (float32 weights, each with the attention it
+was trained with, under training's autocast: bf16 on a GPU) on the same sequences of the runs'
+context, the ones `training.loop.evaluate` reads, and splits the mean gap two ways, each a sum:
 
 - by what the arm lets a token read (`training.routing.unread`): the tokens that read no other token
   in any layer, and the rest. Each part is the share of tokens times the mean gap on them, so the parts
-  add up to the gap. The baseline's loss on the same tokens says whether the arm left unread the tokens
-  that need no context (a good router's choice) or tokens that do.
-- by position in the sequence, in bins of doubling width (1, 2-3, 4-7, ...): a token deep into a
-  sequence has more context to read, so a model that reads its context gains there and one that cannot
-  does not. The bins' parts (share of tokens times their mean gap) add up to the gap as well.
+  add up to the gap. A token unread everywhere has a hidden state of itself alone, so the arm predicts
+  it from the token alone, and the gap there is what missing context costs on it. The split is
+  descriptive: the other tokens carry routing's cost too (under sqdk they read keys built from
+  context-free hidden states), and the choice is the top-k's, which looks ahead within a block. An
+  arm whose routers leave a layer unrouted (``route_layers = "alternate"``) leaves only each
+  sequence's first token unread, and an arm without routers (the mass gate alone) gets no such split.
+- by position in the sequence, in bins of doubling width (tokens read so far: 1, 2-3, 4-7, ...; the
+  last bin takes the remainder): a token deep into a sequence has more context to read, so a model
+  that reads its context gains there and one that cannot does not. The bins' parts add up to the gap
+  as well.
 
 And it probes copying directly (`copy_probe`, the repeated-random-tokens test of induction heads, Olsson et
-al. 2022): a sequence of tokens drawn at random from the held-out text, then the same tokens again.
-Nothing predicts the first pass but the tokens' frequencies; a model that can look a token up in its
-context and copy what followed it predicts the repeat almost exactly. The drop from the first pass to
-the repeat is how much a model copies from its context.
+al. 2022): distinct tokens drawn at random from those the held-out text holds (no end-of-text token),
+then the same tokens again. Nothing predicts the first pass but the tokens' frequencies; a model that
+can look a token up in its context and copy what followed it predicts the repeat. The drop from the
+first pass to the repeat is how much a model copies from its context.
 
-Both runs must share the experiment's model shape, context and token stream; anything else is refused.
+Both runs must share the experiment's model shape, context, evaluation and token stream; anything else
+is refused before anything is read or written.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +39,23 @@ import torch
 from hpu.errors import InputError
 from hpu.files import read_json, staged, write_json, write_text
 from training import routing
+from training.data import Corpus
 from training.hardware import trained_model
-from training.loop import MODEL, RESULT, sequence_loss
+from training.loop import MODEL, RESULT, autocast, sequence_loss
 
 JSON, TABLE, PLOT = "gap.json", "gap.md", "gap.png"
 
 
 def position_bins(context: int) -> list[tuple[int, int]]:
     """[first, last] positions (0-based: the token at position p predicts the next one having read
-    p + 1 tokens) of bins of doubling width over a sequence of `context` tokens: [0, 0], [1, 2], [3, 6], ..."""
+    p + 1 tokens) of bins of doubling width over a sequence of `context` tokens: [0, 0], [1, 2], [3, 6],
+    ...; a last bin narrower than the one before it joins that one (a bin of a few tokens is noise)."""
     bins, first = [], 0
     while first < context:
         bins.append((first, min(context, 2 * first + 1) - 1))
         first = 2 * first + 1
+    if len(bins) > 1 and bins[-1][1] - bins[-1][0] < bins[-2][1] - bins[-2][0]:
+        bins[-2:] = [(bins[-2][0], bins[-1][1])]
     return bins
 
 
@@ -56,7 +67,8 @@ def token_losses(model, sequences: np.ndarray, micro_batch: int) -> tuple[torch.
     losses, alone = [], []
     for i in range(0, len(sequences), micro_batch):
         batch = torch.from_numpy(sequences[i:i + micro_batch].astype(np.int64)).to(device)
-        losses.append(sequence_loss(model, batch, reduction="none").double().cpu())
+        with autocast(device):   # as training's evaluation ran: bf16 on a GPU
+            losses.append(sequence_loss(model, batch, reduction="none").double().cpu())
         mask = routing.unread(model)
         alone.append(None if mask is None else mask.cpu())
     return torch.cat(losses), None if alone[0] is None else torch.cat(alone)
@@ -95,16 +107,21 @@ def split_gap(arm: torch.Tensor, base: torch.Tensor, unread: torch.Tensor | None
 
 
 @torch.no_grad()
-def copy_probe(model, stream: np.ndarray, context: int, sequences: int, micro_batch: int, seed: int = 0) -> dict:
-    """Sequences of `context` + 1 tokens: ``context // 2`` tokens drawn at random positions of `stream`,
-    repeated until the sequence is full. The mean loss on the first pass's tokens after its first
-    (``first``) and on the same tokens in the second pass (``repeat``), the repeat's start left out (no
-    model can know the repeat begins); ``copied`` = first - repeat."""
+def copy_probe(model, stream: np.ndarray, context: int, sequences: int, micro_batch: int, eos_id: int,
+               seed: int = 0) -> dict:
+    """Sequences of `context` + 1 tokens: ``context // 2`` distinct tokens drawn at random from those
+    `stream` holds (never `eos_id`, which ends a document), repeated until the sequence is full. The
+    mean loss on the first pass's tokens after its first (``first``) and on the same tokens in the
+    second pass (``repeat``), the repeat's start left out (no model can know the repeat begins);
+    ``copied`` = first - repeat."""
     half = context // 2
-    if half < 2:
-        raise InputError(f"a context of {context} tokens leaves no room for a repeat: the copy probe needs 4 or more")
-    draws = np.random.default_rng(seed).integers(0, len(stream), (sequences, half))
-    seqs = np.tile(np.asarray(stream)[draws], (1, context // half + 1))[:, :context + 1]
+    tokens = np.setdiff1d(np.unique(np.asarray(stream)), [eos_id])
+    if half < 2 or len(tokens) < half:
+        raise InputError(f"the copy probe needs a context of 4 or more tokens and as many distinct tokens as half of "
+                         f"it: this one has {context}, and the held-out text {len(tokens)} distinct tokens")
+    rng = np.random.default_rng(seed)
+    draws = np.stack([rng.choice(tokens, half, replace=False) for _ in range(sequences)])
+    seqs = np.tile(draws, (1, context // half + 1))[:, :context + 1]
     losses, _ = token_losses(model, seqs, micro_batch)
     # Position p predicts token p + 1: the first pass's tokens 1..half-1, then the same tokens repeated.
     first, repeat = float(losses[:, :half - 1].mean()), float(losses[:, half:2 * half - 1].mean())
@@ -118,53 +135,62 @@ def _run(folder: Path) -> dict:
     return run
 
 
-def loss_gap(arm_run: str | Path, base_run: str | Path, streams: dict[str, np.ndarray], sequences: int | None = None,
-             device: str | torch.device = "cpu") -> dict:
-    """The gap of `arm_run`'s checkpoint to `base_run`'s on each held-out split of `streams` (the runs'
-    token stream), split by what the arm lets a token read and by position (`split_gap`). `sequences`
-    per split: by default the runs' evaluation's (eval_tokens / context), so that the losses are the
-    runs' own validation losses up to float32.
+def check(arm_run: str | Path, base_run: str | Path, device: str) -> tuple[dict, dict, torch.device]:
+    """The two runs' results and the torch device, once both are known fit to compare there.
 
     Raises
     ------
     InputError
-        A folder that is no finished run, runs of different experiments (model, context, text), or a
-        device this machine lacks.
+        A folder that is no finished run, runs of different experiments (model, context, evaluation,
+        text), or a device that is neither the CPU nor a CUDA GPU this machine has.
     """
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"{device!r} is no torch device: name cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} asked for, and this machine has no CUDA GPU: run on cpu")
-    arm_run, base_run = Path(arm_run), Path(base_run)
-    arm, base = _run(arm_run), _run(base_run)
-    for what, key in (("the token stream", "data"), ("the model", "model"), ("the context", "context")):
-        get = {"data": lambda r: r["data"], "model": lambda r: r["config"]["model"],
-               "context": lambda r: r["config"]["run"]["context"]}[key]
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if not match:
+        raise InputError(f"device {device!r}: name cpu, cuda or cuda:N")
+    if device != "cpu" and int(match.group(1) or 0) >= torch.cuda.device_count():
+        raise InputError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPUs; name one of them "
+                         "or cpu")
+    arm, base = _run(Path(arm_run)), _run(Path(base_run))
+    for what, get in (("the token stream", lambda r: r["data"]), ("the model", lambda r: r["config"]["model"]),
+                      ("the context", lambda r: r["config"]["run"]["context"]),
+                      ("the evaluation", lambda r: r["config"]["run"]["eval_tokens"])):
         if get(arm) != get(base):
             raise InputError(f"{arm_run} and {base_run} differ in {what}: compare runs of one experiment")
+    return arm, base, torch.device(device)
+
+
+def loss_gap(arm_run: str | Path, base_run: str | Path, corpus: Corpus, sequences: int | None = None,
+             device: str = "cpu", micro_batch: int | None = None) -> dict:
+    """The gap of `arm_run`'s checkpoint to `base_run`'s on each held-out split of `corpus` (the runs'
+    token stream), split by what the arm lets a token read and by position (`split_gap`), with each
+    model's `copy_probe`. `sequences` per split: by default the runs' evaluation's (eval_tokens /
+    context), so that the losses are the runs' recorded validation losses (``recorded``), up to the
+    compiled kernels' rounding on a GPU; `micro_batch` sequences at a time (default: the run's).
+    Refuses what `check` refuses."""
+    arm, base, device = check(arm_run, base_run, device)
     run = arm["config"]["run"]
     context = run["context"]
     wanted = sequences or max(1, run["eval_tokens"] // context)
-    models = {name: trained_model(folder / MODEL, dtype=torch.float32).to(device)
+    micro_batch = micro_batch or run["micro_batch"]
+    models = {name: trained_model(Path(folder) / MODEL, dtype=torch.float32).to(device)
               for name, folder in (("arm", arm_run), ("base", base_run))}
     splits = {}
-    for split, stream in sorted(streams.items()):
+    for split, stream in sorted(corpus.val.items()):
         n = min(wanted, (len(stream) - 1) // context)
         if n < 1:
             continue
         seqs = np.stack([np.asarray(stream[i * context:i * context + context + 1]) for i in range(n)])
-        arm_losses, unread = token_losses(models["arm"], seqs, run["micro_batch"])
-        base_losses, _ = token_losses(models["base"], seqs, run["micro_batch"])
+        arm_losses, unread = token_losses(models["arm"], seqs, micro_batch)
+        base_losses, _ = token_losses(models["base"], seqs, micro_batch)
         splits[split] = {"sequences": n, **split_gap(arm_losses, base_losses, unread),
-                         "copy": {name: copy_probe(model, stream, context, n, run["micro_batch"])
+                         "recorded": {"arm": arm["final"].get(f"loss_{split}"), "base": base["final"].get(f"loss_{split}")},
+                         "copy": {name: copy_probe(model, stream, context, n, micro_batch, corpus.eos_id)
                                   for name, model in models.items()}}
     if not splits:
         raise InputError(f"no held-out split holds a sequence of {context + 1} tokens")
     return {"arm": arm["arm"], "arm_seed": arm["seed"], "arm_run": str(arm_run), "base": base["arm"],
             "base_seed": base["seed"], "base_run": str(base_run), "context": context, "router": arm.get("router"),
-            "recorded": {"arm": arm["final"]["loss"], "base": base["final"]["loss"]}, "splits": splits}
+            "device": str(device), "splits": splits}
 
 
 def markdown(result: dict) -> str:
@@ -172,10 +198,12 @@ def markdown(result: dict) -> str:
         return "-" if x is None else f"{x:{sign}.4f}"
 
     lines = [f"# Where the gap lives: {result['arm']} (seed {result['arm_seed']}) against {result['base']} "
-             f"(seed {result['base_seed']})", ""]
+             f"(seed {result['base_seed']})", "", f"Evaluated on {result['device']}.", ""]
     for split, s in result["splits"].items():
+        recorded = s["recorded"]
         lines += [f"## {split}: {s['sequences']} sequences of {result['context']} tokens", "",
-                  f"loss {s['loss_arm']:.4f} against {s['loss_base']:.4f}: gap {s['gap']:+.4f}", ""]
+                  f"loss {s['loss_arm']:.4f} against {s['loss_base']:.4f}: gap {s['gap']:+.4f} (the runs recorded "
+                  f"{f(recorded['arm'])} and {f(recorded['base'])})", ""]
         copy = s["copy"]
         lines += [f"Repeated random tokens ({copy['arm']['sequences']} sequences of {copy['arm']['half']} tokens drawn from "
                   "this text, then the same again): the loss on the first pass and on the repeat.", "",
@@ -191,11 +219,12 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {label} | {p['share']:.3f} | {f(p['loss_arm'])} | {f(p['loss_base'])} | "
                              f"{f(p['gap'], '+')} | {p['part']:+.4f} |")
             lines.append("")
-        lines += ["| positions | loss, arm | loss, baseline | gap there | part of the gap |"
+        lines += ["| tokens read | loss, arm | loss, baseline | gap there | part of the gap |"
                   + (" read nothing |" if "unread" in s else ""),
                   "|---|---|---|---|---|" + ("---|" if "unread" in s else "")]
         for p in s["positions"]:
-            lines.append(f"| {p['first']}-{p['last']} | {f(p['loss_arm'])} | {f(p['loss_base'])} | {f(p['gap'], '+')} | "
+            span = f"{p['first'] + 1}" if p["first"] == p["last"] else f"{p['first'] + 1}-{p['last'] + 1}"
+            lines.append(f"| {span} | {f(p['loss_arm'])} | {f(p['loss_base'])} | {f(p['gap'], '+')} | "
                          f"{p['part']:+.4f} |" + (f" {p['unread_share']:.3f} |" if "unread" in s else ""))
         lines.append("")
     return "\n".join(lines)
