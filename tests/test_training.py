@@ -1431,6 +1431,18 @@ def test_the_unread_tokens_of_a_gap_are_those_no_layer_routed(routed_everywhere,
     assert 0 < unread[:, 1:].float().mean() < 1   # some tokens read nothing, others something
 
 
+def test_a_gated_runs_gap_is_read_through_its_trained_gate(gated_checkpoint, dense_checkpoint, corpus):
+    """A gated run is evaluated with the gate it trained with, so its losses are its recorded ones; with
+    no router it gets no unread split."""
+    from hpu.files import read_json
+    from training import attribution
+
+    result = attribution.loss_gap(gated_checkpoint.parent, dense_checkpoint.parent, corpus)
+    final = read_json(gated_checkpoint.parent / RESULT, "run")["final"]
+    for split, s in result["splits"].items():
+        assert s["loss_arm"] == pytest.approx(final[f"loss_{split}"], abs=1e-5) and "unread" not in s
+
+
 def test_a_routed_runs_gap_to_dense_token_by_token(routed_checkpoint, dense_checkpoint, corpus, tmp_path, capsys):
     """`hpu train-gap RUN BASELINE`: both checkpoints on the sequences their evaluation read, so each
     model's loss is its run's recorded validation loss; the gap splits into the arm's unread tokens and
