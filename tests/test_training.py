@@ -1147,6 +1147,15 @@ def test_a_windowed_arm_trains_and_the_hpu_capture_refuses_it(data_config, corpu
         capture_rows(tmp_path / "window-seed1" / "model", corpus.train[:16], tmp_path / "rows.npz")
 
 
+def test_the_shipped_experiments_load_with_a_dense_baseline():
+    """Every experiment under configs/train parses (model, run, data, each arm's gate and router) and
+    has the dense arm its reports measure gaps against."""
+    experiments = sorted((Path(__file__).parent.parent / "configs" / "train").glob("*.toml"))
+    assert {p.stem for p in experiments} >= {"ab", "pilot", "cpu_routing"}
+    for path in experiments:
+        assert "dense" in [arm.name for arm in TrainConfig.load(path).arms], path.name
+
+
 def test_the_committed_runs_keep_their_fingerprints():
     """A field added to an arm's configuration leaves the runs already trained with their fingerprints
     (`hpu train` reads a finished run back only when they agree; a mismatch refuses the folder)."""
