@@ -1418,6 +1418,26 @@ def routed_everywhere(data_config, corpus, tmp_path_factory) -> Path:
     return root / "sqdk25-seed1" / "model"
 
 
+def test_a_predictor_leaves_the_model_it_predicts_untouched(data_config, corpus, tmp_path):
+    """The predictors learn beside the model without moving it: the same arm with a rank predictor in
+    place of the hidden-state one trains the same model, bit for bit (its gradient is stopped, and its
+    gradient norm is clipped apart from the model's: the clip here binds at every step), while the
+    predictors differ."""
+    from safetensors.torch import load_file
+
+    table = tiny_experiment(data_config, grad_clip=0.01).to_dict()
+    router = {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.25, "route_block": 16}
+    table["arms"] = {"hidden": router, "rank": {**router, "route_predictor": "rank"}}
+    cfg = TrainConfig.from_dict(table)
+    runs = {name: train(cfg, cfg.arm(name), 1, corpus, tmp_path, progress=False, ranks=Ranks()) for name in ("hidden", "rank")}
+    assert runs["rank"]["history"]["train"] == runs["hidden"]["history"]["train"]
+    assert runs["rank"]["final"]["loss"] == runs["hidden"]["final"]["loss"]
+    assert runs["rank"]["final"]["predictor_accuracy"] != runs["hidden"]["final"]["predictor_accuracy"]
+    mine, theirs = (load_file(tmp_path / f"{name}-seed1" / "model" / "model.safetensors") for name in ("rank", "hidden"))
+    model_weights = [name for name in theirs if ".router.predictor." not in name]
+    assert model_weights and all(torch.equal(mine[name], theirs[name]) for name in model_weights)
+
+
 def test_the_unread_tokens_of_a_gap_are_those_no_layer_routed(routed_everywhere, corpus):
     """With a router on every layer (sqdk, no window) a token reads nothing exactly where no layer
     routed it: `token_losses` hands back that mask, one micro-batch at a time, and the model's own

@@ -253,7 +253,12 @@ def train_step(model, wrapped, optimizer, sequences: np.ndarray, cfg: TrainConfi
             aux = routing.auxiliary_loss(model)
         (loss if aux is None else loss + aux * share).backward()
         loss_sum += loss.detach()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.run.grad_clip)
+    # The predictors' gradients are clipped apart from the model's: clipped together, a predictor (kept
+    # out of the model's loss by its stopped gradient) would still rescale the model's update.
+    predictors = {id(p) for r in routing.routers(model) for p in r.predictor.parameters()}
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if id(p) not in predictors], cfg.run.grad_clip)
+    if predictors:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if id(p) in predictors], cfg.run.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum

@@ -26,9 +26,9 @@ def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: R
                    progress: bool = False) -> dict:
     """Train `model`'s predictors alone for `steps` optimizer steps of the run's batch, on its training
     stream from the start, at `lr` (default: the run's peak) decaying to the run's min_lr, weight decay
-    as in training. The gradient norm is clipped at the run's grad_clip as in training, though over
-    the predictors alone (training clipped the whole model's). Returns training's evaluation of the
-    held-out text before and after (`REPORTED`).
+    as in training. The predictors' gradient norm is clipped at the run's grad_clip, as training clips
+    it (apart from the model's). Returns training's evaluation of the held-out text before and after
+    (`REPORTED`).
 
     Raises
     ------
