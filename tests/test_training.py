@@ -526,8 +526,11 @@ def test_bad_experiments_are_refused_in_one_line(data_config):
         assert words in str(error.value) and "\n" not in str(error.value)
 
 
-def _tiny_checkpoint(data_config, corpus, root: Path, arm: str) -> Path:
+def _tiny_checkpoint(data_config, corpus, root: Path, arm: str, table: dict | None = None) -> Path:
+    """The tiny experiment's `arm` (given `table`, an arm of that table alone), trained at seed 1 under `root`."""
     cfg = tiny_experiment(data_config)
+    if table is not None:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "arms": {arm: table}})
     train(cfg, cfg.arm(arm), 1, corpus, root, progress=False, ranks=Ranks())
     return root / f"{arm}-seed1" / "model"
 
@@ -1210,14 +1213,9 @@ def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_con
 @pytest.fixture(scope="module")
 def routed_checkpoint(data_config, corpus, tmp_path_factory) -> Path:
     """The tiny experiment with a router on its second layer only (alternate), trained once."""
-    cfg = tiny_experiment(data_config)
-    table = cfg.to_dict()
-    table["arms"] = {"sqdk50": {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.5, "route_block": 16,
-                                "route_layers": "alternate"}}
-    cfg = TrainConfig.from_dict(table)
-    root = tmp_path_factory.mktemp("routed")
-    train(cfg, cfg.arm("sqdk50"), 1, corpus, root, progress=False, ranks=Ranks())
-    return root / "sqdk50-seed1" / "model"
+    return _tiny_checkpoint(data_config, corpus, tmp_path_factory.mktemp("routed"), "sqdk50",
+                            {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.5, "route_block": 16,
+                             "route_layers": "alternate"})
 
 
 def test_fit_predictors_moves_the_predictors_only(routed_checkpoint, gated_checkpoint, tmp_path, capsys):
@@ -1410,12 +1408,8 @@ def test_the_copy_probe_separates_copying_from_knowing(context):
 @pytest.fixture(scope="module")
 def routed_everywhere(data_config, corpus, tmp_path_factory) -> Path:
     """The tiny experiment with a router on every layer (sqdk, 25% of each 16-token block), trained once."""
-    table = tiny_experiment(data_config).to_dict()
-    table["arms"] = {"sqdk25": {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.25, "route_block": 16}}
-    cfg = TrainConfig.from_dict(table)
-    root = tmp_path_factory.mktemp("routed-all")
-    train(cfg, cfg.arm("sqdk25"), 1, corpus, root, progress=False, ranks=Ranks())
-    return root / "sqdk25-seed1" / "model"
+    return _tiny_checkpoint(data_config, corpus, tmp_path_factory.mktemp("routed-all"), "sqdk25",
+                            {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.25, "route_block": 16})
 
 
 def test_a_predictor_leaves_the_model_it_predicts_untouched(data_config, corpus, tmp_path):

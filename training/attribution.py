@@ -41,7 +41,7 @@ from hpu.files import read_json, staged, write_json, write_text
 from training import routing
 from training.data import Corpus
 from training.hardware import trained_model
-from training.loop import MODEL, RESULT, autocast, sequence_loss
+from training.loop import MODEL, RESULT, autocast, held_out_sequences, sequence_loss
 
 JSON, TABLE, PLOT = "gap.json", "gap.md", "gap.png"
 
@@ -170,16 +170,16 @@ def loss_gap(arm_run: str | Path, base_run: str | Path, corpus: Corpus, sequence
     arm, base, device = check(arm_run, base_run, device)
     run = arm["config"]["run"]
     context = run["context"]
-    wanted = sequences or max(1, run["eval_tokens"] // context)
+    wanted = sequences * context if sequences else run["eval_tokens"]
     micro_batch = micro_batch or run["micro_batch"]
     models = {name: trained_model(Path(folder) / MODEL, dtype=torch.float32).to(device)
               for name, folder in (("arm", arm_run), ("base", base_run))}
     splits = {}
     for split, stream in sorted(corpus.val.items()):
-        n = min(wanted, (len(stream) - 1) // context)
-        if n < 1:
+        seqs = held_out_sequences(stream, context, wanted)
+        n = len(seqs)
+        if not n:
             continue
-        seqs = np.stack([np.asarray(stream[i * context:i * context + context + 1]) for i in range(n)])
         arm_losses, unread = token_losses(models["arm"], seqs, micro_batch)
         base_losses, _ = token_losses(models["base"], seqs, micro_batch)
         splits[split] = {"sequences": n, **split_gap(arm_losses, base_losses, unread),

@@ -37,6 +37,7 @@ from golden_model.reference import admissible_mask, scored_fixed_point_attention
 from hpu.config import HPUConfig
 from hpu.errors import InputError
 from training import attention, routing
+from training.loop import held_out_sequences
 
 FIXED = "hpu_fixed"
 CAPTURE = "hpu_capture"
@@ -195,8 +196,7 @@ def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarra
     model.config.hpu_hardware = hpu.to_dict()
     if len(stream) < sequences * length + 1:
         raise InputError(f"the held-out text has {len(stream)} tokens, fewer than {sequences} x {length}")
-    seqs = torch.from_numpy(np.stack([stream[i * length:(i + 1) * length + 1] for i in range(sequences)])
-                            .astype(np.int64))
+    seqs = torch.from_numpy(held_out_sequences(stream, length, sequences * length))
     dense_loss, _, _ = _pass(model, "sdpa", seqs)
     float_loss, _, float_kept = _pass(model, attention.NAME, seqs)
     fixed_loss, fixed, _ = _pass(model, FIXED, seqs)
@@ -227,8 +227,7 @@ def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
     length = cfg.route_block
     if len(stream) < sequences * length + 1:
         raise InputError(f"the held-out text has {len(stream)} tokens, fewer than {sequences} x {length}")
-    seqs = torch.from_numpy(np.stack([stream[i * length:(i + 1) * length + 1] for i in range(sequences)])
-                            .astype(np.int64))
+    seqs = torch.from_numpy(held_out_sequences(stream, length, sequences * length))
     choices = [(c, None) for c in routing.CHOICES if c != "hpu"] + [("hpu", b) for b in bits]
     losses = {f"{c}{'' if b is None else b}": 0.0 for c, b in choices}
     agree = dict.fromkeys(losses, 0.0)

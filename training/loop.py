@@ -83,6 +83,15 @@ def step_sequences(stream: np.ndarray, step: int, batch: int, context: int) -> n
     return stream[index].astype(np.int64)
 
 
+def held_out_sequences(stream: np.ndarray, context: int, tokens: int) -> np.ndarray:
+    """(N, context + 1) int64: the first sequences of a held-out stream, as many as `tokens` asks (at
+    least one) and the stream holds whole, each with its next-token targets: what evaluation reads.
+    N is 0 when the stream is no longer than `context`."""
+    n = min(max(1, tokens // context), (len(stream) - 1) // context)
+    return np.stack([np.asarray(stream[i * context:(i + 1) * context + 1], dtype=np.int64) for i in range(n)]) \
+        if n > 0 else np.empty((0, context + 1), dtype=np.int64)
+
+
 def rank_micro_batches(sequences: np.ndarray, ranks: Ranks, micro_batch: int) -> list[np.ndarray]:
     mine = np.array_split(sequences, ranks.world)[ranks.rank]
     return [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
@@ -199,11 +208,9 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
     routed = torch.zeros(len(routing.EVALUATED), dtype=torch.float64, device=ranks.device)
     kept = attention.KeptCount()   # of the main pass only (not the predictors' or the HPU's passes)
     for name, stream in sorted(corpus.val.items()):
-        if len(stream) <= context:
+        seqs = held_out_sequences(stream, context, cfg.run.eval_tokens)
+        if not len(seqs):
             continue
-        n_seq = max(1, min(cfg.run.eval_tokens, len(stream) - 1) // context)
-        seqs = np.stack([np.asarray(stream[i * context:i * context + context + 1], dtype=np.int64)
-                         for i in range(n_seq) if (i + 1) * context < len(stream)])
         mine = np.array_split(seqs, ranks.world)[ranks.rank]
         loss_sum = torch.zeros((), dtype=torch.float64, device=ranks.device)
         for i in range(0, len(mine), cfg.run.micro_batch):
