@@ -87,9 +87,8 @@ def held_out_sequences(stream: np.ndarray, context: int, tokens: int) -> np.ndar
     """(N, context + 1) int64: the first sequences of a held-out stream, as many as `tokens` asks (at
     least one) and the stream holds whole, each with its next-token targets: what evaluation reads.
     N is 0 when the stream is no longer than `context`."""
-    n = min(max(1, tokens // context), (len(stream) - 1) // context)
-    return np.stack([np.asarray(stream[i * context:(i + 1) * context + 1], dtype=np.int64) for i in range(n)]) \
-        if n > 0 else np.empty((0, context + 1), dtype=np.int64)
+    n = max(0, min(max(1, tokens // context), (len(stream) - 1) // context))
+    return stream[np.arange(n)[:, None] * context + np.arange(context + 1)].astype(np.int64)
 
 
 def rank_micro_batches(sequences: np.ndarray, ranks: Ranks, micro_batch: int) -> list[np.ndarray]:
@@ -262,10 +261,11 @@ def train_step(model, wrapped, optimizer, sequences: np.ndarray, cfg: TrainConfi
         loss_sum += loss.detach()
     # The predictors' gradients are clipped apart from the model's: clipped together, a predictor (kept
     # out of the model's loss by its stopped gradient) would still rescale the model's update.
-    predictors = {id(p) for r in routing.routers(model) for p in r.predictor.parameters()}
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if id(p) not in predictors], cfg.run.grad_clip)
+    predictors = routing.predictor_parameters(model)
+    theirs = {id(p) for p in predictors}
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if id(p) not in theirs], cfg.run.grad_clip)
     if predictors:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if id(p) in predictors], cfg.run.grad_clip)
+        torch.nn.utils.clip_grad_norm_(predictors, cfg.run.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum

@@ -44,7 +44,7 @@ def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: R
     lr = run.lr if lr is None else lr
     before = evaluate(model, corpus, cfg, ranks)
     model.requires_grad_(False)
-    weights = [p for r in chosen for p in r.predictor.parameters()]
+    weights = routing.predictor_parameters(model)
     for p in weights:
         p.requires_grad_(True)
     optimizer = adamw(weights, cfg, ranks.device, lr)

@@ -420,6 +420,11 @@ def routers(model) -> list[Router]:
     return [m.router for m in attention_modules(model) if hasattr(m, "router")]
 
 
+def predictor_parameters(model) -> list[torch.nn.Parameter]:
+    """The weights of every router's decoding predictor: what learns from `auxiliary_loss` alone."""
+    return [p for r in routers(model) for p in r.predictor.parameters()]
+
+
 def auxiliary_loss(model) -> torch.Tensor | None:
     """The predictors' binary cross-entropy on the last forward pass's top-k choice, summed over
     layers (None without routers, or when they chose otherwise). Only the predictors learn from it."""
