@@ -8,6 +8,7 @@ the traceback instead, for reporting a bug.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -579,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        # transformers' and the Hub's own bars (weights loading) read this when first imported, which the
+        # commands do lazily, after this line.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if args.traceback:
         return args.func(args)
     try:
