@@ -35,8 +35,7 @@ def fit_predictors(model, cfg: TrainConfig, corpus: Corpus, steps: int, ranks: R
     InputError
         If the model has no routers, or `steps` is not positive.
     """
-    chosen = routing.routers(model)
-    if not chosen:
+    if not routing.routers(model):
         raise InputError("the model has no routers: fit the predictors of a routed run (an arm with `route`)")
     if steps < 1:
         raise InputError(f"steps = {steps}: fit for at least one step")
