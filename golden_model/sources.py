@@ -38,20 +38,22 @@ def check_row_count(cfg: HPUConfig, count: int) -> None:
 
 
 def head_rows(scores: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, cfg: HPUConfig,
-              picks: list[tuple[int, int]]) -> list[Row]:
+              picks: list[tuple[int, int]], window: int = 0) -> list[Row]:
     """HPU rows from float attention: scores (S, Q, N) = q.k / sqrt(d) per head set S and query row Q,
     values (S, N, D), lengths (S, Q) admissible keys per row (a prefix: causal rows are shorter).
 
-    One row per (set, query) of `picks`: its first min(length, max_keys) keys, scores quantized to
-    score_bits, values quantized per set with the golden model's quantizers. Heads narrower than
+    One row per (set, query) of `picks`: its first min(length, max_keys) keys, or with `window` W
+    (at most max_keys) its last min(length, W), a causal row's nearest keys; scores quantized to
+    score_bits, values quantized per row with the golden model's quantizers. Heads narrower than
     head_dim continue with the next set's columns (wrapping), wider ones are cut."""
     wide = values.transpose(0, 1).reshape(values.shape[1], -1)      # (N, S * D)
     rows: list[Row] = []
     for s, q in picks:
-        n = min(int(lengths[s, q]), cfg.max_keys)
+        length = int(lengths[s, q])
+        keys = slice(max(0, length - window), length) if window else slice(0, min(length, cfg.max_keys))
         columns = (torch.arange(cfg.head_dim) + s * values.shape[-1]) % wide.shape[1]
-        quantized, _ = quantize_values(wide[:n, columns], cfg)
-        row_scores = quantize_scores(scores[s, q, :n], cfg)
+        quantized, _ = quantize_values(wide[keys, columns], cfg)
+        row_scores = quantize_scores(scores[s, q, keys], cfg)
         rows.append(Row(tuple(row_scores.tolist()), tuple(map(tuple, quantized.tolist()))))
     return rows
 
@@ -137,37 +139,46 @@ def file_rows(path: Path, cfg: HPUConfig, count: int, rng: random.Random, clippe
         return _named(what, lambda: head_rows(scores, values, lengths, cfg, random_picks(scores, count, rng)))
 
 
-def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int,
-                  clipped: Clipped | None = None) -> tuple[list[Row], list[list[int]]]:
-    """`count` tokens' rows and their router logits in blocks of route_block (the last one shorter).
+def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int, clipped: Clipped | None = None,
+                  window: int = 0) -> tuple[list[Row], list[list[int]], list[Row] | None]:
+    """`count` tokens' rows, their router logits in blocks of route_block (the last one shorter), and
+    with `window` W each token's window row (its last W keys, `head_rows`), else None.
 
     From an attention file holding ``router`` logits, a routed model's own: one head set (layer,
     head) drawn at random, its first `count` query tokens' rows in token order, and their logits,
     each block quantized to route_bits as the trained model's HPU routing step quantizes it
     (`golden_model.quantize.quantize_logits`, symmetric per block). From any other source, its rows
-    (`rows_from`) with random logits. `clipped`, if given, is called with an attention file's
-    `clipping` figures."""
+    (`rows_from`: an attention file's drawn at random) with random logits; a built-in source's rows
+    have no positions, and their windows are their last W keys. `clipped`, if given, is called with
+    an attention file's `clipping` figures."""
     check_row_count(cfg, count)
+    if not 0 <= window <= cfg.max_keys:
+        raise InputError(f"--route-window {window}: a window row must fit the HPU: 0..max_keys ({cfg.max_keys})")
     rng = random.Random(seed)
+    windows = None
     if Path(source).suffix in FILE_SUFFIXES:
         what = f"attention file {source}"
         with _reading(what):
             scores, values, lengths, router = _file_arrays(Path(source), what)
             if clipped:
                 clipped(*clipping(scores, lengths, cfg))
+            if router is not None and count > scores.shape[1]:
+                raise InputError(f"--rows {count}: {what} holds {scores.shape[1]} tokens a head; ask for at most "
+                                 "that many")
+            s = rng.randrange(scores.shape[0]) if router is not None else None
+            picks = [(s, q) for q in range(count)] if router is not None else random_picks(scores, count, rng)
+            rows = _named(what, lambda: head_rows(scores, values, lengths, cfg, picks))
+            if window:
+                windows = _named(what, lambda: head_rows(scores, values, lengths, cfg, picks, window))
             if router is not None:
-                if count > scores.shape[1]:
-                    raise InputError(f"--rows {count}: {what} holds {scores.shape[1]} tokens a head; ask for at most "
-                                     "that many")
-                s = rng.randrange(scores.shape[0])
-                rows = _named(what, lambda: head_rows(scores, values, lengths, cfg, [(s, q) for q in range(count)]))
                 return rows, [quantize_logits(router[s, start:start + cfg.route_block], cfg).tolist()
-                              for start in range(0, count, cfg.route_block)]
-            rows = _named(what, lambda: head_rows(scores, values, lengths, cfg, random_picks(scores, count, rng)))
+                              for start in range(0, count, cfg.route_block)], windows
     else:
         rows = rows_from(source, cfg, count, seed, clipped)
+        if window:
+            windows = [Row(row.scores[-window:], row.values[-window:]) for row in rows]
     lengths = [min(cfg.route_block, count - start) for start in range(0, count, cfg.route_block)]
-    return rows, random_blocks(cfg, len(lengths), random.Random(seed), lengths)
+    return rows, random_blocks(cfg, len(lengths), random.Random(seed), lengths), windows
 
 
 def clipping(scores: torch.Tensor, lengths: torch.Tensor, cfg: HPUConfig) -> tuple[float, float]:

@@ -72,7 +72,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     if args.replay:
         ignored = [f"--{name.replace('_', '-')}" for name in ("rows", "source", "seed", "mode", "schedule", "vcd",
-                                                              "gaps", "backpressure", "config")
+                                                              "gaps", "backpressure", "config", "route_window")
                    if getattr(args, name) is not None] + (["--set"] if args.set else []) \
             + (["--dense-baseline"] if args.dense_baseline else [])
         if ignored:
@@ -83,7 +83,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     source = args.source or SIM_DEFAULTS["source"]
     options = Options(gaps=args.gaps or 0.0, backpressure=args.backpressure or 0.0,
-                      seed=SIM_DEFAULTS["seed"] if args.seed is None else args.seed)
+                      seed=SIM_DEFAULTS["seed"] if args.seed is None else args.seed, route_window=args.route_window or 0)
     outputs = Outputs(summary=Path(args.output) if args.output else None, vcd=Path(args.vcd) if args.vcd else None,
                       waves=args.waves)
     simulate(cfg, source, SIM_DEFAULTS["rows"] if args.rows is None else args.rows,
@@ -289,7 +289,8 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
                 result[split]["router"] = hardware.router_quality(model, stream, args.sequences)
             if args.capture:
                 rows = hardware.capture_rows(model, stream[:args.length], Path(args.output) / f"rows-{split}.npz")
-                print(f"attention file: {rows} (for hpu sim --source)")
+                print(f"attention file: {rows} (hpu sim --source {rows} --rows {args.length} "
+                      + " ".join(hardware.sim_arguments(model)) + ")")
         write_json(Path(args.output) / "hardware.json", result)
     for split, r in result.items():
         if gate and r["rows_clipped"]:
@@ -409,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaps", type=float, help="probability per cycle of an idle key source (default 0)")
     p.add_argument("--backpressure", type=float, help="probability per cycle of a stalled sink (default 0)")
     p.add_argument("--seed", type=int, help=f"seed of the stimulus and the harness (default: {SIM_DEFAULTS['seed']})")
+    p.add_argument("--route-window", type=int, metavar="W",
+                   help="with a router: the host also sends each unrouted token's last W keys as a row (a model "
+                        "trained with route_window W; default 0, none)")
     p.add_argument("--replay", metavar="FILE.json", help="re-run a replay file written on a mismatch")
     p.add_argument("--build", default="build/sim", help="build folder, shared by runs (default: build/sim)")
     p.add_argument("-o", "--output", default="out/sim/summary.json", help="summary JSON (default: out/sim/summary.json)")

@@ -86,7 +86,7 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
                 log(f"hpu: warning: {note}", file=sys.stderr)
             run = runs.get(name, {})
             measured.append(report.Run(name, a, estimate(a, table), run.get("kept_fraction"),
-                                       run.get("value_bytes_fetched"), run.get("tokens")))
+                                       run.get("value_bytes_fetched"), run.get("tokens"), run.get("window_rows", 0)))
             log(f"{name}: {vcd}: {a.cycles} cycles, {a.counts.bytes_read / 1e6:.1f} MB", flush=True)
         if len(measured) == 2:
             rows = [run.activity.rows_delivered for run in measured]

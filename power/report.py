@@ -33,7 +33,8 @@ DEFINITIONS = [
     "off-chip value traffic: the value-vector bytes the HPU fetched, counted by the simulation's host "
     "(`hpu sim` summary), times the table's DRAM energy per byte; reported apart from on-chip energy.",
     "row-level dark silicon (token routing): the rows of unrouted tokens never enter the chip, so the attention "
-    "datapath (the score, value and normalizer paths) spends nothing on them; the router's own energy is "
+    "datapath (the score, value and normalizer paths) spends nothing on them, or with a window (`hpu sim "
+    "--route-window W`) only what their last W keys cost as rows of their own; the router's own energy is "
     "charged to the routed run, and the kept fraction counts kept keys over every token's keys.",
     "energy proportionality = saving / (1 - kept fraction): 1.0 means every joule the dropped keys "
     "would have cost was saved.",
@@ -60,6 +61,7 @@ class Run:
     kept_fraction: float | None = None
     value_bytes: int | None = None   # value-vector bytes fetched, counted by the simulation's host
     tokens: int | None = None        # tokens whose rows the run stands for (routed or not), from the summary
+    window_rows: int = 0             # of its rows, the unrouted tokens' windows (`hpu sim --route-window`)
 
 
 def summarize(run: Run, table: EnergyTable) -> dict:
@@ -85,7 +87,7 @@ def summarize(run: Run, table: EnergyTable) -> dict:
     return {
         "vcd": str(d.vcd), "bytes": counts.bytes_read, "top_scope": ".".join(d.top_scope),
         "cycles": a.cycles, "compute_cycles": a.phase_cycles, "window_cycles": a.window,
-        "rows_delivered": a.rows_delivered, "tokens": run.tokens,
+        "rows_delivered": a.rows_delivered, "tokens": run.tokens, "window_rows": run.window_rows,
         "clock_period": a.clock_period * a.timescale, "kept_fraction": run.kept_fraction,
         "toggles": int((counts.rise + counts.fall).sum()), "xz_changes": int(counts.xz.sum()),
         "energy_fJ": float(e.total.sum()),
@@ -220,7 +222,7 @@ def write(runs: list[Run], table: EnergyTable, out_dir: Path | str) -> dict[str,
                                           runs[1].name: dn["lanes_mean_silent_ratio_compute"]},
             "same_cycles": g["cycles"] == dn["cycles"],
         }
-        if g["tokens"] and g["rows_delivered"] is not None and g["rows_delivered"] < g["tokens"]:
+        if g["tokens"] and g["rows_delivered"] is not None and g["rows_delivered"] - g["window_rows"] < g["tokens"]:
             result["comparison"]["routing"] = _routing(g, dn, runs[0].name, runs[1].name)
     paths = {key: out_dir / name for key, name in FILES.items()}
     with staged(paths["csv"]) as temp, open(temp, "w", newline="") as f:
@@ -261,7 +263,8 @@ def _routing(g: dict, dn: dict, gated: str, dense: str) -> dict:
     return {
         "tokens": g["tokens"],
         "rows_computed": {gated: g["rows_delivered"], dense: dn["rows_delivered"]},
-        "unrouted_fraction": 1 - g["rows_delivered"] / g["tokens"],
+        "window_rows": g["window_rows"],
+        "unrouted_fraction": 1 - (g["rows_delivered"] - g["window_rows"]) / g["tokens"],
         "datapath_energy_fJ": {gated: datapath(g), dense: datapath(dn)},
         "datapath_energy_fJ_per_row": {gated: datapath(g) / g["rows_delivered"],
                                        dense: datapath(dn) / dn["rows_delivered"]},
@@ -361,7 +364,9 @@ def _markdown(result: dict, runs: list[Run]) -> str:
             names = list(r["rows_computed"])
             lines += ["", "## Token routing: row-level dark silicon", "",
                       f"{r['tokens']} tokens; rows computed: " + ", ".join(f"{k} {v}" for k, v in r["rows_computed"].items())
-                      + f". Unrouted: {r['unrouted_fraction']:.4f} of the tokens, whose rows never entered the chip.", "",
+                      + f". Unrouted: {r['unrouted_fraction']:.4f} of the tokens, "
+                      + (f"of whose rows only their windows entered the chip ({r['window_rows']} rows)." if r["window_rows"]
+                         else "whose rows never entered the chip."), "",
                       "| | " + " | ".join(names) + " |", "|---|---|---|",
                       "| attention datapath (score, value, normalizer paths), nJ | "
                       + " | ".join(f"{r['datapath_energy_fJ'][k] / 1e6:.4f}" for k in names) + " |",

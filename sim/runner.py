@@ -219,16 +219,26 @@ def write_replay(job: Job, outcome: Outcome, work_dir: Path) -> Path:
     return path
 
 
-def make_routed_job(cfg: HPUConfig, tokens: list[Row], source: str, options: Options, blocks: list[list[int]]) -> Job:
-    """A job for token routing: the blocks of router logits, then only the rows of the tokens the golden
-    model routes (the host sends rows for routed queries only); ``tokens`` holds every token's row,
-    block after block."""
+def make_routed_job(cfg: HPUConfig, tokens: list[Row], source: str, options: Options, blocks: list[list[int]],
+                    windows: list[Row] | None = None) -> Job:
+    """A job for token routing: the blocks of router logits, then the rows the host sends once the golden
+    model has routed them, block by block: the routed tokens' rows, then, given `windows` (each token's
+    window row: its last ``options.route_window`` keys, `golden_model.sources.routed_tokens`), the
+    unrouted tokens' windows. Without windows the host sends rows for routed queries only. ``tokens``
+    holds every token's row, block after block, and ``windows`` likewise."""
     if sum(map(len, blocks)) != len(tokens):
         raise InputError(f"{len(tokens)} token rows for blocks of {sum(map(len, blocks))} tokens: one row per token")
+    if (windows is not None) != bool(options.route_window) or windows is not None and len(windows) != len(tokens):
+        raise InputError(f"route_window {options.route_window} with {'no' if windows is None else len(windows)} "
+                         f"window rows for {len(tokens)} tokens: one window row per token, and only with a window")
     validate_blocks(cfg, blocks)
     routed = expected_routed(cfg, blocks)
     starts = itertools.accumulate((len(b) for b in blocks[:-1]), initial=0)
-    rows = [tokens[start + t] for start, positions in zip(starts, routed) for t in positions]
+    rows = []
+    for start, block, positions in zip(starts, blocks, routed):
+        rows += [tokens[start + t] for t in positions]
+        if windows is not None:
+            rows += [windows[start + t] for t in sorted(set(range(len(block))) - set(positions))]
     return _job(cfg, rows, source, options, blocks, routed, token_keys=sum(row.n for row in tokens))
 
 

@@ -16,6 +16,7 @@ from typing import Callable
 from golden_model.quantize import clipping_note
 from golden_model.sources import routed_tokens, rows_from
 from hpu.config import HPUConfig
+from hpu.errors import InputError
 from hpu.files import claim, output_file
 from sim import summary as sim_summary
 from sim.job import Job, Options
@@ -51,7 +52,8 @@ def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: 
 
     With a router (route_block > 0) the rows are tokens' rows, in blocks of route_block tokens with
     their router logits (a routed model's own from an attention file that holds them, else random;
-    `golden_model.sources.routed_tokens`): the gated run routes each block and sends only the routed tokens' rows; the
+    `golden_model.sources.routed_tokens`): the gated run routes each block and sends the routed tokens' rows
+    (and with options.route_window W each unrouted token's last W keys as a row of its own); the
     dense baseline sends every token's row with the gate held open (dense queries and dense keys).
 
     `note`, if given, is called with one line for the user when the score format clips rows of an
@@ -63,8 +65,11 @@ def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: 
             note(clipping_note(source, share, peak, cfg))
 
     report = clipped if note else None
-    chosen, blocks = routed_tokens(source, cfg, rows, options.seed, report) if cfg.route_block else \
-        (rows_from(source, cfg, rows, options.seed, report), [])
+    if options.route_window and not cfg.route_block:
+        raise InputError(f"--route-window {options.route_window} gives unrouted tokens a window row: it needs a "
+                         "router (set route_block above 0)")
+    chosen, blocks, windows = routed_tokens(source, cfg, rows, options.seed, report, options.route_window) \
+        if cfg.route_block else (rows_from(source, cfg, rows, options.seed, report), [], None)
     files = outputs.files(dense_baseline)
     with contextlib.ExitStack() as stack:
         for folder in sorted({p.parent.resolve() for p in files}):
@@ -72,7 +77,7 @@ def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: 
             stack.enter_context(claim(folder, outputs=[glob.escape(p.name) for p in files
                                                        if p.parent.resolve() == folder]))
         gated = replace(options, vcd=_str(outputs.vcd))
-        runs = [("gated", make_routed_job(cfg, chosen, source, gated, blocks) if blocks
+        runs = [("gated", make_routed_job(cfg, chosen, source, gated, blocks, windows) if blocks
                  else make_job(cfg, chosen, source, gated))]
         if dense_baseline:
             runs.append(("dense", make_job(cfg, chosen, source,

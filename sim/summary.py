@@ -25,8 +25,10 @@ def record(job: Job, outcome: Outcome) -> dict:
     keys = sum(row.n for row in job.rows)
     kept = sum(e.kept for e in job.expected)
     token_keys = job.token_keys or keys
+    # With a window the rows past the routed ones are the unrouted tokens' windows (sim.runner.make_routed_job).
+    windows = len(job.rows) - sum(map(len, job.routed)) if job.blocks and job.options.route_window else 0
     entry = {
-        "rows": len(job.rows), "keys": keys, "kept_keys": kept,
+        "rows": len(job.rows), "window_rows": windows, "keys": keys, "kept_keys": kept,
         # The share of the whole dense work (every token's row, every key) that the run computed.
         "kept_fraction": kept / token_keys,
         "tokens": sum(map(len, job.blocks)) if job.blocks else len(job.rows), "token_keys": token_keys,
@@ -38,6 +40,7 @@ def record(job: Job, outcome: Outcome) -> dict:
         "value_bytes_fetched": outcome.values_fetched * job.cfg.head_dim * job.cfg.value_bits // 8,
         "config": job.cfg.to_dict(), "source": job.source, "seed": job.options.seed,
         "gaps": job.options.gaps, "backpressure": job.options.backpressure, "gate_open": job.options.gate_open,
+        "route_window": job.options.route_window,
         "vcd": job.options.vcd,
     }
     if job.options.vcd:

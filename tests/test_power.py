@@ -708,3 +708,14 @@ def test_routed_run_reports_row_level_dark_silicon(tmp_path):
     assert r["router_energy_fJ"] == g["energy_fJ_by_path"]["router"] > 10 * d["energy_fJ_by_path"]["router"]
     assert g["energy_fJ"] == pytest.approx(datapath["gated"] + r["router_energy_fJ"])
     assert "## Token routing: row-level dark silicon" in (tmp_path / "p" / "power.md").read_text()
+    # With a window of 3 keys the unrouted tokens' rows enter the chip as 3-key rows: still unrouted,
+    # and the datapath saves less.
+    assert main(["sim", *settings, "--rows", "40", "--route-window", "3", "--dense-baseline", "--vcd",
+                 str(tmp_path / "w" / "g.vcd"), "--build", build, "-o", str(tmp_path / "w" / "s.json"), "--quiet"]) == 0
+    assert main(["power", str(tmp_path / "w" / "g.vcd"), "--baseline", str(tmp_path / "w" / "g_dense.vcd"),
+                 "--manifest", str(tmp_path / "rtl" / "manifest.json"), "--summary", str(tmp_path / "w" / "s.json"),
+                 "-o", str(tmp_path / "pw")]) == 0
+    w = json.loads((tmp_path / "pw" / "power.json").read_text())["comparison"]["routing"]
+    assert (w["rows_computed"], w["window_rows"], w["unrouted_fraction"]) == ({"gated": 40, "dense": 40}, 30, 0.75)
+    assert r["datapath_saving"] > w["datapath_saving"] > 0
+    assert "of whose rows only their windows entered the chip (30 rows)" in (tmp_path / "pw" / "power.md").read_text()

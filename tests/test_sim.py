@@ -10,6 +10,7 @@ from golden_model.sources import rows_from
 from golden_model.stimulus import blocks_from
 from hpu.cli import main
 from hpu.config import HPUConfig
+from hpu.errors import InputError
 from power.vcd import scan
 from rtl_gen.generate import generate
 from rtl_gen.tools import ToolMissing
@@ -103,6 +104,33 @@ def test_native_verilator_reports_mismatches_and_stalls(seed, build_root, tmp_pa
     job.expected.append(job.expected[-1])   # waits for a fourth result that never comes
     with pytest.raises(SimulationError, match="HPU stalled under verilator-native: no result within .* 3 of 4 rows done"):
         run(job, "verilator-native", build_root=build_root, work_dir=tmp_path / "stall")
+
+
+def test_a_routed_job_sends_the_unrouted_tokens_windows():
+    """With route_window the host sends, block by block, the routed tokens' rows and then the unrouted
+    tokens' windows in token order; the summary counts the windows apart. A window without window rows,
+    or window rows without a window, is refused."""
+    from golden_model.stimulus import Row
+    from sim import summary
+    from sim.job import Outcome
+    from sim.runner import make_routed_job
+
+    tokens = rows_from("random", ROUTED, 30, 0)
+    windows = [Row(row.scores[-2:], row.values[-2:]) for row in tokens]
+    # Capacity ceil(T * 77 / 256): 8 of the first block's 24 tokens (the largest logits, 16..23), 2 of the last 6.
+    blocks = [list(range(24)), [5, 4, 3, 2, 1, 0]]
+    job = make_routed_job(ROUTED, tokens, "random", Options(route_window=2), blocks, windows)
+    assert job.routed == [list(range(16, 24)), [0, 1]]
+    assert job.rows == tokens[16:24] + windows[:16] + tokens[24:26] + windows[26:]
+    assert job.token_keys == sum(row.n for row in tokens)
+    record = summary.record(job, Outcome(rows_checked=30, mismatches=0, hpu_cycles=1, wall_s=1.0))
+    assert (record["rows"], record["window_rows"], record["route_window"], record["tokens"]) == (30, 20, 2, 30)
+    assert make_routed_job(ROUTED, tokens, "random", Options(), blocks).rows == tokens[16:24] + tokens[24:26]
+    for options, given in ((Options(), windows), (Options(route_window=2), None), (Options(route_window=2), windows[1:])):
+        with pytest.raises(InputError, match="one window row per token, and only with a window"):
+            make_routed_job(ROUTED, tokens, "random", options, blocks, given)
+    with pytest.raises(InputError, match="--route-window -1: must be a whole number of keys"):
+        Options(route_window=-1)
 
 
 def test_routing_mismatch_names_the_block(seed, build_root, tmp_path):

@@ -1134,10 +1134,17 @@ def test_a_bad_window_is_refused(fields, message):
         RouterConfig(**fields)
 
 
-def test_a_windowed_arm_trains_and_the_hpu_capture_refuses_it(data_config, corpus, tmp_path):
-    """An arm with route_window trains through `train` (its attention FLOPs count the windows); the
-    HPU's routed workload has no window rows, so `capture_rows` refuses its checkpoint in one line."""
-    from training.hardware import capture_rows
+def test_a_windowed_arm_trains_and_the_hpu_sends_its_windows(data_config, corpus, tmp_path):
+    """An arm with route_window trains through `train` (its attention FLOPs count the windows). Its
+    capture goes through `hpu sim --route-window`: the routed tokens' rows, then each unrouted token's
+    last 4 keys as a row (not the tail of a row cut to max_keys), whose golden result is the model's
+    window attention over the captured scores and values up to the HPU's quantization; all of it
+    bit-exact under Icarus, with the Verilog router's choice."""
+    from golden_model.quantize import dequantize_out, quantize_scores
+    from golden_model.sources import routed_tokens
+    from golden_model.stimulus import expected
+    from hpu.cli import main
+    from training.hardware import capture_rows, sim_arguments
 
     table = tiny_experiment(data_config).to_dict()
     table["arms"] = {"window": {"attention": "sdpa", "route": "sqdk", "route_fraction": 0.25, "route_block": 16,
@@ -1148,8 +1155,39 @@ def test_a_windowed_arm_trains_and_the_hpu_capture_refuses_it(data_config, corpu
     final = result["final"]
     # Routed rows see every earlier key, unrouted ones at most 4: between the routed share and all.
     assert final["routed_fraction"] < final["attention_fraction"] < 1
-    with pytest.raises(InputError, match="window of keys"):
-        capture_rows(tmp_path / "window-seed1" / "model", corpus.train[:16], tmp_path / "rows.npz")
+    model = tmp_path / "window-seed1" / "model"
+    settings = sim_arguments(model)
+    assert settings == ["--set route_block=16", "--set route_fraction=0.25", "--set route_bits=16", "--route-window 4"]
+    path = capture_rows(model, corpus.val["prose"][:32], tmp_path / "rows.npz")
+    with np.load(path) as f:
+        scores, values = torch.from_numpy(f["scores"]), torch.from_numpy(f["values"])
+
+    # max_keys 16 cuts the rows of tokens past 16 to their first 16 keys; their windows are still their last 4.
+    hpu = HPUConfig(head_dim=8, lanes=4, max_keys=16, route_block=16, route_fraction=0.25, mode="dense")
+    rows, blocks, windows = routed_tokens(str(path), hpu, 32, seed=0, window=4)
+    head = next(s for s in range(scores.shape[0] * scores.shape[1])
+                if torch.equal(quantize_scores(scores.flatten(0, 1)[s, 31, :16], hpu), torch.tensor(rows[31].scores)))
+    for t, window in enumerate(windows):
+        keys = slice(max(0, t - 3), t + 1)
+        assert window.scores == tuple(quantize_scores(scores.flatten(0, 1)[head, t, keys], hpu).tolist())
+        out = dequantize_out(torch.tensor([expected(hpu, [window])[0].out]),
+                             values.flatten(0, 1)[head, keys].abs().max()[None] / 127, hpu)[0]
+        float_out = torch.softmax(scores.flatten(0, 1)[head, t, keys], -1) @ values.flatten(0, 1)[head, keys]
+        assert torch.allclose(out, float_out, atol=0.03 * float(values.flatten(0, 1)[head, keys].abs().max()))
+    assert windows[31].scores != rows[31].scores[-4:]
+
+    summary = tmp_path / "summary.json"
+    argv = [word for setting in settings for word in setting.split()]
+    assert main(["sim", "--set", "head_dim=8", "--set", "lanes=4", "--set", "max_keys=32", "--mode", "dense", *argv,
+                 "--rows", "32", "--source", str(path), "--build", str(tmp_path / "build"), "-o", str(summary),
+                 "--quiet"]) == 0
+    gated = json.loads(summary.read_text())["runs"]["gated"]
+    # Blocks of 16 route 4 each: 8 whole rows and 24 windows, every one checked.
+    assert (gated["tokens"], gated["rows"], gated["window_rows"], gated["route_window"]) == (32, 32, 24, 4)
+    assert (gated["rows_checked"], gated["mismatches"], gated["routing_mismatches"]) == (32, 0, 0)
+    assert main(["sim", "--set", "head_dim=8", "--set", "lanes=4", "--set", "max_keys=32", "--route-window", "4",
+                 "--rows", "32", "--source", str(path), "--build", str(tmp_path / "build"), "-o", str(summary),
+                 "--quiet"]) == 2    # a window without a router
 
 
 def test_the_shipped_experiments_load_with_a_dense_baseline():
@@ -1291,7 +1329,7 @@ def test_a_trained_router_through_the_hpu_routing_step(routed_checkpoint, corpus
     assert logits.shape == (1, 4, 32) and torch.allclose(logits[0, 2], router.last["logits"][0].double())
 
     cfg = HPUConfig(head_dim=8, lanes=4, max_keys=32, route_block=16, route_fraction=0.5)
-    rows, blocks = routed_tokens(str(path), cfg, 32, seed=0)
+    rows, blocks, _ = routed_tokens(str(path), cfg, 32, seed=0)
     assert [len(row.scores) for row in rows] == list(range(1, 33))     # one head's tokens, in order
     assert blocks == [quantize_logits(logits[0, 0, i:i + 16], cfg).tolist() for i in (0, 16)]
     top = router.last["top"][0]
@@ -1534,7 +1572,7 @@ def test_attention_files_name_bad_router_logits(tmp_path):
         routed_tokens(str(tmp_path / "a.npz"), cfg, 9, 0)
     # Without router logits, random ones (the same as before files could carry them).
     np.savez(tmp_path / "b.npz", **arrays)
-    rows, blocks = routed_tokens(str(tmp_path / "b.npz"), cfg, 8, 0)
+    rows, blocks, _ = routed_tokens(str(tmp_path / "b.npz"), cfg, 8, 0)
     assert len(rows) == 8 and [len(b) for b in blocks] == [8]
 
 

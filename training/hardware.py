@@ -15,7 +15,8 @@ checkpoint's trained gate, so the hardware gates as the model was trained to be 
 while the model runs as it was trained (``hpu_capture``: its float gate, its routers), so that the
 deeper layers' rows come from the residual stream the trained model really has. A routed model's file
 holds its routed layers only, with each token's router logit (``router``), so `hpu sim` routes the
-model's own tokens.
+model's own tokens (with ``--route-window W`` for a model trained with route_window W: each unrouted
+token's last W keys as a row of its own, the window the model gave it).
 
 `router_quality` evaluates a routed checkpoint's loss by how its routers choose: the float top-k it was
 trained with, its causal predictors, the HPU's routing step on scores quantized to each of several
@@ -125,10 +126,6 @@ def capture_rows(model_dir: str | Path, tokens: np.ndarray, out: Path) -> Path:
     if any(r.cfg.route == "skip" for r in chosen):
         raise InputError(f"{model_dir} routes by skipping (unrouted tokens are no keys either); the HPU routes "
                          "queries only (sparse queries, dense keys): take a run of an sqdk arm")
-    if any(r.cfg.route_window for r in chosen):
-        raise InputError(f"{model_dir} gives unrouted tokens a window of keys; the HPU's routed workload sends "
-                         "the routed rows only, so its energy would leave the windows out: take a run without "
-                         "route_window")
     _captured = []
     try:
         with torch.no_grad():
@@ -244,6 +241,24 @@ def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
     return {"model": str(model_dir), "sequences": sequences, "length": length, "router": model.config.hpu_router,
             "routed_fraction": float(cfg.hpu.route_capacity(length)) / length, "loss": losses,
             "agreement_with_topk": agree}
+
+
+def router_config(model_dir: str | Path) -> routing.RouterConfig | None:
+    """A checkpoint's router settings (``hpu_router`` in its config), none for an unrouted model."""
+    from transformers import AutoConfig
+
+    router = getattr(AutoConfig.from_pretrained(model_dir), "hpu_router", None)
+    return routing.RouterConfig(**router) if router else None
+
+
+def sim_arguments(model_dir: str | Path) -> list[str]:
+    """The `hpu sim` arguments under which the HPU routes a captured sequence as the checkpoint's routers
+    did: their block, capacity and logit width, and their window (none for an unrouted model)."""
+    cfg = router_config(model_dir)
+    if cfg is None:
+        return []
+    return [f"--set route_block={cfg.route_block}", f"--set route_fraction={cfg.route_fraction}",
+            f"--set route_bits={cfg.route_bits}"] + ([f"--route-window {cfg.route_window}"] if cfg.route_window else [])
 
 
 def trained_with(model_dir: str | Path) -> tuple[bool, bool]:
