@@ -84,7 +84,8 @@ def measure(run: Path, base: HPUConfig, data: str | None, sequences: int, work: 
             "hpu_cycles": {name: sims[name]["hpu_cycles"] for name in ("gated", "dense")},
         }
     final = result["final"]
-    return {"arm": result["arm"], "seed": result["seed"], "route_window": window, "hpu": cfg.to_dict(),
+    return {"arm": result["arm"], "seed": result["seed"], "fingerprint": result["fingerprint"],
+            "route_window": window, "hpu": cfg.to_dict(),
             "validation_loss": final["loss"], "attention_fraction": final.get("attention_fraction"),
             "splits": splits}
 
