@@ -1188,6 +1188,20 @@ def test_a_windowed_arm_trains_and_the_hpu_sends_its_windows(data_config, corpus
     assert main(["sim", "--set", "head_dim=8", "--set", "lanes=4", "--set", "max_keys=32", "--route-window", "4",
                  "--rows", "32", "--source", str(path), "--build", str(tmp_path / "build"), "-o", str(summary),
                  "--quiet"]) == 2    # a window without a router
+    # The benchmark's whole path on this run: one block of 16 tokens, 4 routed, 12 windows, on the
+    # routing configuration (heads of 8 widened to its 64 by the next heads' columns).
+    from benchmarks.routed_hardware import measure
+    from conftest import REPO
+
+    figures = measure(tmp_path / "window-seed1", HPUConfig.load(f"{REPO}/configs/routing.toml"), None, 1,
+                      tmp_path / "bench", None)
+    assert (figures["arm"], figures["route_window"], figures["hpu"]["mode"]) == ("window", 4, "dense")
+    for split in corpus.val:
+        s = figures["splits"][split]
+        assert (s["tokens"], s["routed_rows"], s["window_rows"], s["mismatches"], s["routing_mismatches"]) == \
+            (16, 4, 12, 0, 0)
+        assert s["unrouted_fraction"] == 0.75 and 0 < s["saving"]["hpu"] < 1
+        assert s["hpu16_agreement"] == 1.0 and s["loss"]["hpu16"] == s["loss"]["topk"]
 
 
 def test_the_shipped_experiments_load_with_a_dense_baseline():
