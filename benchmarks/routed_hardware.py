@@ -21,6 +21,8 @@ of it is taken from the run. The figures are ratios against the dense run of the
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from pathlib import Path
 
 from benchmarks.common import write
@@ -33,17 +35,6 @@ from sim.job import Options
 ENERGY = Path("benchmarks/results/calibration/energy.toml")
 
 
-def hpu_for(base: HPUConfig, model: Path) -> tuple[HPUConfig, int]:
-    """`base` routing as the checkpoint's routers do, the gate held open; and their window."""
-    from training.hardware import router_config
-
-    router = router_config(model)
-    if router is None:
-        raise SystemExit(f"{model} has no router: name runs of routed arms")
-    fields = {f: getattr(router.hpu, f) for f in ("route_block", "route_fraction", "route_bits")}
-    return base.replace(mode="dense", **fields), router.route_window
-
-
 def measure(run: Path, base: HPUConfig, data: str | None, sequences: int, work: Path, energy: Path | None) -> dict:
     from training import data as training_data
     from training import hardware
@@ -52,10 +43,10 @@ def measure(run: Path, base: HPUConfig, data: str | None, sequences: int, work: 
 
     result = read_json(run / RESULT, "run result", "name the folder of a finished `hpu train` run")
     model = run / MODEL
-    cfg, window = hpu_for(base, model)
+    cfg, window = hardware.hpu_for(base, model)
     corpus = training_data.prepare(TrainConfig.from_dict(result["config"]).with_source(data).data, progress=False)
     length = cfg.route_block
-    rtl = work / f"rtl-{cfg.route_fraction}-{cfg.route_block}"
+    rtl = work / f"rtl-{hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]}"
     if not (rtl / "manifest.json").is_file():
         generate(cfg, rtl)
     splits = {}

@@ -169,6 +169,7 @@ def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int, clipped: C
             picks = [(s, q) for q in range(count)] if router is not None else random_picks(scores, count, rng)
             rows = _named(what, lambda: head_rows(scores, values, lengths, cfg, picks))
             if window:
+                _check_windows(what, lengths, picks, cfg)
                 windows = _named(what, lambda: head_rows(scores, values, lengths, cfg, picks, window))
             if router is not None:
                 return rows, [quantize_logits(router[s, start:start + cfg.route_block], cfg).tolist()
@@ -179,6 +180,22 @@ def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int, clipped: C
             windows = [Row(row.scores[-window:], row.values[-window:]) for row in rows]
     lengths = [min(cfg.route_block, count - start) for start in range(0, count, cfg.route_block)]
     return rows, random_blocks(cfg, len(lengths), random.Random(seed), lengths), windows
+
+
+def _check_windows(what: str, lengths: torch.Tensor, picks: list[tuple[int, int]], cfg: HPUConfig) -> None:
+    """Refuse windows that would not be the model's, or not the same work as the whole rows they stand
+    beside: a row that does not end at its own query (not causal: its last keys are not its nearest),
+    and one longer than max_keys (its whole row is cut to the first max_keys keys, its window is not)."""
+    for s, q in picks:
+        if int(lengths[s, q]) != q + 1:
+            raise InputError(f"--route-window: {what} is not causal (query {q} of head set {s} has "
+                             f"{int(lengths[s, q])} keys, not {q + 1}): a window is a causal row's last keys; "
+                             "capture a causal model")
+    longest = max(int(lengths[s, q]) for s, q in picks)
+    if longest > cfg.max_keys:
+        raise InputError(f"--route-window: {what} has rows of up to {longest} keys, past max_keys ({cfg.max_keys}), "
+                         f"which cuts whole rows to their first keys but not windows: set max_keys >= {longest} "
+                         "or ask for fewer --rows")
 
 
 def clipping(scores: torch.Tensor, lengths: torch.Tensor, cfg: HPUConfig) -> tuple[float, float]:

@@ -289,8 +289,9 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
                 result[split]["router"] = hardware.router_quality(model, stream, args.sequences)
             if args.capture:
                 rows = hardware.capture_rows(model, stream[:args.length], Path(args.output) / f"rows-{split}.npz")
-                print(f"attention file: {rows} (hpu sim --source {rows} --rows {args.length} "
-                      + " ".join(hardware.sim_arguments(model)) + ")")
+                settings = ([f"--config {args.config}"] if args.config else []) + [f"--set {s}" for s in args.set]
+                print(f"attention file: {rows} (" + " ".join(["hpu sim --source", str(rows), "--rows", str(args.length),
+                                                              *settings, *hardware.sim_arguments(cfg, model)]) + ")")
         write_json(Path(args.output) / "hardware.json", result)
     for split, r in result.items():
         if gate and r["rows_clipped"]:

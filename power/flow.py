@@ -90,7 +90,11 @@ def analyze(req: Request, out_dir: Path, log=print) -> dict[str, Path]:
             log(f"{name}: {vcd}: {a.cycles} cycles, {a.counts.bytes_read / 1e6:.1f} MB", flush=True)
         if len(measured) == 2:
             rows = [run.activity.rows_delivered for run in measured]
-            # A routed run computes only its routed tokens' rows: its summary says how many.
+            # A routed run computes its routed tokens' rows (and their windows, if any): only its summary
+            # says how many, and which tokens the rows stand for.
+            if not runs and measured[0].activity.design.manifest["config"].get("route_block"):
+                raise InputError("the HPU of these dumps routes tokens: pass the --summary that `hpu sim` wrote "
+                                 "with them, which says which tokens their rows stand for")
             want = [runs[name]["rows"] for name in dumps] if runs else [rows[1], rows[1]]
             if rows != want:
                 raise InputError(f"the dumps are not of the runs' rows: the HPU delivered {rows[0]} rows in {req.vcd} "

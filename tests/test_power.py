@@ -715,6 +715,10 @@ def test_routed_run_reports_row_level_dark_silicon(tmp_path):
     assert main(["power", str(tmp_path / "w" / "g.vcd"), "--baseline", str(tmp_path / "w" / "g_dense.vcd"),
                  "--manifest", str(tmp_path / "rtl" / "manifest.json"), "--summary", str(tmp_path / "w" / "s.json"),
                  "-o", str(tmp_path / "pw")]) == 0
+    # Without the summary the dumps cannot say which tokens their rows stand for (here as many rows as
+    # the dense run's): refused, not read as a plain gated run.
+    assert main(["power", str(tmp_path / "w" / "g.vcd"), "--baseline", str(tmp_path / "w" / "g_dense.vcd"),
+                 "--manifest", str(tmp_path / "rtl" / "manifest.json"), "-o", str(tmp_path / "pn")]) == 2
     w = json.loads((tmp_path / "pw" / "power.json").read_text())["comparison"]["routing"]
     assert (w["rows_computed"], w["window_rows"], w["unrouted_fraction"]) == ({"gated": 40, "dense": 40}, 30, 0.75)
     assert r["datapath_saving"] > w["datapath_saving"] > 0

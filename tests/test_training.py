@@ -1137,7 +1137,7 @@ def test_a_bad_window_is_refused(fields, message):
 def test_a_windowed_arm_trains_and_the_hpu_sends_its_windows(data_config, corpus, tmp_path):
     """An arm with route_window trains through `train` (its attention FLOPs count the windows). Its
     capture goes through `hpu sim --route-window`: the routed tokens' rows, then each unrouted token's
-    last 4 keys as a row (not the tail of a row cut to max_keys), whose golden result is the model's
+    last 4 keys as a row (refused where max_keys would cut the whole rows), whose golden result is the model's
     window attention over the captured scores and values up to the HPU's quantization; all of it
     bit-exact under Icarus, with the Verilog router's choice."""
     from golden_model.quantize import dequantize_out, quantize_scores
@@ -1156,17 +1156,19 @@ def test_a_windowed_arm_trains_and_the_hpu_sends_its_windows(data_config, corpus
     # Routed rows see every earlier key, unrouted ones at most 4: between the routed share and all.
     assert final["routed_fraction"] < final["attention_fraction"] < 1
     model = tmp_path / "window-seed1" / "model"
-    settings = sim_arguments(model)
-    assert settings == ["--set route_block=16", "--set route_fraction=0.25", "--set route_bits=16", "--route-window 4"]
+    # Beyond the base configuration: the model's head width, the gate held open (it trained without
+    # one), its routers' block and capacity (route_bits 16 is the base's), their window.
+    settings = sim_arguments(HPUConfig(lanes=4), model)
+    assert settings == ["--set head_dim=8", "--set mode=dense", "--set route_block=16", "--set route_fraction=0.25",
+                        "--route-window 4"]
     path = capture_rows(model, corpus.val["prose"][:32], tmp_path / "rows.npz")
     with np.load(path) as f:
         scores, values = torch.from_numpy(f["scores"]), torch.from_numpy(f["values"])
 
-    # max_keys 16 cuts the rows of tokens past 16 to their first 16 keys; their windows are still their last 4.
-    hpu = HPUConfig(head_dim=8, lanes=4, max_keys=16, route_block=16, route_fraction=0.25, mode="dense")
+    hpu = HPUConfig(head_dim=8, lanes=4, max_keys=32, route_block=16, route_fraction=0.25, mode="dense")
     rows, blocks, windows = routed_tokens(str(path), hpu, 32, seed=0, window=4)
     head = next(s for s in range(scores.shape[0] * scores.shape[1])
-                if torch.equal(quantize_scores(scores.flatten(0, 1)[s, 31, :16], hpu), torch.tensor(rows[31].scores)))
+                if torch.equal(quantize_scores(scores.flatten(0, 1)[s, 31], hpu), torch.tensor(rows[31].scores)))
     for t, window in enumerate(windows):
         keys = slice(max(0, t - 3), t + 1)
         assert window.scores == tuple(quantize_scores(scores.flatten(0, 1)[head, t, keys], hpu).tolist())
@@ -1174,11 +1176,18 @@ def test_a_windowed_arm_trains_and_the_hpu_sends_its_windows(data_config, corpus
                              values.flatten(0, 1)[head, keys].abs().max()[None] / 127, hpu)[0]
         float_out = torch.softmax(scores.flatten(0, 1)[head, t, keys], -1) @ values.flatten(0, 1)[head, keys]
         assert torch.allclose(out, float_out, atol=0.03 * float(values.flatten(0, 1)[head, keys].abs().max()))
-    assert windows[31].scores != rows[31].scores[-4:]
+    # max_keys 16 would cut whole rows past 16 keys but not their windows: not the same work, refused;
+    # so is a file whose rows are not causal.
+    with pytest.raises(InputError, match="rows of up to 32 keys, past max_keys .16."):
+        routed_tokens(str(path), hpu.replace(max_keys=16), 32, seed=0, window=4)
+    with np.load(path) as f:
+        np.savez(tmp_path / "wide.npz", **{k: f[k] for k in f.files if k != "lengths"})
+    with pytest.raises(InputError, match=r"is not causal .query 0 of head set \d+ has 32 keys, not 1."):
+        routed_tokens(str(tmp_path / "wide.npz"), hpu, 32, seed=0, window=4)
 
     summary = tmp_path / "summary.json"
     argv = [word for setting in settings for word in setting.split()]
-    assert main(["sim", "--set", "head_dim=8", "--set", "lanes=4", "--set", "max_keys=32", "--mode", "dense", *argv,
+    assert main(["sim", "--set", "lanes=4", "--set", "max_keys=32", *argv,
                  "--rows", "32", "--source", str(path), "--build", str(tmp_path / "build"), "-o", str(summary),
                  "--quiet"]) == 0
     gated = json.loads(summary.read_text())["runs"]["gated"]
@@ -1189,13 +1198,16 @@ def test_a_windowed_arm_trains_and_the_hpu_sends_its_windows(data_config, corpus
                  "--rows", "32", "--source", str(path), "--build", str(tmp_path / "build"), "-o", str(summary),
                  "--quiet"]) == 2    # a window without a router
     # The benchmark's whole path on this run: one block of 16 tokens, 4 routed, 12 windows, on the
-    # routing configuration (heads of 8 widened to its 64 by the next heads' columns).
+    # routing configuration with the model's heads of 8 (lanes that divide them).
     from benchmarks.routed_hardware import measure
     from conftest import REPO
 
-    figures = measure(tmp_path / "window-seed1", HPUConfig.load(f"{REPO}/configs/routing.toml"), None, 1,
-                      tmp_path / "bench", None)
-    assert (figures["arm"], figures["route_window"], figures["hpu"]["mode"]) == ("window", 4, "dense")
+    routing_hpu = HPUConfig.load(f"{REPO}/configs/routing.toml")
+    with pytest.raises(InputError, match="pass a --config whose lanes divide head_dim 8"):
+        measure(tmp_path / "window-seed1", routing_hpu, None, 1, tmp_path / "bench", None)
+    figures = measure(tmp_path / "window-seed1", routing_hpu.replace(lanes=4), None, 1, tmp_path / "bench", None)
+    assert (figures["arm"], figures["route_window"], figures["hpu"]["mode"], figures["hpu"]["head_dim"]) == \
+        ("window", 4, "dense", 8)
     for split in corpus.val:
         s = figures["splits"][split]
         assert (s["tokens"], s["routed_rows"], s["window_rows"], s["mismatches"], s["routing_mismatches"]) == \

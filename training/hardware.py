@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from golden_model.quantize import attention_scores, clipped_rows, row_tops
 from golden_model.reference import admissible_mask, scored_fixed_point_attention
-from hpu.config import HPUConfig
+from hpu.config import ConfigError, HPUConfig
 from hpu.errors import InputError
 from training import attention, routing
 from training.loop import held_out_sequences
@@ -251,14 +251,32 @@ def router_config(model_dir: str | Path) -> routing.RouterConfig | None:
     return routing.RouterConfig(**router) if router else None
 
 
-def sim_arguments(model_dir: str | Path) -> list[str]:
-    """The `hpu sim` arguments under which the HPU routes a captured sequence as the checkpoint's routers
-    did: their block, capacity and logit width, and their window (none for an unrouted model)."""
-    cfg = router_config(model_dir)
-    if cfg is None:
-        return []
-    return [f"--set route_block={cfg.route_block}", f"--set route_fraction={cfg.route_fraction}",
-            f"--set route_bits={cfg.route_bits}"] + ([f"--route-window {cfg.route_window}"] if cfg.route_window else [])
+def hpu_for(base: HPUConfig, model_dir: str | Path) -> tuple[HPUConfig, int]:
+    """`base` set to run a checkpoint's captured rows as the model ran them: its head width, its trained
+    gate (held open, mode dense, for a model trained without one), its routers' block, capacity and
+    logit width; and their window (0 without one). Everything else (widths, lanes, max_keys) is base's."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    changes = {"head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads}
+    gate = getattr(config, "hpu_gate", None)
+    changes.update({name: gate[name] for name in attention.GATE_FIELDS} if gate else {"mode": "dense"})
+    router = router_config(model_dir)
+    if router:
+        changes.update({name: getattr(router.hpu, name) for name in ("route_block", "route_fraction", "route_bits")})
+    try:
+        return base.replace(**changes), router.route_window if router else 0
+    except ConfigError as exc:
+        raise InputError(f"{model_dir}: the HPU configuration cannot take this model's settings ({exc}); pass a "
+                         f"--config whose lanes divide head_dim {changes['head_dim']}") from None
+
+
+def sim_arguments(base: HPUConfig, model_dir: str | Path) -> list[str]:
+    """The `hpu sim` arguments, beyond `base`'s, under which the HPU runs a checkpoint's captured rows as
+    the model did (`hpu_for`): the fields that differ, and the routers' window."""
+    cfg, window = hpu_for(base, model_dir)
+    differ = [f"--set {name}={value}" for name, value in cfg.to_dict().items() if base.to_dict()[name] != value]
+    return differ + ([f"--route-window {window}"] if window else [])
 
 
 def trained_with(model_dir: str | Path) -> tuple[bool, bool]:
