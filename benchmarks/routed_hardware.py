@@ -11,11 +11,12 @@ For each finished routed run (`hpu train`) and each held-out split, the same ste
   with their router logits, simulated under Icarus bit for bit against the golden model: the
   Verilog router chooses the routed tokens, the host sends their rows (and, for a run trained with
   route_window W, every unrouted token's last W keys as a row of its own), against every token's
-  whole row; the gate held open in both, as the runs trained without it;
+  whole row; the gate as the run trained (held open in both for a run trained without it);
 - both dumps read by `hpu power` with the calibrated energy table: the row-level dark silicon.
 
-The HPU is `--config` with the run's router settings (block, capacity, logit width); nothing else
-of it is taken from the run. The figures are ratios against the dense run of the same rows.
+The HPU is `--config` set as the run's model ran (`training.hardware.hpu_for`: its head width, its gate
+or the gate held open, its routers' block, capacity and logit width); its widths, lanes and max_keys
+are the configuration's. The figures are ratios against the dense run of the same rows.
 """
 
 from __future__ import annotations
