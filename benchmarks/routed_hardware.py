@@ -22,34 +22,28 @@ are the configuration's. The figures are ratios against the dense run of the sam
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 from pathlib import Path
 
 from benchmarks.common import write
 from hpu.config import HPUConfig
 from hpu.files import read_json
 from power.flow import run_workload
-from rtl_gen.generate import generate
 from sim.job import Options
+from sim.runner import generated_rtl
 
 ENERGY = Path("benchmarks/results/calibration/energy.toml")
 
 
 def measure(run: Path, base: HPUConfig, data: str | None, sequences: int, work: Path, energy: Path | None) -> dict:
-    from training import data as training_data
     from training import hardware
-    from training.config import TrainConfig
-    from training.loop import MODEL, RESULT
+    from training.loop import MODEL, RESULT, run_corpus
 
     result = read_json(run / RESULT, "run result", "name the folder of a finished `hpu train` run")
     model = run / MODEL
     cfg, window = hardware.hpu_for(base, model)
-    corpus = training_data.prepare(TrainConfig.from_dict(result["config"]).with_source(data).data, progress=False)
+    corpus = run_corpus(result, data, progress=False)
     length = cfg.route_block
-    rtl = work / f"rtl-{hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]}"
-    if not (rtl / "manifest.json").is_file():
-        generate(cfg, rtl)
+    rtl = generated_rtl(cfg, work).manifest.parent
     splits = {}
     (work / run.name).mkdir(parents=True, exist_ok=True)
     for split, stream in sorted(corpus.val.items()):

@@ -268,9 +268,8 @@ def cmd_fit_predictors(args: argparse.Namespace) -> int:
 def cmd_train_hardware(args: argparse.Namespace) -> int:
     from golden_model.quantize import clipping_note
     from hpu.files import read_json, write_json
-    from training import data, hardware
-    from training.config import TrainConfig
-    from training.loop import MODEL, RESULT
+    from training import hardware
+    from training.loop import MODEL, RESULT, run_corpus
 
     cfg = load_config(args)
     run = read_json(Path(args.run) / RESULT, "run result", "name the folder of a finished `hpu train` run")
@@ -278,7 +277,7 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
     gated, routed = hardware.trained_with(model)
     # A dense run gets the configuration's gate after the fact: how sparse the rule finds it.
     gate = gated or not routed
-    corpus = data.prepare(TrainConfig.from_dict(run["config"]).with_source(args.data).data, progress=not args.quiet)
+    corpus = run_corpus(run, args.data, progress=not args.quiet)
     splits = {split: stream for split, stream in sorted(corpus.val.items()) if len(stream) > args.length}
     with claim(args.output, "report folder", ("hardware.json", "rows-*.npz")):
         result = {split: {} for split in splits}
@@ -309,11 +308,11 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
 
 
 def cmd_train_gap(args: argparse.Namespace) -> int:
-    from training import attribution, data
-    from training.config import TrainConfig
+    from training import attribution
+    from training.loop import run_corpus
 
     run, _, _ = attribution.check(args.arm_run, args.base_run, args.device)
-    corpus = data.prepare(TrainConfig.from_dict(run["config"]).with_source(args.data).data, progress=not args.quiet)
+    corpus = run_corpus(run, args.data, progress=not args.quiet)
     if corpus.fingerprint != run["data"]:
         raise InputError(f"the text given is not the token stream {args.arm_run} trained on: pass the runs' --data")
     with claim(args.output, "report folder", (attribution.JSON, attribution.TABLE, attribution.PLOT)):

@@ -15,7 +15,7 @@ from golden_model.stimulus import Row, expected, expected_routed, validate_block
 from hpu.config import HPUConfig
 from hpu.errors import HPUError, InputError
 from hpu.files import shared_lock, staged
-from rtl_gen.generate import generate
+from rtl_gen.generate import Generated, generate
 from rtl_gen.manifest import MANIFEST, config_difference, load_manifest, manifest_config
 from rtl_gen.tools import SIMULATORS, iverilog, verilator_env
 from sim import native
@@ -94,11 +94,16 @@ def _verilog(cfg: HPUConfig, build_root: Path, verilog_dir: str | Path | None) -
                                   "run `hpu gen` for this one")
         verilog = Path(verilog_dir) / manifest["verilog"]
     else:
-        # Always regenerate: a configuration's Verilog changes whenever the design does. The
-        # simulator build below is cached by the Verilog's own hash.
-        key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-        verilog = generate(cfg, build_root / f"rtl-{key}").verilog
+        verilog = generated_rtl(cfg, build_root).verilog
     return verilog
+
+
+def generated_rtl(cfg: HPUConfig, build_root: Path) -> Generated:
+    """`hpu gen`'s output for `cfg` in a folder of `build_root` named by the configuration. Always
+    regenerated: a configuration's Verilog changes whenever the design does (simulator builds are
+    cached by the Verilog's own hash)."""
+    key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return generate(cfg, build_root / f"rtl-{key}")
 
 
 def _build(verilog: Path, cfg: HPUConfig, sim: str, build_root: Path, env: dict, waves: str | None) -> Path:

@@ -275,7 +275,8 @@ def sim_arguments(base: HPUConfig, model_dir: str | Path) -> list[str]:
     """The `hpu sim` arguments, beyond `base`'s, under which the HPU runs a checkpoint's captured rows as
     the model did (`hpu_for`): the fields that differ, and the routers' window."""
     cfg, window = hpu_for(base, model_dir)
-    differ = [f"--set {name}={value}" for name, value in cfg.to_dict().items() if base.to_dict()[name] != value]
+    given = base.to_dict()
+    differ = [f"--set {name}={value}" for name, value in cfg.to_dict().items() if given[name] != value]
     return differ + ([f"--route-window {window}"] if window else [])
 
 

@@ -33,7 +33,7 @@ from hpu.errors import InputError
 from hpu.files import claim, read_json, staged, write_json
 from training import attention, routing
 from training.config import Arm, TrainConfig
-from training.data import EOS, Corpus
+from training.data import EOS, Corpus, prepare
 
 RESULT = "result.json"
 STATE = "state.pt"
@@ -269,6 +269,11 @@ def train_step(model, wrapped, optimizer, sequences: np.ndarray, cfg: TrainConfi
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum
+
+
+def run_corpus(run: dict, source: str | Path | None = None, progress: bool = True) -> Corpus:
+    """The corpus a finished run's result (`RESULT`) names, its text read from `source` when given."""
+    return prepare(TrainConfig.from_dict(run["config"]).with_source(source).data, progress=progress)
 
 
 def run_folder(root: str | Path, arm: Arm, seed: int) -> Path:
