@@ -108,7 +108,7 @@ def run(spec: Spec, out: Path, scheduler: str | None = None, workers: int | None
                 eta = elapsed / done * (len(missing) - done)
                 log(f"  {done + cached}/{len(todo)} done ({cached} cached, {failed} failed), ETA {eta:.0f} s")
     return [{"point": t.point, **t.assignment, "workload": t.workload["source"], "workload_rows": t.workload["rows"],
-             "key": t.key, **results[t.key]} for t in todo]
+             "workload_route_window": t.workload["route_window"], "key": t.key, **results[t.key]} for t in todo]
 
 
 

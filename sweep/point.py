@@ -79,7 +79,7 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
             result["area_nand2"] = area["total"]["area_nand2_eq"]
             result["area_nand2_by_module"] = {name: mod["area_nand2_eq"] for name, mod in area["modules"].items()}
         source, rows = workload["source"], workload["rows"]
-        options = Options(seed=seed)
+        options = Options(seed=seed, route_window=workload["route_window"])
         if "energy" in metrics:
             summary, power = run_workload(cfg, "run", source, rows, options, work,
                                           rtl, Path(energy) if energy else None, log=lambda *a, **k: None,
@@ -99,7 +99,7 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
         run = summary["runs"]["gated"]
         kept = run["kept_keys"] / max(run["keys"], 1)
         result.update({"rows_checked": run["rows_checked"], "mismatches": run["mismatches"],
-                       "kept_fraction": kept})
+                       "kept_fraction": kept, "window_rows": run["window_rows"]})
         if "cycles" in metrics:
             ideal = cfg.ideal_mac_cycles(run["keys"] / rows, run["kept_keys"] / rows)
             result.update({"cycles_per_row": run["hpu_cycles"] / rows, "ideal_cycles_per_row": ideal,

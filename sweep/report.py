@@ -14,6 +14,8 @@ from sweep.spec import Spec
 # Objectives of the Pareto front: lower is better for each, except quality.
 OBJECTIVES = {"energy_pj_per_row_gated": "min", "quality_embedding_cos_mean": "max", "area_nand2": "min",
               "cycles_per_row": "min"}
+# What names a workload: rows are compared (the Pareto front) only with rows of the same workload.
+WORKLOAD = ("workload", "workload_rows", "workload_route_window")
 FILES = {"csv": "sweep.csv", "parquet": "sweep.parquet", "pareto": "pareto.json", "energy_png": "energy.png",
          "sensitivity_png": "sensitivity.png", "html": "index.html"}
 
@@ -21,7 +23,7 @@ FILES = {"csv": "sweep.csv", "parquet": "sweep.parquet", "pareto": "pareto.json"
 def columns(rows: list[dict], fields: list[str]) -> list[str]:
     """The fields first, then every figure in the order it first appears; per-module areas last."""
     flat = [_flat(r) for r in rows]
-    names = ["point", *fields, "workload", "workload_rows", "status"]
+    names = ["point", *fields, *WORKLOAD, "status"]
     for r in flat:
         names += [k for k in r if k not in names]
     return names
@@ -46,11 +48,15 @@ def pareto(rows: list[dict]) -> list[int]:
     front = []
     for i in ok:
         si = score(rows[i])
-        beaten = any(rows[j]["workload"] == rows[i]["workload"] and all(a <= b for a, b in zip(score(rows[j]), si))
+        beaten = any(_workload(rows[j]) == _workload(rows[i]) and all(a <= b for a, b in zip(score(rows[j]), si))
                      and score(rows[j]) != si for j in ok if j != i)
         if not beaten:
             front.append(i)
     return front
+
+
+def _workload(row: dict) -> tuple:
+    return tuple(row.get(k) for k in WORKLOAD)
 
 
 def write(rows: list[dict], spec: Spec, out: Path) -> dict[str, Path]:

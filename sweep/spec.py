@@ -16,6 +16,8 @@
     [[sweep.workload]]               # one or more; each point runs every workload
     source = "random"                # random, adversarial, minilm, minilm-long, or an attention file
     rows = 4
+    route_window = 8                 # optional, routed designs: each unrouted token's last 8 keys as a
+                                     # row of its own (`hpu sim --route-window`), as a model trained so
 
 A point is one assignment of the fields on top of the base; the spec is data (TOML), never code.
 """
@@ -41,6 +43,7 @@ SAMPLES = ("grid", "random")
 class Workload:
     source: str
     rows: int
+    route_window: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,17 @@ def load(path: str | Path) -> Spec:
             raise InputError(f"{path}: workload source {source!r} is none of {', '.join(SOURCES)} nor an attention file")
         if not isinstance(rows, int) or rows < 1:
             raise InputError(f"{path}: workload {source}: rows must be a whole number of at least 1")
-        workloads.append(Workload(source, rows))
+        window = entry.get("route_window", 0)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise InputError(f"{path}: workload {source}: route_window must be a whole number of keys, 0 for none")
+        if window and not base["route_block"] and not any(raw_fields.get("route_block", [])):
+            raise InputError(f"{path}: workload {source}: route_window {window} sends unrouted tokens' windows, "
+                             "which needs a router: set route_block in the base or in [sweep.fields]")
+        unknown = sorted(set(entry) - {"source", "rows", "route_window"})
+        if unknown:
+            raise InputError(f"{path}: workload {source}: unknown entr{'ies' if len(unknown) > 1 else 'y'} "
+                             f"{', '.join(unknown)} (source, rows, route_window)")
+        workloads.append(Workload(source, rows, window))
     if not workloads:
         raise InputError(f"{path}: give at least one [[sweep.workload]] with a source and rows")
     metrics = tuple(sweep.get("metrics", ("area", "cycles", "energy")))

@@ -55,10 +55,31 @@ def test_grid_and_random_points_are_fixed_by_the_spec(tmp_path):
     (('source = "random"', 'source = "nope"'), "workload source 'nope'"),
     (("rows = 1", "rows = 0"), "rows must be a whole number of at least 1"),
     (("seed = 3", "seed = 3\nworkers = 2"), "unknown [sweep] entry workers"),
+    (("rows = 1", "rows = 1\nroute_window = -1"), "route_window must be a whole number of keys"),
+    (("rows = 1", "rows = 1\nroute_window = 2"), "route_window 2 sends unrouted tokens' windows, which needs a router"),
+    (("rows = 1", "rows = 1\nwindow = 2"), "workload random: unknown entry window"),
 ])
 def test_bad_specs_are_refused_in_one_line(tmp_path, change, message):
     with pytest.raises(InputError, match=message.replace("[", "\\[").replace("]", "\\]")):
         sweep_spec.load(write_spec(tmp_path, SPEC.replace(*change)))
+
+
+def test_a_workload_with_a_window_sends_the_unrouted_tokens_windows(tmp_path):
+    """A routed design's workload with route_window W: each unrouted token's last W keys run as a row of
+    their own beside the routed rows (`hpu sim --route-window`), all checked against the golden model."""
+    from hpu.config import HPUConfig, resolve
+    from sweep.point import evaluate
+
+    config = HPUConfig.load(resolve("small")).replace(route_block=8, route_fraction=0.25).to_dict()
+    figures = [evaluate(config, {"source": "random", "rows": 8, "route_window": w}, ["cycles"], 1, None, "icarus",
+                        str(tmp_path)) for w in (0, 2)]
+    # Capacity: 2 of the block's 8 tokens are routed; with the window the other 6 send 2 keys each.
+    assert [(f["status"], f["rows_checked"], f["mismatches"], f["window_rows"]) for f in figures] == [
+        ("ok", 2, 0, 0), ("ok", 8, 0, 6)]
+    assert figures[1]["cycles_per_row"] > figures[0]["cycles_per_row"]
+    spec = sweep_spec.load(write_spec(tmp_path, SPEC.replace("rows = 1", "rows = 1\nroute_window = 2")
+                                      .replace("lanes = [2, 3]", "route_block = [8]")))
+    assert [w.route_window for w in spec.workloads] == [2]
 
 
 def test_pareto_front_keeps_the_unbeaten_per_workload():
