@@ -81,7 +81,7 @@ def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: 
                  else make_job(cfg, chosen, source, gated))]
         if dense_baseline:
             runs.append(("dense", make_job(cfg, chosen, source,
-                                           replace(options, gate_open=True, vcd=_str(outputs.dense_vcd)))))
+                                           replace(options, gate_open=True, route_window=0, vcd=_str(outputs.dense_vcd)))))
         summary = sim_summary.build(sim, {name: _run_one(name, job, sim, build, progress, log, verilog_dir)
                                           for name, job in runs})
         if outputs.summary:

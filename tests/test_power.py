@@ -719,6 +719,9 @@ def test_routed_run_reports_row_level_dark_silicon(tmp_path):
     # the dense run's): refused, not read as a plain gated run.
     assert main(["power", str(tmp_path / "w" / "g.vcd"), "--baseline", str(tmp_path / "w" / "g_dense.vcd"),
                  "--manifest", str(tmp_path / "rtl" / "manifest.json"), "-o", str(tmp_path / "pn")]) == 2
+    ws = json.loads((tmp_path / "w" / "s.json").read_text())["runs"]
+    # The dense baseline sends every token's whole row and no windows, and says so.
+    assert [(ws[n]["route_window"], ws[n]["window_rows"]) for n in ("gated", "dense")] == [(3, 30), (0, 0)]
     w = json.loads((tmp_path / "pw" / "power.json").read_text())["comparison"]["routing"]
     assert (w["rows_computed"], w["window_rows"], w["unrouted_fraction"]) == ({"gated": 40, "dense": 40}, 30, 0.75)
     assert r["datapath_saving"] > w["datapath_saving"] > 0
