@@ -1122,6 +1122,7 @@ def test_a_window_gives_unrouted_tokens_their_recent_keys():
     assert _router_cell(router.cfg) == "sqdk 0.50 window 3"
     assert _router_cell(routing.RouterConfig(route_layers="alternate")) == "sqdk 0.20 every other layer"
     assert _router_cell(routing.RouterConfig(route_predictor="rank")) == "sqdk 0.20 rank predictor"
+    assert _router_cell(routing.RouterConfig(route_fraction=1 / 256)) == "sqdk 0.003906"
 
 
 @pytest.mark.parametrize("fields, message", [({"route": "skip", "route_window": 4}, "needs route = 'sqdk'"),

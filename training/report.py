@@ -373,7 +373,9 @@ def report(root: str | Path, out: str | Path) -> dict:
 
 
 def _router_cell(router: RouterConfig) -> str:
-    return " ".join([router.route, f"{router.route_fraction:.2f}",
+    fraction = router.route_fraction
+    # Two decimals where they say it all; a capacity like 1/256 keeps its figures instead of reading 0.00.
+    return " ".join([router.route, f"{fraction:.2f}" if round(fraction, 2) == fraction else f"{fraction:.4g}",
                      *(["every other layer"] if router.route_layers == "alternate" else []),
                      *([f"window {router.route_window}"] if router.route_window else []),
                      *(["rank predictor"] if router.route_predictor == "rank" else [])])
