@@ -34,6 +34,7 @@ from hpu.config import HPUConfig, resolve
 from hpu.errors import InputError
 from hpu.files import read_toml
 from rtl_gen.tools import SIMULATORS
+from sim.options import Options
 
 METRICS = ("area", "cycles", "energy", "quality")
 SAMPLES = ("grid", "random")
@@ -123,9 +124,12 @@ def load(path: str | Path) -> Spec:
         if not isinstance(rows, int) or rows < 1:
             raise InputError(f"{path}: workload {source}: rows must be a whole number of at least 1")
         window = entry.get("route_window", 0)
-        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-            raise InputError(f"{path}: workload {source}: route_window must be a whole number of keys, 0 for none")
-        if window and not base["route_block"] and not any(raw_fields.get("route_block", [])):
+        try:
+            Options(route_window=window)   # the simulator's own rule for a window
+        except InputError:
+            raise InputError(f"{path}: workload {source}: route_window must be a whole number of keys, 0 for none") \
+                from None
+        if window and not base["route_block"] and not any(fields_.get("route_block", [])):
             raise InputError(f"{path}: workload {source}: route_window {window} sends unrouted tokens' windows, "
                              "which needs a router: set route_block in the base or in [sweep.fields]")
         unknown = sorted(set(entry) - {"source", "rows", "route_window"})

@@ -184,7 +184,7 @@ def fixed_point_quality(model_dir: str | Path, hpu: HPUConfig, stream: np.ndarra
     trained = getattr(model.config, "hpu_gate", None)
     if not trained:
         trained = model.config.hpu_gate = {name: getattr(hpu, name) for name in attention.GATE_FIELDS}
-    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    head_dim = _head_dim(model.config)
     if hpu.head_dim != head_dim or hpu.max_keys < length:
         raise InputError(f"the HPU configuration has head_dim {hpu.head_dim} and max_keys {hpu.max_keys}; this model "
                          f"needs head_dim {head_dim} and max_keys >= {length}: pass --set head_dim={head_dim} "
@@ -251,6 +251,11 @@ def router_config(model_dir: str | Path) -> routing.RouterConfig | None:
     return routing.RouterConfig(**router) if router else None
 
 
+def _head_dim(config) -> int:
+    """The width of a checkpoint's attention heads, from its Hugging Face configuration."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def hpu_for(base: HPUConfig, model_dir: str | Path) -> tuple[HPUConfig, int]:
     """`base` set to run a checkpoint's captured rows as the model ran them: its head width, its trained
     gate (held open, mode dense, for a model trained without one), its routers' block, capacity and
@@ -258,7 +263,7 @@ def hpu_for(base: HPUConfig, model_dir: str | Path) -> tuple[HPUConfig, int]:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
-    changes = {"head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads}
+    changes = {"head_dim": _head_dim(config)}
     gate = getattr(config, "hpu_gate", None)
     changes.update({name: gate[name] for name in attention.GATE_FIELDS} if gate else {"mode": "dense"})
     router = router_config(model_dir)
