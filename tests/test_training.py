@@ -715,12 +715,21 @@ def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
         [longer], [_result("dense", 1, 3.0), _result("dense", 4, 3.0)])] == [0, 1000]
     assert report.gap_over_training([longer], [_result("dense", 2, 3.0)]) == []
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {report.JSON, report.TABLE, report.PLOT}
-    # A routed arm at half the attention FLOPs meets dense after half its tokens: between dense's
-    # evaluations at 0 tokens (9.0) and 1000 (its final loss), so at (9.0 + loss) / 2 on average.
+    # A routed arm at half the attention FLOPs meets dense after half its tokens: between the same
+    # seed's dense evaluations at 0 tokens (9.0) and 1000 (its final loss), so at (9.0 + loss) / 2.
     routed = _result("sqdk50", 1, 3.3)
     routed["final"].update(tokens=1000, attention_fraction=0.5)
     equal = report.equal_flops_gap([routed], [_result("dense", seed, loss) for seed, loss in dense.items()])
-    assert equal["baseline_tokens"] == 500 and equal["mean"] == pytest.approx(3.3 - np.mean([6.0, 6.1, 6.05]))
+    assert equal["baseline_tokens"] == 500 and equal["mean"] == pytest.approx(3.3 - 6.0)
+    assert equal["seeds"] == [1] and equal["differences"] == [equal["mean"]]
+    # Each seed against its own: seed 2 meets dense seed 2 at (9.0 + 3.2) / 2; a seed dense lacks is
+    # left out, and none shared gives no figure.
+    second, alone = _result("sqdk50", 2, 3.4), _result("sqdk50", 7, 1.0)
+    for run in (second, alone):
+        run["final"].update(tokens=1000, attention_fraction=0.5)
+    equal = report.equal_flops_gap([routed, second, alone], [_result("dense", s, loss) for s, loss in dense.items()])
+    assert equal["seeds"] == [1, 2] and equal["differences"] == pytest.approx([3.3 - 6.0, 3.4 - 6.1])
+    assert report.equal_flops_gap([alone], [_result("dense", s, loss) for s, loss in dense.items()]) is None
     # At equal training FLOPs: 6 a parameter a token (2,048 of them: 12,288) plus three times causal
     # attention's 4 * 2 layers * 32 wide * (31 + 1) / 2 keys = 4,096 (12,288), the routed arm's half of
     # that: 18,432 against dense's 24,576, so dense after 750 of its tokens, at 9.0 - 0.75 * (9.0 - loss).
@@ -728,7 +737,7 @@ def test_the_report_pairs_seeds_and_tests_both_ways(tmp_path):
     routed.update(config=experiment, parameters=2048)
     base = [dict(_result("dense", seed, loss, experiment), parameters=2048) for seed, loss in dense.items()]
     equal = report.equal_flops_gap([routed], base, report.training_flops)
-    assert equal["baseline_tokens"] == 750 and equal["mean"] == pytest.approx(3.3 - (2.25 + 0.75 * 3.1))
+    assert equal["baseline_tokens"] == 750 and equal["mean"] == pytest.approx(3.3 - (2.25 + 0.75 * 3.0))
     (tmp_path / "runs" / "dense-seed9").mkdir()
     write_json(tmp_path / "runs" / "dense-seed9" / RESULT,
                _result("dense", 9, 3.0, {"model": {"hidden_size": 64}, "run": {"context": 32, "seeds": [9]}}))

@@ -98,17 +98,25 @@ def training_flops(run: dict) -> float:
     return 6 * run["parameters"] + 3 * attention * attention_flops(run)
 
 
-def equal_flops_gap(arm: list[dict], base: list[dict], flops=attention_flops) -> dict:
+def equal_flops_gap(arm: list[dict], base: list[dict], flops=attention_flops) -> dict | None:
     """A routed arm against the baseline at equal FLOPs, by `flops` per token (`attention_flops`, or
-    `training_flops` for the whole step): the arm's runs spent their tokens times their FLOPs per
-    token, so each is compared with the baseline's validation loss after as many FLOPs (linear
-    between the baseline's evaluations, averaged over its seeds)."""
-    per_token = np.mean([flops(r) for r in base])
-    tokens = np.mean([r["final"]["tokens"] * flops(r) / per_token for r in arm])
-    at = [float(np.interp(tokens, [v["tokens"] for v in r["history"]["val"]], [v["loss"] for v in r["history"]["val"]]))
-          for r in base]
-    return {"baseline_tokens": float(tokens), "baseline_loss": float(np.mean(at)),
-            "mean": float(np.mean([r["final"]["loss"] for r in arm]) - np.mean(at))}
+    `training_flops` for the whole step), seed by seed: each run spent its tokens times its FLOPs per
+    token, so it is compared with the baseline run of its own seed (same initial weights, same token
+    order) after as many FLOPs, linear between that run's evaluations. Against the baseline's mean over
+    all its seeds, an arm with fewer seeds would carry the luck of the seeds it lacks. None when the
+    arms share no seed."""
+    by_seed = {r["seed"]: r for r in base}
+    pairs = [(r, by_seed[r["seed"]]) for r in arm if r["seed"] in by_seed]
+    if not pairs:
+        return None
+    tokens, at = [], []
+    for run, baseline in pairs:
+        tokens.append(run["final"]["tokens"] * flops(run) / flops(baseline))
+        val = baseline["history"]["val"]
+        at.append(float(np.interp(tokens[-1], [v["tokens"] for v in val], [v["loss"] for v in val])))
+    differences = [run["final"]["loss"] - loss for (run, _), loss in zip(pairs, at)]
+    return {"seeds": [run["seed"] for run, _ in pairs], "baseline_tokens": float(np.mean(tokens)),
+            "baseline_loss": float(np.mean(at)), "differences": differences, "mean": float(np.mean(differences))}
 
 
 def _history(run: dict, figure: str = "loss") -> dict[int, float]:
@@ -206,7 +214,7 @@ def markdown(summary: dict) -> str:
     lines = [f"Baseline: {summary['baseline']}. Final validation loss over seeds (mean ± sample std); gap = "
              "arm − baseline, Welch t-test p (two-sided); per seed: arm − baseline at each seed both ran (same "
              "initial weights, same token order), paired t-test p and the 95% t interval of their mean; gap at "
-             "equal attention FLOPs: a routed arm against the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations); "
+             "equal attention FLOPs: a routed arm against the baseline's validation loss after the routed arm's attention FLOPs (linear between evaluations), seed by seed; "
              "at equal training FLOPs: the same after the routed arm's whole training FLOPs (6 a parameter a token, plus "
              "attention's score and value products; the step's matrix products dominate them at this context); "
              "tokens/s: the arm's fastest training run, a speed figure only where that run had the device to itself "
@@ -231,8 +239,8 @@ def markdown(summary: dict) -> str:
             "-" if not per_seed.get("interval95") else "{:+.3f}..{:+.3f}".format(*per_seed["interval95"]),
             fmt(row.get("loss_prose_gap", {}).get("mean")), fmt(row.get("loss_code_gap", {}).get("mean")),
             fmt(row["kept_fraction"]["mean"], 3), fmt(row.get("attention_fraction", {}).get("mean"), 3),
-            fmt(row.get("loss_gap_equal_attention_flops", {}).get("mean")),
-            fmt(row.get("loss_gap_equal_training_flops", {}).get("mean")),
+            fmt((row.get("loss_gap_equal_attention_flops") or {}).get("mean")),
+            fmt((row.get("loss_gap_equal_training_flops") or {}).get("mean")),
             f"{row['tokens_per_s']['max']:,.0f}",
             fmt(row.get("tokens_per_s_vs_dense"), 2)]) + " |")
     routed = {name: row for name, row in summary["arms"].items() if "routed_fraction" in row}
