@@ -483,7 +483,7 @@ def _rank_main(rank, world, port, cfg_table, out, queue):
     corpus = prepare(cfg.data, progress=False)
     result = train(cfg, cfg.arm("mass50"), 1, corpus, out, progress=False, ranks=start_ranks())
     if rank == 0:
-        queue.put(result["history"]["train"])
+        queue.put((result["history"]["train"], result["final"]))
     torch.distributed.destroy_process_group()
 
 
@@ -499,9 +499,13 @@ def test_two_gloo_ranks_equal_one(data_config, corpus, tmp_path):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     mp.spawn(_rank_main, args=(2, port, cfg.to_dict(), str(tmp_path / "two"), queue), nprocs=2, join=True)
-    two = queue.get(timeout=60)
+    two, final = queue.get(timeout=60)
     assert [s for s, _, _ in two] == [s for s, _, _ in one["history"]["train"]]
     assert np.allclose([l for *_, l in two], [l for *_, l in one["history"]["train"]], atol=1e-5, rtol=0)
+    # The evaluation too: each rank scores its share of the held-out sequences, the sums reduced (the
+    # kept keys among them).
+    assert final.keys() == one["final"].keys() and final["kept_fraction"] < 1
+    assert all(final[k] == pytest.approx(one["final"][k], abs=1e-5) for k in final if k != "tokens")
 
 
 def test_bad_experiments_are_refused_in_one_line(data_config):
@@ -1281,9 +1285,16 @@ def test_a_routed_run_reports_its_router_and_decodes_with_the_predictor(data_con
     assert len(routing.routers(model)) == 2 and len(trained) == 2 * 6
     assert all(torch.equal(tensor, saved[name]) for name, tensor in trained.items())
     ids = torch.from_numpy(step_sequences(corpus.val["prose"], 0, 1, 32)[:, :-1].astype(np.int64))
-    with routing.choosing(model, "predictor"):
+    with routing.choosing(model, "predictor"), torch.no_grad():
         out = model.generate(ids[:, :8], max_new_tokens=4, do_sample=False, pad_token_id=0)
-    assert out.shape == (1, 12)
+        # The predictor reads each token alone, so greedy decoding with the cache picks what one pass over
+        # the whole sequence, teacher-forced, picks.
+        logits = model(out[:, :-1]).logits
+    assert out.shape == (1, 12) and torch.equal(logits[0, 7:].argmax(-1), out[0, 8:])
+    # The top-k (the default) ranks whole blocks: after the prompt each token would be a block of one,
+    # always routed, so decoding with a cache is refused.
+    with pytest.raises(ValueError, match="ranks whole blocks"), torch.no_grad():
+        model.generate(ids[:, :8], max_new_tokens=2, do_sample=False, pad_token_id=0)
 
 
 @pytest.fixture(scope="module")

@@ -230,13 +230,17 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, ranks: Ranks) -> dict:
         losses[name] = float(loss_sum) / len(seqs)
         total += float(loss_sum) * context
         count += len(seqs) * context
-    fraction = kept.fraction
     model.train()
     if ranks.world > 1:
         dist.all_reduce(routed)
+        # Each rank counted the kept keys of its own share of the sequences.
+        counts = torch.stack([torch.as_tensor(c, dtype=torch.float64, device=ranks.device)
+                              for c in (kept.kept, kept.admissible)])
+        dist.all_reduce(counts)
+        kept.kept, kept.admissible = counts
     sequences = count / context
     return {"loss": total / count, **{f"loss_{name}": value for name, value in losses.items()},
-            "kept_fraction": fraction,
+            "kept_fraction": kept.fraction,
             **({k: float(v) / sequences for k, v in zip(routing.EVALUATED, routed)} if routing.routers(model) else {})}
 
 

@@ -173,6 +173,12 @@ class Router(nn.Module):
         (B, T): sigmoid(score) where routed, else 0, or 1 with a window).
         Keeps the scores, the predictor's logits, the choice made and the top-k choice (with the HPU's
         choice on the same scores when evaluating) for `auxiliary_loss` and `statistics`."""
+        if cached and self.choice in ("topk", "hpu", "norm"):
+            # A block's top-k looks ahead to its last token; after a cache each token would be a block of
+            # its own, always routed.
+            raise ValueError(f"the router's {self.choice!r} choice ranks whole blocks of route_block tokens, "
+                             f"not tokens after {cached} cached ones: decode inside routing.choosing(model, "
+                             "'predictor') or 'causal'")
         logits = self.score(hidden).squeeze(-1).float()
         ahead = None
         if self.choice == "causal" or self.cfg.route_predictor == "rank":
