@@ -19,16 +19,17 @@ from pathlib import Path
 
 from hpu.config import ConfigError, HPUConfig
 
-# The code that decides a point's figures: a change in any of it makes earlier results stale.
-_CODE = ("hpu", "rtl_gen", "sim", "power", "golden_model")
+# The code that decides a point's figures (this module derives some of them): a change in any of it
+# makes earlier results stale.
+_CODE = ("hpu", "rtl_gen", "sim", "power", "golden_model", "sweep/point.py")
 
 
 def tool_versions() -> dict:
     """What a cached result depends on besides its inputs: the project's code and the tools' versions."""
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for package in _CODE:
-        for path in sorted((root / package).rglob("*")):
+    for part in _CODE:
+        for path in [root / part] if (root / part).is_file() else sorted((root / part).rglob("*")):
             if path.suffix in (".py", ".v", ".cpp", ".toml", ".json") and path.is_file():
                 digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
     try:

@@ -25,6 +25,7 @@ A point is one assignment of the fields on top of the base; the spec is data (TO
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,8 @@ def _values(name: str, raw, path: Path) -> list:
         start, stop, step = raw["from"], raw["to"], raw["step"]
         if not all(isinstance(v, (int, float)) for v in (start, stop, step)) or step <= 0 or stop < start:
             raise InputError(f"{path}: sweep field {name}: a range needs numbers with from <= to and step > 0")
-        count = int(round((stop - start) / step)) + 1
+        # The steps that fit within `to`, a rounding error's worth of slack for float steps (0.1 ten times).
+        count = math.floor((stop - start) / step + 1e-9) + 1
         values = [start + k * step for k in range(count)]
         return [round(v, 12) if isinstance(step, float) or isinstance(start, float) else v for v in values]
     raise InputError(f"{path}: sweep field {name} must be a list of values or {{from = A, to = B, step = S}}")

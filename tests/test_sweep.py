@@ -43,9 +43,24 @@ def test_grid_and_random_points_are_fixed_by_the_spec(tmp_path):
     assert points == [{"lanes": l, "permeability": p} for l in (2, 3) for p in (0.25, 0.5, 0.75)]
     sampled = write_spec(tmp_path, SPEC.replace('metrics', 'sample = "random"\npoints = 3\nmetrics'))
     first = [p.assignment() for p in sweep_spec.load(sampled).enumerate()]
-    assert len(first) == 3 and first == [p.assignment() for p in sweep_spec.load(sampled).enumerate()]
-    assert all(a in points[:2] + [{"lanes": 3, "permeability": 0.25}, {"lanes": 3, "permeability": 0.5},
-                                  {"lanes": 2, "permeability": 0.25}, {"lanes": 2, "permeability": 0.5}] for a in first)
+    grid = [{"lanes": l, "permeability": p} for l in (2, 3) for p in (0.25, 0.5)]
+    # Three distinct points of the four, the same ones in the same order every time the spec is read.
+    assert len(first) == 3 and all(a in grid for a in first) and len({tuple(a.values()) for a in first}) == 3
+    assert first == [p.assignment() for p in sweep_spec.load(sampled).enumerate()]
+    # More points than the grid holds: the whole grid, once.
+    every = write_spec(tmp_path, SPEC.replace('metrics', 'sample = "random"\npoints = 9\nmetrics'))
+    assert sorted(map(str, (p.assignment() for p in sweep_spec.load(every).enumerate()))) == sorted(map(str, grid))
+
+
+@pytest.mark.parametrize("values, expected", [
+    ("{from = 1, to = 4, step = 2}", [1, 3]),                  # `to` is a bound, not a point
+    ("{from = 0.25, to = 1.0, step = 0.5}", [0.25, 0.75]),
+    ("{from = 0.1, to = 1.0, step = 0.1}", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),   # float steps reach `to`
+    ("{from = 2, to = 2, step = 1}", [2]),
+])
+def test_a_range_stops_at_its_bound(tmp_path, values, expected):
+    spec = sweep_spec.load(write_spec(tmp_path, SPEC.replace("permeability = [0.25, 0.5]", f"permeability = {values}")))
+    assert spec.fields["permeability"] == expected
 
 
 @pytest.mark.parametrize("change, message", [
@@ -82,6 +97,16 @@ def test_a_workload_with_a_window_sends_the_unrouted_tokens_windows(tmp_path):
     assert [w.route_window for w in spec.workloads] == [2]
 
 
+def test_the_cache_key_reads_the_code_that_derives_a_points_figures(monkeypatch):
+    """The point module derives figures (pJ per row, cycles against ideal): it is part of the code digest."""
+    from sweep import point
+
+    with_point = point.tool_versions()["code"]
+    assert "sweep/point.py" in point._CODE
+    monkeypatch.setattr(point, "_CODE", tuple(c for c in point._CODE if c != "sweep/point.py"))
+    assert point.tool_versions()["code"] != with_point
+
+
 def test_pareto_front_keeps_the_unbeaten_per_workload():
     rows = [{"status": "ok", "workload": "w", "energy_pj_per_row_gated": 1.0, "area_nand2": 5.0, "cycles_per_row": 9},
             {"status": "ok", "workload": "w", "energy_pj_per_row_gated": 2.0, "area_nand2": 4.0, "cycles_per_row": 9},
@@ -89,6 +114,15 @@ def test_pareto_front_keeps_the_unbeaten_per_workload():
             {"status": "ok", "workload": "v", "energy_pj_per_row_gated": 9.0, "area_nand2": 9.0, "cycles_per_row": 9},
             {"status": "refused", "workload": "w"}]
     assert report.pareto(rows) == [0, 1, 3]
+    # What the gate keeps counts too: a softer gate that costs more energy is not beaten for it.
+    softer = {"status": "ok", "workload": "w", "energy_pj_per_row_gated": 3.0, "area_nand2": 5.0, "cycles_per_row": 9}
+    kept = [{**r, "kept_fraction": f} for r, f in zip(rows[:4] + [softer], (0.2, 0.2, 0.2, 0.5, 0.6))] + rows[4:]
+    assert report.objectives(kept) == {"energy_pj_per_row_gated": "min", "kept_fraction": "max", "area_nand2": "min",
+                                       "cycles_per_row": "min"}
+    assert report.pareto(kept) == [0, 1, 3, 4]
+    # Quality, where measured, is the gate's figure of merit instead of the kept fraction.
+    quality = [{**r, "quality_embedding_cos_mean": q} for r, q in zip(kept[:5], (0.9, 0.9, 0.9, 0.9, 0.8))] + rows[4:]
+    assert "kept_fraction" not in report.objectives(quality) and report.pareto(quality) == [0, 1, 3]
 
 
 def _table(out):
