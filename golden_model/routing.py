@@ -6,7 +6,8 @@ attend to every admissible key (dense keys); an unrouted token gets no attention
 here: the residual stream carries it). The HPU's mass gate composes with it: routed queries, mass-
 gated keys.
 
-- Capacity: `k = max(1, ceil(T * route_fraction))` routed tokens per sequence.
+- Capacity: `k = ceil(T * route_q / 256)` routed tokens per sequence, route_q the fraction in
+  units of 1/256 as the HPU holds it (at least 1), the rule of every path that routes.
 - Order: (logit descending, position ascending), the rule of the gate's `topk`; the routed positions
   are returned in ascending order.
 - Streaming (decode time): a token is routed when its logit reaches a threshold, decided from the
@@ -26,17 +27,17 @@ import torch
 
 from golden_model.gate import select
 from golden_model.reference import admissible_mask
-from hpu.config import HPUConfig
+from hpu.config import HPUConfig, route_capacity
 from hpu.errors import InputError
 
 
 def capacity(tokens: int, route_fraction: float) -> int:
-    """Routed tokens per sequence of `tokens`."""
+    """Routed tokens per sequence of `tokens`: the hardware's rule (`hpu.config.route_capacity`)."""
     if not 0 < route_fraction <= 1:
         raise InputError(f"route_fraction = {route_fraction}: must be in (0, 1]")
     if tokens < 1:
         raise InputError(f"a sequence of {tokens} tokens: routing needs at least one")
-    return max(1, math.ceil(tokens * route_fraction))
+    return int(route_capacity(tokens, route_fraction))
 
 
 def router_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: float = 0.0) -> torch.Tensor:

@@ -31,6 +31,15 @@ def _steps(fraction: float) -> int:
     return min(GATE_SCALE, max(1, round(fraction * GATE_SCALE)))
 
 
+def route_capacity(tokens, route_fraction: float):
+    """Routed tokens of a block of `tokens` (an int or an integer tensor) at `route_fraction`, taken in
+    units of 1/256 as the hardware holds it: ceil(tokens * route_q / 256), at least 1 as a block has a
+    token and route_q is at least 1. The one rule of every path that routes (float reference, kernels,
+    training, RTL): ceil(tokens * route_fraction) would route one token more wherever the fraction is
+    not a multiple of 1/256 (0.8 of 10 tokens: 8, against the hardware's 9)."""
+    return (tokens * _steps(route_fraction) + GATE_SCALE - 1) >> GATE_SHIFT
+
+
 class ConfigError(HPUError, ValueError):
     """An illegal configuration: the message names the field, the value and the rule."""
 
@@ -158,9 +167,9 @@ class HPUConfig:
         return cap.clamp(min=self.k_min) if hasattr(cap, "clamp") else max(cap, self.k_min)
 
     def route_capacity(self, tokens):
-        """Routed tokens of a block of `tokens` (an int or an integer tensor): ceil(tokens * route_q / 256),
-        which is max(1, ...) of it by itself, as a block has a token and route_q is at least 1."""
-        return (tokens * self.route_q + GATE_SCALE - 1) >> GATE_SHIFT
+        """Routed tokens of a block of `tokens` (an int or an integer tensor): `route_capacity` at this
+        configuration's route_fraction."""
+        return route_capacity(tokens, self.route_fraction)
 
     # -- derived widths ---------------------------------------------------------------
 

@@ -98,9 +98,9 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
             summary = simulate(cfg, source, rows, options, Outputs(), False, simulator, work / "build",
                                progress=False, log=lambda *a, **k: None, verilog_dir=rtl)
         run = summary["runs"]["gated"]
-        kept = run["kept_keys"] / max(run["keys"], 1)
+        # Of the whole dense work (every token's row, every key): a routed design sends fewer rows.
         result.update({"rows_checked": run["rows_checked"], "mismatches": run["mismatches"],
-                       "kept_fraction": kept, "window_rows": run["window_rows"]})
+                       "kept_fraction": run["kept_fraction"], "window_rows": run["window_rows"]})
         if "cycles" in metrics:
             ideal = cfg.ideal_mac_cycles(run["keys"] / rows, run["kept_keys"] / rows)
             result.update({"cycles_per_row": run["hpu_cycles"] / rows, "ideal_cycles_per_row": ideal,
@@ -115,8 +115,9 @@ def evaluate(config: dict, workload: dict, metrics: list[str], seed: int, energy
 
 def _quality(cfg: HPUConfig) -> dict:
     """The gate's quality through the bit-accurate model on MiniLM: the sentence embeddings' cosine to
-    the dense model's (`hpu quality`'s fixed-point row for this very configuration), over the built-in
-    texts whose rows the configuration takes (a text longer than max_keys tokens cannot be run)."""
+    the dense model's (`hpu quality`'s fixed-point row for this very configuration, routed at its
+    route_fraction by the norm router: MiniLM has no trained one here), over the built-in texts whose
+    rows the configuration takes (a text longer than max_keys tokens cannot be run)."""
     from golden_model import quality
     from golden_model.minilm import MiniLM
     from golden_model.texts import TEXTS
@@ -127,7 +128,7 @@ def _quality(cfg: HPUConfig) -> dict:
     try:
         if not texts:
             raise InputError(f"no built-in text fits max_keys = {cfg.max_keys} tokens")
-        rows = quality.evaluate(cfg, [(cfg, 1.0)], texts=texts, progress=False)
+        rows = quality.evaluate(cfg, [(cfg, cfg.route_fraction)], texts=texts, progress=False)
     except InputError as exc:
         # A configuration MiniLM cannot run on (its heads are 32 wide): the point has no quality
         # figure, and says why.

@@ -32,9 +32,20 @@ def qkv(seed, t, d, heads=8, kv_heads=2, s=None, dtype=torch.float32):
 
 
 @given(st.integers(1, 300), st.floats(0.001, 1.0))
-def test_capacity_is_at_least_one_and_the_ceiling_of_the_fraction(tokens, fraction):
+def test_capacity_is_the_hardwares_ceiling_of_the_fraction_in_256ths(tokens, fraction):
+    """Every path routes as many tokens as the HPU: the fraction in whole 256ths (at least one), then the
+    ceiling, in exact arithmetic."""
+    from fractions import Fraction
+
+    steps = min(256, max(1, round(fraction * 256)))
     k = capacity(tokens, fraction)
-    assert k == max(1, math.ceil(tokens * fraction)) and 1 <= k <= tokens
+    assert k == math.ceil(Fraction(tokens * steps, 256)) and 1 <= k <= tokens
+    assert k == HPUConfig(route_fraction=fraction).route_capacity(tokens)
+
+
+def test_capacity_where_the_fraction_is_no_whole_256th():
+    # 0.8 is 204.8/256, held as 205/256; 0.2 as 51/256.
+    assert capacity(10, 0.8) == 9 and capacity(1024, 0.2) == 204 and capacity(1024, 0.5) == 512
 
 
 SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"), 3.4e38, -3.4e38, 1e-45, -1e-45])

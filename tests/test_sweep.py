@@ -82,6 +82,10 @@ def test_bad_specs_are_refused_in_one_line(tmp_path, change, message):
 def test_a_workload_with_a_window_sends_the_unrouted_tokens_windows(tmp_path):
     """A routed design's workload with route_window W: each unrouted token's last W keys run as a row of
     their own beside the routed rows (`hpu sim --route-window`), all checked against the golden model."""
+    import torch
+
+    from golden_model.contract import run_contract, run_routing
+    from golden_model.sources import routed_tokens
     from hpu.config import HPUConfig, resolve
     from sweep.point import evaluate
 
@@ -92,6 +96,14 @@ def test_a_workload_with_a_window_sends_the_unrouted_tokens_windows(tmp_path):
     assert [(f["status"], f["rows_checked"], f["mismatches"], f["window_rows"]) for f in figures] == [
         ("ok", 2, 0, 0), ("ok", 8, 0, 6)]
     assert figures[1]["cycles_per_row"] > figures[0]["cycles_per_row"]
+    # The kept fraction is of the whole dense work, every token's row: the golden model's kept keys of
+    # the routed rows over all the block's keys (the rows not sent keep nothing).
+    cfg = HPUConfig.from_dict(config)
+    rows, blocks, _ = routed_tokens("random", cfg, 8, 1)
+    routed = run_routing(cfg, torch.tensor(blocks)).positions()[0]
+    kept = sum(int(run_contract(cfg, torch.tensor([rows[t].scores]), torch.tensor(rows[t].values)).kept[0])
+               for t in routed)
+    assert figures[0]["kept_fraction"] == kept / sum(row.n for row in rows) < 0.5
     spec = sweep_spec.load(write_spec(tmp_path, SPEC.replace("rows = 1", "rows = 1\nroute_window = 2")
                                       .replace("lanes = [2, 3]", "route_block = [8]")))
     assert [w.route_window for w in spec.workloads] == [2]
