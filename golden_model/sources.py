@@ -140,7 +140,8 @@ def file_rows(path: Path, cfg: HPUConfig, count: int, rng: random.Random, clippe
 
 
 def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int, clipped: Clipped | None = None,
-                  window: int = 0) -> tuple[list[Row], list[list[int]], list[Row] | None]:
+                  window: int = 0, cut: Callable[[int], None] | None = None
+                  ) -> tuple[list[Row], list[list[int]], list[Row] | None]:
     """`count` tokens' rows, their router logits in blocks of route_block (the last one shorter), and
     with `window` W each token's window row (its last W keys, `head_rows`), else None.
 
@@ -150,7 +151,9 @@ def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int, clipped: C
     (`golden_model.quantize.quantize_logits`, symmetric per block). From any other source, its rows
     (`rows_from`: an attention file's drawn at random) with random logits; a built-in source's rows
     have no positions, and their windows are their last W keys. `clipped`, if given, is called with
-    an attention file's `clipping` figures."""
+    an attention file's `clipping` figures, and `cut` with the longest of a routed model's rows when
+    it runs past max_keys (each row is cut to its first max_keys keys: a later token loses its own
+    and its nearest keys)."""
     check_row_count(cfg, count)
     if not 0 <= window <= cfg.max_keys:
         raise InputError(f"--route-window {window}: a window row must fit the HPU: 0..max_keys ({cfg.max_keys})")
@@ -172,7 +175,10 @@ def routed_tokens(source: str, cfg: HPUConfig, count: int, seed: int, clipped: C
                 _check_windows(what, lengths, picks, cfg)
                 windows = _named(what, lambda: head_rows(scores, values, lengths, cfg, picks, window))
             if router is not None:
-                return rows, [quantize_logits(router[s, start:start + cfg.route_block], cfg).tolist()
+                longest = max(int(lengths[s, q]) for s, q in picks)
+                if cut and longest > cfg.max_keys:
+                    cut(longest)
+                return rows, [quantize_logits(router[s, start:min(start + cfg.route_block, count)], cfg).tolist()
                               for start in range(0, count, cfg.route_block)], windows
     else:
         rows = rows_from(source, cfg, count, seed, clipped)

@@ -57,18 +57,24 @@ def simulate(cfg: HPUConfig, source: str, rows: int, options: Options, outputs: 
     dense baseline sends every token's row with the gate held open (dense queries and dense keys).
 
     `note`, if given, is called with one line for the user when the score format clips rows of an
-    attention file (`golden_model.quantize.clipping_note`)."""
+    attention file (`golden_model.quantize.clipping_note`), or a routed model's rows run past max_keys."""
     outputs.check()
 
     def clipped(share: float, peak: float) -> None:
         if share:
             note(clipping_note(source, share, peak, cfg))
 
+    def cut(longest: int) -> None:
+        note(f"{source}: its rows run to {longest} keys, past max_keys ({cfg.max_keys}), and each is cut to its "
+             f"first {cfg.max_keys} keys (a later token loses its own and its nearest keys); --set max_keys={longest} "
+             "runs them whole")
+
     report = clipped if note else None
     if options.route_window and not cfg.route_block:
         raise InputError(f"--route-window {options.route_window} gives unrouted tokens a window row: it needs a "
                          "router (set route_block above 0)")
-    chosen, blocks, windows = routed_tokens(source, cfg, rows, options.seed, report, options.route_window) \
+    chosen, blocks, windows = routed_tokens(source, cfg, rows, options.seed, report, options.route_window,
+                                             cut if note else None) \
         if cfg.route_block else (rows_from(source, cfg, rows, options.seed, report), [], None)
     files = outputs.files(dense_baseline)
     with contextlib.ExitStack() as stack:

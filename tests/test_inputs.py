@@ -388,6 +388,26 @@ def test_an_attention_file_whose_scores_outgrow_the_format_is_named_with_a_forma
     assert clipping("random", cfg) == []
 
 
+def test_hpu_sim_notes_a_routed_models_rows_cut_to_max_keys(tmp_path, capsys, monkeypatch):
+    """A routed model's causal rows longer than max_keys are cut to their first keys: said in one note."""
+    import sim.session
+
+    tokens = 20                                     # small's max_keys is 16
+    scores = np.zeros((1, tokens, tokens))
+    path = tmp_path / "att.npz"
+    np.savez(path, scores=scores, values=np.ones((1, tokens, 8)), lengths=np.arange(1, tokens + 1)[None],
+             router=np.linspace(-1, 1, tokens)[None])
+    monkeypatch.setattr(sim.session, "_run_one", lambda name, job, *a, **k: {})
+    # 18 rows: the last block holds 2 tokens, and its logits are those 2 tokens'.
+    for rows, noted in ((16, False), (18, True)):
+        assert main(["sim", "--config", f"{REPO}/configs/small.toml", "--set", "route_block=8", "--source", str(path),
+                     "--rows", str(rows), "-o", str(tmp_path / "s.json"), "--quiet"]) == 0
+        notes = [line for line in capsys.readouterr().err.splitlines() if "past max_keys" in line]
+        assert notes == ([f"hpu: note: {path}: its rows run to 18 keys, past max_keys (16), and each is cut to its "
+                          "first 16 keys (a later token loses its own and its nearest keys); --set max_keys=18 runs "
+                          "them whole"] if noted else [])
+
+
 @pytest.mark.parametrize("route_block", [0, 2])
 def test_hpu_sim_reads_an_attention_file_once_for_its_rows_and_its_clipping_note(tmp_path, capsys, monkeypatch,
                                                                               route_block):
