@@ -301,7 +301,8 @@ def cmd_train_hardware(args: argparse.Namespace) -> int:
                   f"{r['kept_fraction']['fixed_point']:.3f}; attention cosine mean {r['attention_cosine_mean']:.4f}")
         if routed:
             q = r["router"]
-            print(f"{split}: loss by routing: " + ", ".join(f"{name} {loss:.4f} (agrees {q['agreement_with_topk'][name]:.4f})"
+            print(f"{split}: loss by routing: " + ", ".join(f"{name} {loss:.4f} (agrees {q['agreement_with_topk'][name]:.4f}, "
+                                                          f"overlap {q['overlap_with_topk'][name]:.4f})"
                                                           for name, loss in q["loss"].items()))
     print(f"report: {Path(args.output) / 'hardware.json'}")
     return 0

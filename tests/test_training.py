@@ -1363,6 +1363,12 @@ def test_a_trained_router_through_the_hpu_routing_step(routed_checkpoint, corpus
     assert quality["agreement_with_topk"]["hpu16"] == 1.0 and quality["loss"]["hpu16"] == quality["loss"]["topk"]
     assert set(quality["loss"]) == {"topk", "predictor", "causal", "norm", "hpu16", "hpu12", "hpu8", "hpu6", "hpu4"}
     assert all(0 <= a <= 1 for a in quality["agreement_with_topk"].values())
+    # Every choice here routes the capacity, so each token it swaps out of the top-k's set is one in:
+    # the overlap falls by the swaps over the routed tokens, the agreement by twice them over all tokens.
+    capped = [c for c in quality["loss"] if c not in ("predictor", "causal")]
+    assert quality["overlap_with_topk"]["topk"] == 1.0 and all(
+        quality["overlap_with_topk"][c] == pytest.approx(1 - (1 - quality["agreement_with_topk"][c]) / (2 * 0.5))
+        for c in capped)
 
     tokens = corpus.val["prose"][:32]
     path = capture_rows(routed_checkpoint, tokens, tmp_path / "rows.npz")

@@ -216,7 +216,8 @@ def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
     """A routed checkpoint's held-out loss by how its routers choose (`routing.CHOICES`): the float
     top-k, the predictors, the causal choice, the hidden-state norm, and the HPU's routing step at
     each of `bits`; for each choice the share of routed layers' tokens on which it agrees with the
-    top-k. In float32 (the
+    top-k, and the share of the top-k's routed tokens it routes too (the overlap: at a routed fraction f
+    a swap of two tokens costs 2/T of the agreement but 1/(f T) of the overlap). In float32 (the
     model trained in bfloat16 autocast), on `sequences` sequences of one router block each
     (route_block tokens), so that each top-k is the one the model was trained with."""
     model = trained_model(model_dir, needs=("hpu_router",), dtype=torch.float32)
@@ -227,7 +228,7 @@ def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
     seqs = torch.from_numpy(held_out_sequences(stream, length, sequences * length))
     choices = [(c, None) for c in routing.CHOICES if c != "hpu"] + [("hpu", b) for b in bits]
     losses = {f"{c}{'' if b is None else b}": 0.0 for c, b in choices}
-    agree = dict.fromkeys(losses, 0.0)
+    agree, overlap = dict.fromkeys(losses, 0.0), dict.fromkeys(losses, 0.0)
     with torch.no_grad():
         for seq in seqs:
             top = None   # the first choice's, the top-k
@@ -238,9 +239,10 @@ def router_quality(model_dir: str | Path, stream: np.ndarray, sequences: int,
                 top = routed if top is None else top
                 losses[name] += float(F.cross_entropy(logits.double(), seq[1:])) / sequences
                 agree[name] += float((routed == top).double().mean()) / sequences
+                overlap[name] += float((routed & top).sum() / top.sum()) / sequences
     return {"model": str(model_dir), "sequences": sequences, "length": length, "router": model.config.hpu_router,
             "routed_fraction": float(cfg.hpu.route_capacity(length)) / length, "loss": losses,
-            "agreement_with_topk": agree}
+            "agreement_with_topk": agree, "overlap_with_topk": overlap}
 
 
 def router_config(model_dir: str | Path) -> routing.RouterConfig | None:
