@@ -69,7 +69,7 @@ def _keys(acc, l_i, m_i, q, pos, K, V, kv_base, stride_ks, qk_scale, start, end,
 @triton.autotune(configs=_configs(), key=["T", "S", "HEAD_DIM", "CAUSAL", "GROUP"])
 @triton.jit
 def _sqdk_kernel(Q, K, V, O, positions, counts, qk_scale, max_routed,
-                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
+                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks, stride_ob, stride_oh, stride_ot,
                  H, T, S, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     bh = tl.program_id(1)
@@ -106,7 +106,10 @@ def _sqdk_kernel(Q, K, V, O, positions, counts, qk_scale, max_routed,
     acc, l_i, m_i = _keys(acc, l_i, m_i, q, pos, K, V, kv_base, stride_ks, qk_scale, full, end, S, T,
                           True, CAUSAL, HEAD_DIM, BLOCK_N)
     out = acc / l_i[:, None]
-    tl.store(O + rows, out.to(O.dtype.element_ty), mask=live[:, None])
+    # The output's own strides: q may be a view (a slice of a fused qkv projection) that out is not.
+    o_rows = (b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + pos.to(tl.int64)[:, None] * stride_ot
+              + dims[None, :])
+    tl.store(O + o_rows, out.to(O.dtype.element_ty), mask=live[:, None])
 
 
 def sqdk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, causal: bool,
@@ -131,14 +134,14 @@ def sqdk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
     routed = positions.shape[1]
     counts = (torch.full((b,), routed, dtype=torch.int32, device=q.device) if counts is None
               else counts.to(device=q.device, dtype=torch.int32).contiguous())
-    out = torch.zeros_like(q)
+    out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
     if routed == 0:
         return out
     qk_scale = (1 / math.sqrt(d) if scale is None else scale) * 1.4426950408889634   # exp2
     grid = lambda meta: (triton.cdiv(routed, meta["BLOCK_M"]), b * h)   # noqa: E731 (blocks of the longest row)
     _sqdk_kernel[grid](q, k, v, out, positions, counts, qk_scale, routed,
                        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                       h, t, k.shape[2], GROUP=group, HEAD_DIM=d, CAUSAL=causal)
+                       out.stride(0), out.stride(1), out.stride(2), h, t, k.shape[2], GROUP=group, HEAD_DIM=d, CAUSAL=causal)
     return out
 
 

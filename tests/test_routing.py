@@ -188,6 +188,21 @@ def test_kernel_with_more_keys_than_queries_and_ragged_batches(seed, dtype):
         assert (got[b:b + 1].float().cpu() - expected).abs().max() <= TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_takes_views_of_a_fused_projection(seed, dtype):
+    """q, k and v as slices of one fused (B, H, T, 3D) tensor, the last axis the only dense one: the
+    output lands on the routed rows, as the reference's do, and the rows not routed stay zero."""
+    g = torch.Generator().manual_seed(seed)
+    fused = torch.randn(2, 4, 40, 3 * 64, generator=g)
+    q, k, v = fused[..., :64], fused[..., 64:128], fused[..., 128:]
+    positions = torch.tensor([[0, 1, 17, 39], [3, 4, 5, 30]])
+    views = [x for x in fused.to(DEVICE, dtype).split(64, dim=-1)]
+    got = sqdk(*views, positions.to(DEVICE), True)
+    assert views[0].stride() != got.stride()   # a view's strides, which the output's are not
+    expected = sqdk_attention(q, k, v, positions, True).out
+    assert (got.float().cpu() - expected).abs().max() <= TOLERANCE[dtype]
+
+
 def test_routed_attention_routes_on_the_device_and_attends():
     q, k, v = qkv(3, 64, 64, heads=4, kv_heads=1)
     logits = torch.randn(1, 64, generator=torch.Generator().manual_seed(9))
