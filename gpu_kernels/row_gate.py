@@ -122,13 +122,14 @@ def _causal_scores(Q, K, S, n_q, n_keys, heads, kv_groups, stride_qb, stride_qh,
     offset = n_keys - n_q
     if tj * TILE > ti * TILE + TILE - 1 + offset:
         return
-    b, h = bh // heads, bh % heads
+    # 64-bit offsets: q and k may hold more than 2**31 elements.
+    b, h = (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)
     i = ti * TILE + tl.arange(0, TILE)
     j = tj * TILE + tl.arange(0, TILE)
     d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + i[:, None] * stride_qn + d[None, :], mask=i[:, None] < n_q,
-                other=0.0)
-    k = tl.load(K + b * stride_kb + (h // kv_groups) * stride_kh + j[None, :] * stride_kn + d[:, None],
+    q = tl.load(Q + b * stride_qb + h * stride_qh + i.to(tl.int64)[:, None] * stride_qn + d[None, :],
+                mask=i[:, None] < n_q, other=0.0)
+    k = tl.load(K + b * stride_kb + (h // kv_groups) * stride_kh + j.to(tl.int64)[None, :] * stride_kn + d[:, None],
                 mask=j[None, :] < n_keys, other=0.0)
     s = tl.dot(q, k) * qk_scale
     rows = bh.to(tl.int64) * n_q + i
