@@ -48,6 +48,31 @@ def gpu_ms(fn, repeats: int = 50) -> float:
     return start.elapsed_time(end) / repeats
 
 
+def causal_mod(b, h, q, kv):
+    return q >= kv
+
+
+def as_block_mask(selection, causal: bool, block: int = BLOCK):
+    """FlexAttention's BlockMask over exactly the key blocks the gate kept, as a tuned peer would hand
+    it over: every kept block whole ("full", no mask evaluated in it) but the causal diagonal, the
+    only block the causal mask cuts. (Given as partial blocks, Flex would evaluate the mask on every
+    element of every kept block: a slower peer than Flex's own create_block_mask gives.)"""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    batch, heads = selection.heads
+    blocks = selection.kv_index.shape[1]
+    index = selection.kv_index.reshape(batch, heads, blocks, blocks)
+    count = selection.kv_count.reshape(batch, heads, blocks)
+    if not causal:
+        return BlockMask.from_kv_blocks(torch.zeros_like(count), index, count, index, BLOCK_SIZE=block)
+    # Kept blocks are listed ascending, so a kept diagonal is the last of its row's list.
+    row = torch.arange(blocks, device=index.device, dtype=index.dtype).expand(batch, heads, blocks)
+    last = index.gather(-1, (count.long() - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    diagonal = ((count > 0) & (last == row)).to(count.dtype)
+    return BlockMask.from_kv_blocks(diagonal, row.unsqueeze(-1).expand_as(index).contiguous(), count - diagonal, index,
+                                    BLOCK_SIZE=block, mask_mod=causal_mod)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seqs", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
@@ -57,19 +82,9 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("attention_gpu needs a CUDA GPU (run it through the device tool)")
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
     flex = torch.compile(flex_attention)
-
-    def causal_mod(b, h, q, kv):
-        return q >= kv
-
-    def as_block_mask(selection, n: int, causal: bool):
-        """FlexAttention's BlockMask over exactly the key blocks the gate kept."""
-        blocks = n // BLOCK
-        return BlockMask.from_kv_blocks(selection.kv_count.reshape(1, HEADS, blocks),
-                                        selection.kv_index.reshape(1, HEADS, blocks, blocks),
-                                        BLOCK_SIZE=BLOCK, mask_mod=causal_mod if causal else None)
 
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100)  # noqa: E731
     rows = []
@@ -81,7 +96,7 @@ def main() -> None:
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 sdpa_ms = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal))
             full = select(q, k, BLOCK, 1.0, 1.0, causal)
-            dense_mask = as_block_mask(full, n, causal) if causal else None
+            dense_mask = as_block_mask(full, causal) if causal else None
             flex_dense_ms = bench(lambda: flex(q, k, v, block_mask=dense_mask))
             ours_dense_ms = bench(lambda: attend(q, k, v, None, BLOCK, causal))
             dense_flops = flops(full, causal)
@@ -96,7 +111,7 @@ def main() -> None:
                 select_ms = bench(lambda: select(q, k, BLOCK, 1.0, density, causal))
                 select_gpu_ms = gpu_ms(lambda: select(q, k, BLOCK, 1.0, density, causal))
                 ours_ms = bench(lambda: attend(q, k, v, selection, BLOCK, causal))
-                mask = as_block_mask(selection, n, causal)
+                mask = as_block_mask(selection, causal)
                 flex_sparse_ms = bench(lambda: flex(q, k, v, block_mask=mask))
                 ours = attend(q, k, v, selection, BLOCK, causal)
                 theirs = flex(q, k, v, block_mask=mask)

@@ -151,3 +151,29 @@ def test_bad_shapes_and_types_are_refused():
         attend(q, k, v, select(q, k, 64, 0.9, 0.5, False), 64, False)
     with pytest.raises(InputError, match="permeability 0 "):
         block_mask(q, k, 64, 0.9, 0, False)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_benchmarks_flex_peer_reads_the_kept_blocks_whole_but_the_diagonal(causal, seed):
+    """`benchmarks.attention_gpu`'s FlexAttention peer: a BlockMask of exactly the kept blocks, each one
+    whole (no mask evaluated in it) but the causal diagonal. (Flex's output under it needs a compiled
+    Flex, which the CPU's inductor does not build for a causal mask_mod; eager Flex reads no block lists.)"""
+    from benchmarks.attention_gpu import as_block_mask
+
+    g = torch.Generator().manual_seed(seed)
+    block, n = 16, 64
+    q, k = (torch.randn(1, 2, n, 32, generator=g) for _ in range(2))
+    selection = select(q.to(DEVICE, torch.float16), k.to(DEVICE, torch.float16), block, 1.0, 0.5, causal)
+    mask = as_block_mask(selection, causal, block)
+    keep = selection.keep.cpu()
+    assert torch.equal(mask.to_dense().cpu().bool(), keep)
+    # The blocks Flex masks element by element (the slots past a row's count point at a spare column).
+    blocks = keep.shape[-1]
+    listed = torch.arange(blocks) < mask.kv_num_blocks.cpu()[..., None]
+    slots = torch.where(listed, mask.kv_indices.cpu().long(), blocks)
+    partial = torch.zeros(*keep.shape[:-1], blocks + 1, dtype=torch.bool).scatter_(-1, slots, True)[..., :blocks]
+    diagonal = torch.eye(blocks, dtype=torch.bool) & keep
+    assert torch.equal(partial, diagonal if causal else torch.zeros_like(keep))
+    # The blocks read whole lie below the diagonal when causal, where the causal mask keeps every element.
+    whole = keep & ~partial
+    assert not causal or not (whole & ~torch.ones(blocks, blocks, dtype=torch.bool).tril(-1)).any()
