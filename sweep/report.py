@@ -80,9 +80,9 @@ def write(rows: list[dict], spec: Spec, out: Path) -> dict[str, Path]:
         w.writeheader()
         w.writerows(flat)
     _parquet(flat, names, paths["parquet"])
-    front = pareto(rows)
-    write_json(paths["pareto"], {"objectives": objectives(rows), "points": [rows[i] for i in front]})
-    _plots(rows, fields, front, paths)
+    front, goals = pareto(rows), objectives(rows)
+    write_json(paths["pareto"], {"objectives": goals, "points": [rows[i] for i in front]})
+    _plots(rows, fields, front, paths, goals)
     write_text(paths["html"], _page(rows, names, front, spec, paths))
     return paths
 
@@ -101,13 +101,14 @@ def _parquet(flat: list[dict], names: list[str], path: Path) -> None:
         pq.write_table(pa.table(columns), temp)
 
 
-def _plots(rows: list[dict], fields: list[str], front: list[int], paths: dict[str, Path]) -> None:
+def _plots(rows: list[dict], fields: list[str], front: list[int], paths: dict[str, Path],
+           goals: dict[str, str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if r.get("status") == "ok"]
-    quality = next((o for o in objectives(rows) if o in FIDELITY), "kept_fraction")
+    quality = next((o for o in goals if o in FIDELITY), "kept_fraction")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     shown = [r for r in ok if r.get("energy_pj_per_row_gated") is not None and r.get(quality) is not None]
     if shown:

@@ -58,6 +58,8 @@ ROUTE_FIELDS = ("route", "route_fraction", "route_block", "route_layers", "route
 # the untrained router `hpu quality` uses (the top-k of the hidden state's L2 norm), or the top-k's rule
 # over the block so far (causal, decoding).
 CHOICES = ("topk", "predictor", "hpu", "norm", "causal")
+# The choices that rank a whole block of route_block tokens at once (no token by token decoding).
+WHOLE_BLOCK = ("topk", "hpu", "norm")
 MODES = ("sqdk", "skip")
 LAYERS = ("all", "alternate")
 # What a predictor reads: the hidden state alone, or also the token's rank among its block's tokens so
@@ -173,9 +175,9 @@ class Router(nn.Module):
         (B, T): sigmoid(score) where routed, else 0, or 1 with a window).
         Keeps the scores, the predictor's logits, the choice made and the top-k choice (with the HPU's
         choice on the same scores when evaluating) for `auxiliary_loss` and `statistics`."""
-        if cached and self.choice in ("topk", "hpu", "norm"):
-            # A block's top-k looks ahead to its last token; after a cache each token would be a block of
-            # its own, always routed.
+        if cached and self.choice in WHOLE_BLOCK:
+            # Such a choice looks ahead to the block's last token; after a cache each token would be a
+            # block of its own, always routed.
             raise ValueError(f"the router's {self.choice!r} choice ranks whole blocks of route_block tokens, "
                              f"not tokens after {cached} cached ones: decode inside routing.choosing(model, "
                              "'predictor') or 'causal'")
